@@ -1,0 +1,3 @@
+from bookend.cli import main
+
+raise SystemExit(main())

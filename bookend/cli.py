@@ -1,0 +1,119 @@
+"""The command line: a thin layer over the library; the only place exit codes exist."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bookend import __version__
+from bookend.config import SETTINGS, Config, load_config
+from bookend.errors import BookendError
+
+log = logging.getLogger("bookend")
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting of the table in bookend.config."""
+    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    for setting in SETTINGS:
+        names = [setting.flag, *([setting.short] if setting.short else [])]
+        kwargs: dict[str, Any] = {"dest": setting.key, "metavar": setting.metavar,
+                                  "help": setting.help, "default": None}
+        if setting.kind is list:
+            kwargs["action"] = "append"
+        elif setting.kind is int:
+            kwargs["type"] = int
+        if setting.choices:
+            kwargs["choices"] = setting.choices
+            kwargs.pop("metavar")
+        parser.add_argument(*names, **kwargs)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bookend",
+        description="Build the systemd initrd that brings a Linux system up.",
+    )
+    parser.add_argument("--version", action="version", version=f"bookend {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="say more (-vv: debug)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    build = commands.add_parser("build", help="build the initrd")
+    _add_settings(build)
+
+    plan = commands.add_parser("plan", help="print what the image would hold, without building")
+    _add_settings(plan)
+    plan.add_argument("--closure", action="store_true", help="print every file, not just requests")
+    plan.add_argument("--why", metavar="PATH", help="print the chain that pulls PATH in")
+
+    commands.add_parser("features", help="list the features")
+    return parser
+
+
+def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
+    return {s.key: getattr(args, s.key) for s in SETTINGS if getattr(args, s.key) is not None}
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config, {k: str(v) if isinstance(v, Path) else v
+                                     for k, v in _cli_values(args).items()})
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from bookend.build import build_initrd
+
+    config = _config(args)
+    result = build_initrd(config)
+    print(f"{config.output}: {len(result.closure.entries)} entries, "
+          f"{result.size / 1e6:.1f} MB ({config.compress.value}), kernel {config.kver}")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from bookend.closure import build_closure, format_closure
+    from bookend.plan import format_plan, make_plan
+
+    config = _config(args)
+    plan = make_plan(config)
+    if not args.closure and not args.why:
+        print(format_plan(plan))
+        return 0
+    closure = build_closure(config, plan)
+    if args.why:
+        if args.why not in closure.entries:
+            print(f"bookend: {args.why} is not in the image", file=sys.stderr)
+            return 1
+        print(closure.format_why(args.why))
+        return 0
+    print(format_closure(closure))
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from bookend.features import ALL, DEFAULT
+
+    for name, feature in sorted(ALL.items()):
+        marker = "*" if name in DEFAULT else " "
+        print(f"{marker} {name:12} {feature.help}")
+    return 0
+
+
+COMMANDS = {"build": cmd_build, "plan": cmd_plan, "features": cmd_features}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="bookend: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except BookendError as exc:
+        print(f"bookend: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        print("bookend: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,340 @@
+"""The closure: every file the plan needs, at its original path, and why it is there.
+
+One work queue and one set of paths, as in make-initrd-ng: a request adds a path; a
+path adds the symlinks met on the way to it and its parent directories; an added file
+is scanned for what it needs (ELF interpreter, DT_NEEDED, .note.dlopen, `#!`), a unit
+for its Exec*= programs, a rules file for its RUN/PROGRAM/IMPORT programs. Every entry
+records the reason and the entry that pulled it in, so the chain can be printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from bookend import elf, kmodules, udevrules, units
+from bookend.archive import ArchiveEntry, EntryKind
+from bookend.config import Config
+from bookend.errors import ConfigError, ElfError, SysrootError
+from bookend.features.base import Request, RequestKind
+from bookend.libsearch import LibrarySearch
+from bookend.plan import Plan
+from bookend.sysroot import Sysroot
+
+log = logging.getLogger(__name__)
+
+# Module files are ELF objects but never executed; scanning them finds nothing.
+UNSCANNED_PREFIXES = ("/usr/lib/modules/", "/lib/modules/", "/usr/lib/firmware/")
+
+
+@dataclass(frozen=True)
+class ClosureEntry:
+    entry: ArchiveEntry
+    reason: str  # e.g. "DT_NEEDED of", "feature systemd"
+    parent: str | None  # the image path of the entry that pulled this one in
+
+
+@dataclass(frozen=True)
+class Closure:
+    entries: dict[str, ClosureEntry]
+    warnings: tuple[str, ...] = ()
+
+    def why(self, path: str) -> list[tuple[str, str]]:
+        """(path, reason) steps from path back to the request that started it."""
+        chain: list[tuple[str, str]] = []
+        current: str | None = path
+        while current is not None and current in self.entries and current not in dict(chain):
+            item = self.entries[current]
+            chain.append((current, item.reason))
+            current = item.parent
+        return chain
+
+    def format_why(self, path: str) -> str:
+        """One line: 'lib <- DT_NEEDED of /usr/sbin/x <- feature luks'."""
+        return " <- ".join(
+            f"{reason} {step}" if index else f"{step} <- {reason}"
+            for index, (step, reason) in enumerate(self.why(path))
+        )
+
+    def archive_entries(self) -> list[ArchiveEntry]:
+        return [item.entry for item in self.entries.values()]
+
+
+@dataclass
+class _Builder:
+    sysroot: Sysroot
+    config: Config
+    entries: dict[str, ClosureEntry] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    scan_queue: deque[str] = field(default_factory=deque)
+    units_included: set[str] = field(default_factory=set)
+    loaded_sonames: dict[str, str] = field(default_factory=dict)  # soname -> image path
+    unresolved: list[tuple[str, str]] = field(default_factory=list)  # (ELF, soname)
+
+    def __post_init__(self) -> None:
+        self.libraries = LibrarySearch(self.sysroot)
+
+    # --- paths -----------------------------------------------------------------
+
+    def add_path(self, path: str, reason: str, parent: str | None, *, recurse: bool = False) -> str:
+        """Add path, the links on the way and its parents; return the canonical path."""
+        resolved = self.sysroot.resolve(path)
+        if resolved.st is None:
+            wanted_by = f" {parent}" if parent else ""
+            raise SysrootError(f"{self.sysroot.host_path(path)}: missing ({reason}{wanted_by})")
+        self.add_parents(resolved.path)
+        self._add_final(resolved.path, resolved.st, reason, parent, recurse)
+        for link in resolved.links:
+            self.add_parents(link.path)
+            entry = ArchiveEntry(link.path, EntryKind.SYMLINK, 0o777, target=link.target)
+            self.put(entry, "link on the way to", resolved.path)
+        return resolved.path
+
+    def put(self, entry: ArchiveEntry, reason: str, parent: str | None) -> bool:
+        """Record entry unless its path is taken; the first reason found is kept."""
+        if entry.path in self.entries:
+            return False
+        self.entries[entry.path] = ClosureEntry(entry, reason, parent)
+        return True
+
+    def add_parents(self, path: str) -> None:
+        """Every directory above path, with the sysroot's modes."""
+        parts = path.strip("/").split("/")[:-1]
+        for depth in range(len(parts), 0, -1):
+            directory = "/" + "/".join(parts[:depth])
+            if directory in self.entries:
+                return  # its own parents were added with it
+            st = self.sysroot.lstat(directory)
+            mode = stat.S_IMODE(st.st_mode) if st else 0o755
+            mtime = int(st.st_mtime) if st else 0
+            entry = ArchiveEntry(directory, EntryKind.DIRECTORY, mode, mtime=mtime)
+            self.put(entry, "parent directory of", path)
+            path = directory
+
+    def _add_final(
+        self, path: str, st: os.stat_result, reason: str, parent: str | None, recurse: bool
+    ) -> None:
+        mode, mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
+        if stat.S_ISDIR(st.st_mode):
+            entry = ArchiveEntry(path, EntryKind.DIRECTORY, mode, mtime=mtime)
+            self.put(entry, reason, parent)
+            if recurse:
+                for name in self.sysroot.listdir(path):
+                    self.add_path(f"{path}/{name}", "in directory", path, recurse=True)
+        elif stat.S_ISREG(st.st_mode):
+            source = self.sysroot.host_path(path)
+            entry = ArchiveEntry(path, EntryKind.FILE, mode, source=source, mtime=mtime)
+            if self.put(entry, reason, parent) and not path.startswith(UNSCANNED_PREFIXES):
+                self.scan_queue.append(path)
+        else:
+            # Device nodes, sockets and fifos in a source tree are never what a request means.
+            self.warnings.append(f"{self.sysroot.host_path(path)}: not a file, directory or link")
+
+    # --- what files need -----------------------------------------------------
+
+    def scan(self, path: str) -> None:
+        host = self.sysroot.host_path(path)
+        if elf.is_elf(host):
+            self._scan_elf(path)
+            return
+        st = self.entries[path].entry.mode
+        if st & 0o111:
+            self._scan_shebang(path)
+
+    def _scan_elf(self, path: str) -> None:
+        info = self.libraries.info(path)
+        if info.interpreter:
+            self.add_path(info.interpreter, "PT_INTERP of", path)
+        for soname in info.needed:
+            found = self.libraries.find(soname, path, info)
+            if found is None:
+                # ld.so reuses a library the process already loaded under that soname:
+                # systemd's private libraries need each other without a RUNPATH of their own.
+                self.unresolved.append((path, soname))
+                continue
+            self.loaded_sonames.setdefault(soname, found)
+            self.add_path(found, "DT_NEEDED of", path)
+        for note in info.dlopen:
+            if note.priority == "suggested":
+                continue
+            for soname in note.sonames:
+                found = self.libraries.find(soname, path, info)
+                if found is not None:
+                    self.add_path(found, f"dlopen ({note.feature}, {note.priority}) of", path)
+                    break
+            else:
+                self.warnings.append(f"{path}: dlopen {note.feature} ({note.priority}): none of "
+                                     f"{', '.join(note.sonames)} found; left out")
+
+    def _scan_shebang(self, path: str) -> None:
+        try:
+            with open(self.sysroot.host_path(path), "rb") as f:
+                first = f.readline(256)
+        except OSError as exc:
+            raise SysrootError(f"{self.sysroot.host_path(path)}: {exc.strerror}") from None
+        if not first.startswith(b"#!"):
+            return
+        words = first[2:].decode(errors="replace").split()
+        if not words:
+            raise SysrootError(f"{self.sysroot.host_path(path)}: '#!' names no interpreter")
+        self.add_path(words[0], "#! interpreter of", path)
+        if words[0].endswith("/env") and len(words) > 1:
+            self.executable(words[1], "#! interpreter (via env) of", path, optional=False)
+
+    # --- requests ------------------------------------------------------------
+
+    def executable(self, name: str, reason: str, parent: str | None, optional: bool) -> None:
+        if name.startswith("/"):
+            if self.sysroot.exists(name):
+                self.add_path(name, reason, parent)
+                return
+        else:
+            for directory in units.EXEC_SEARCH_PATH:
+                if self.sysroot.exists(f"{directory}/{name}"):
+                    self.add_path(f"{directory}/{name}", reason, parent)
+                    return
+        if not optional:
+            where = f" (needed by {parent})" if parent else ""
+            raise SysrootError(f"{self.sysroot.root}: executable {name} not found{where} [{reason}]")
+
+    def unit(self, name: str, reason: str, optional: bool) -> None:
+        path = units.find_unit(self.sysroot, name)
+        if path is None:
+            if optional:
+                return
+            raise SysrootError(f"{self.sysroot.root}: unit {name} not found in {', '.join(units.UNIT_DIRS)} [{reason}]")
+        self.units_included.add(name)
+        canonical = self.add_path(path, reason, None)
+        for dropin in units.dropin_paths(self.sysroot, name):
+            self.add_path(dropin, "drop-in of", canonical)
+        for source in [canonical, *units.dropin_paths(self.sysroot, name)]:
+            self._unit_programs(source)
+
+    def _unit_programs(self, path: str) -> None:
+        text = self.sysroot.read_text(path) or ""
+        for line in units.exec_lines(text):
+            if "%" in line.program or "$" in line.program:
+                self.warnings.append(f"{path}: {line.line}: program decided at run time; not followed")
+                continue
+            try:
+                self.executable(line.program, "Exec of", path, optional=line.may_fail)
+            except SysrootError:
+                raise SysrootError(f"{self.sysroot.host_path(path)}: {line.line}: {line.program} not found in the sysroot") from None
+
+    def generator(self, name: str, reason: str, optional: bool) -> None:
+        for directory in units.GENERATOR_DIRS:
+            if self.sysroot.exists(f"{directory}/{name}"):
+                self.add_path(f"{directory}/{name}", reason, None)
+                return
+        if not optional:
+            raise SysrootError(f"{self.sysroot.root}: generator {name} not found [{reason}]")
+
+    def udev_rules(self, name: str, reason: str, optional: bool) -> None:
+        path = udevrules.find_rules(self.sysroot, name)
+        if path is None:
+            if optional:
+                return
+            raise SysrootError(f"{self.sysroot.root}: udev rules {name} not found in {', '.join(udevrules.RULES_DIRS)} [{reason}]")
+        canonical = self.add_path(path, reason, None)
+        for program in udevrules.rule_programs(self.sysroot.read_text(path) or ""):
+            candidates = [program] if program.startswith("/") else [
+                f"{d}/{program}" for d in udevrules.UDEV_PROGRAM_DIRS]
+            found = next((c for c in candidates if self.sysroot.exists(c)), None)
+            if found:
+                self.add_path(found, "program run by udev rules", canonical)
+            else:
+                self.warnings.append(f"{canonical}: runs {program}, which the sysroot lacks; left out")
+
+    def finish_units(self) -> None:
+        """Replicate the .wants/.requires links between the included units."""
+        for name in sorted(self.units_included):
+            for link in units.wants_links(self.sysroot, name, self.units_included):
+                self.add_path(link, "dependency link of unit", name)
+
+    def drain(self) -> None:
+        while self.scan_queue:
+            self.scan(self.scan_queue.popleft())
+
+    def resolve_leftovers(self) -> None:
+        """Needs no search path satisfied: met if another object brought that soname."""
+        for path, soname in self.unresolved:
+            found = self.loaded_sonames.get(soname)
+            if found is None:
+                raise ElfError(
+                    f"{self.sysroot.host_path(path)}: needs {soname}, which is not in its "
+                    f"RUNPATH/RPATH, ld.so.conf or the system library directories"
+                )
+            self.add_path(found, "DT_NEEDED (already loaded) of", path)
+        self.unresolved.clear()
+        self.drain()
+
+
+def _requests_by_kind(plan: Plan, kind: RequestKind) -> Iterator[Request]:
+    return (r for r in plan.requests if r.kind is kind)
+
+
+def _add_modules(builder: _Builder, plan: Plan) -> None:
+    config = builder.config
+    db = kmodules.load_database(builder.sysroot, config.kver)
+    roots: list[tuple[str, str]] = []
+    for request in _requests_by_kind(plan, RequestKind.MODULE):
+        for name in kmodules.resolve_request(db, request.name, request.reason, request.optional):
+            roots.append((name, f"module {request.name} <- {request.reason}"))
+    chosen = kmodules.dependency_closure(db, roots)
+    paths: dict[str, str] = {}
+    for choice in chosen:
+        parent = paths.get(choice.parent) if choice.parent else None
+        paths[choice.name] = builder.add_path(f"{db.moddir}/{choice.relpath}", choice.reason, parent)
+    index = kmodules.image_index(builder.sysroot, config.kver, [c.relpath for c in chosen])
+    moddir = builder.sysroot.resolve(db.moddir).path
+    for name, content in index.items():
+        entry = ArchiveEntry(f"{moddir}/{name}", EntryKind.FILE, 0o644, data=content)
+        builder.put(entry, "module index of the included modules (depmod)", None)
+
+
+def build_closure(config: Config, plan: Plan) -> Closure:
+    builder = _Builder(Sysroot(config.sysroot), config)
+    for item in plan.generated:
+        builder.put(item.entry, item.reason, None)
+        builder.add_parents(item.entry.path)
+    handlers = {
+        RequestKind.EXECUTABLE: lambda r: builder.executable(r.name, r.reason, None, r.optional),
+        RequestKind.UNIT: lambda r: builder.unit(r.name, r.reason, r.optional),
+        RequestKind.GENERATOR: lambda r: builder.generator(r.name, r.reason, r.optional),
+        RequestKind.UDEV_RULES: lambda r: builder.udev_rules(r.name, r.reason, r.optional),
+        RequestKind.PATH: lambda r: _add_requested_path(builder, r),
+    }
+    for request in plan.requests:
+        handler = handlers.get(request.kind)
+        if handler is not None:
+            handler(request)
+        builder.drain()
+    builder.finish_units()
+    _add_modules(builder, plan)
+    builder.drain()
+    builder.resolve_leftovers()
+    if builder.libraries.used_ld_so_cache:
+        builder.add_path("/etc/ld.so.cache", "libraries found through ld.so.conf", None)
+    return Closure(dict(sorted(builder.entries.items())), tuple(builder.warnings))
+
+
+def _add_requested_path(builder: _Builder, request: Request) -> None:
+    if not builder.sysroot.exists(request.name):
+        if request.optional:
+            return
+        raise ConfigError(f"{request.reason}: {builder.sysroot.host_path(request.name)}: no such file or directory")
+    builder.add_path(request.name, request.reason, None, recurse=True)
+
+
+def format_closure(closure: Closure) -> str:
+    lines = []
+    for path, item in closure.entries.items():
+        entry = item.entry
+        detail = f" -> {entry.target}" if entry.kind is EntryKind.SYMLINK else ""
+        by = f" {item.parent}" if item.parent else ""
+        lines.append(f"{entry.kind.value:9} {entry.mode:04o} {path}{detail}  [{item.reason}{by}]")
+    return "\n".join(lines)

@@ -1,0 +1,40 @@
+"""Mounting and checking the root: mount, fsck, and each filesystem's module and tools."""
+
+from __future__ import annotations
+
+from bookend.archive import ArchiveEntry, EntryKind
+from bookend.config import Config
+from bookend.features.base import Contribution, Feature, Generated, Request, RequestKind
+
+
+def _fstab(config: Config) -> bytes:
+    """The initrd's own fstab: the root to mount when the command line names none."""
+    lines = ["# Written by bookend. root= on the kernel command line takes precedence."]
+    if config.root:
+        fstype = config.filesystems[0] if config.filesystems else "auto"
+        lines.append(f"{config.root} /sysroot {fstype} defaults 0 1")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _per_filesystem(config: Config) -> Contribution:
+    contribution: list[Request | Generated] = [
+        Generated(ArchiveEntry("/etc/fstab", EntryKind.FILE, 0o644, data=_fstab(config)),
+                  "feature filesystems: the initrd's fstab")
+    ]
+    for fstype in config.filesystems:
+        reason = f"filesystem {fstype} (config filesystems)"
+        contribution += [
+            Request(RequestKind.MODULE, fstype, reason, optional=True),
+            Request(RequestKind.EXECUTABLE, f"fsck.{fstype}", reason, optional=True),
+            Request(RequestKind.EXECUTABLE, f"mount.{fstype}", reason, optional=True),
+        ]
+    return contribution
+
+
+FEATURE = Feature(
+    name="filesystems",
+    help="mount, umount, systemd-fsck and fsck, plus each configured filesystem's tools",
+    executables=("mount", "umount", "fsck", "/usr/lib/systemd/systemd-fsck"),
+    units=("systemd-fsck-root.service", "systemd-fsck@.service"),
+    compute=_per_filesystem,
+)

@@ -1,0 +1,167 @@
+"""Kernel modules: names and aliases to files, dependencies and softdeps, and the index.
+
+The sysroot's /lib/modules/KVER text databases (modules.dep, modules.alias,
+modules.softdep, modules.builtin) say what a name means; the image gets its own
+binary index, made by depmod over exactly the included modules, so modprobe in the
+initrd finds them by name and alias and knows nothing of modules left out.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bookend.config import did_you_mean
+from bookend.errors import ConfigError, SysrootError
+from bookend.proc import run
+from bookend.sysroot import Sysroot
+
+MODULE_SUFFIX = re.compile(r"\.ko(\.xz|\.zst|\.gz)?$")
+
+# The files depmod writes; the image carries these for the included modules only.
+INDEX_FILES = (
+    "modules.dep", "modules.dep.bin", "modules.alias", "modules.alias.bin",
+    "modules.softdep", "modules.symbols", "modules.symbols.bin", "modules.builtin",
+    "modules.builtin.bin", "modules.builtin.alias.bin", "modules.builtin.modinfo",
+    "modules.devname", "modules.order",
+)
+# What depmod reads besides the modules themselves.
+DEPMOD_INPUTS = ("modules.order", "modules.builtin", "modules.builtin.modinfo")
+
+
+def normalize(name: str) -> str:
+    """Module names treat '-' and '_' alike; kmod compares them with '_'."""
+    return name.replace("-", "_")
+
+
+def module_name(relpath: str) -> str:
+    return normalize(MODULE_SUFFIX.sub("", relpath.rsplit("/", 1)[-1]))
+
+
+@dataclass
+class ModuleDatabase:
+    """The sysroot's module database for one kernel, as plain tables."""
+
+    moddir: str  # image path, e.g. /lib/modules/6.1.0-56-amd64
+    paths: dict[str, str] = field(default_factory=dict)  # name -> path relative to moddir
+    deps: dict[str, list[str]] = field(default_factory=dict)  # name -> names it depends on
+    aliases: list[tuple[str, str]] = field(default_factory=list)  # (glob pattern, name)
+    softdeps: dict[str, list[str]] = field(default_factory=dict)  # name -> pre and post names
+    builtin: set[str] = field(default_factory=set)
+
+    def lookup(self, name: str) -> list[str]:
+        """Module names for a name or alias; [] when built in or unknown."""
+        wanted = normalize(name)
+        if wanted in self.paths:
+            return [wanted]
+        if wanted in self.builtin:
+            return []
+        return sorted({module for pattern, module in self.aliases
+                       if fnmatch.fnmatchcase(name, pattern)
+                       or fnmatch.fnmatchcase(wanted, normalize(pattern))})
+
+    def is_known(self, name: str) -> bool:
+        return normalize(name) in self.builtin or bool(self.lookup(name))
+
+
+def _lines(sysroot: Sysroot, path: str) -> list[str]:
+    text = sysroot.read_text(path)
+    return [] if text is None else [
+        line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
+    ]
+
+
+def load_database(sysroot: Sysroot, kver: str) -> ModuleDatabase:
+    moddir = f"/lib/modules/{kver}"
+    if sysroot.read_text(f"{moddir}/modules.dep") is None:
+        raise SysrootError(
+            f"{sysroot.host_path(moddir)}/modules.dep: missing; run depmod {kver} in the sysroot"
+        )
+    db = ModuleDatabase(moddir)
+    for line in _lines(sysroot, f"{moddir}/modules.dep"):
+        target, _, needs = line.partition(":")
+        name = module_name(target)
+        db.paths[name] = target
+        db.deps[name] = [module_name(dep) for dep in needs.split()]
+    for line in _lines(sysroot, f"{moddir}/modules.alias"):
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "alias":
+            db.aliases.append((parts[1], normalize(parts[2])))
+    for line in _lines(sysroot, f"{moddir}/modules.softdep"):
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] == "softdep":
+            names = [p for p in parts[2:] if p not in ("pre:", "post:")]
+            db.softdeps.setdefault(normalize(parts[1]), []).extend(names)
+    db.builtin = {module_name(line) for line in _lines(sysroot, f"{moddir}/modules.builtin")}
+    return db
+
+
+@dataclass(frozen=True)
+class ModuleChoice:
+    """A module to include, and which module or request pulled it in."""
+
+    name: str
+    relpath: str
+    reason: str
+    parent: str | None  # the module that needs it; None for a direct request
+
+
+def resolve_request(db: ModuleDatabase, name: str, source: str, optional: bool) -> list[str]:
+    """Module names a request means; a clear error for a name nothing matches."""
+    found = db.lookup(name)
+    if found or normalize(name) in db.builtin or optional:
+        return found
+    raise ConfigError(
+        f"{source}: no kernel module or alias '{name}' in {db.moddir}"
+        + did_you_mean(normalize(name), sorted(db.paths))
+    )
+
+
+def dependency_closure(db: ModuleDatabase, roots: Iterable[tuple[str, str]]) -> list[ModuleChoice]:
+    """Roots (name, reason) and every hard and soft dependency, each once."""
+    chosen: dict[str, ModuleChoice] = {}
+    queue = [(name, reason, None) for name, reason in roots]
+    while queue:
+        name, reason, parent = queue.pop(0)
+        if name in chosen:
+            continue
+        chosen[name] = ModuleChoice(name, db.paths[name], reason, parent)
+        queue += [(dep, "dependency of module", name) for dep in db.deps.get(name, [])]
+        for soft in db.softdeps.get(name, []):
+            # A softdep is a wish, not a need: an alias with no module here is fine.
+            queue += [(dep, "softdep of module", name) for dep in db.lookup(soft)]
+    return list(chosen.values())
+
+
+def image_index(sysroot: Sysroot, kver: str, relpaths: list[str]) -> dict[str, bytes]:
+    """depmod's index files for exactly these modules: file name -> content.
+
+    depmod runs over a scratch tree of symlinks to the sysroot's modules (depmod
+    follows them), so nothing but the small index files is written anywhere.
+    """
+    with tempfile.TemporaryDirectory(prefix="bookend-depmod-") as scratch:
+        moddir = Path(scratch) / "lib/modules" / kver
+        moddir.mkdir(parents=True)
+        for relpath in relpaths:
+            link = moddir / relpath
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(sysroot.host_path(sysroot.resolve(f"/lib/modules/{kver}/{relpath}").path))
+        included = set(relpaths)
+        for name in DEPMOD_INPUTS:
+            content = sysroot.read_bytes(f"/lib/modules/{kver}/{name}")
+            if content is not None and name == "modules.order":
+                kept = [line for line in content.splitlines() if line.decode() in included]
+                content = b"".join(line + b"\n" for line in kept)
+            if content is not None:
+                (moddir / name).write_bytes(content)
+        run(["depmod", "-b", scratch, kver])
+        return {
+            name: (moddir / name).read_bytes()
+            for name in INDEX_FILES
+            if os.path.exists(moddir / name)
+        }

@@ -1,0 +1,83 @@
+"""Finding a shared library the way the dynamic loader (ld.so) will at boot.
+
+Order, as ld.so(8) gives it: DT_RPATH (only when there is no DT_RUNPATH), DT_RUNPATH,
+the directories of ld.so.conf (which the loader knows through ld.so.cache), then the
+system's trusted directories. A candidate of another ELF class or machine is skipped,
+as the loader skips it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import stat
+
+from bookend import elf
+from bookend.sysroot import Sysroot
+
+# Debian's multiarch triplets by ELF machine; their directories come first in the
+# loader's built-in search path.
+MULTIARCH = {
+    ("EM_X86_64", 64): "x86_64-linux-gnu",
+    ("EM_386", 32): "i386-linux-gnu",
+    ("EM_AARCH64", 64): "aarch64-linux-gnu",
+    ("EM_ARM", 32): "arm-linux-gnueabihf",
+    ("EM_RISCV", 64): "riscv64-linux-gnu",
+    ("EM_PPC64", 64): "powerpc64le-linux-gnu",
+    ("EM_S390", 64): "s390x-linux-gnu",
+}
+
+
+def trusted_dirs(info: elf.ElfInfo) -> list[str]:
+    dirs = []
+    triplet = MULTIARCH.get((info.machine, info.elf_class))
+    if triplet:
+        dirs += [f"/lib/{triplet}", f"/usr/lib/{triplet}"]
+    if info.elf_class == 64:
+        dirs += ["/lib64", "/usr/lib64"]
+    return [*dirs, "/lib", "/usr/lib"]
+
+
+class LibrarySearch:
+    """Library lookups inside one sysroot, with the ELF headers read once per file."""
+
+    def __init__(self, sysroot: Sysroot) -> None:
+        self.sysroot = sysroot
+        self._info: dict[str, elf.ElfInfo] = {}
+        self._ld_so_conf: list[str] | None = None
+        self.used_ld_so_cache = False
+
+    def info(self, path: str) -> elf.ElfInfo:
+        canonical = self.sysroot.resolve(path).path
+        if canonical not in self._info:
+            self._info[canonical] = elf.read_elf(self.sysroot.host_path(canonical))
+        return self._info[canonical]
+
+    def ld_so_conf(self) -> list[str]:
+        if self._ld_so_conf is None:
+            self._ld_so_conf = elf.parse_ld_so_conf(self.sysroot.read_text, self.sysroot.glob)
+        return self._ld_so_conf
+
+    def find(self, soname: str, needed_by: str, info: elf.ElfInfo) -> str | None:
+        """The image path the loader would open for soname, or None."""
+        if "/" in soname:
+            return soname if self._usable(soname, info) else None
+        origin = posixpath.dirname(self.sysroot.resolve(needed_by).path)
+        rpath = [] if info.runpath else list(info.rpath)
+        explicit = [elf.expand_origin(d, origin) for d in (*rpath, *info.runpath)]
+        trusted = trusted_dirs(info)
+        configured = [d for d in self.ld_so_conf() if d not in trusted]
+        for directories, via_cache in ((explicit, False), (configured, True), (trusted, False)):
+            for directory in directories:
+                candidate = posixpath.join(directory, soname)
+                if self._usable(candidate, info):
+                    self.used_ld_so_cache |= via_cache
+                    return candidate
+        return None
+
+    def _usable(self, candidate: str, wanted: elf.ElfInfo) -> bool:
+        resolved = self.sysroot.resolve(candidate)
+        if resolved.st is None or not stat.S_ISREG(resolved.st.st_mode):
+            return False
+        if not elf.is_elf(self.sysroot.host_path(resolved.path)):
+            return False
+        return elf.compatible(self.info(resolved.path), wanted)

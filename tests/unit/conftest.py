@@ -1,0 +1,26 @@
+"""Fixture sysroots for unit tests: small trees laid out like a merged-/usr Debian."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def make_root_tree(root: Path, kver: str = "6.1.0-test") -> Path:
+    """A minimal tree that passes the sysroot checks: usr/, etc/, lib -> usr/lib, modules."""
+    for directory in ("usr/lib", "usr/bin", "usr/sbin", "etc", f"usr/lib/modules/{kver}"):
+        (root / directory).mkdir(parents=True, exist_ok=True)
+    for name in ("lib", "bin", "sbin"):
+        if not (root / name).is_symlink():
+            (root / name).symlink_to(f"usr/{name}")
+    (root / "usr/lib/os-release").write_text('NAME="Fixture"\nPRETTY_NAME="Fixture OS 1"\nID=fixture\n')
+    if not (root / "etc/os-release").is_symlink():
+        (root / "etc/os-release").symlink_to("../usr/lib/os-release")
+    (root / f"usr/lib/modules/{kver}/modules.dep").write_text("")
+    return root
+
+
+@pytest.fixture
+def root_tree(tmp_path: Path) -> Path:
+    return make_root_tree(tmp_path / "sysroot")

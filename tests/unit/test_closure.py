@@ -1,0 +1,194 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bookend.archive import EntryKind
+from bookend.closure import Closure, build_closure
+from bookend.config import Config, load_config
+from bookend.errors import ElfError, SysrootError
+from bookend.features.base import Request, RequestKind
+from bookend.plan import Plan
+
+from .elftree import compile_c, install_libc, shared_library
+
+MAIN = "int foo(void); int main(void) { return foo(); }\n"
+FOO = "int foo(void) { return 0; }\n"
+
+
+def closure_of(root: Path, *requests: Request) -> Closure:
+    config: Config = load_config(None, {"sysroot": str(root)})
+    return build_closure(config, Plan(features=(), requests=requests, generated=()))
+
+
+def executable(name: str) -> Request:
+    return Request(RequestKind.EXECUTABLE, name, "test")
+
+
+@pytest.fixture
+def elf_root(root_tree: Path) -> Path:
+    install_libc(root_tree)
+    return root_tree
+
+
+def build_prog(root: Path, *link_flags: str) -> None:
+    lib = shared_library(root, "/usr/lib/private", "libfoo.so.1", FOO)
+    compile_c(MAIN, root / "usr/bin/prog", f"-L{lib.parent}", "-l:libfoo.so.1.0", *link_flags)
+
+
+@pytest.mark.parametrize("dtags", ["--enable-new-dtags", "--disable-new-dtags"])
+def test_origin_runpath_and_rpath_followed(elf_root: Path, dtags: str) -> None:
+    build_prog(elf_root, "-Wl,-rpath,$ORIGIN/../lib/private", f"-Wl,{dtags}")
+    closure = closure_of(elf_root, executable("prog"))
+    entries = closure.entries
+    assert entries["/usr/bin/prog"].entry.kind is EntryKind.FILE
+    # The soname link is kept as a link, and its target comes too.
+    assert entries["/usr/lib/private/libfoo.so.1"].entry.target == "libfoo.so.1.0"
+    assert entries["/usr/lib/private/libfoo.so.1.0"].entry.kind is EntryKind.FILE
+    # The interpreter is reached through the /lib64 directory link, kept as a link.
+    assert entries["/lib64"].entry.target == "usr/lib64"
+    assert entries["/usr/lib64/ld-linux-x86-64.so.2"].entry.kind is EntryKind.SYMLINK
+    assert "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2" in entries
+    assert closure.format_why("/usr/lib/x86_64-linux-gnu/libc.so.6") == (
+        "/usr/lib/x86_64-linux-gnu/libc.so.6 <- DT_NEEDED of /usr/bin/prog <- test"
+    )
+    assert closure.format_why("/lib64") == (
+        "/lib64 <- link on the way to /usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+        " <- PT_INTERP of /usr/bin/prog <- test"
+    )
+
+
+def test_why_chain_reaches_the_request(elf_root: Path) -> None:
+    build_prog(elf_root, "-Wl,-rpath,$ORIGIN/../lib/private")
+    closure = closure_of(elf_root, executable("prog"))
+    assert closure.format_why("/usr/lib/private/libfoo.so.1.0") == (
+        "/usr/lib/private/libfoo.so.1.0 <- DT_NEEDED of /usr/bin/prog <- test"
+    )
+    assert closure.format_why("/usr/lib/private/libfoo.so.1") == (
+        "/usr/lib/private/libfoo.so.1 <- link on the way to /usr/lib/private/libfoo.so.1.0"
+        " <- DT_NEEDED of /usr/bin/prog <- test"
+    )
+
+
+def test_missing_library_names_binary_and_soname(elf_root: Path) -> None:
+    build_prog(elf_root)  # no RUNPATH: libfoo is in no directory the loader searches
+    with pytest.raises(ElfError, match=r"usr/bin/prog: needs libfoo\.so\.1, which is not in"):
+        closure_of(elf_root, executable("prog"))
+
+
+def test_ld_so_conf_directory_brings_the_cache(elf_root: Path) -> None:
+    build_prog(elf_root)
+    (elf_root / "etc/ld.so.conf").write_text("include /etc/ld.so.conf.d/*.conf\n")
+    (elf_root / "etc/ld.so.conf.d").mkdir()
+    (elf_root / "etc/ld.so.conf.d/private.conf").write_text("/usr/lib/private\n")
+    (elf_root / "etc/ld.so.cache").write_bytes(b"cache")
+    closure = closure_of(elf_root, executable("prog"))
+    assert "/usr/lib/private/libfoo.so.1.0" in closure.entries
+    assert "/etc/ld.so.cache" in closure.entries
+
+
+def test_non_elf_named_like_the_library_is_skipped(elf_root: Path) -> None:
+    build_prog(elf_root, "-Wl,-rpath,/usr/lib/decoy:/usr/lib/private")
+    (elf_root / "usr/lib/decoy").mkdir()
+    (elf_root / "usr/lib/decoy/libfoo.so.1").write_text("INPUT(-lfoo)\n")
+    closure = closure_of(elf_root, executable("prog"))
+    assert "/usr/lib/decoy/libfoo.so.1" not in closure.entries
+    assert "/usr/lib/private/libfoo.so.1" in closure.entries
+
+
+def test_library_cycle_terminates(elf_root: Path) -> None:
+    libdir = "/usr/lib/x86_64-linux-gnu"
+    # libb first without its need of liba, so liba can link; then libb again with it.
+    shared_library(elf_root, libdir, "libb.so.1", "int b(void){return 0;}\n")
+    lib_dir = elf_root / libdir.lstrip("/")
+    shared_library(elf_root, libdir, "liba.so.1", "int b(void); int a(void){return b();}\n",
+                   f"-L{lib_dir}", "-l:libb.so.1")
+    (lib_dir / "libb.so.1").unlink()
+    shared_library(elf_root, libdir, "libb.so.1", "int a(void); int b(void){return a();}\n",
+                   f"-L{lib_dir}", "-l:liba.so.1")
+    compile_c("int a(void); int main(void){return a();}\n", elf_root / "usr/bin/cyc",
+              f"-L{lib_dir}", "-l:liba.so.1")
+    closure = closure_of(elf_root, executable("cyc"))
+    assert f"{libdir}/liba.so.1.0" in closure.entries
+    assert f"{libdir}/libb.so.1.0" in closure.entries
+
+
+def test_shebang_interpreter_followed(elf_root: Path) -> None:
+    compile_c("int main(void){return 0;}\n", elf_root / "usr/bin/dash")
+    (elf_root / "usr/bin/sh").symlink_to("dash")
+    script = elf_root / "usr/bin/hello"
+    script.write_text("#!/bin/sh\necho hello\n")
+    script.chmod(0o755)
+    closure = closure_of(elf_root, executable("/usr/bin/hello"))
+    assert closure.entries["/bin"].entry.target == "usr/bin"
+    assert closure.entries["/usr/bin/sh"].entry.target == "dash"
+    assert closure.format_why("/usr/bin/dash") == (
+        "/usr/bin/dash <- #! interpreter of /usr/bin/hello <- test"
+    )
+
+
+def write_unit(root: Path, name: str, text: str) -> None:
+    units = root / "usr/lib/systemd/system"
+    units.mkdir(parents=True, exist_ok=True)
+    (units / name).write_text(text)
+
+
+def test_unit_exec_programs_followed(elf_root: Path) -> None:
+    compile_c("int main(void){return 0;}\n", elf_root / "usr/bin/tool")
+    write_unit(elf_root, "a.service",
+               "[Service]\nExecStartPre=-/usr/bin/absent\nExecStart=tool --x \\\n  --y\n")
+    closure = closure_of(elf_root, Request(RequestKind.UNIT, "a.service", "test"))
+    assert "/usr/bin/tool" in closure.entries
+    assert closure.format_why("/usr/bin/tool") == (
+        "/usr/bin/tool <- Exec of /usr/lib/systemd/system/a.service <- test"
+    )
+    assert "/usr/bin/absent" not in closure.entries
+
+
+def test_unit_with_missing_program_is_an_error_naming_the_unit(elf_root: Path) -> None:
+    write_unit(elf_root, "b.service", "[Service]\nExecStart=/usr/bin/nowhere\n")
+    with pytest.raises(SysrootError, match=r"b\.service: ExecStart=/usr/bin/nowhere: .* not found"):
+        closure_of(elf_root, Request(RequestKind.UNIT, "b.service", "test"))
+
+
+def test_wants_links_between_included_units_only(elf_root: Path) -> None:
+    write_unit(elf_root, "t.target", "[Unit]\n")
+    write_unit(elf_root, "in.service", "[Service]\nExecStart=\n")
+    write_unit(elf_root, "out.service", "[Service]\nExecStart=\n")
+    wants = elf_root / "usr/lib/systemd/system/t.target.wants"
+    wants.mkdir()
+    (wants / "in.service").symlink_to("../in.service")
+    (wants / "out.service").symlink_to("../out.service")
+    closure = closure_of(elf_root, Request(RequestKind.UNIT, "t.target", "test"),
+                         Request(RequestKind.UNIT, "in.service", "test"))
+    assert "/usr/lib/systemd/system/t.target.wants/in.service" in closure.entries
+    assert "/usr/lib/systemd/system/t.target.wants/out.service" not in closure.entries
+
+
+def test_udev_rule_programs_followed_builtins_not(elf_root: Path) -> None:
+    compile_c("int main(void){return 0;}\n", elf_root / "usr/lib/udev/helper_id")
+    rules = elf_root / "usr/lib/udev/rules.d"
+    rules.mkdir(parents=True)
+    (rules / "60-x.rules").write_text(
+        'KERNEL=="vd*", IMPORT{program}="helper_id --export $devnode"\n'
+        'ACTION=="add", RUN{builtin}+="kmod load $env{MODALIAS}"\n'
+        'RUN+="$env{HOOK}"\n'
+    )
+    closure = closure_of(elf_root, Request(RequestKind.UDEV_RULES, "60-x.rules", "test"))
+    assert closure.format_why("/usr/lib/udev/helper_id") == (
+        "/usr/lib/udev/helper_id <- program run by udev rules /usr/lib/udev/rules.d/60-x.rules"
+        " <- test"
+    )
+
+
+def test_directory_request_recursed_with_links(elf_root: Path) -> None:
+    conf = elf_root / "etc/modprobe.d"
+    conf.mkdir()
+    (conf / "a.conf").write_text("options a b=1\n")
+    (conf / "sub").mkdir()
+    (conf / "sub/b.conf").write_text("")
+    (conf / "link.conf").symlink_to("a.conf")
+    closure = closure_of(elf_root, Request(RequestKind.PATH, "/etc/modprobe.d", "test"))
+    assert {"/etc/modprobe.d/a.conf", "/etc/modprobe.d/sub/b.conf"} <= set(closure.entries)
+    assert closure.entries["/etc/modprobe.d/link.conf"].entry.target == "a.conf"
