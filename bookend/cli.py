@@ -21,8 +21,12 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
     for setting in SETTINGS:
         names = [setting.flag, *([setting.short] if setting.short else [])]
-        kwargs: dict[str, Any] = {"dest": setting.key, "metavar": setting.metavar,
-                                  "help": setting.help, "default": None}
+        kwargs: dict[str, Any] = {
+            "dest": setting.key,
+            "metavar": setting.metavar,
+            "help": setting.help,
+            "default": None,
+        }
         if setting.kind is list:
             kwargs["action"] = "append"
         elif setting.kind is int:
@@ -59,8 +63,9 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return load_config(args.config, {k: str(v) if isinstance(v, Path) else v
-                                     for k, v in _cli_values(args).items()})
+    return load_config(
+        args.config, {k: str(v) if isinstance(v, Path) else v for k, v in _cli_values(args).items()}
+    )
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -68,8 +73,10 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     config = _config(args)
     result = build_initrd(config)
-    print(f"{config.output}: {len(result.closure.entries)} entries, "
-          f"{result.size / 1e6:.1f} MB ({config.compress.value}), kernel {config.kver}")
+    print(
+        f"{config.output}: {len(result.closure.entries)} entries, "
+        f"{result.size / 1e6:.1f} MB ({config.compress.value}), kernel {config.kver}"
+    )
     return 0
 
 

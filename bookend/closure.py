@@ -9,6 +9,7 @@ records the reason and the entry that pulled it in, so the chain can be printed.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
@@ -55,10 +56,14 @@ class Closure:
 
     def format_why(self, path: str) -> str:
         """One line: 'lib <- DT_NEEDED of /usr/sbin/x <- feature luks'."""
-        return " <- ".join(
-            f"{reason} {step}" if index else f"{step} <- {reason}"
-            for index, (step, reason) in enumerate(self.why(path))
-        )
+        chain = self.why(path)
+        if not chain:
+            return f"{path}: not in the image"
+        parts = [chain[0][0]]
+        for (_, reason), (next_step, _) in itertools.pairwise(chain):
+            parts.append(f"{reason} {next_step}")
+        parts.append(chain[-1][1])
+        return " <- ".join(parts)
 
     def archive_entries(self) -> list[ArchiveEntry]:
         return [item.entry for item in self.entries.values()]
@@ -167,8 +172,10 @@ class _Builder:
                     self.add_path(found, f"dlopen ({note.feature}, {note.priority}) of", path)
                     break
             else:
-                self.warnings.append(f"{path}: dlopen {note.feature} ({note.priority}): none of "
-                                     f"{', '.join(note.sonames)} found; left out")
+                self.warnings.append(
+                    f"{path}: dlopen {note.feature} ({note.priority}): none of "
+                    f"{', '.join(note.sonames)} found; left out"
+                )
 
     def _scan_shebang(self, path: str) -> None:
         try:
@@ -199,14 +206,19 @@ class _Builder:
                     return
         if not optional:
             where = f" (needed by {parent})" if parent else ""
-            raise SysrootError(f"{self.sysroot.root}: executable {name} not found{where} [{reason}]")
+            raise SysrootError(
+                f"{self.sysroot.root}: executable {name} not found{where} [{reason}]"
+            )
 
     def unit(self, name: str, reason: str, optional: bool) -> None:
         path = units.find_unit(self.sysroot, name)
         if path is None:
             if optional:
                 return
-            raise SysrootError(f"{self.sysroot.root}: unit {name} not found in {', '.join(units.UNIT_DIRS)} [{reason}]")
+            searched = ", ".join(units.UNIT_DIRS)
+            raise SysrootError(
+                f"{self.sysroot.root}: unit {name} not found in {searched} [{reason}]"
+            )
         self.units_included.add(name)
         canonical = self.add_path(path, reason, None)
         for dropin in units.dropin_paths(self.sysroot, name):
@@ -215,15 +227,21 @@ class _Builder:
             self._unit_programs(source)
 
     def _unit_programs(self, path: str) -> None:
-        text = self.sysroot.read_text(path) or ""
+        self.generated_unit_programs(path, self.sysroot.read_text(path) or "")
+
+    def generated_unit_programs(self, path: str, text: str) -> None:
+        """Follow the programs of a unit or drop-in, from the sysroot or generated."""
         for line in units.exec_lines(text):
             if "%" in line.program or "$" in line.program:
-                self.warnings.append(f"{path}: {line.line}: program decided at run time; not followed")
+                self.warnings.append(
+                    f"{path}: {line.line}: program decided at run time; not followed"
+                )
                 continue
             try:
                 self.executable(line.program, "Exec of", path, optional=line.may_fail)
             except SysrootError:
-                raise SysrootError(f"{self.sysroot.host_path(path)}: {line.line}: {line.program} not found in the sysroot") from None
+                where = f"{self.sysroot.host_path(path)}: {line.line}"
+                raise SysrootError(f"{where}: {line.program} not found in the sysroot") from None
 
     def generator(self, name: str, reason: str, optional: bool) -> None:
         for directory in units.GENERATOR_DIRS:
@@ -238,16 +256,24 @@ class _Builder:
         if path is None:
             if optional:
                 return
-            raise SysrootError(f"{self.sysroot.root}: udev rules {name} not found in {', '.join(udevrules.RULES_DIRS)} [{reason}]")
+            searched = ", ".join(udevrules.RULES_DIRS)
+            raise SysrootError(
+                f"{self.sysroot.root}: udev rules {name} not found in {searched} [{reason}]"
+            )
         canonical = self.add_path(path, reason, None)
         for program in udevrules.rule_programs(self.sysroot.read_text(path) or ""):
-            candidates = [program] if program.startswith("/") else [
-                f"{d}/{program}" for d in udevrules.UDEV_PROGRAM_DIRS]
+            candidates = (
+                [program]
+                if program.startswith("/")
+                else [f"{d}/{program}" for d in udevrules.UDEV_PROGRAM_DIRS]
+            )
             found = next((c for c in candidates if self.sysroot.exists(c)), None)
             if found:
                 self.add_path(found, "program run by udev rules", canonical)
             else:
-                self.warnings.append(f"{canonical}: runs {program}, which the sysroot lacks; left out")
+                self.warnings.append(
+                    f"{canonical}: runs {program}, which the sysroot lacks; left out"
+                )
 
     def finish_units(self) -> None:
         """Replicate the .wants/.requires links between the included units."""
@@ -288,7 +314,9 @@ def _add_modules(builder: _Builder, plan: Plan) -> None:
     paths: dict[str, str] = {}
     for choice in chosen:
         parent = paths.get(choice.parent) if choice.parent else None
-        paths[choice.name] = builder.add_path(f"{db.moddir}/{choice.relpath}", choice.reason, parent)
+        paths[choice.name] = builder.add_path(
+            f"{db.moddir}/{choice.relpath}", choice.reason, parent
+        )
     index = kmodules.image_index(builder.sysroot, config.kver, [c.relpath for c in chosen])
     moddir = builder.sysroot.resolve(db.moddir).path
     for name, content in index.items():
@@ -301,6 +329,8 @@ def build_closure(config: Config, plan: Plan) -> Closure:
     for item in plan.generated:
         builder.put(item.entry, item.reason, None)
         builder.add_parents(item.entry.path)
+        if item.entry.data is not None and item.entry.path.startswith(units.UNIT_DIRS):
+            builder.generated_unit_programs(item.entry.path, item.entry.data.decode())
     handlers = {
         RequestKind.EXECUTABLE: lambda r: builder.executable(r.name, r.reason, None, r.optional),
         RequestKind.UNIT: lambda r: builder.unit(r.name, r.reason, r.optional),
@@ -326,7 +356,8 @@ def _add_requested_path(builder: _Builder, request: Request) -> None:
     if not builder.sysroot.exists(request.name):
         if request.optional:
             return
-        raise ConfigError(f"{request.reason}: {builder.sysroot.host_path(request.name)}: no such file or directory")
+        missing = builder.sysroot.host_path(request.name)
+        raise ConfigError(f"{request.reason}: {missing}: no such file or directory")
     builder.add_path(request.name, request.reason, None, recurse=True)
 
 

@@ -16,16 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bookend.archive.compress import LEVELS, Compression
 from bookend.errors import ConfigError
 from bookend.sysroot import Sysroot
-
-
-class Compression(enum.Enum):
-    ZSTD = "zstd"
-    XZ = "xz"
-    GZIP = "gzip"
-    LZ4 = "lz4"
-    NONE = "none"
 
 
 class EmergencyAccess(enum.Enum):
@@ -34,16 +27,6 @@ class EmergencyAccess(enum.Enum):
     LOCKED = "locked"  # root has no usable password: sulogin refuses
     UNLOCKED = "unlocked"  # anyone at the console gets a root shell
     PASSWORD = "password"  # root's password is the configured crypt(3) hash
-
-
-# The levels each compressor accepts; NONE takes none.
-LEVELS = {
-    Compression.ZSTD: (1, 22),
-    Compression.XZ: (0, 9),
-    Compression.GZIP: (1, 9),
-    Compression.LZ4: (1, 12),
-    Compression.NONE: (0, 0),
-}
 
 
 @dataclass(frozen=True)
@@ -247,7 +230,9 @@ def newest_kernel(sysroot: Path) -> str | None:
 
 
 def _version_key(version: str) -> list[tuple[int, str]]:
-    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.-]", version)]
+    return [
+        (int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.-]", version)
+    ]
 
 
 def _check_sysroot(sysroot: Path, source: str, problems: _Problems) -> bool:
@@ -290,7 +275,9 @@ def _check_output(output: Path, source: str, problems: _Problems) -> None:
         problems.add(source, "output", f"directory {output.parent} does not exist")
 
 
-def _emergency_access(value: str, source: str, problems: _Problems) -> tuple[EmergencyAccess, str | None]:
+def _emergency_access(
+    value: str, source: str, problems: _Problems
+) -> tuple[EmergencyAccess, str | None]:
     if value in (EmergencyAccess.LOCKED.value, EmergencyAccess.UNLOCKED.value):
         return EmergencyAccess(value), None
     # A crypt(3) hash: $id$...; anything else is almost certainly a typo or a plain password.

@@ -68,7 +68,10 @@ def make_plan(config: Config) -> Plan:
     for feature in features:
         requests += feature.requests()
         for item in feature.compute(config) if feature.compute else ():
-            (requests if isinstance(item, Request) else generated).append(item)
+            if isinstance(item, Request):
+                requests.append(item)
+            else:
+                generated.append(item)
     requests += config_requests(config)
     return Plan(
         features=tuple(f.name for f in features),

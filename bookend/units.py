@@ -60,8 +60,11 @@ def dropin_paths(sysroot: Sysroot, name: str) -> list[str]:
 def logical_lines(text: str) -> list[str]:
     """Lines with backslash continuations joined, comments dropped."""
     joined = re.sub(r"\\\n", " ", text)
-    return [line.strip() for line in joined.splitlines()
-            if line.strip() and not line.lstrip().startswith(("#", ";"))]
+    return [
+        line.strip()
+        for line in joined.splitlines()
+        if line.strip() and not line.lstrip().startswith(("#", ";"))
+    ]
 
 
 def exec_lines(text: str) -> list[ExecLine]:
@@ -74,7 +77,7 @@ def exec_lines(text: str) -> list[ExecLine]:
         value = match.group(2).strip()
         prefix = EXEC_PREFIX.match(value)
         flags = prefix.group(0) if prefix else ""
-        words = value[len(flags):].split()
+        words = value[len(flags) :].split()
         if words:
             found.append(ExecLine(words[0], "-" in flags, line))
     return found

@@ -18,8 +18,10 @@ def _fstab(config: Config) -> bytes:
 
 def _per_filesystem(config: Config) -> Contribution:
     contribution: list[Request | Generated] = [
-        Generated(ArchiveEntry("/etc/fstab", EntryKind.FILE, 0o644, data=_fstab(config)),
-                  "feature filesystems: the initrd's fstab")
+        Generated(
+            ArchiveEntry("/etc/fstab", EntryKind.FILE, 0o644, data=_fstab(config)),
+            "feature filesystems: the initrd's fstab",
+        )
     ]
     for fstype in config.filesystems:
         reason = f"filesystem {fstype} (config filesystems)"

@@ -28,10 +28,19 @@ def _release(config: Config) -> Contribution:
         raise SysrootError(f"{config.sysroot}: has neither /etc/os-release nor /usr/lib/os-release")
     reason = "feature release: systemd runs in initrd mode when /etc/initrd-release exists"
     return [
-        Generated(ArchiveEntry("/etc/initrd-release", EntryKind.FILE, 0o644,
-                               data=initrd_release(parse_os_release(text))), reason),
-        Generated(ArchiveEntry("/etc/os-release", EntryKind.SYMLINK, 0o777,
-                               target="initrd-release"), reason),
+        Generated(
+            ArchiveEntry(
+                "/etc/initrd-release",
+                EntryKind.FILE,
+                0o644,
+                data=initrd_release(parse_os_release(text)),
+            ),
+            reason,
+        ),
+        Generated(
+            ArchiveEntry("/etc/os-release", EntryKind.SYMLINK, 0o777, target="initrd-release"),
+            reason,
+        ),
     ]
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config
 from bookend.features.base import Contribution, Feature, Generated
@@ -10,20 +12,29 @@ from bookend.features.base import Contribution, Feature, Generated
 MOUNT_POINTS = ("/dev", "/proc", "/sys", "/run", "/sysroot", "/tmp", "/root", "/var")
 
 # The kernel opens /dev/console before devtmpfs exists, so these must be in the archive.
-DEVICE_NODES = (("/dev/console", 0o600, (5, 1)), ("/dev/null", 0o666, (1, 3)),
-                ("/dev/kmsg", 0o644, (1, 11)))
+DEVICE_NODES = (
+    ("/dev/console", 0o600, os.makedev(5, 1)),
+    ("/dev/null", 0o666, os.makedev(1, 3)),
+    ("/dev/kmsg", 0o644, os.makedev(1, 11)),
+)
 
 
 def _skeleton(config: Config) -> Contribution:
     reason = "feature systemd: initrd skeleton"
-    entries = [Generated(ArchiveEntry(path, EntryKind.DIRECTORY, 0o755), reason)
-               for path in MOUNT_POINTS]
-    entries += [Generated(ArchiveEntry(path, EntryKind.CHAR_DEVICE, mode, rdev=rdev), reason)
-                for path, mode, rdev in DEVICE_NODES]
+    entries = [
+        Generated(ArchiveEntry(path, EntryKind.DIRECTORY, 0o755), reason) for path in MOUNT_POINTS
+    ]
+    entries += [
+        Generated(ArchiveEntry(path, EntryKind.CHAR_DEVICE, mode, rdev=rdev), reason)
+        for path, mode, rdev in DEVICE_NODES
+    ]
     # The kernel runs /init; systemd itself is that init.
-    entries.append(Generated(
-        ArchiveEntry("/init", EntryKind.SYMLINK, 0o777, target="usr/lib/systemd/systemd"),
-        "feature systemd: the kernel runs /init"))
+    entries.append(
+        Generated(
+            ArchiveEntry("/init", EntryKind.SYMLINK, 0o777, target="usr/lib/systemd/systemd"),
+            "feature systemd: the kernel runs /init",
+        )
+    )
     return entries
 
 
@@ -43,32 +54,72 @@ FEATURE = Feature(
         "?systemd-tty-ask-password-agent",
     ),
     units=(
-        "initrd.target", "initrd-fs.target", "initrd-root-device.target",
-        "initrd-root-fs.target", "initrd-usr-fs.target", "initrd-switch-root.target",
-        "initrd-switch-root.service", "initrd-cleanup.service", "initrd-parse-etc.service",
+        "initrd.target",
+        "initrd-fs.target",
+        "initrd-root-device.target",
+        "initrd-root-fs.target",
+        "initrd-usr-fs.target",
+        "initrd-switch-root.target",
+        "initrd-switch-root.service",
+        "initrd-cleanup.service",
+        "initrd-parse-etc.service",
         "?initrd-udevadm-cleanup-db.service",
-        "sysinit.target", "basic.target", "local-fs.target", "local-fs-pre.target",
-        "swap.target", "sockets.target", "timers.target", "paths.target", "slices.target",
-        "cryptsetup.target", "cryptsetup-pre.target", "remote-fs.target",
-        "remote-fs-pre.target", "emergency.target", "emergency.service", "rescue.target",
-        "rescue.service", "shutdown.target", "final.target", "umount.target",
-        "reboot.target", "poweroff.target", "halt.target", "ctrl-alt-del.target",
-        "systemd-reboot.service", "systemd-poweroff.service", "systemd-halt.service",
-        "systemd-journald.service", "systemd-journald.socket",
-        "systemd-journald-dev-log.socket", "?systemd-journald-audit.socket",
-        "systemd-tmpfiles-setup-dev.service", "?kmod-static-nodes.service",
-        "?systemd-ask-password-console.path", "?systemd-ask-password-console.service",
-        "?systemd-ask-password-wall.path", "?systemd-ask-password-wall.service",
-        "?systemd-volatile-root.service", "?systemd-sysctl.service",
+        "sysinit.target",
+        "basic.target",
+        "local-fs.target",
+        "local-fs-pre.target",
+        "swap.target",
+        "sockets.target",
+        "timers.target",
+        "paths.target",
+        "slices.target",
+        "cryptsetup.target",
+        "cryptsetup-pre.target",
+        "remote-fs.target",
+        "remote-fs-pre.target",
+        "emergency.target",
+        "emergency.service",
+        "rescue.target",
+        "rescue.service",
+        "shutdown.target",
+        "final.target",
+        "umount.target",
+        "reboot.target",
+        "poweroff.target",
+        "halt.target",
+        "ctrl-alt-del.target",
+        "systemd-reboot.service",
+        "systemd-poweroff.service",
+        "systemd-halt.service",
+        "systemd-journald.service",
+        "systemd-journald.socket",
+        "systemd-journald-dev-log.socket",
+        "?systemd-journald-audit.socket",
+        "systemd-tmpfiles-setup-dev.service",
+        "?kmod-static-nodes.service",
+        "?systemd-ask-password-console.path",
+        "?systemd-ask-password-console.service",
+        "?systemd-ask-password-wall.path",
+        "?systemd-ask-password-wall.service",
+        "?systemd-volatile-root.service",
+        "?systemd-sysctl.service",
     ),
     generators=(
-        "systemd-fstab-generator", "?systemd-debug-generator", "?systemd-gpt-auto-generator",
-        "?systemd-run-generator", "?systemd-hibernate-resume-generator",
+        "systemd-fstab-generator",
+        "?systemd-debug-generator",
+        "?systemd-gpt-auto-generator",
+        "?systemd-run-generator",
+        "?systemd-hibernate-resume-generator",
     ),
     files=(
-        "?/etc/systemd/system.conf", "?/etc/systemd/journald.conf",
+        "?/etc/systemd/system.conf",
+        "?/etc/systemd/journald.conf",
         "?/usr/lib/tmpfiles.d/static-nodes-permissions.conf",
-        "?/usr/lib/sysctl.d", "?/etc/sysctl.d", "?/etc/sysctl.conf",
+        "?/usr/lib/sysctl.d",
+        "?/etc/sysctl.d",
+        "?/etc/sysctl.conf",
     ),
+    # systemd loads these itself at start-up and complains when they are missing.
+    modules=("?autofs4",),
     compute=_skeleton,
 )

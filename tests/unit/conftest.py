@@ -14,7 +14,9 @@ def make_root_tree(root: Path, kver: str = "6.1.0-test") -> Path:
     for name in ("lib", "bin", "sbin"):
         if not (root / name).is_symlink():
             (root / name).symlink_to(f"usr/{name}")
-    (root / "usr/lib/os-release").write_text('NAME="Fixture"\nPRETTY_NAME="Fixture OS 1"\nID=fixture\n')
+    (root / "usr/lib/os-release").write_text(
+        'NAME="Fixture"\nPRETTY_NAME="Fixture OS 1"\nID=fixture\n'
+    )
     if not (root / "etc/os-release").is_symlink():
         (root / "etc/os-release").symlink_to("../usr/lib/os-release")
     (root / f"usr/lib/modules/{kver}/modules.dep").write_text("")

@@ -11,9 +11,9 @@ HOST_LOADER = Path("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
 
 
 def compile_c(source: str, output: Path, *flags: str) -> Path:
-    c_file = output.with_suffix(".c")
-    c_file.write_text(source)
     output.parent.mkdir(parents=True, exist_ok=True)
+    c_file = output.with_name(output.name + ".c")
+    c_file.write_text(source)
     subprocess.run(["gcc", "-o", str(output), str(c_file), *flags], check=True)
     c_file.unlink()
     return output
@@ -26,7 +26,9 @@ def install_libc(root: Path) -> None:
     shutil.copy(HOST_LIBC, multiarch / "libc.so.6")
     shutil.copy(HOST_LOADER, multiarch / "ld-linux-x86-64.so.2")
     (root / "usr/lib64").mkdir(exist_ok=True)
-    (root / "usr/lib64/ld-linux-x86-64.so.2").symlink_to("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    (root / "usr/lib64/ld-linux-x86-64.so.2").symlink_to(
+        "../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+    )
     (root / "lib64").symlink_to("usr/lib64")
 
 

@@ -102,13 +102,30 @@ def test_library_cycle_terminates(elf_root: Path) -> None:
     # libb first without its need of liba, so liba can link; then libb again with it.
     shared_library(elf_root, libdir, "libb.so.1", "int b(void){return 0;}\n")
     lib_dir = elf_root / libdir.lstrip("/")
-    shared_library(elf_root, libdir, "liba.so.1", "int b(void); int a(void){return b();}\n",
-                   f"-L{lib_dir}", "-l:libb.so.1")
+    shared_library(
+        elf_root,
+        libdir,
+        "liba.so.1",
+        "int b(void); int a(void){return b();}\n",
+        f"-L{lib_dir}",
+        "-l:libb.so.1",
+    )
     (lib_dir / "libb.so.1").unlink()
-    shared_library(elf_root, libdir, "libb.so.1", "int a(void); int b(void){return a();}\n",
-                   f"-L{lib_dir}", "-l:liba.so.1")
-    compile_c("int a(void); int main(void){return a();}\n", elf_root / "usr/bin/cyc",
-              f"-L{lib_dir}", "-l:liba.so.1")
+    shared_library(
+        elf_root,
+        libdir,
+        "libb.so.1",
+        "int a(void); int b(void){return a();}\n",
+        f"-L{lib_dir}",
+        "-l:liba.so.1",
+    )
+    compile_c(
+        "int a(void); int main(void){return a();}\n",
+        elf_root / "usr/bin/cyc",
+        f"-L{lib_dir}",
+        "-l:liba.so.1",
+        f"-Wl,-rpath-link,{lib_dir}",
+    )
     closure = closure_of(elf_root, executable("cyc"))
     assert f"{libdir}/liba.so.1.0" in closure.entries
     assert f"{libdir}/libb.so.1.0" in closure.entries
@@ -136,8 +153,11 @@ def write_unit(root: Path, name: str, text: str) -> None:
 
 def test_unit_exec_programs_followed(elf_root: Path) -> None:
     compile_c("int main(void){return 0;}\n", elf_root / "usr/bin/tool")
-    write_unit(elf_root, "a.service",
-               "[Service]\nExecStartPre=-/usr/bin/absent\nExecStart=tool --x \\\n  --y\n")
+    write_unit(
+        elf_root,
+        "a.service",
+        "[Service]\nExecStartPre=-/usr/bin/absent\nExecStart=tool --x \\\n  --y\n",
+    )
     closure = closure_of(elf_root, Request(RequestKind.UNIT, "a.service", "test"))
     assert "/usr/bin/tool" in closure.entries
     assert closure.format_why("/usr/bin/tool") == (
@@ -160,8 +180,11 @@ def test_wants_links_between_included_units_only(elf_root: Path) -> None:
     wants.mkdir()
     (wants / "in.service").symlink_to("../in.service")
     (wants / "out.service").symlink_to("../out.service")
-    closure = closure_of(elf_root, Request(RequestKind.UNIT, "t.target", "test"),
-                         Request(RequestKind.UNIT, "in.service", "test"))
+    closure = closure_of(
+        elf_root,
+        Request(RequestKind.UNIT, "t.target", "test"),
+        Request(RequestKind.UNIT, "in.service", "test"),
+    )
     assert "/usr/lib/systemd/system/t.target.wants/in.service" in closure.entries
     assert "/usr/lib/systemd/system/t.target.wants/out.service" not in closure.entries
 

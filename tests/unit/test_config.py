@@ -25,7 +25,9 @@ def test_defaults_pick_newest_kernel_and_a_safe_output(root_tree: Path, tmp_path
 
 
 def test_file_then_flags_scalars_replace_lists_extend(root_tree: Path, tmp_path: Path) -> None:
-    toml = write(tmp_path / "b.toml", f'sysroot = "{root_tree}"\nmodules = ["ext4"]\ncompress = "xz"\n')
+    toml = write(
+        tmp_path / "b.toml", f'sysroot = "{root_tree}"\nmodules = ["ext4"]\ncompress = "xz"\n'
+    )
     config = load_config(toml, {"modules": ["virtio_blk"], "compress": "gzip"})
     assert config.modules == ("ext4", "virtio_blk")
     assert config.compress is Compression.GZIP
@@ -40,12 +42,16 @@ def test_unknown_key_names_file_and_suggests(tmp_path: Path) -> None:
 
 
 def test_all_problems_reported_at_once(tmp_path: Path) -> None:
-    toml = write(tmp_path / "b.toml", 'modules = "ext4"\ncompress = "zstdd"\ncompress_level = "9"\n')
+    toml = write(
+        tmp_path / "b.toml", 'modules = "ext4"\ncompress = "zstdd"\ncompress_level = "9"\n'
+    )
     with pytest.raises(ConfigError) as error:
         load_config(toml, {})
     message = str(error.value)
     assert f"{toml}: modules: expected a list of strings" in message
-    assert f"{toml}: compress: 'zstdd' is not one of" in message and "did you mean 'zstd'" in message
+    assert (
+        f"{toml}: compress: 'zstdd' is not one of" in message and "did you mean 'zstd'" in message
+    )
     assert f"{toml}: compress_level: expected an integer" in message
     assert "\n" not in message
 
@@ -67,7 +73,9 @@ def test_sysroot_that_is_not_a_root_tree(tmp_path: Path) -> None:
 
 
 def test_unknown_kernel_version_suggests_installed(root_tree: Path) -> None:
-    with pytest.raises(ConfigError, match=r"kver: no modules for kernel '6.1.0-tst'.*did you mean '6.1.0-test'"):
+    with pytest.raises(
+        ConfigError, match=r"kver: no modules for kernel '6.1.0-tst'.*did you mean '6.1.0-test'"
+    ):
         load_config(None, {"sysroot": str(root_tree), "kver": "6.1.0-tst"})
 
 
@@ -82,7 +90,9 @@ def test_compress_level_checked_per_compressor(root_tree: Path) -> None:
 
 
 def test_emergency_shell_password_must_be_a_hash(root_tree: Path) -> None:
-    with pytest.raises(ConfigError, match="emergency_shell: expected 'locked', 'unlocked' or a crypt"):
+    with pytest.raises(
+        ConfigError, match="emergency_shell: expected 'locked', 'unlocked' or a crypt"
+    ):
         load_config(None, {"sysroot": str(root_tree), "emergency_shell": "hunter2"})
     config = load_config(None, {"sysroot": str(root_tree), "emergency_shell": "$6$salt$hash"})
     assert config.emergency_access is EmergencyAccess.PASSWORD

@@ -43,4 +43,8 @@ def test_missing_path_reports_no_stat(root_tree: Path) -> None:
 
 def test_os_release_parsing() -> None:
     text = 'NAME="Debian GNU/Linux"\nID=debian\n# comment\nPRETTY_NAME=\'x "y"\'\n'
-    assert parse_os_release(text) == {"NAME": "Debian GNU/Linux", "ID": "debian", "PRETTY_NAME": 'x "y"'}
+    assert parse_os_release(text) == {
+        "NAME": "Debian GNU/Linux",
+        "ID": "debian",
+        "PRETTY_NAME": 'x "y"',
+    }

@@ -1,0 +1,108 @@
+"""Compressors the kernel can unpack, run in-process on the cpio stream.
+
+Each is a context manager yielding a writable sink over `out`; leaving it flushes the
+last frame. The output is a pure function of the input and the level (gzip stores no
+name or time), which keeps images reproducible.
+"""
+
+from __future__ import annotations
+
+import enum
+import gzip
+import lzma
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import BinaryIO
+
+import lz4.block
+import zstandard
+
+from bookend.archive.cpio import Sink
+
+
+class Compression(enum.Enum):
+    ZSTD = "zstd"
+    XZ = "xz"
+    GZIP = "gzip"
+    LZ4 = "lz4"
+    NONE = "none"
+
+
+# The levels each compressor accepts, and the one used when none is asked for.
+LEVELS = {
+    Compression.ZSTD: (1, 19),
+    Compression.XZ: (0, 9),
+    Compression.GZIP: (1, 9),
+    Compression.LZ4: (1, 12),
+    Compression.NONE: (0, 0),
+}
+DEFAULT_LEVELS = {
+    Compression.ZSTD: 15,
+    Compression.XZ: 6,
+    Compression.GZIP: 9,
+    Compression.LZ4: 9,
+    Compression.NONE: 0,
+}
+
+# The kernel's unlz4 reads the legacy format: this magic, then blocks of at most 8 MiB
+# of input, each preceded by its compressed size.
+LZ4_LEGACY_MAGIC = 0x184C2102
+LZ4_LEGACY_BLOCK = 8 << 20
+
+
+@contextmanager
+def open_compressor(
+    compression: Compression, out: BinaryIO, level: int | None = None
+) -> Iterator[Sink]:
+    chosen = DEFAULT_LEVELS[compression] if level is None else level
+    if compression is Compression.ZSTD:
+        # threads=-1: one worker per CPU; zstd's output does not depend on the count.
+        compressor = zstandard.ZstdCompressor(level=chosen, threads=-1, write_checksum=True)
+        with compressor.stream_writer(out, closefd=False) as zstd_stream:
+            yield zstd_stream
+    elif compression is Compression.XZ:
+        # The kernel's xz decoder checks CRC32 only, not the default CRC64.
+        with lzma.LZMAFile(
+            out, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=chosen
+        ) as xz_stream:
+            yield xz_stream
+    elif compression is Compression.GZIP:
+        with gzip.GzipFile(
+            filename="", mode="wb", compresslevel=chosen, fileobj=out, mtime=0
+        ) as gzip_stream:
+            yield gzip_stream
+    elif compression is Compression.LZ4:
+        lz4_stream = Lz4LegacyWriter(out, chosen)
+        yield lz4_stream
+        lz4_stream.close()
+    else:
+        yield out
+
+
+class Lz4LegacyWriter:
+    """The lz4 legacy frame (what `lz4 -l` writes), the only lz4 format Linux unpacks."""
+
+    def __init__(self, out: BinaryIO, level: int) -> None:
+        self.out = out
+        self.level = level
+        self.pending = bytearray()
+        out.write(struct.pack("<I", LZ4_LEGACY_MAGIC))
+
+    def write(self, data: bytes, /) -> int:
+        self.pending += data
+        while len(self.pending) >= LZ4_LEGACY_BLOCK:
+            self._flush_block(bytes(self.pending[:LZ4_LEGACY_BLOCK]))
+            del self.pending[:LZ4_LEGACY_BLOCK]
+        return len(data)
+
+    def close(self) -> None:
+        if self.pending:
+            self._flush_block(bytes(self.pending))
+            self.pending.clear()
+
+    def _flush_block(self, block: bytes) -> None:
+        packed = lz4.block.compress(
+            block, mode="high_compression", compression=self.level, store_size=False
+        )
+        self.out.write(struct.pack("<I", len(packed)) + packed)

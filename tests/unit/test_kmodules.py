@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bookend.errors import ConfigError, SysrootError
+from bookend.kmodules import dependency_closure, load_database, resolve_request
+from bookend.sysroot import Sysroot
+
+KVER = "6.1.0-test"
+
+
+@pytest.fixture
+def moddb_root(root_tree: Path) -> Path:
+    moddir = root_tree / "usr/lib/modules" / KVER
+    (moddir / "modules.dep").write_text(
+        "kernel/fs/ext4/ext4.ko.xz: kernel/fs/jbd2/jbd2.ko.xz kernel/fs/mbcache.ko.zst\n"
+        "kernel/fs/jbd2/jbd2.ko.xz:\n"
+        "kernel/fs/mbcache.ko.zst:\n"
+        "kernel/crypto/crc32c_generic.ko:\n"
+        "kernel/arch/x86/crypto/crc32c-intel.ko:\n"
+        "kernel/drivers/block/virtio_blk.ko.gz: kernel/drivers/virtio/virtio_ring.ko\n"
+        "kernel/drivers/virtio/virtio_ring.ko:\n"
+    )
+    (moddir / "modules.alias").write_text(
+        "# Aliases extracted from modules themselves.\n"
+        "alias fs-ext4 ext4\n"
+        "alias crypto-crc32c crc32c_generic\n"
+        "alias crypto-crc32c crc32c_intel\n"
+        "alias virtio:d00000002v* virtio_blk\n"
+    )
+    (moddir / "modules.softdep").write_text("softdep ext4 pre: crypto-crc32c post: absent-alias\n")
+    (moddir / "modules.builtin").write_text("kernel/drivers/virtio/virtio.ko\n")
+    return root_tree
+
+
+def closure_names(root: Path, *names: str) -> list[tuple[str, str, str | None]]:
+    db = load_database(Sysroot(root), KVER)
+    roots = [
+        (found, "test") for name in names for found in resolve_request(db, name, "test", False)
+    ]
+    return [(c.name, c.relpath, c.parent) for c in dependency_closure(db, roots)]
+
+
+def test_dependencies_and_softdeps_through_aliases(moddb_root: Path) -> None:
+    assert closure_names(moddb_root, "fs-ext4") == [
+        ("ext4", "kernel/fs/ext4/ext4.ko.xz", None),
+        ("jbd2", "kernel/fs/jbd2/jbd2.ko.xz", "ext4"),
+        ("mbcache", "kernel/fs/mbcache.ko.zst", "ext4"),
+        ("crc32c_generic", "kernel/crypto/crc32c_generic.ko", "ext4"),
+        ("crc32c_intel", "kernel/arch/x86/crypto/crc32c-intel.ko", "ext4"),
+    ]
+
+
+def test_glob_alias_and_dash_underscore_names(moddb_root: Path) -> None:
+    names = [
+        n for n, _, _ in closure_names(moddb_root, "virtio:d00000002v00001AF4", "crc32c-intel")
+    ]
+    assert names == ["virtio_blk", "crc32c_intel", "virtio_ring"]
+
+
+def test_builtin_module_is_no_file_and_no_error(moddb_root: Path) -> None:
+    db = load_database(Sysroot(moddb_root), KVER)
+    assert resolve_request(db, "virtio", "test", optional=False) == []
+
+
+def test_unknown_module_names_request_and_suggests(moddb_root: Path) -> None:
+    db = load_database(Sysroot(moddb_root), KVER)
+    with pytest.raises(ConfigError) as error:
+        resolve_request(db, "virtio-blk2", "modules (command line)", optional=False)
+    assert str(error.value) == (
+        "modules (command line): no kernel module or alias 'virtio-blk2' in "
+        f"/lib/modules/{KVER} (did you mean 'virtio_blk'?)"
+    )
+    assert resolve_request(db, "virtio-blk2", "test", optional=True) == []
+
+
+def test_missing_modules_dep_says_run_depmod(root_tree: Path) -> None:
+    (root_tree / f"usr/lib/modules/{KVER}/modules.dep").unlink()
+    with pytest.raises(SysrootError, match=f"modules.dep: missing; run depmod {KVER}"):
+        load_database(Sysroot(root_tree), KVER)

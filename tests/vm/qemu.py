@@ -1,0 +1,298 @@
+"""Boot a kernel in QEMU (software emulation) and talk to it over the serial console.
+
+A `Boot` runs QEMU in the background; a reader thread collects the console text
+so a test can `expect()` lines, `send()` keystrokes and `wait_exit()`. QEMU is
+always killed when the with-block ends, so a failing test never leaks a guest.
+"""
+
+from __future__ import annotations
+
+import codecs
+import enum
+import os
+import re
+import shlex
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+QEMU = "qemu-system-x86_64"
+TAIL_LINES = 60
+
+# CSI sequences (colours, cursor moves, "erase line") and the short escapes
+# (e.g. ESC c, which SeaBIOS sends to reset the terminal).
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[ -/]*[0-Z\\-~]")
+# An escape or a carriage return cut off at the end of a read: kept back until
+# the next read completes it, so a sequence split across reads is still removed
+# and a split "\r\n" does not become two line breaks.
+_UNFINISHED = re.compile(r"(\x1b(\[[0-?]*[ -/]*|[ -/]*)|\r+)$")
+
+
+class Bus(enum.Enum):
+    """How a disk is attached; the guest kernel needs the matching driver."""
+
+    VIRTIO = "virtio"  # virtio-blk-pci, /dev/vdX
+    AHCI = "ahci"  # ide-hd on an AHCI controller, /dev/sdX
+    NVME = "nvme"  # an NVMe controller with one namespace, /dev/nvmeXn1
+
+
+@dataclass(frozen=True)
+class Disk:
+    path: Path
+    bus: Bus = Bus.VIRTIO
+    format: str = "raw"
+
+
+@dataclass(frozen=True)
+class Kernel:
+    path: Path
+    version: str
+
+
+def installed_kernels(boot_dir: Path = Path("/boot")) -> list[Kernel]:
+    """Kernels in boot_dir, oldest first by version (so 6.10 sorts after 6.9)."""
+
+    def version_key(kernel: Kernel) -> list[tuple[int, str]]:
+        return [(int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.-]", kernel.version)]
+
+    kernels = [
+        Kernel(path, path.name.removeprefix("vmlinuz-")) for path in boot_dir.glob("vmlinuz-*")
+    ]
+    return sorted(kernels, key=version_key)
+
+
+def drive_args(disks: Sequence[Disk]) -> list[str]:
+    """QEMU arguments that attach each disk on its bus, in order."""
+    args: list[str] = []
+    ahci_ports = 0
+    for index, disk in enumerate(disks):
+        drive = f"disk{index}"
+        # A comma in a path would end the option; QEMU escapes it by doubling.
+        path = os.fspath(disk.path).replace(",", ",,")
+        args += ["-drive", f"file={path},format={disk.format},if=none,id={drive}"]
+        # A stable serial gives each disk a predictable /dev/disk/by-id name.
+        serial = f"bookend{index}"
+        if disk.bus is Bus.VIRTIO:
+            args += ["-device", f"virtio-blk-pci,drive={drive},serial={serial}"]
+        elif disk.bus is Bus.AHCI:
+            if ahci_ports == 0:
+                args += ["-device", "ahci,id=ahci0"]
+            args += ["-device", f"ide-hd,drive={drive},bus=ahci0.{ahci_ports},serial={serial}"]
+            ahci_ports += 1
+        else:
+            args += ["-device", f"nvme,drive={drive},serial={serial}"]
+    return args
+
+
+def qemu_argv(
+    kernel: Path,
+    initrd: Path | None,
+    disks: Sequence[Disk],
+    append: str,
+    *,
+    memory_mib: int = 1024,
+    cpus: int = 2,
+) -> list[str]:
+    argv = [
+        QEMU,
+        # KVM is not available (or hangs) where these tests run; TCG always works.
+        "-accel", "tcg", "-cpu", "max",
+        "-m", str(memory_mib), "-smp", str(cpus),
+        # The serial port is the guest's console, on our stdin/stdout; the
+        # monitor goes nowhere so no byte we send is taken as a QEMU command.
+        "-nographic", "-monitor", "none", "-serial", "stdio",
+        # A reboot or panic ends QEMU instead of booting again.
+        "-no-reboot",
+        # Writes go to a throwaway overlay: the cached disks are never modified.
+        "-snapshot",
+        # No test needs a network, and a NIC is one more device to probe.
+        "-nic", "none",
+        "-kernel", os.fspath(kernel),
+        "-append", f"console=ttyS0 panic=-1 {append}".strip(),
+    ]  # fmt: skip
+    if initrd is not None:
+        argv += ["-initrd", os.fspath(initrd)]
+    return argv + drive_args(disks)
+
+
+class Boot:
+    """A running guest and everything it has printed on its console so far."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        log_path: Path | None = None,
+        echo: Callable[[str], None] | None = None,
+    ) -> None:
+        self.argv = list(argv)
+        self.log_path = log_path
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self._echo = echo
+        self._text = ""  # console text, ANSI stripped, "\n" line ends
+        self._cursor = 0  # where the next expect() starts searching
+        self._eof = False
+        self._expired = False
+        self._changed = threading.Condition()
+        self._proc = subprocess.Popen(
+            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self._log = log_path.open("w", encoding="utf-8") if log_path else None
+        if self._log:
+            self._log.write(f"+ {shlex.join(self.argv)}\n")
+        self._reader = threading.Thread(target=self._read_console, name="qemu-console", daemon=True)
+        self._reader.start()
+        # A guest that hangs is killed even if the test forgets to wait for it.
+        self._watchdog = threading.Timer(timeout, self._expire)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def __enter__(self) -> Boot:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.kill()
+
+    @property
+    def text(self) -> str:
+        """All console text so far."""
+        with self._changed:
+            return self._text
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def expect(self, pattern: str | re.Pattern[str], timeout: float) -> re.Match[str]:
+        """Wait for pattern in console text not yet consumed; consume up to its end."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                match = regex.search(self._text, self._cursor)
+                if match:
+                    self._cursor = match.end()
+                    return match
+                left = deadline - time.monotonic()
+                if self._eof or left <= 0:
+                    break
+                self._changed.wait(left)
+        raise AssertionError(self._failure(f"{regex.pattern!r} not seen", timeout))
+
+    def send(self, text: str) -> None:
+        r"""Type text on the guest's serial console (say "\r" for Enter)."""
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(text.encode())
+        self._proc.stdin.flush()
+
+    def wait_exit(self, timeout: float) -> int:
+        """Wait for QEMU to exit (guest powered off, or panicked) and return its status."""
+        try:
+            status = self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(self._failure("QEMU did not exit", timeout)) from None
+        self._reader.join()
+        if self._expired:
+            raise AssertionError(self._failure("QEMU did not exit", timeout))
+        return status
+
+    def kill(self) -> None:
+        """Stop QEMU if it still runs, and finish the console log."""
+        self._watchdog.cancel()
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._reader.join()
+        if self._proc.stdin:
+            self._proc.stdin.close()
+        if self._log:
+            self._log.close()
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._proc.kill()
+
+    def _failure(self, what: str, timeout: float) -> str:
+        """An assertion message: what went wrong, why waiting stopped, the console's tail."""
+        status = self._proc.poll()
+        if self._expired:
+            why = f"QEMU killed after the boot's {self.timeout:g} s limit"
+        elif status is not None:
+            why = f"QEMU exited with status {status}"
+        else:
+            why = f"waited {timeout:g} s"
+        tail = "\n".join(self.text.splitlines()[-TAIL_LINES:])
+        log = f" (full log: {self.log_path})" if self.log_path else ""
+        return (
+            f"{what}: {why}, {self.elapsed:.0f} s into the boot{log}\n"
+            f"--- last {TAIL_LINES} console lines ---\n{tail}\n--- end of console ---"
+        )
+
+    def _read_console(self) -> None:
+        assert self._proc.stdout is not None
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        held = ""
+        while chunk := os.read(self._proc.stdout.fileno(), 65536):
+            raw = held + decoder.decode(chunk)
+            cut = _UNFINISHED.search(raw)
+            held = raw[cut.start() :] if cut else ""
+            self._append(raw[: cut.start()] if cut else raw)
+        self._append(held)
+        with self._changed:
+            self._eof = True
+            self._changed.notify_all()
+
+    def _append(self, raw: str) -> None:
+        text = console_text(raw, at_line_start=self._text.endswith("\n") or not self._text)
+        if not text:
+            return
+        if self._log:
+            self._log.write(text)
+            self._log.flush()
+        if self._echo:
+            self._echo(text)
+        with self._changed:
+            self._text += text
+            self._changed.notify_all()
+
+
+def console_text(raw: str, at_line_start: bool) -> str:
+    r"""Console output as plain lines: no escapes, "\n" line ends.
+
+    systemd starts each status line with "\r" (to overwrite an "A start job is
+    running" line) and the tty ends lines with "\r\n". A "\r" at the start of
+    a line is dropped; one in mid-line starts a new line, so an overwritten
+    status stays readable.
+    """
+    text = re.sub(r"\r+\n", "\n", _ANSI.sub("", raw))
+    text = re.sub(r"(^|\n)\r+" if at_line_start else r"(\n)\r+", r"\1", text)
+    return text.replace("\r", "\n")
+
+
+def boot(
+    kernel: Path,
+    initrd: Path | None,
+    disks: Sequence[Path | Disk],
+    append: str,
+    timeout: float,
+    *,
+    log_path: Path | None = None,
+    echo: Callable[[str], None] | None = None,
+    memory_mib: int = 1024,
+    cpus: int = 2,
+) -> Boot:
+    """Start a guest; plain paths are attached as virtio disks. Use as a with-block."""
+    attached = [d if isinstance(d, Disk) else Disk(d) for d in disks]
+    argv = qemu_argv(kernel, initrd, attached, append, memory_mib=memory_mib, cpus=cpus)
+    return Boot(argv, timeout=timeout, log_path=log_path, echo=echo)

@@ -1,0 +1,298 @@
+"""A cached Debian root disk for the VM tests, built once per recipe.
+
+The disk is a raw ext4 image with no partition table: a debootstrap'ed bookworm
+turned into a filesystem by `mkfs.ext4 -d`, so building it needs neither loop
+devices nor mounts. A unit in it reports the token the test put on the kernel
+command line and powers the guest off, which is how a test proves a boot
+succeeded.
+
+Building takes minutes, so the image is cached outside the repository under a
+name derived from the recipe: changing the recipe builds a new disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from bookend.errors import BookendError
+from bookend.proc import run
+
+CACHE_ENV = "BOOKEND_TEST_CACHE"
+DEFAULT_CACHE = Path("/var/cache/bookend-tests")
+ROOT_UUID = "b00ce4d0-7e57-4b00-8000-00000000c0de"
+ROOT_LABEL = "bookend-root"
+
+REPORT_SCRIPT = """\
+#!/bin/sh
+# Tell the host which bookend.token this boot was given and whether the root
+# was entered through an initrd, then power off so the host sees QEMU exit.
+set -eu
+set -f  # the command line is split into words below, never globbed
+token=
+rdinit=/init
+for word in $(cat /proc/cmdline); do
+    case "$word" in
+        bookend.token=*) token=${word#bookend.token=} ;;
+        rdinit=*) rdinit=${word#rdinit=} ;;
+    esac
+done
+[ -n "$token" ] || exit 0
+# systemd records when it ran in an initrd before switching root; the
+# timestamp is 0 when there was no initrd or its init was not systemd.
+case "$(systemctl show -P InitRDTimestampMonotonic)" in
+    "" | 0) systemd_initrd=no ;;
+    *) systemd_initrd=yes ;;
+esac
+# Any other initrd (e.g. initramfs-tools) shows in the kernel log: the kernel
+# runs the initramfs's init only if the initrd has one, and otherwise mounts
+# the root itself and runs the root's init.
+initrd=$systemd_initrd
+if [ "$initrd" = no ] && dmesg | grep -qF "Run $rdinit as init process"; then
+    initrd=yes
+fi
+line="BOOKEND-TOKEN $token booted-with-initrd=$initrd systemd-initrd=$systemd_initrd"
+echo "$line" > /dev/ttyS0
+# With console=ttyS0 the console is the serial port: print the line only once.
+grep -qw ttyS0 /sys/class/tty/console/active || echo "$line" > /dev/console
+systemctl --no-block poweroff
+"""
+
+REPORT_UNIT = """\
+[Unit]
+Description=Report the bookend test token to the host and power off
+# Start once everything multi-user.target pulls in has started, so the report
+# also says "the boot finished". WantedBy= below would normally order the
+# target after this unit too; systemd skips that implicit ordering when it
+# would close a loop, so this After= creates no ordering cycle.
+After=multi-user.target
+ConditionKernelCommandLine=bookend.token
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/bookend-test-report
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+@dataclass(frozen=True)
+class RootDisk:
+    image: Path
+    uuid: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the disk's content; its hash names the cached image."""
+
+    suite: str
+    mirror: str
+    include: tuple[str, ...]
+    uuid: str
+    label: str
+    size_mib: int
+    # (path in the root, content, mode)
+    files: tuple[tuple[str, str, int], ...]
+    # (path in the root, target)
+    symlinks: tuple[tuple[str, str], ...]
+    # Enablement symlinks removed: timers and services a short test boot never
+    # needs, which only cost time under emulation.
+    disabled: tuple[str, ...]
+    # Bump when a build step changes in a way the fields above do not show.
+    revision: int = 1
+
+    def key(self) -> str:
+        encoded = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(encoded).hexdigest()[:16]
+
+
+def default_recipe() -> Recipe:
+    hosts = "127.0.0.1\tlocalhost\n127.0.1.1\tbookend-test\n::1\tlocalhost ip6-localhost\n"
+    return Recipe(
+        suite="bookworm",
+        mirror="http://deb.debian.org/debian",
+        include=("systemd-sysv", "udev", "kmod", "e2fsprogs"),
+        uuid=ROOT_UUID,
+        label=ROOT_LABEL,
+        size_mib=1536,
+        files=(
+            ("etc/fstab", f"UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n", 0o644),
+            ("etc/hostname", "bookend-test\n", 0o644),
+            ("etc/hosts", hosts, 0o644),
+            ("usr/local/sbin/bookend-test-report", REPORT_SCRIPT, 0o755),
+            ("etc/systemd/system/bookend-test-report.service", REPORT_UNIT, 0o644),
+        ),
+        symlinks=(
+            ("etc/systemd/system/default.target", "/lib/systemd/system/multi-user.target"),
+            (
+                "etc/systemd/system/multi-user.target.wants/bookend-test-report.service",
+                "/etc/systemd/system/bookend-test-report.service",
+            ),
+        ),
+        disabled=(
+            "timers.target.wants/apt-daily.timer",
+            "timers.target.wants/apt-daily-upgrade.timer",
+            "timers.target.wants/dpkg-db-backup.timer",
+            "timers.target.wants/e2scrub_all.timer",
+            "timers.target.wants/fstrim.timer",
+            "multi-user.target.wants/e2scrub_reap.service",
+        ),
+    )
+
+
+def cache_dir_default() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
+
+
+def ensure_root_disk(cache_dir: Path | None = None, recipe: Recipe | None = None) -> RootDisk:
+    """The cached root disk for recipe, built first if no finished one exists."""
+    recipe = recipe or default_recipe()
+    cache_dir = cache_dir or cache_dir_default()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = recipe.key()
+    image = cache_dir / f"root-{key}.img"
+    if not image.exists():
+        # Another pytest process may be building the same disk: wait for it
+        # rather than build twice, then look again.
+        with locked(cache_dir / f"root-{key}.lock"):
+            if not image.exists():
+                remove_stale_builds(cache_dir, key)
+                build_root_disk(recipe, image, key)
+    return RootDisk(image=image, uuid=recipe.uuid, label=recipe.label)
+
+
+@contextmanager
+def locked(path: Path) -> Iterator[None]:
+    # flock is released by the kernel if the holder dies, so a crash never
+    # leaves a lock that blocks the next run.
+    with path.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"bookend tests: waiting for the build holding {path}", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def remove_stale_builds(cache_dir: Path, key: str) -> None:
+    """Delete what interrupted builds of this recipe left; call only holding its lock.
+
+    Builds of other recipes are left alone: another process may be running one.
+    """
+    for leftover in cache_dir.glob(f".build-{key}-*"):
+        try:
+            remove_tree(leftover)
+        except (OSError, BookendError) as error:
+            # A debootstrap orphaned by a killed test run may still be writing
+            # there; our build uses its own directory, so leave it for next time.
+            print(f"bookend tests: cannot remove {leftover} yet: {error}", flush=True)
+
+
+def build_root_disk(recipe: Recipe, image: Path, key: str) -> None:
+    """Build in a private directory and rename into place, so image is whole or absent."""
+    started = time.monotonic()
+    print(f"bookend tests: building root disk {image} (a few minutes)", flush=True)
+    work = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=image.parent))
+    try:
+        tree = work / "root"
+        bootstrap(recipe, tree)
+        customize(recipe, tree)
+        make_filesystem(recipe, tree, work / "disk.img")
+        os.replace(work / "disk.img", image)
+    finally:
+        remove_tree(work)
+    print(f"bookend tests: root disk built in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def bootstrap(recipe: Recipe, tree: Path) -> None:
+    # The one door for subprocesses scrubs the environment; a proxy the host
+    # needs to reach the mirror must still get through.
+    proxies = {k: v for k, v in os.environ.items() if k.lower() in ("http_proxy", "https_proxy")}
+    argv: list[str | Path] = ["debootstrap", "--variant=minbase"]
+    argv += [f"--include={','.join(recipe.include)}", recipe.suite, tree, recipe.mirror]
+    try:
+        run(argv, env=proxies)
+    except BookendError:
+        # The error names debootstrap's log, which goes with the build
+        # directory; show its end while it still exists.
+        log = tree / "debootstrap/debootstrap.log"
+        if log.exists():
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            print("\n".join(["bookend tests: end of debootstrap.log:", *tail]), flush=True)
+        raise
+
+
+def customize(recipe: Recipe, tree: Path) -> None:
+    for relative, content, mode in recipe.files:
+        path = tree / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+        path.chmod(mode)
+    for relative, target in recipe.symlinks:
+        path = tree / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.unlink(missing_ok=True)
+        path.symlink_to(target)
+    for relative in recipe.disabled:
+        (tree / "etc/systemd/system" / relative).unlink(missing_ok=True)
+    lock_root_account(tree)
+    # Downloaded packages only make the image bigger.
+    for deb in (tree / "var/cache/apt/archives").glob("*.deb"):
+        deb.unlink()
+
+
+def lock_root_account(tree: Path) -> None:
+    """Prefix root's password with "!" as `passwd -l` does, without running a chroot."""
+    shadow = tree / "etc/shadow"
+    lines = shadow.read_text().splitlines(keepends=True)
+    for index, line in enumerate(lines):
+        fields = line.split(":")
+        if fields[0] == "root" and not fields[1].startswith("!"):
+            fields[1] = "!" + fields[1]
+            lines[index] = ":".join(fields)
+    shadow.write_text("".join(lines))
+
+
+def make_filesystem(recipe: Recipe, tree: Path, image: Path) -> None:
+    with image.open("wb") as sparse:
+        sparse.truncate(recipe.size_mib * 1024 * 1024)
+    run(
+        [
+            "mkfs.ext4",
+            "-q",
+            "-d", tree,
+            "-U", recipe.uuid,
+            "-L", recipe.label,
+            # Zero the inode tables and journal now; otherwise the guest's
+            # ext4lazyinit thread does it at every boot, slowly, under emulation.
+            "-E", "lazy_itable_init=0,lazy_journal_init=0",
+            image,
+        ]
+    )  # fmt: skip
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree, after unmounting what an interrupted debootstrap left mounted inside."""
+    prefix = os.fspath(path.resolve()) + "/"
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1] for line in mounts]
+    # /proc/self/mounts escapes spaces as \040; our temporary paths have none.
+    for point in sorted((p for p in points if p.startswith(prefix)), reverse=True):
+        run(["umount", "--lazy", point])
+    shutil.rmtree(path)
