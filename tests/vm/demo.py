@@ -1,8 +1,8 @@
 """Boot the cached root disk with an initrd and check the guest reports our token.
 
-    python -m tests.vm.demo --initrd /boot/initrd.img-$(uname -r) \\
-        --append "root=UUID=b00ce4d0-7e57-4b00-8000-00000000c0de rw"
+    python -m tests.vm.demo --initrd /boot/initrd.img-$(uname -r) [--append "quiet"]
 
+The root disk is booted by its UUID unless --append names a root= of its own.
 Exits 0 only if the guest printed the token, entered its root through the
 initrd, and powered off within the timeout.
 """
@@ -47,7 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     disk = ensure_root_disk()
     print(f"demo: root disk {disk.image} UUID={disk.uuid} LABEL={disk.label}", flush=True)
     token = secrets.token_hex(8)
-    append = f"{args.append} bookend.token={token}".strip()
+    # Without a root= of the caller's, boot the cached disk by its UUID.
+    root = "" if "root=" in args.append else f"root=UUID={disk.uuid} rw"
+    append = f"{root} {args.append} bookend.token={token}".strip()
     started = time.monotonic()
     with boot(
         kernel, args.initrd, [disk.image], append, args.timeout, log_path=args.log, echo=echo

@@ -1,0 +1,167 @@
+"""An image built from this machine holds a working userspace, not just a file list.
+
+These tests unpack the image and run its programs under chroot with its own loader,
+so a library the closure missed shows up as a program that cannot start.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bookend.sysroot import Sysroot, parse_os_release
+from tests.imagebuild import QEMU_VIRTIO_EXT4, bookend, build_image
+
+KVER = max(os.listdir("/lib/modules"), default="") if os.path.isdir("/lib/modules") else ""
+pytestmark = pytest.mark.skipif(not KVER, reason="no kernel modules installed under /lib/modules")
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("image") / "initrd.img"
+    return build_image(output, KVER, "--compress", "none", *QEMU_VIRTIO_EXT4)
+
+
+@pytest.fixture(scope="module")
+def tree(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tree")
+    subprocess.run(["bsdtar", "-xpf", str(image), "-C", str(root)], check=True)
+    return root
+
+
+def listing(image: Path) -> dict[str, str]:
+    lines = subprocess.run(["bsdtar", "-tvf", str(image)], check=True, capture_output=True,
+                           text=True).stdout.splitlines()  # fmt: skip
+    entries = {}
+    for line in lines:
+        fields = line.split()
+        name = fields[8] if len(fields) > 8 else fields[-1]
+        entries[name] = line
+    return entries
+
+
+def test_systemd_is_init_and_layout_keeps_debian_links(image: Path) -> None:
+    entries = listing(image)
+    assert entries["init"].endswith("init -> usr/lib/systemd/systemd")
+    for link, target in (("lib", "usr/lib"), ("bin", "usr/bin"), ("sbin", "usr/sbin")):
+        assert entries[link].endswith(f"{link} -> {target}"), entries[link]
+    for needed in ("etc/initrd-release", "usr/lib/systemd/systemd",
+                   "usr/lib/systemd/system/initrd.target",
+                   "usr/lib/systemd/system/initrd-switch-root.service",
+                   "usr/lib/systemd/system-generators/systemd-fstab-generator",
+                   "usr/lib/systemd/systemd-udevd", "usr/lib/systemd/systemd-journald",
+                   "usr/sbin/sulogin", "usr/sbin/fsck.ext4", "dev/console"):  # fmt: skip
+        assert needed in entries, needed
+    assert entries["dev/console"].startswith("crw-------")
+    assert all(line.split()[2:4] == ["0", "0"] for line in entries.values())
+
+
+def test_initrd_release_names_the_sysroot_and_bookend(tree: Path) -> None:
+    # /etc/initrd-release is what makes systemd run in initrd mode.
+    release = parse_os_release((tree / "etc/initrd-release").read_text())
+    host = parse_os_release(Sysroot(Path("/")).read_text("/etc/os-release"))
+    assert release["VARIANT_ID"] == "bookend-initrd"
+    assert release["ID"] == host["ID"] and release["VERSION_ID"] == host["VERSION_ID"]
+    assert os.readlink(tree / "etc/os-release") == "initrd-release"
+
+
+def elf_files(tree: Path) -> list[str]:
+    found = []
+    for directory, _, files in os.walk(tree):
+        for name in files:
+            path = Path(directory, name)
+            # Device nodes are skipped too: reading tree/dev/console would block.
+            if path.is_symlink() or not path.is_file() or "/modules/" in str(path):
+                continue
+            with path.open("rb") as stream:
+                if stream.read(4) == b"\x7fELF":
+                    found.append("/" + str(path.relative_to(tree)))
+    return found
+
+
+def test_every_elf_file_resolves_all_its_libraries_inside_the_image(tree: Path) -> None:
+    elves = elf_files(tree)
+    assert "/usr/lib/systemd/systemd" in elves and len(elves) > 40
+    unresolved = []
+    for elf in elves:
+        result = subprocess.run(["chroot", str(tree), LOADER, "--list", elf],
+                                capture_output=True, text=True, check=False)  # fmt: skip
+        # --list on the loader itself, or a static binary, says so and exits non-zero.
+        if "not found" in result.stdout + result.stderr:
+            unresolved.append(f"{elf}: {result.stdout.strip()}")
+    assert not unresolved, "\n".join(unresolved)
+
+
+@pytest.mark.parametrize(
+    "program", [["/usr/lib/systemd/systemd", "--version"], ["/usr/bin/udevadm", "--version"],
+                ["/usr/bin/mount", "--version"], ["/usr/sbin/e2fsck", "-V"],
+                ["/usr/bin/systemctl", "--version"], ["/bin/sh", "-c", "exit 0"]],
+)  # fmt: skip
+def test_programs_run_from_the_image_alone(tree: Path, program: list[str]) -> None:
+    result = subprocess.run(["chroot", str(tree), *program], capture_output=True, text=True,
+                            check=False, env={"PATH": "/usr/bin:/usr/sbin"})  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("request_name", "expected"),
+    [("ext4", "ext4.ko"), ("fs-ext4", "ext4.ko"), ("virtio_blk", "virtio_blk.ko"),
+     ("virtio:d00000002v00001AF4", "virtio_blk.ko")],
+)  # fmt: skip
+def test_modprobe_in_the_image_finds_modules_by_name_and_alias(
+    tree: Path, request_name: str, expected: str
+) -> None:
+    result = subprocess.run(
+        ["modprobe", "-d", str(tree), "-S", KVER, "--show-depends", request_name],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert expected in result.stdout
+    for line in result.stdout.splitlines():
+        if line.startswith("insmod "):
+            assert line.split()[1].startswith(str(tree)), line
+
+
+def test_modules_outside_the_request_are_not_in_the_index(tree: Path) -> None:
+    result = subprocess.run(["modprobe", "-d", str(tree), "-S", KVER, "--show-depends", "e1000"],
+                            capture_output=True, text=True, check=False)  # fmt: skip
+    assert result.returncode != 0
+
+
+def test_two_builds_are_identical_byte_for_byte(tmp_path: Path) -> None:
+    first = build_image(tmp_path / "a.img", KVER, *QEMU_VIRTIO_EXT4)
+    second = build_image(tmp_path / "b.img", KVER, *QEMU_VIRTIO_EXT4)
+    assert first.read_bytes() == second.read_bytes()
+    assert first.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"  # zstd by default
+
+
+def test_bad_module_fails_in_one_line_and_keeps_the_old_image(tmp_path: Path) -> None:
+    output = tmp_path / "initrd.img"
+    output.write_bytes(b"the image that boots today")
+    result = bookend("build", "--kver", KVER, "-o", str(output), "--add-module", "ext44",
+                     check=False)  # fmt: skip
+    assert result.returncode == 2
+    error_lines = result.stderr.strip().splitlines()
+    assert len(error_lines) == 1 and "ext44" in error_lines[0], result.stderr
+    assert output.read_bytes() == b"the image that boots today"
+    assert os.listdir(tmp_path) == ["initrd.img"]
+
+
+def test_default_output_is_in_the_working_directory_not_boot(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["python3", "-m", "bookend", "build", "--kver", KVER, "--compress", "none"],
+        cwd=tmp_path, capture_output=True, text=True, check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(tmp_path) == [f"bookend-initrd-{KVER}.img"]
+
+
+def test_why_prints_the_chain_to_a_library() -> None:
+    result = bookend("plan", "--kver", KVER, "--why", "/usr/lib/x86_64-linux-gnu/libc.so.6")
+    assert result.stdout.startswith("/usr/lib/x86_64-linux-gnu/libc.so.6 <- ")
+    assert "DT_NEEDED of" in result.stdout and "feature " in result.stdout
