@@ -20,6 +20,13 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
     """One flag per setting of the table in bookend.config."""
     parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
     for setting in SETTINGS:
+        if setting.consts:
+            group = parser.add_mutually_exclusive_group()
+            for flag, value, help_text in setting.consts:
+                group.add_argument(
+                    flag, dest=setting.key, action="store_const", const=value, help=help_text
+                )
+            continue
         names = [setting.flag, *([setting.short] if setting.short else [])]
         kwargs: dict[str, Any] = {
             "dest": setting.key,
@@ -124,3 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("bookend: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader (e.g. head) has had enough; stop quietly, as other tools do.
+        sys.stderr.close()
+        return 141

@@ -17,9 +17,10 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from bookend import elf, kmodules, udevrules, units
+from bookend import elf, firmware, kmodules, microcode, modinfo, udevrules, units
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config
+from bookend.drivers import DRIVER_CLASSES
 from bookend.errors import ConfigError, ElfError, SysrootError
 from bookend.features.base import Request, RequestKind
 from bookend.libsearch import LibrarySearch
@@ -43,6 +44,7 @@ class ClosureEntry:
 class Closure:
     entries: dict[str, ClosureEntry]
     warnings: tuple[str, ...] = ()
+    early: tuple[ArchiveEntry, ...] = ()  # the uncompressed segment ahead of the archive
 
     def why(self, path: str) -> list[tuple[str, str]]:
         """(path, reason) steps from path back to the request that started it."""
@@ -303,20 +305,53 @@ def _requests_by_kind(plan: Plan, kind: RequestKind) -> Iterator[Request]:
     return (r for r in plan.requests if r.kind is kind)
 
 
-def _add_modules(builder: _Builder, plan: Plan) -> None:
-    config = builder.config
-    db = kmodules.load_database(builder.sysroot, config.kver)
+def _module_roots(db: kmodules.ModuleDatabase, plan: Plan) -> list[tuple[str, str]]:
     roots: list[tuple[str, str]] = []
     for request in _requests_by_kind(plan, RequestKind.MODULE):
         for name in kmodules.resolve_request(db, request.name, request.reason, request.optional):
             roots.append((name, f"module {request.name} <- {request.reason}"))
-    chosen = kmodules.dependency_closure(db, roots)
+    for request in _requests_by_kind(plan, RequestKind.DRIVER_CLASS):
+        driver_class = DRIVER_CLASSES[request.name]
+        reason = f"driver class {request.name} <- {request.reason}"
+        roots += [(n, reason) for n in kmodules.modules_under(db, driver_class.directories)]
+        roots += [(n, reason) for m in driver_class.modules for n in db.lookup(m)]
+    return roots
+
+
+def _add_firmware(builder: _Builder, module_path: str, module: str, dirs: list[str]) -> None:
+    """The firmware files a module declares; missing ones are a warning, never silent."""
+    info = modinfo.module_info(builder.sysroot.host_path(module_path))
+    missing = []
+    for name in info.get("firmware", []):
+        if firmware.is_pattern(name):
+            found = firmware.expand_firmware_pattern(builder.sysroot, name, dirs)
+        else:
+            single = firmware.find_firmware(builder.sysroot, name, dirs)
+            found = [single] if single else []
+        if not found:
+            missing.append(name)
+        for path in found:
+            builder.add_path(path, "firmware of module", module_path)
+    if missing:
+        builder.warnings.append(
+            f"module {module}: firmware not in the sysroot: {', '.join(missing)}"
+        )
+
+
+def _add_modules(builder: _Builder, plan: Plan) -> None:
+    config = builder.config
+    db = kmodules.load_database(builder.sysroot, config.kver)
+    chosen = kmodules.dependency_closure(db, _module_roots(db, plan), config.omit_modules)
+    firmware_dirs = firmware.firmware_search_dirs(
+        config.kver, firmware.host_firmware_class_path(config.sysfs)
+    )
     paths: dict[str, str] = {}
     for choice in chosen:
         parent = paths.get(choice.parent) if choice.parent else None
         paths[choice.name] = builder.add_path(
             f"{db.moddir}/{choice.relpath}", choice.reason, parent
         )
+        _add_firmware(builder, paths[choice.name], choice.name, firmware_dirs)
     index = kmodules.image_index(builder.sysroot, config.kver, [c.relpath for c in chosen])
     moddir = builder.sysroot.resolve(db.moddir).path
     for name, content in index.items():
@@ -349,7 +384,11 @@ def build_closure(config: Config, plan: Plan) -> Closure:
     builder.resolve_leftovers()
     if builder.libraries.used_ld_so_cache:
         builder.add_path("/etc/ld.so.cache", "libraries found through ld.so.conf", None)
-    return Closure(dict(sorted(builder.entries.items())), tuple(builder.warnings))
+    early = microcode.microcode_entries(builder.sysroot, plan.microcode_vendors)
+    if plan.microcode_vendors and not early:
+        vendors = ", ".join(plan.microcode_vendors)
+        builder.warnings.append(f"no early microcode for {vendors} in the sysroot's /lib/firmware")
+    return Closure(dict(sorted(builder.entries.items())), tuple(builder.warnings), tuple(early))
 
 
 def _add_requested_path(builder: _Builder, request: Request) -> None:
@@ -362,7 +401,10 @@ def _add_requested_path(builder: _Builder, request: Request) -> None:
 
 
 def format_closure(closure: Closure) -> str:
-    lines = []
+    lines = [
+        f"{entry.kind.value:9} {entry.mode:04o} {entry.path}  [early microcode segment]"
+        for entry in closure.early
+    ]
     for path, item in closure.entries.items():
         entry = item.entry
         detail = f" -> {entry.target}" if entry.kind is EntryKind.SYMLINK else ""

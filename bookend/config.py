@@ -21,6 +21,13 @@ from bookend.errors import ConfigError
 from bookend.sysroot import Sysroot
 
 
+class ModuleMode(enum.Enum):
+    """Which kernel modules an image carries, as dracut's --hostonly and --no-hostonly."""
+
+    HOSTONLY = "hostonly"  # what this machine needs for its root and /usr
+    GENERIC = "generic"  # every storage, filesystem and keyboard driver: boots anywhere
+
+
 class EmergencyAccess(enum.Enum):
     """Who may use the emergency shell when the boot fails."""
 
@@ -34,13 +41,15 @@ class Setting:
     """One configuration key: its TOML name, CLI flag, type and help."""
 
     key: str
-    kind: type  # str, Path, int or list
+    kind: type  # str, Path, int, bool or list
     default: Any
     help: str
     flag: str
     short: str | None = None
     metavar: str = "VALUE"
     choices: tuple[str, ...] = ()
+    # Flags that each set a constant instead of taking a value, e.g. --generic.
+    consts: tuple[tuple[str, Any, str], ...] = ()  # (flag, value, help)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -97,7 +106,70 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="TYPE",
     ),
     Setting(
+        "omit_modules",
+        list,
+        [],
+        "kernel modules never to include, by name or glob (even as a dependency)",
+        "--omit-module",
+        metavar="GLOB",
+    ),
+    Setting(
+        "driver_classes",
+        list,
+        [],
+        "whole classes of drivers to include, e.g. nvme, usb-storage (see README)",
+        "--add-driver-class",
+        metavar="CLASS",
+    ),
+    Setting(
+        "mode",
+        str,
+        ModuleMode.HOSTONLY.value,
+        "which modules to include",
+        "",
+        choices=tuple(m.value for m in ModuleMode),
+        consts=(
+            ("--hostonly", "hostonly", "modules this machine needs for its root (default)"),
+            ("--generic", "generic", "every storage, filesystem and keyboard driver"),
+        ),
+    ),
+    Setting(
+        "microcode",
+        bool,
+        True,
+        "prepend early CPU microcode",
+        "",
+        consts=(
+            ("--microcode", True, "prepend early CPU microcode (default)"),
+            ("--no-microcode", False, "no early microcode segment"),
+        ),
+    ),
+    Setting(
+        "sysfs",
+        Path,
+        Path("/sys"),
+        "sysfs to detect the host's devices from (hostonly)",
+        "--sysfs",
+        metavar="DIR",
+    ),
+    Setting(
+        "procfs",
+        Path,
+        Path("/proc"),
+        "procfs to detect the host's mounts and CPU from (hostonly)",
+        "--procfs",
+        metavar="DIR",
+    ),
+    Setting(
         "files", list, [], "extra files or directories to include", "--add-file", metavar="PATH"
+    ),
+    Setting(
+        "keyfiles",
+        list,
+        [],
+        "LUKS key files to embed at their paths (the image is then written mode 0600)",
+        "--add-keyfile",
+        metavar="PATH",
     ),
     Setting(
         "root",
@@ -133,6 +205,13 @@ class Config:
     modules: tuple[str, ...]
     filesystems: tuple[str, ...]
     files: tuple[str, ...]
+    keyfiles: tuple[str, ...]
+    mode: ModuleMode
+    omit_modules: tuple[str, ...]
+    driver_classes: tuple[str, ...]
+    microcode: bool
+    sysfs: Path
+    procfs: Path
     root: str | None
     emergency_access: EmergencyAccess
     root_password_hash: str | None
@@ -178,6 +257,11 @@ def _typed(setting: Setting, value: Any, source: str, problems: _Problems) -> An
             problems.add(source, setting.key, "expected a list of strings")
             return None
         return list(value)
+    if setting.kind is bool:
+        if not isinstance(value, bool):
+            problems.add(source, setting.key, f"expected true or false, got {value!r}")
+            return None
+        return value
     if setting.kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
             problems.add(source, setting.key, f"expected an integer, got {value!r}")
@@ -292,10 +376,22 @@ def _emergency_access(
     return EmergencyAccess.LOCKED, None
 
 
-def _check_files(files: list[str], source: str, problems: _Problems) -> None:
+def _check_files(files: list[str], source: str, problems: _Problems, key: str = "files") -> None:
     for name in files:
         if not name.startswith("/"):
-            problems.add(source, "files", f"'{name}' is not an absolute path")
+            problems.add(source, key, f"'{name}' is not an absolute path")
+
+
+def _check_driver_classes(classes: list[str], source: str, problems: _Problems) -> None:
+    from bookend.drivers import DRIVER_CLASSES
+
+    for name in classes:
+        if name not in DRIVER_CLASSES:
+            problems.add(
+                source,
+                "driver_classes",
+                f"unknown driver class '{name}'" + did_you_mean(name, sorted(DRIVER_CLASSES)),
+            )
 
 
 def load_config(
@@ -321,6 +417,8 @@ def load_config(
         values["emergency_shell"], origins["emergency_shell"], problems
     )
     _check_files(values["files"], origins["files"], problems)
+    _check_files(values["keyfiles"], origins["keyfiles"], problems, "keyfiles")
+    _check_driver_classes(values["driver_classes"], origins["driver_classes"], problems)
     level = values["compress_level"]
     low, high = LEVELS[Compression(values["compress"])]
     if level is not None and not low <= level <= high:
@@ -341,6 +439,13 @@ def load_config(
         modules=tuple(dict.fromkeys(values["modules"])),
         filesystems=tuple(dict.fromkeys(values["filesystems"])),
         files=tuple(dict.fromkeys(values["files"])),
+        keyfiles=tuple(dict.fromkeys(values["keyfiles"])),
+        mode=ModuleMode(values["mode"]),
+        omit_modules=tuple(dict.fromkeys(values["omit_modules"])),
+        driver_classes=tuple(dict.fromkeys(values["driver_classes"])),
+        microcode=values["microcode"],
+        sysfs=values["sysfs"],
+        procfs=values["procfs"],
         root=values["root"],
         emergency_access=access,
         root_password_hash=password_hash,

@@ -12,6 +12,7 @@ import fnmatch
 import os
 import re
 import tempfile
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,7 @@ class ModuleDatabase:
     # (literal prefix, glob pattern, name): the prefix spares compiling ~27,000 globs
     glob_aliases: list[tuple[str, str, str]] = field(default_factory=list)
     softdeps: dict[str, list[str]] = field(default_factory=dict)  # name -> pre and post names
+    weakdeps: dict[str, list[str]] = field(default_factory=dict)  # name -> names (kmod >= 33)
     builtin: set[str] = field(default_factory=set)
 
     def lookup(self, name: str) -> list[str]:
@@ -124,6 +126,11 @@ def load_database(sysroot: Sysroot, kver: str) -> ModuleDatabase:
         if len(parts) >= 2 and parts[0] == "softdep":
             names = [p for p in parts[2:] if p not in ("pre:", "post:")]
             db.softdeps.setdefault(normalize(parts[1]), []).extend(names)
+    # modules.weakdep: "weakdep NAME MODULES...", written by depmod for kernels >= 6.8.
+    for line in _lines(sysroot, f"{moddir}/modules.weakdep"):
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "weakdep":
+            db.weakdeps.setdefault(normalize(parts[1]), []).extend(parts[2:])
     db.builtin = {module_name(line) for line in _lines(sysroot, f"{moddir}/modules.builtin")}
     return db
 
@@ -149,20 +156,35 @@ def resolve_request(db: ModuleDatabase, name: str, source: str, optional: bool) 
     )
 
 
-def dependency_closure(db: ModuleDatabase, roots: Iterable[tuple[str, str]]) -> list[ModuleChoice]:
-    """Roots (name, reason) and every hard and soft dependency, each once."""
+def dependency_closure(
+    db: ModuleDatabase, roots: Iterable[tuple[str, str]], omit: Iterable[str] = ()
+) -> list[ModuleChoice]:
+    """Roots (name, reason) and every hard, soft and weak dependency, each once.
+
+    Names matching an omit glob are left out wherever they appear, as dracut's
+    omit_drivers: the user asked for that, even if a dependency breaks.
+    """
+    omitted = [normalize(pattern) for pattern in omit]
     chosen: dict[str, ModuleChoice] = {}
-    queue: list[tuple[str, str, str | None]] = [(name, reason, None) for name, reason in roots]
+    queue: deque[tuple[str, str, str | None]] = deque((n, r, None) for n, r in roots)
     while queue:
-        name, reason, parent = queue.pop(0)
-        if name in chosen:
+        name, reason, parent = queue.popleft()
+        if name in chosen or any(fnmatch.fnmatchcase(name, p) for p in omitted):
             continue
         chosen[name] = ModuleChoice(name, db.paths[name], reason, parent)
         queue += [(dep, "dependency of module", name) for dep in db.deps.get(name, [])]
+        # Soft and weak dependencies are wishes, not needs: an alias with no module is fine.
         for soft in db.softdeps.get(name, []):
-            # A softdep is a wish, not a need: an alias with no module here is fine.
             queue += [(dep, "softdep of module", name) for dep in db.lookup(soft)]
+        for weak in db.weakdeps.get(name, []):
+            queue += [(dep, "weakdep of module", name) for dep in db.lookup(weak)]
     return list(chosen.values())
+
+
+def modules_under(db: ModuleDatabase, directories: Iterable[str]) -> list[str]:
+    """Names of the modules whose files lie below any of these moddir-relative directories."""
+    prefixes = tuple(directories)
+    return sorted(name for name, relpath in db.paths.items() if relpath.startswith(prefixes))
 
 
 def image_index(sysroot: Sysroot, kver: str, relpaths: list[str]) -> dict[str, bytes]:

@@ -1,12 +1,39 @@
 """The feature registry: every feature module, by name."""
 
-from bookend.features import emergency, filesystems, kmod, release, systemd, udev
+from bookend.features import (
+    btrfs,
+    devmapper,
+    emergency,
+    filesystems,
+    kmod,
+    luks,
+    lvm,
+    mdraid,
+    release,
+    systemd,
+    udev,
+)
 from bookend.features.base import Feature
 
 ALL: dict[str, Feature] = {
     module.FEATURE.name: module.FEATURE
-    for module in (systemd, udev, kmod, filesystems, emergency, release)
+    for module in (
+        systemd,
+        udev,
+        kmod,
+        filesystems,
+        emergency,
+        release,
+        devmapper,
+        luks,
+        lvm,
+        mdraid,
+        btrfs,
+    )
 }
 
 # Every initrd gets these (and what they require).
 DEFAULT = ("systemd",)
+
+# Features that switch themselves on for the storage under / and /usr.
+STORAGE = tuple(feature for feature in ALL.values() if feature.storage)

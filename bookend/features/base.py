@@ -23,6 +23,7 @@ class RequestKind(enum.Enum):
     GENERATOR = "generator"  # systemd system generator name
     UDEV_RULES = "udev-rules"  # rules file name; its RUN/PROGRAM/IMPORT programs follow
     MODULE = "module"  # kernel module name or alias; dependencies follow
+    DRIVER_CLASS = "driver-class"  # every module of a class in bookend.drivers
     PATH = "path"  # a file or directory at its path; directories are recursed
 
 
@@ -58,7 +59,12 @@ class Feature:
     udev_rules: tuple[str, ...] = ()
     modules: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
+    driver_classes: tuple[str, ...] = ()  # whole classes from bookend.drivers
     compute: Callable[[Config], Contribution] | None = None
+    # Storage features switch themselves on: in hostonly mode when detection finds this
+    # kind under / or /usr, in generic mode when the sysroot has this program.
+    storage: str | None = None
+    program: str | None = None
 
     def requests(self) -> list[Request]:
         """The declared names as requests, "?" turned into optional."""
@@ -69,6 +75,7 @@ class Feature:
             (RequestKind.UDEV_RULES, self.udev_rules),
             (RequestKind.MODULE, self.modules),
             (RequestKind.PATH, self.files),
+            (RequestKind.DRIVER_CLASS, self.driver_classes),
         )
         reason = f"feature {self.name}"
         return [

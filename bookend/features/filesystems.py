@@ -7,6 +7,22 @@ from bookend.config import Config
 from bookend.features.base import Contribution, Feature, Generated, Request, RequestKind
 
 
+def initrd_mounts(fstab: str) -> list[tuple[str, str]]:
+    """(mount point, fstype) of the fstab lines marked x-initrd.mount, other than /.
+
+    systemd in the initrd mounts these under /sysroot itself (initrd-parse-etc reads the
+    root's fstab); the image must only hold what mounting them needs.
+    """
+    found = []
+    for line in fstab.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or fields[0].startswith("#") or fields[1] == "/":
+            continue
+        if "x-initrd.mount" in fields[3].split(","):
+            found.append((fields[1], fields[2]))
+    return found
+
+
 def _fstab(config: Config) -> bytes:
     """The initrd's own fstab: the root to mount when the command line names none."""
     lines = ["# Written by bookend. root= on the kernel command line takes precedence."]

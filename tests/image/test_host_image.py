@@ -165,3 +165,19 @@ def test_why_prints_the_chain_to_a_library() -> None:
     result = bookend("plan", "--kver", KVER, "--why", "/usr/lib/x86_64-linux-gnu/libc.so.6")
     assert result.stdout.startswith("/usr/lib/x86_64-linux-gnu/libc.so.6 <- ")
     assert "DT_NEEDED of" in result.stdout and "feature " in result.stdout
+
+
+def test_embedded_keyfile_makes_the_image_root_only(tmp_path: Path) -> None:
+    keyfile = tmp_path / "root.key"
+    keyfile.write_bytes(os.urandom(64))
+    output = tmp_path / "initrd.img"
+    result = bookend("build", "--kver", KVER, "-o", str(output), "--compress", "none",
+                     "--add-feature", "luks", "--add-keyfile", str(keyfile))  # fmt: skip
+    assert "written with mode 0600" in result.stderr
+    assert output.stat().st_mode & 0o777 == 0o600
+    entries = listing(output)
+    assert str(keyfile).lstrip("/") in entries
+    for needed in ("usr/lib/systemd/systemd-cryptsetup", "usr/sbin/dmsetup",
+                   "usr/lib/systemd/system-generators/systemd-cryptsetup-generator",
+                   "usr/lib/udev/rules.d/55-dm.rules"):  # fmt: skip
+        assert needed in entries, needed

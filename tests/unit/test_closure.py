@@ -215,3 +215,33 @@ def test_directory_request_recursed_with_links(elf_root: Path) -> None:
     closure = closure_of(elf_root, Request(RequestKind.PATH, "/etc/modprobe.d", "test"))
     assert {"/etc/modprobe.d/a.conf", "/etc/modprobe.d/sub/b.conf"} <= set(closure.entries)
     assert closure.entries["/etc/modprobe.d/link.conf"].entry.target == "a.conf"
+
+
+FIRMWARE_MODULE_C = r"""
+static const char a[] __attribute__((section(".modinfo"), used)) = "firmware=vendor/a.bin";
+static const char b[] __attribute__((section(".modinfo"), used)) = "firmware=vendor/gone.bin";
+static const char c[] __attribute__((section(".modinfo"), used)) = "firmware=fam/chip-*.bin";
+int placeholder(void) { return 0; }
+"""
+
+
+def test_module_firmware_found_compressed_globbed_or_warned(root_tree: Path) -> None:
+    moddir = root_tree / "usr/lib/modules/6.1.0-test"
+    compile_c(FIRMWARE_MODULE_C, moddir / "kernel/drivers/fwdev.ko", "-c")
+    (moddir / "modules.dep").write_text("kernel/drivers/fwdev.ko:\n")
+    firmware = root_tree / "usr/lib/firmware"
+    for name in ("vendor/a.bin.xz", "fam/chip-1.bin", "fam/chip-2.bin.zst", "fam/other.bin"):
+        (firmware / name).parent.mkdir(parents=True, exist_ok=True)
+        (firmware / name).write_bytes(b"blob")
+    closure = closure_of(root_tree, Request(RequestKind.MODULE, "fwdev", "test"))
+    found = sorted(p for p in closure.entries if p.startswith("/usr/lib/firmware/"))
+    assert [p for p in found if closure.entries[p].entry.kind is EntryKind.FILE] == [
+        "/usr/lib/firmware/fam/chip-1.bin",
+        "/usr/lib/firmware/fam/chip-2.bin.zst",
+        "/usr/lib/firmware/vendor/a.bin.xz",
+    ]
+    assert closure.format_why("/usr/lib/firmware/vendor/a.bin.xz").endswith(
+        "firmware of module /usr/lib/modules/6.1.0-test/kernel/drivers/fwdev.ko"
+        " <- module fwdev <- test"
+    )
+    assert closure.warnings == ("module fwdev: firmware not in the sysroot: vendor/gone.bin",)

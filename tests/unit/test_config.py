@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from bookend.config import Compression, EmergencyAccess, load_config
+from bookend.cli import make_parser
+from bookend.config import Compression, EmergencyAccess, ModuleMode, load_config
 from bookend.errors import ConfigError
 
 
@@ -102,3 +103,34 @@ def test_emergency_shell_password_must_be_a_hash(root_tree: Path) -> None:
 def test_relative_extra_file_rejected(root_tree: Path) -> None:
     with pytest.raises(ConfigError, match="files: 'etc/hosts' is not an absolute path"):
         load_config(None, {"sysroot": str(root_tree), "files": ["etc/hosts"]})
+
+
+def test_module_keys_in_toml_and_flags(root_tree: Path, tmp_path: Path) -> None:
+    toml = write(
+        tmp_path / "b.toml",
+        f'sysroot = "{root_tree}"\nmode = "generic"\nmicrocode = false\n'
+        'omit_modules = ["nouveau*"]\ndriver_classes = ["nvme"]\n',
+    )
+    config = load_config(toml, {"driver_classes": ["usb-storage"], "omit_modules": ["radeon"]})
+    assert config.mode is ModuleMode.GENERIC
+    assert config.microcode is False
+    assert config.driver_classes == ("nvme", "usb-storage")
+    assert config.omit_modules == ("nouveau*", "radeon")
+    assert load_config(None, {"sysroot": str(root_tree)}).mode is ModuleMode.HOSTONLY
+
+
+def test_unknown_driver_class_suggests(root_tree: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(None, {"sysroot": str(root_tree), "driver_classes": ["nvm"]})
+    assert str(error.value) == (
+        "command line: driver_classes: unknown driver class 'nvm' (did you mean 'nvme'?)"
+    )
+
+
+def test_mode_and_microcode_flags_are_exclusive_pairs() -> None:
+    parser = make_parser()
+    args = parser.parse_args(["build", "--generic", "--no-microcode"])
+    assert (args.mode, args.microcode) == ("generic", False)
+    assert parser.parse_args(["build"]).mode is None  # the config file or default decides
+    with pytest.raises(SystemExit):
+        parser.parse_args(["build", "--generic", "--hostonly"])

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from bookend.errors import ConfigError, SysrootError
-from bookend.kmodules import dependency_closure, load_database, resolve_request
+from bookend.kmodules import dependency_closure, load_database, modules_under, resolve_request
 from bookend.sysroot import Sysroot
 
 KVER = "6.1.0-test"
@@ -80,3 +80,27 @@ def test_missing_modules_dep_says_run_depmod(root_tree: Path) -> None:
     (root_tree / f"usr/lib/modules/{KVER}/modules.dep").unlink()
     with pytest.raises(SysrootError, match=f"modules.dep: missing; run depmod {KVER}"):
         load_database(Sysroot(root_tree), KVER)
+
+
+def test_weakdeps_follow_and_omit_globs_win_over_dependencies(moddb_root: Path) -> None:
+    moddir = moddb_root / "usr/lib/modules" / KVER
+    (moddir / "modules.weakdep").write_text("weakdep virtio_blk crc32c_generic\n")
+    db = load_database(Sysroot(moddb_root), KVER)
+    chosen = dependency_closure(db, [("virtio_blk", "test")])
+    assert [(c.name, c.reason) for c in chosen] == [
+        ("virtio_blk", "test"),
+        ("virtio_ring", "dependency of module"),
+        ("crc32c_generic", "weakdep of module"),
+    ]
+    omitted = dependency_closure(db, [("ext4", "test")], omit=["crc32c*", "mb-cache"])
+    assert [c.name for c in omitted] == ["ext4", "jbd2", "mbcache"]
+    omitted = dependency_closure(db, [("ext4", "test")], omit=["crc32c*", "mbcache"])
+    assert [c.name for c in omitted] == ["ext4", "jbd2"]
+
+
+def test_modules_under_directories(moddb_root: Path) -> None:
+    db = load_database(Sysroot(moddb_root), KVER)
+    assert modules_under(db, ["kernel/fs/", "kernel/drivers/virtio/"]) == [
+        "ext4", "jbd2", "mbcache", "virtio_ring"
+    ]  # fmt: skip
+    assert modules_under(db, ["kernel/drivers/nvme/"]) == []

@@ -45,6 +45,9 @@ class Disk:
     path: Path
     bus: Bus = Bus.VIRTIO
     format: str = "raw"
+    # False lets the guest's writes reach the file (e.g. a job disk whose
+    # results the host reads back); the cached disks must keep the default.
+    snapshot: bool = True
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,10 @@ def drive_args(disks: Sequence[Disk]) -> list[str]:
         drive = f"disk{index}"
         # A comma in a path would end the option; QEMU escapes it by doubling.
         path = os.fspath(disk.path).replace(",", ",,")
-        args += ["-drive", f"file={path},format={disk.format},if=none,id={drive}"]
+        # A drive's own snapshot=off overrides the global -snapshot (QEMU only
+        # applies -snapshot to drives that say nothing).
+        snapshot = "" if disk.snapshot else ",snapshot=off"
+        args += ["-drive", f"file={path},format={disk.format},if=none,id={drive}{snapshot}"]
         # A stable serial gives each disk a predictable /dev/disk/by-id name.
         serial = f"bookend{index}"
         if disk.bus is Bus.VIRTIO:
@@ -107,7 +113,8 @@ def qemu_argv(
         "-nographic", "-monitor", "none", "-serial", "stdio",
         # A reboot or panic ends QEMU instead of booting again.
         "-no-reboot",
-        # Writes go to a throwaway overlay: the cached disks are never modified.
+        # Writes go to a throwaway overlay, unless a Disk says otherwise: the
+        # cached disks are never modified.
         "-snapshot",
         # No test needs a network, and a NIC is one more device to probe.
         "-nic", "none",

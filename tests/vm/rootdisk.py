@@ -4,7 +4,10 @@ The disk is a raw ext4 image with no partition table: a debootstrap'ed bookworm
 turned into a filesystem by `mkfs.ext4 -d`, so building it needs neither loop
 devices nor mounts. A unit in it reports the token the test put on the kernel
 command line and powers the guest off, which is how a test proves a boot
-succeeded.
+succeeded. Another runs a job the host put on a disk labelled BOOKEND-JOB when
+the command line has `bookend.job` (see tests/vm/guestjob.py), so a test can
+use tools the host lacks (device-mapper, a booted kernel) and read the results
+back from that disk.
 
 Building takes minutes, so the image is cached outside the repository under a
 name derived from the recipe: changing the recipe builds a new disk.
@@ -87,6 +90,57 @@ WantedBy=multi-user.target
 """
 
 
+JOB_LABEL = "BOOKEND-JOB"
+
+JOB_SCRIPT = f"""\
+#!/bin/sh
+# Run /job/run from the disk labelled {JOB_LABEL} and leave its exit status in
+# /job/out/status, where the host reads it without booting (guestjob.py).
+set -eu
+disk=/dev/disk/by-label/{JOB_LABEL}
+# A Requires= on the device would make every boot without a job disk wait for
+# it, so wait here, which only job boots reach: udev may still be probing it.
+udevadm wait --timeout=120 "$disk"
+mount "$disk" /job
+modules=no
+if [ -d /job/modules ]; then
+    # The root has no kernel modules; the job disk brings the booted kernel's,
+    # for modprobe and for a bookend build that reads /lib/modules/KVER.
+    mount --bind /job/modules /lib/modules
+    modules=yes
+fi
+mkdir -p /job/out
+status=0
+(cd /job && exec ./run) || status=$?
+echo "$status" > /job/out/status
+echo "BOOKEND-JOB-STATUS $status"
+sync
+[ "$modules" = no ] || umount /lib/modules
+umount /job
+"""
+
+JOB_UNIT = """\
+[Unit]
+Description=Run the bookend test job from the BOOKEND-JOB disk
+ConditionKernelCommandLine=bookend.job
+# The report powers the guest off, so it must wait for the job; it does not
+# require it, so the token is reported whether or not the job succeeded.
+Before=bookend-test-report.service
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/bookend-test-job
+# The job's output is the first thing to read when it fails.
+StandardOutput=journal+console
+Environment=HOME=/root
+# Jobs may build images under emulation.
+TimeoutStartSec=15min
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 @dataclass(frozen=True)
 class RootDisk:
     image: Path
@@ -100,6 +154,7 @@ class Recipe:
 
     suite: str
     mirror: str
+    components: tuple[str, ...]
     include: tuple[str, ...]
     uuid: str
     label: str
@@ -108,11 +163,13 @@ class Recipe:
     files: tuple[tuple[str, str, int], ...]
     # (path in the root, target)
     symlinks: tuple[tuple[str, str], ...]
+    # Empty directories made in the root, e.g. mount points.
+    directories: tuple[str, ...]
     # Enablement symlinks removed: timers and services a short test boot never
     # needs, which only cost time under emulation.
     disabled: tuple[str, ...]
     # Bump when a build step changes in a way the fields above do not show.
-    revision: int = 1
+    revision: int = 2
 
     def key(self) -> str:
         encoded = json.dumps(dataclasses.asdict(self), sort_keys=True).encode()
@@ -124,7 +181,24 @@ def default_recipe() -> Recipe:
     return Recipe(
         suite="bookworm",
         mirror="http://deb.debian.org/debian",
-        include=("systemd-sysv", "udev", "kmod", "e2fsprogs"),
+        # non-free-firmware holds the CPU microcode packages.
+        components=("main", "non-free-firmware"),
+        include=(
+            *("systemd-sysv", "udev", "kmod", "e2fsprogs", "util-linux", "fdisk"),
+            # On every real Debian install; without it /etc/sysctl.d/99-sysctl.conf
+            # dangles, which a bookend build in the guest would trip over.
+            "procps",
+            # Jobs run bookend itself from the job disk, with Debian's libraries.
+            *("python3", "python3-zstandard", "python3-lz4", "python3-pyelftools"),
+            # python3-zstandard depends on virtual packages this one provides,
+            # and debootstrap does not resolve virtual packages.
+            "python3-cffi-backend",
+            # Jobs make the block stacks and filesystems the host kernel cannot.
+            *("cryptsetup-bin", "dmsetup", "lvm2", "mdadm", "btrfs-progs"),
+            *("dosfstools", "xfsprogs"),
+            # Early microcode for an image built in the guest, as on real installs.
+            *("amd64-microcode", "intel-microcode"),
+        ),
         uuid=ROOT_UUID,
         label=ROOT_LABEL,
         size_mib=1536,
@@ -134,6 +208,8 @@ def default_recipe() -> Recipe:
             ("etc/hosts", hosts, 0o644),
             ("usr/local/sbin/bookend-test-report", REPORT_SCRIPT, 0o755),
             ("etc/systemd/system/bookend-test-report.service", REPORT_UNIT, 0o644),
+            ("usr/local/sbin/bookend-test-job", JOB_SCRIPT, 0o755),
+            ("etc/systemd/system/bookend-test-job.service", JOB_UNIT, 0o644),
         ),
         symlinks=(
             ("etc/systemd/system/default.target", "/lib/systemd/system/multi-user.target"),
@@ -141,7 +217,18 @@ def default_recipe() -> Recipe:
                 "etc/systemd/system/multi-user.target.wants/bookend-test-report.service",
                 "/etc/systemd/system/bookend-test-report.service",
             ),
+            (
+                "etc/systemd/system/multi-user.target.wants/bookend-test-job.service",
+                "/etc/systemd/system/bookend-test-job.service",
+            ),
+            # udev starts mdadm's monitor for every array a job assembles; with
+            # no mail transport its alerts go nowhere, so mask it.
+            ("etc/systemd/system/mdmonitor.service", "/dev/null"),
+            # python3.11-minimal registers .pyc files with binfmt_misc, a module
+            # the root lacks: mounting it would fail every boot. No test needs it.
+            ("etc/systemd/system/systemd-binfmt.service", "/dev/null"),
         ),
+        directories=("job", "usr/lib/modules"),
         disabled=(
             "timers.target.wants/apt-daily.timer",
             "timers.target.wants/apt-daily-upgrade.timer",
@@ -149,6 +236,10 @@ def default_recipe() -> Recipe:
             "timers.target.wants/e2scrub_all.timer",
             "timers.target.wants/fstrim.timer",
             "multi-user.target.wants/e2scrub_reap.service",
+            # dmeventd monitoring of LVM mirrors and snapshots, which scans every
+            # disk at boot: a test boot has nothing to monitor. (mdadm's timers
+            # hang off mdmonitor.service, masked above.)
+            "sysinit.target.wants/lvm2-monitor.service",
         ),
     )
 
@@ -225,6 +316,7 @@ def bootstrap(recipe: Recipe, tree: Path) -> None:
     # needs to reach the mirror must still get through.
     proxies = {k: v for k, v in os.environ.items() if k.lower() in ("http_proxy", "https_proxy")}
     argv: list[str | Path] = ["debootstrap", "--variant=minbase"]
+    argv += [f"--components={','.join(recipe.components)}"]
     argv += [f"--include={','.join(recipe.include)}", recipe.suite, tree, recipe.mirror]
     try:
         run(argv, env=proxies)
@@ -249,8 +341,14 @@ def customize(recipe: Recipe, tree: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)
         path.symlink_to(target)
+    for relative in recipe.directories:
+        (tree / relative).mkdir(parents=True, exist_ok=True)
     for relative in recipe.disabled:
-        (tree / "etc/systemd/system" / relative).unlink(missing_ok=True)
+        link = tree / "etc/systemd/system" / relative
+        # A name that matches nothing would leave the unit it meant enabled.
+        if not link.is_symlink():
+            raise BookendError(f"recipe disables {relative}, which no package enabled")
+        link.unlink()
     lock_root_account(tree)
     # Downloaded packages only make the image bigger.
     for deb in (tree / "var/cache/apt/archives").glob("*.deb"):

@@ -1,0 +1,77 @@
+"""Classes of kernel drivers, by where they live under /lib/modules/KVER/kernel.
+
+A generic image takes every class so it boots any machine; a hostonly image takes
+the classes named with --add-driver-class on top of what detection found. A class is
+a set of directories (every module below) and single modules; what a kernel lacks
+or builds in is simply not there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DriverClass:
+    help: str
+    directories: tuple[str, ...] = ()  # relative to /lib/modules/KVER, ending in "/"
+    modules: tuple[str, ...] = ()  # names or aliases
+
+
+DRIVER_CLASSES: dict[str, DriverClass] = {
+    "ata": DriverClass("SATA/PATA controllers (ahci, ata_piix, ...)", ("kernel/drivers/ata/",)),
+    "scsi": DriverClass(
+        "SCSI disks and host adapters, including SAS and Fibre Channel",
+        ("kernel/drivers/scsi/", "kernel/drivers/message/fusion/"),
+    ),
+    "nvme": DriverClass("NVMe disks, PCIe and over fabrics", ("kernel/drivers/nvme/",)),
+    "block": DriverClass("block drivers (loop, nbd, virtio_blk, ...)", ("kernel/drivers/block/",)),
+    "virtio": DriverClass(
+        "virtio transports and disks, for virtual machines",
+        ("kernel/drivers/virtio/",),
+        ("virtio_blk", "virtio_scsi"),
+    ),
+    "mmc": DriverClass("SD/MMC cards and eMMC", ("kernel/drivers/mmc/",)),
+    "usb-storage": DriverClass(
+        "USB mass storage and the USB host controllers under it",
+        ("kernel/drivers/usb/storage/", "kernel/drivers/usb/host/"),
+    ),
+    "md-dm": DriverClass(
+        "software RAID and device-mapper (LVM, dm-crypt, multipath)", ("kernel/drivers/md/",)
+    ),
+    "crypto": DriverClass(
+        "ciphers and hashes dm-crypt may need", ("kernel/crypto/", "kernel/arch/x86/crypto/")
+    ),
+    "nvdimm": DriverClass("persistent memory", ("kernel/drivers/nvdimm/", "kernel/drivers/dax/")),
+    "keyboard": DriverClass(
+        "keyboards for a passphrase prompt: PS/2, USB HID and their controllers",
+        ("kernel/drivers/input/keyboard/", "kernel/drivers/input/serio/", "kernel/drivers/hid/"),
+        ("usbhid", "xhci_pci", "ehci_pci", "ohci_pci", "uhci_hcd"),
+    ),
+    "filesystems": DriverClass(
+        "filesystems a root or /usr may be on",
+        (),
+        (
+            "ext4",
+            "xfs",
+            "btrfs",
+            "f2fs",
+            "vfat",
+            "exfat",
+            "isofs",
+            "udf",
+            "squashfs",
+            "erofs",
+            "overlay",
+            "nls_cp437",
+            "nls_iso8859_1",
+            "nls_utf8",
+        ),
+    ),
+}
+
+# What --generic takes: every class.
+GENERIC_CLASSES = tuple(DRIVER_CLASSES)
+
+# Filesystems --generic can mount the root from: their fsck and mount helpers come too.
+GENERIC_FILESYSTEMS = ("ext4", "xfs", "btrfs", "f2fs", "vfat")

@@ -1,0 +1,40 @@
+"""LVM: logical volumes activated by udev events, as on the host (event autoactivation)."""
+
+from __future__ import annotations
+
+from bookend.archive import ArchiveEntry, EntryKind
+from bookend.config import Config
+from bookend.features.base import Contribution, Feature, Generated
+
+# Only what differs from lvm's built-in defaults: no dmeventd monitoring (it is not in
+# the image and would hold the old root at switch-root), and no metadata backups or
+# archives, which the initrd's /etc could not keep anyway.
+LVM_CONF = """\
+# Written by bookend: the initrd's lvm.conf, lvm's defaults apart from these.
+activation {
+    monitoring = 0
+}
+backup {
+    backup = 0
+    archive = 0
+}
+"""
+
+
+def _lvm_conf(config: Config) -> Contribution:
+    entry = ArchiveEntry("/etc/lvm/lvm.conf", EntryKind.FILE, 0o644, data=LVM_CONF.encode())
+    return [Generated(entry, "feature lvm: minimal lvm.conf")]
+
+
+FEATURE = Feature(
+    name="lvm",
+    help="LVM: lvm, its udev rules and a minimal lvm.conf; volumes activate on udev events",
+    requires=("dm",),
+    # The rules run lvm pvscan, then systemd-run for vgchange once a VG is complete.
+    executables=("lvm", "systemd-run"),
+    udev_rules=("56-lvm.rules", "69-lvm.rules", "?11-dm-lvm.rules", "?69-dm-lvm.rules"),
+    modules=("?dm_snapshot", "?dm_mirror", "?dm_thin_pool", "?dm_raid", "?dm_cache"),
+    compute=_lvm_conf,
+    storage="lvm",
+    program="/sbin/lvm",
+)

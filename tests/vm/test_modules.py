@@ -1,0 +1,126 @@
+"""Module modes on real hardware models: a generic image boots whatever the disk sits on,
+and a hostonly image built inside the guest boots that guest.
+
+No test here names a module: generic mode and hostonly detection must find them.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import bookend
+from tests.imagebuild import build_image
+from tests.vm.guestjob import make_job_disk, read_job_output
+from tests.vm.qemu import Bus, Disk, Kernel, boot
+from tests.vm.rootdisk import RootDisk
+
+BOOT_LIMIT = 420
+# Booting, building an image under emulation, and powering off.
+JOB_LIMIT = 900
+MICROCODE_DIR = "kernel/x86/microcode"
+
+# Build a hostonly image for this guest with the guest's own tools and libraries,
+# keeping what -v prints (the detected set) and which CPU the guest has.
+HOSTONLY_JOB = """\
+#!/bin/sh
+set -eu
+sed -n 's/^vendor_id[[:space:]]*: //p' /proc/cpuinfo | head -n 1 > /job/out/vendor
+PYTHONPATH=/job/src python3 -m bookend -v build -o /job/out/hostonly.img 2>&1 \
+    | tee /job/out/build.log
+test -s /job/out/hostonly.img
+"""
+
+
+def boot_to_token(
+    kernel: Kernel,
+    initrd: Path,
+    disks: list[Disk],
+    root_disk: RootDisk,
+    console_log: Path,
+    *,
+    extra: str = "",
+    limit: float = BOOT_LIMIT,
+) -> str:
+    """Boot, wait for the root's report that systemd ran the initrd, and the power-off."""
+    token = secrets.token_hex(8)
+    append = f"root=UUID={root_disk.uuid} rw bookend.token={token} {extra}".strip()
+    with boot(kernel.path, initrd, disks, append, limit, log_path=console_log) as vm:
+        report = vm.expect(
+            rf"BOOKEND-TOKEN {token} booted-with-initrd=(\w+) systemd-initrd=(\w+)", timeout=limit
+        )
+        assert report.groups() == ("yes", "yes")
+        assert vm.wait_exit(timeout=120) == 0
+    return console_log.read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def generic_initrd(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_image(tmp_path_factory.mktemp("generic") / "initrd.img", kernel.version,
+                       "--generic")  # fmt: skip
+
+
+@pytest.mark.parametrize("bus", [Bus.VIRTIO, Bus.AHCI, Bus.NVME], ids=lambda b: b.value)
+def test_generic_image_boots_the_root_disk_on_any_bus(
+    kernel: Kernel, root_disk: RootDisk, generic_initrd: Path, console_log: Path, bus: Bus
+) -> None:
+    log = boot_to_token(kernel, generic_initrd, [Disk(root_disk.image, bus)], root_disk,
+                        console_log)  # fmt: skip
+    assert "FAILED" not in log, "a unit failed during boot; see " + str(console_log)
+
+
+def first_archive_names(image: Path) -> list[str]:
+    """What GNU cpio, which stops at the first trailer, lists at the head of the image."""
+    listed = subprocess.run(["cpio", "-it", "--quiet"], stdin=image.open("rb"),
+                            capture_output=True, check=True, text=True)  # fmt: skip
+    return listed.stdout.splitlines()
+
+
+def main_archive_names(image: Path) -> set[str]:
+    """The compressed archive after the early segment, read by zstd and GNU cpio."""
+    data = image.read_bytes()
+    trailer = data.index(b"TRAILER!!!\0") + len("TRAILER!!!\0")
+    rest = data[(trailer + 3) // 4 * 4 :].lstrip(b"\0")
+    assert rest[:4] == b"\x28\xb5\x2f\xfd", "no zstd stream right after the early segment"
+    unpacked = subprocess.run(["zstd", "-dc"], input=rest, capture_output=True, check=True)
+    listed = subprocess.run(["cpio", "-it", "--quiet"], input=unpacked.stdout,
+                            capture_output=True, check=True)  # fmt: skip
+    return set(listed.stdout.decode().splitlines())
+
+
+def test_hostonly_image_built_in_the_guest_boots_the_guest(
+    kernel: Kernel, root_disk: RootDisk, generic_initrd: Path, console_log: Path, tmp_path: Path
+) -> None:
+    source = Path(bookend.__file__).parent
+    job = make_job_disk(tmp_path / "job.img", HOSTONLY_JOB, files={"src/bookend": source},
+                        modules_kver=kernel.version)  # fmt: skip
+    boot_to_token(kernel, generic_initrd, [Disk(root_disk.image), job], root_disk,
+                  tmp_path / "build-console.log", extra="bookend.job", limit=JOB_LIMIT)  # fmt: skip
+    build_log = read_job_output(job.path, "build.log", tmp_path / "build.log").read_text()
+    image = read_job_output(job.path, "hostonly.img", tmp_path / "hostonly.img")
+    vendor = read_job_output(job.path, "vendor", tmp_path / "vendor").read_text().strip()
+
+    # -v printed what detection found: the guest's virtio disk and its ext4 root.
+    assert "hostonly detection:" in build_log
+    for detected in ("module virtio_blk", "module ext4", "filesystem ext4"):
+        assert detected in build_log, build_log
+
+    # The early microcode segment leads, uncompressed, with only this CPU's vendor,
+    # from the guest's microcode package.
+    assert vendor in ("AuthenticAMD", "GenuineIntel")
+    early = [name for name in first_archive_names(image) if name.endswith(".bin")]
+    assert early == [f"{MICROCODE_DIR}/{vendor}.bin"]
+
+    # The main archive holds the detected drivers, the record, and no other disk driver.
+    names = main_archive_names(image)
+    modules = {Path(n).name.split(".ko")[0] for n in names if ".ko" in n}
+    assert {"virtio_blk", "ext4"} <= modules
+    assert not {"nvme", "ahci", "xfs", "btrfs"} & modules
+    assert "usr/lib/bookend/hostonly-modules.txt" in names
+
+    log = boot_to_token(kernel, image, [Disk(root_disk.image)], root_disk, console_log)
+    assert "FAILED" not in log, "a unit failed during boot; see " + str(console_log)
+    print(f"hostonly image built in the guest: {image.stat().st_size} bytes")
