@@ -1,15 +1,18 @@
-"""The build, top to bottom: config -> plan -> closure -> archive."""
+"""The build, top to bottom: config -> plan -> closure -> archive, for both images."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from bookend.archive import open_compressor, source_date_epoch, write_atomically, write_cpio
 from bookend.closure import Closure, build_closure
 from bookend.config import Config
+from bookend.exitrd_load import DIGEST_SUFFIX
 from bookend.hostonly import format_detection
 from bookend.plan import Plan, make_plan
 
@@ -17,13 +20,20 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class BuildResult:
+class ImageResult:
+    path: Path
     plan: Plan
     closure: Closure
     size: int  # bytes of the compressed image
 
 
-def write_image(config: Config, closure: Closure) -> None:
+@dataclass(frozen=True)
+class BuildResult:
+    initrd: ImageResult
+    exitrd: ImageResult | None
+
+
+def write_image(config: Config, closure: Closure, output: Path | None = None) -> None:
     epoch = source_date_epoch(os.environ)
 
     def write(out: BinaryIO) -> None:
@@ -33,11 +43,31 @@ def write_image(config: Config, closure: Closure) -> None:
         with open_compressor(config.compress, out, config.compress_level) as stream:
             write_cpio(closure.archive_entries(), stream, epoch=epoch)
 
-    # An image holding key files is as secret as they are: readable by root only.
-    mode = 0o600 if config.keyfiles else 0o644
-    if config.keyfiles:
-        log.warning("%s holds LUKS key files: written with mode 0600", config.output)
-    write_atomically(config.output, write, mode)
+    target = output or config.output
+    # An initrd holding key files is as secret as they are: readable by root only.
+    secret = config.keyfiles and target == config.output
+    if secret:
+        log.warning("%s holds LUKS key files: written with mode 0600", target)
+    write_atomically(target, write, 0o600 if secret else 0o644)
+
+
+def digest_path(image: Path) -> Path:
+    return image.with_name(image.name + DIGEST_SUFFIX)
+
+
+def write_digest(image: Path) -> str:
+    """Record the image's SHA-256 beside it, as sha256sum prints it, for the loader."""
+    digest = hashlib.sha256()
+    with image.open("rb") as source:
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            digest.update(chunk)
+    line = f"{digest.hexdigest()}  {image.name}\n".encode()
+
+    def write(out: BinaryIO) -> None:
+        out.write(line)
+
+    write_atomically(digest_path(image), write)
+    return digest.hexdigest()
 
 
 def build_initrd(config: Config) -> BuildResult:
@@ -47,5 +77,20 @@ def build_initrd(config: Config) -> BuildResult:
     closure = build_closure(config, plan)
     for warning in closure.warnings:
         log.warning("%s", warning)
+    # Both closures are made, and so every input error found, before either is written.
+    exitrd = _build_exitrd(config, plan) if config.exitrd else None
     write_image(config, closure)
-    return BuildResult(plan, closure, config.output.stat().st_size)
+    initrd = ImageResult(config.output, plan, closure, config.output.stat().st_size)
+    return BuildResult(initrd, exitrd)
+
+
+def _build_exitrd(config: Config, initrd_plan: Plan) -> ImageResult:
+    """The exitrd's closure, image and digest."""
+    from bookend.exitrd import make_exitrd_plan
+
+    plan = make_exitrd_plan(config, initrd_plan)
+    closure = build_closure(config, plan)
+    output = config.exitrd_output
+    write_image(config, closure, output)
+    write_digest(output)
+    return ImageResult(output, plan, closure, output.stat().st_size)

@@ -62,6 +62,24 @@ def make_parser() -> argparse.ArgumentParser:
     plan.add_argument("--why", metavar="PATH", help="print the chain that pulls PATH in")
 
     commands.add_parser("features", help="list the features")
+
+    install = commands.add_parser(
+        "install-exitrd", help="install the unit that brings the exitrd into RAM for shutdown"
+    )
+    install.add_argument("--image", type=Path, required=True, metavar="FILE",
+                         help="the exitrd (its .sha256 digest must be beside it)")  # fmt: skip
+    install.add_argument("--at", choices=("shutdown", "boot"), default="shutdown",
+                         help="when to unpack it (default: shutdown)")  # fmt: skip
+    install.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"),
+                         metavar="DIR", help="where to install the unit")  # fmt: skip
+    install.add_argument("--storage-daemon", action="append", default=[], metavar="UNIT",
+                         help="a root storage daemon to leave to the exitrd")  # fmt: skip
+
+    load = commands.add_parser(
+        "load-exitrd", help="check the exitrd's digest and unpack it to /run/initramfs"
+    )
+    load.add_argument("--image", type=Path, required=True, metavar="FILE")
+    load.add_argument("--target", type=Path, default=Path("/run/initramfs"), metavar="DIR")
     return parser
 
 
@@ -80,10 +98,12 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     config = _config(args)
     result = build_initrd(config)
-    print(
-        f"{config.output}: {len(result.closure.entries)} entries, "
-        f"{result.size / 1e6:.1f} MB ({config.compress.value}), kernel {config.kver}"
-    )
+    for image in (result.initrd, result.exitrd):
+        if image is not None:
+            print(
+                f"{image.path}: {len(image.closure.entries)} entries, "
+                f"{image.size / 1e6:.1f} MB ({config.compress.value}), kernel {config.kver}"
+            )
     return 0
 
 
@@ -116,7 +136,36 @@ def cmd_features(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"build": cmd_build, "plan": cmd_plan, "features": cmd_features}
+def cmd_install_exitrd(args: argparse.Namespace) -> int:
+    from bookend.install import LoadAt, install_exitrd_unit, install_storage_daemon_dropins
+
+    unit = install_exitrd_unit(args.image.absolute(), LoadAt(args.at), args.unit_dir)
+    print(f"{unit}: installed and enabled; the exitrd is unpacked at {args.at}")
+    for dropin in install_storage_daemon_dropins(args.storage_daemon, args.unit_dir):
+        print(f"{dropin}: the running system leaves this root storage daemon to the exitrd")
+    return 0
+
+
+def cmd_load_exitrd(args: argparse.Namespace) -> int:
+    import time
+
+    from bookend.exitrd_load import load_exitrd
+
+    started = time.monotonic()
+    count = load_exitrd(args.image, args.target)
+    seconds = time.monotonic() - started
+    print(f"bookend: exitrd {args.image}: {count} entries unpacked to {args.target} "
+          f"in {seconds:.2f} s")  # fmt: skip
+    return 0
+
+
+COMMANDS = {
+    "build": cmd_build,
+    "plan": cmd_plan,
+    "features": cmd_features,
+    "install-exitrd": cmd_install_exitrd,
+    "load-exitrd": cmd_load_exitrd,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

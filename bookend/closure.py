@@ -340,6 +340,8 @@ def _add_firmware(builder: _Builder, module_path: str, module: str, dirs: list[s
 
 def _add_modules(builder: _Builder, plan: Plan) -> None:
     config = builder.config
+    if not any(r.kind in (RequestKind.MODULE, RequestKind.DRIVER_CLASS) for r in plan.requests):
+        return  # an image without kernel modules (the exitrd) needs no module index either
     db = kmodules.load_database(builder.sysroot, config.kver)
     chosen = kmodules.dependency_closure(db, _module_roots(db, plan), config.omit_modules)
     firmware_dirs = firmware.firmware_search_dirs(

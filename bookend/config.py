@@ -52,6 +52,9 @@ class Setting:
     consts: tuple[tuple[str, Any, str], ...] = ()  # (flag, value, help)
 
 
+# The points dracut users know hooks by, in boot order.
+HOOK_POINTS = ("cmdline", "pre-udev", "pre-trigger", "pre-mount", "mount", "pre-pivot")
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("sysroot", Path, Path("/"), "root tree to build from", "--sysroot", metavar="DIR"),
     Setting(
@@ -172,6 +175,50 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="PATH",
     ),
     Setting(
+        "exitrd",
+        bool,
+        True,
+        "also write the exitrd, the image shutdown pivots into",
+        "",
+        consts=(
+            ("--exitrd", True, "also write the exitrd (default)"),
+            ("--no-exitrd", False, "write the initrd only"),
+        ),
+    ),
+    Setting(
+        "exitrd_output",
+        Path,
+        None,
+        "where to write the exitrd (default: beside the initrd, 'initrd' in its name "
+        "replaced by 'exitrd')",
+        "--exitrd-output",
+        metavar="FILE",
+    ),
+    Setting(
+        "storage_daemons",
+        list,
+        [],
+        "units started in the initrd that serve the root until the exitrd stops them",
+        "--add-storage-daemon",
+        metavar="UNIT",
+    ),
+    Setting(
+        "activation",
+        str,
+        None,
+        "command in the real root run under /sysroot before switch-root (e.g. NixOS' activate)",
+        "--activation",
+        metavar="COMMAND",
+    ),
+    Setting(
+        "hooks",
+        list,
+        [],
+        f"shell command run at a boot point, as POINT=COMMAND ({', '.join(HOOK_POINTS)})",
+        "--hook",
+        metavar="POINT=COMMAND",
+    ),
+    Setting(
         "root",
         str,
         None,
@@ -206,6 +253,11 @@ class Config:
     filesystems: tuple[str, ...]
     files: tuple[str, ...]
     keyfiles: tuple[str, ...]
+    exitrd: bool
+    exitrd_output: Path
+    storage_daemons: tuple[str, ...]
+    activation: str | None
+    hooks: tuple[tuple[str, str], ...]  # (point, shell command), in the order given
     mode: ModuleMode
     omit_modules: tuple[str, ...]
     driver_classes: tuple[str, ...]
@@ -352,11 +404,11 @@ def _check_kver(values: dict[str, Any], origins: dict[str, str], problems: _Prob
     return kver
 
 
-def _check_output(output: Path, source: str, problems: _Problems) -> None:
+def _check_output(output: Path, source: str, problems: _Problems, key: str = "output") -> None:
     if output.is_dir():
-        problems.add(source, "output", f"{output} is a directory; name the image file")
+        problems.add(source, key, f"{output} is a directory; name the image file")
     elif not output.parent.is_dir():
-        problems.add(source, "output", f"directory {output.parent} does not exist")
+        problems.add(source, key, f"directory {output.parent} does not exist")
 
 
 def _emergency_access(
@@ -380,6 +432,29 @@ def _check_files(files: list[str], source: str, problems: _Problems, key: str = 
     for name in files:
         if not name.startswith("/"):
             problems.add(source, key, f"'{name}' is not an absolute path")
+
+
+def default_exitrd_path(initrd: Path, kver: str) -> Path:
+    """Beside the initrd: bookend-initrd-X.img -> bookend-exitrd-X.img."""
+    if "initrd" in initrd.name:
+        return initrd.with_name(initrd.name.replace("initrd", "exitrd"))
+    return initrd.with_name(f"exitrd.img-{kver}")
+
+
+def _parse_hooks(hooks: list[str], source: str, problems: _Problems) -> tuple[tuple[str, str], ...]:
+    parsed = []
+    for hook in hooks:
+        point, sep, command = hook.partition("=")
+        point = point.strip()
+        if not sep or not command.strip():
+            problems.add(source, "hooks", f"'{hook}' is not POINT=COMMAND")
+        elif point not in HOOK_POINTS:
+            problems.add(
+                source, "hooks", f"unknown hook point '{point}'" + did_you_mean(point, HOOK_POINTS)
+            )
+        else:
+            parsed.append((point, command.strip()))
+    return tuple(parsed)
 
 
 def _check_driver_classes(classes: list[str], source: str, problems: _Problems) -> None:
@@ -419,6 +494,9 @@ def load_config(
     _check_files(values["files"], origins["files"], problems)
     _check_files(values["keyfiles"], origins["keyfiles"], problems, "keyfiles")
     _check_driver_classes(values["driver_classes"], origins["driver_classes"], problems)
+    hooks = _parse_hooks(values["hooks"], origins["hooks"], problems)
+    if values["exitrd_output"] is not None:
+        _check_output(values["exitrd_output"], origins["exitrd_output"], problems, "exitrd_output")
     level = values["compress_level"]
     low, high = LEVELS[Compression(values["compress"])]
     if level is not None and not low <= level <= high:
@@ -440,6 +518,11 @@ def load_config(
         filesystems=tuple(dict.fromkeys(values["filesystems"])),
         files=tuple(dict.fromkeys(values["files"])),
         keyfiles=tuple(dict.fromkeys(values["keyfiles"])),
+        exitrd=values["exitrd"],
+        exitrd_output=values["exitrd_output"] or default_exitrd_path(output, kver),
+        storage_daemons=tuple(dict.fromkeys(values["storage_daemons"])),
+        activation=values["activation"],
+        hooks=hooks,
         mode=ModuleMode(values["mode"]),
         omit_modules=tuple(dict.fromkeys(values["omit_modules"])),
         driver_classes=tuple(dict.fromkeys(values["driver_classes"])),

@@ -156,7 +156,14 @@ def microcode_vendors(config: Config) -> tuple[str, ...]:
 
 def make_plan(config: Config) -> Plan:
     config, mode_items, detection = module_mode_requests(config)
-    features = enabled_features([*DEFAULT, *config.features])
+    # Configuring an activation, hooks or daemons is asking for the feature that runs them.
+    wanted = (
+        ("activation", config.activation),
+        ("hooks", config.hooks),
+        ("storage-daemons", config.storage_daemons),
+    )
+    implied = [name for name, configured in wanted if configured]
+    features = enabled_features([*DEFAULT, *config.features, *implied])
     requests: list[Request] = []
     generated: list[Generated] = []
     for feature in features:

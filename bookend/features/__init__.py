@@ -1,15 +1,18 @@
 """The feature registry: every feature module, by name."""
 
 from bookend.features import (
+    activation,
     btrfs,
     devmapper,
     emergency,
     filesystems,
+    hooks,
     kmod,
     luks,
     lvm,
     mdraid,
     release,
+    storage_daemons,
     systemd,
     udev,
 )
@@ -24,11 +27,14 @@ ALL: dict[str, Feature] = {
         filesystems,
         emergency,
         release,
+        storage_daemons,
         devmapper,
         luks,
         lvm,
         mdraid,
         btrfs,
+        activation,
+        hooks,
     )
 }
 

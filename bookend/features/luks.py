@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config
-from bookend.features.base import Contribution, Feature, Request, RequestKind
+from bookend.features.base import Contribution, Feature, Generated, Request, RequestKind
 
 # libcryptsetup dlopens its token plugins (TPM2, FIDO2, PKCS#11) from here, and the
 # plugins dlopen their own libraries; in systemd 252 neither carries a .note.dlopen.
@@ -29,12 +30,26 @@ TOKEN_LIBRARIES = (
 )
 
 
-def _keyfiles(config: Config) -> Contribution:
+# In the initrd every volume is one the root or /usr needs: when unlocking it fails for
+# good (tries= exhausted), waiting out the root device's timeout helps nobody.
+GIVE_UP_DROPIN = "/etc/systemd/system/systemd-cryptsetup@.service.d/bookend-emergency.conf"
+GIVE_UP = """\
+# Written by bookend: a volume the root needs could not be unlocked; say so at once.
+[Unit]
+OnFailure=emergency.target
+OnFailureJobMode=replace-irreversibly
+"""
+
+
+def _keyfiles_and_give_up(config: Config) -> Contribution:
     origin = config.origins.get("keyfiles", "config")
-    return [
+    contribution: list[Request | Generated] = [
         Request(RequestKind.PATH, path, f"keyfiles ({origin}): embedded on request")
         for path in config.keyfiles
     ]
+    entry = ArchiveEntry(GIVE_UP_DROPIN, EntryKind.FILE, 0o644, data=GIVE_UP.encode())
+    contribution.append(Generated(entry, "feature luks: emergency mode when unlocking fails"))
+    return contribution
 
 
 FEATURE = Feature(
@@ -54,7 +69,7 @@ FEATURE = Feature(
     # Whoever types the passphrase needs a keyboard that works this early.
     driver_classes=("keyboard",),
     files=(*TOKEN_PLUGIN_DIRS, *TOKEN_LIBRARIES),
-    compute=_keyfiles,
+    compute=_keyfiles_and_give_up,
     storage="luks",
     program="/usr/lib/systemd/systemd-cryptsetup",
 )

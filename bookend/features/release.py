@@ -10,18 +10,18 @@ from bookend.features.base import Contribution, Feature, Generated
 from bookend.sysroot import Sysroot, parse_os_release
 
 
-def initrd_release(os_release: dict[str, str]) -> bytes:
-    """The OS's identity, marked as bookend's initrd variant of it."""
+def initrd_release(os_release: dict[str, str], image: str = "initrd") -> bytes:
+    """The OS's identity, marked as bookend's initrd (or exitrd) variant of it."""
     fields = dict(os_release)
     pretty = fields.get("PRETTY_NAME") or fields.get("NAME") or "Linux"
-    fields["PRETTY_NAME"] = f"{pretty} (bookend initrd)"
-    fields["VARIANT"] = "bookend initrd"
-    fields["VARIANT_ID"] = "bookend-initrd"
+    fields["PRETTY_NAME"] = f"{pretty} (bookend {image})"
+    fields["VARIANT"] = f"bookend {image}"
+    fields["VARIANT_ID"] = f"bookend-{image}"
     fields["BOOKEND_VERSION"] = __version__
     return "".join(f'{key}="{value}"\n' for key, value in fields.items()).encode()
 
 
-def _release(config: Config) -> Contribution:
+def release_files(config: Config, image: str = "initrd") -> Contribution:
     sysroot = Sysroot(config.sysroot)
     text = sysroot.read_text("/etc/os-release") or sysroot.read_text("/usr/lib/os-release")
     if text is None:
@@ -33,7 +33,7 @@ def _release(config: Config) -> Contribution:
                 "/etc/initrd-release",
                 EntryKind.FILE,
                 0o644,
-                data=initrd_release(parse_os_release(text)),
+                data=initrd_release(parse_os_release(text), image),
             ),
             reason,
         ),
@@ -47,5 +47,5 @@ def _release(config: Config) -> Contribution:
 FEATURE = Feature(
     name="release",
     help="/etc/initrd-release and /etc/os-release describing the initrd",
-    compute=_release,
+    compute=release_files,
 )

@@ -158,7 +158,12 @@ def test_default_output_is_in_the_working_directory_not_boot(tmp_path: Path) -> 
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert os.listdir(tmp_path) == [f"bookend-initrd-{KVER}.img"]
+    # The exitrd and its digest go beside the initrd.
+    assert sorted(os.listdir(tmp_path)) == [
+        f"bookend-exitrd-{KVER}.img",
+        f"bookend-exitrd-{KVER}.img.sha256",
+        f"bookend-initrd-{KVER}.img",
+    ]
 
 
 def test_why_prints_the_chain_to_a_library() -> None:

@@ -395,6 +395,9 @@ def test_plan_for_root_on_lvm_on_luks_enables_features_and_a_minimal_crypttab(
     assert not any(r.name == "/etc/keys/data.key" for r in plan.requests)
     # The passphrase prompt needs a keyboard.
     assert any(r.kind is RequestKind.DRIVER_CLASS and r.name == "keyboard" for r in plan.requests)
+    # Unlocking that fails for good ends in emergency mode at once, not after a timeout.
+    give_up = files["/etc/systemd/system/systemd-cryptsetup@.service.d/bookend-emergency.conf"]
+    assert b"OnFailure=emergency.target\n" in (give_up or b"")
 
 
 def test_volume_missing_from_crypttab_is_a_warning(

@@ -57,7 +57,7 @@ BTRFS_ROOT_UUID = "b00ce4d0-7e57-4b00-8004-000000000002"
 # The guest sees the root disk at index 0 and the job disk at 1 (qemu.py names
 # each disk's serial after its index); the stacks' disks follow in order.
 FIRST_STACK_INDEX = 2
-# The lean root copy takes about 300 MiB; the files are sparse, so the room
+# The lean root copy takes about 250 MiB; the files are sparse, so the room
 # left costs the host nothing.
 DISK_MIB = 1024
 MAKER_MEMORY_MIB = 2048
@@ -190,17 +190,24 @@ report=/job/out/report
 # Cheap key derivation: unlocking under emulation must take seconds, not minutes.
 pbkdf=(--pbkdf argon2id --pbkdf-memory 32768 --pbkdf-force-iterations 4 --pbkdf-parallel 1)
 
+# LVM keeps metadata backups in /etc/lvm, which the copies of this root made
+# after the VG would inherit: keep this root as it booted.
+lvm_config=(--config 'backup { backup = 0 archive = 0 }')
+# Mount points on /run, a tmpfs, so they stay out of the copies.
+src=/run/stacks/src
+new=/run/stacks/new
+
 modprobe -a dm_crypt raid1 btrfs
-mkdir -p /src /mnt/stack
+mkdir -p "$src" "$new"
 # The root as it is on its disk: a non-recursive bind mount leaves out /proc,
 # /dev, /run, the job disk on /job and the modules bound from it, yet keeps
 # their mount points.
-mount -o bind,ro / /src
+mount -o bind,ro / "$src"
 
 copy_root() {  # $1: the new root, mounted
     # A lean copy: what a test boot never reads stays behind, and so does
     # what this boot wrote (its journal, temporary files).
-    tar -C /src --one-file-system --xattrs --xattrs-include='*' --acls --numeric-owner \
+    tar -C "$src" --one-file-system --xattrs --xattrs-include='*' --acls --numeric-owner \
         --exclude='./usr/share/doc/*' --exclude='./usr/share/man/*' \
         --exclude='./usr/share/locale/*' --exclude='./usr/share/info/*' \
         --exclude='./var/cache/apt/*' --exclude='./var/lib/apt/lists/*' \
@@ -211,21 +218,21 @@ copy_root() {  # $1: the new root, mounted
 }
 
 fill_root() {  # $1: the root device; $2: extra mount options
-    mount ${2:+-o "$2"} "$1" /mnt/stack
-    copy_root /mnt/stack
-    printf '# made by tests/vm/stackdisks.py\n%s\n' "$fstab" > /mnt/stack/etc/fstab
+    mount ${2:+-o "$2"} "$1" "$new"
+    copy_root "$new"
+    printf '# made by tests/vm/stackdisks.py\n%s\n' "$fstab" > "$new/etc/fstab"
     if [ -n "$crypttab" ]; then
         printf '# <target name> <source device> <key file> <options>\n%s\n' "$crypttab" \
-            > /mnt/stack/etc/crypttab
+            > "$new/etc/crypttab"
     fi
     if [ -n "$md_name" ]; then
         # What an installer appends to Debian's mdadm.conf.
-        mdadm --detail --brief "/dev/md/$md_name" >> /mnt/stack/etc/mdadm/mdadm.conf
+        mdadm --detail --brief "/dev/md/$md_name" >> "$new/etc/mdadm/mdadm.conf"
     fi
-    used=$(du -sxm /mnt/stack | cut -f1)
-    free=$(df -m --output=avail /mnt/stack | tail -n 1)
+    used=$(du -sxm "$new" | cut -f1)
+    free=$(df -m --output=avail "$new" | tail -n 1)
     echo "ROOT-COPY $name: $used MiB copied, $free MiB left" | tee -a "$report"
-    umount /mnt/stack
+    umount "$new"
 }
 
 make_ext4() {  # $1: device
@@ -255,14 +262,14 @@ make_luks() {
 
 make_lvm_on_luks() {
     luks_format "$disks"
-    pvcreate "/dev/mapper/$luks_name"
-    vgcreate "$vg" "/dev/mapper/$luks_name"
-    lvcreate --yes -l 100%FREE -n "$lv" "$vg"
+    pvcreate "${lvm_config[@]}" "/dev/mapper/$luks_name"
+    vgcreate "${lvm_config[@]}" "$vg" "/dev/mapper/$luks_name"
+    lvcreate "${lvm_config[@]}" --yes -l 100%FREE -n "$lv" "$vg"
     make_ext4 "/dev/$vg/$lv"
     fill_root "/dev/$vg/$lv"
     e2fsck -fn "/dev/$vg/$lv"
     lvs -o lv_name,vg_name,lv_size,devices >> "$report"
-    vgchange -an "$vg"
+    vgchange "${lvm_config[@]}" -an "$vg"
     cryptsetup close "$luks_name"
 }
 
@@ -291,9 +298,9 @@ make_btrfs_raid1() {
     udevadm settle
     btrfs device scan
     set -- $disks
-    mount "$1" /mnt/stack
-    btrfs subvolume create "/mnt/stack/$subvolume"
-    umount /mnt/stack
+    mount "$1" "$new"
+    btrfs subvolume create "$new/$subvolume"
+    umount "$new"
     fill_root "$1" "subvol=$subvolume"
     btrfs check --readonly "$1"
     btrfs filesystem show "$root_uuid" >> "$report"
@@ -308,7 +315,7 @@ make_stack() {  # $1: the function that makes this scenario's stack
 """
 
 MAKER_END = r"""
-umount /src
+umount "$src"
 # Nothing may stay open: the host caches these disks as they are now.
 udevadm settle
 if grep -q '^md' /proc/mdstat; then

@@ -1,0 +1,112 @@
+"""The exitrd's plan, the loader that unpacks it, and the unit that runs the loader."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from bookend.archive import ArchiveEntry, EntryKind
+from bookend.build import write_digest, write_image
+from bookend.closure import Closure, ClosureEntry
+from bookend.config import load_config
+from bookend.errors import ArchiveError
+from bookend.exitrd import make_exitrd_plan
+from bookend.exitrd_load import load_exitrd
+from bookend.features.base import RequestKind
+from bookend.install import LoadAt, install_exitrd_unit, unit_text
+from bookend.plan import Plan
+
+ENTRIES = (
+    ArchiveEntry("/usr", EntryKind.DIRECTORY, 0o755),
+    ArchiveEntry("/usr/lib", EntryKind.DIRECTORY, 0o755),
+    ArchiveEntry("/usr/lib/shutdown-tool", EntryKind.FILE, 0o755, data=b"#!/bin/sh\n"),
+    ArchiveEntry("/shutdown", EntryKind.SYMLINK, 0o777, target="usr/lib/shutdown-tool"),
+    ArchiveEntry("/oldroot", EntryKind.DIRECTORY, 0o755),
+)
+
+
+def test_exitrd_plan_has_shutdown_release_and_the_initrds_storage_tools(root_tree: Path) -> None:
+    config = load_config(None, {"sysroot": str(root_tree)})
+    initrd = Plan(features=("systemd", "dm", "luks", "lvm"), requests=(), generated=())
+    plan = make_exitrd_plan(config, initrd)
+    generated = {g.entry.path: g.entry for g in plan.generated}
+    assert generated["/shutdown"].target == "usr/lib/systemd/systemd-shutdown"
+    assert b'VARIANT_ID="bookend-exitrd"' in (generated["/etc/initrd-release"].data or b"")
+    assert generated["/oldroot"].kind is EntryKind.DIRECTORY
+    programs = {r.name for r in plan.requests if r.kind is RequestKind.EXECUTABLE}
+    assert {"/usr/lib/systemd/systemd-shutdown", "dmsetup", "lvm"} <= programs
+    assert "/usr/lib/systemd/systemd-cryptsetup" in programs
+    assert "mdadm" not in programs  # the initrd has no MD RAID
+    # No kernel modules: the running kernel has them loaded already.
+    assert not any(r.kind is RequestKind.MODULE for r in plan.requests)
+
+
+def exitrd_image(root_tree: Path, tmp_path: Path, compress: str = "zstd") -> Path:
+    image = tmp_path / "exitrd.img"
+    config = load_config(
+        None, {"sysroot": str(root_tree), "output": str(image), "compress": compress}
+    )
+    entries = {e.path: ClosureEntry(e, "test", None) for e in ENTRIES}
+    write_image(config, Closure(entries))
+    write_digest(image)
+    return image
+
+
+@pytest.mark.parametrize("compress", ["zstd", "xz", "gzip", "none"])
+def test_loader_unpacks_a_checked_image_into_place(
+    root_tree: Path, tmp_path: Path, compress: str
+) -> None:
+    image = exitrd_image(root_tree, tmp_path, compress)
+    digest = (tmp_path / "exitrd.img.sha256").read_text()
+    assert digest == f"{hashlib.sha256(image.read_bytes()).hexdigest()}  exitrd.img\n"
+    target = tmp_path / "run/initramfs"
+    target.parent.mkdir()
+    assert load_exitrd(image, target) == len(ENTRIES)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o700
+    assert os.readlink(target / "shutdown") == "usr/lib/shutdown-tool"
+    assert os.access(target / "shutdown", os.X_OK)
+    assert (target / "oldroot").is_dir()
+    assert os.listdir(target.parent) == ["initramfs"]  # no staging directory left
+
+
+def test_corrupt_image_is_refused_and_leaves_no_shutdown(root_tree: Path, tmp_path: Path) -> None:
+    image = exitrd_image(root_tree, tmp_path)
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 1
+    image.write_bytes(data)
+    target = tmp_path / "run/initramfs"
+    target.mkdir(parents=True)
+    (target / "shutdown").write_text("stale")  # from an earlier load
+    with pytest.raises(ArchiveError, match=r"SHA-256 \w+ does not match .*exitrd.img.sha256"):
+        load_exitrd(image, target)
+    assert not os.path.lexists(target / "shutdown")
+    assert os.listdir(target.parent) == ["initramfs"]
+
+
+def test_missing_digest_is_refused(root_tree: Path, tmp_path: Path) -> None:
+    image = exitrd_image(root_tree, tmp_path)
+    (tmp_path / "exitrd.img.sha256").unlink()
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ArchiveError, match="cannot read it or its digest"):
+        load_exitrd(image, tmp_path / "run/initramfs")
+    assert os.listdir(tmp_path / "run") == []
+
+
+def test_unit_unpacks_at_shutdown_by_default_or_at_boot(tmp_path: Path) -> None:
+    image = tmp_path / "boot/exitrd.img"
+    image.parent.mkdir()
+    image.write_bytes(b"x")
+    at_shutdown = unit_text(image, LoadAt.SHUTDOWN, "/usr/bin/python3")
+    load = f"/usr/bin/python3 -m bookend load-exitrd --image {image}"
+    assert f"ExecStop={load}\n" in at_shutdown and "ExecStart=/bin/true\n" in at_shutdown
+    assert f"RequiresMountsFor={image.parent}\n" in at_shutdown
+    at_boot = unit_text(image, LoadAt.BOOT, "/usr/bin/python3")
+    assert f"ExecStart={load}\n" in at_boot and "ExecStop" not in at_boot.split("[Service]")[1]
+    unit_dir = tmp_path / "units"
+    unit_dir.mkdir()
+    unit = install_exitrd_unit(image, LoadAt.SHUTDOWN, unit_dir)
+    assert os.readlink(unit_dir / "multi-user.target.wants/bookend-exitrd.service") == str(unit)

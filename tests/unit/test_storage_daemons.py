@@ -1,0 +1,96 @@
+"""Root storage daemons: the drop-in that keeps them alive, and the exitrd hook that stops them."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bookend.config import load_config
+from bookend.errors import ConfigError
+from bookend.exitrd import make_exitrd_plan
+from bookend.features.base import RequestKind
+from bookend.features.storage_daemons import (
+    STOP_HOOK,
+    STOP_SCRIPT,
+    at_argv0,
+    daemon_dropin,
+    systemd_version,
+)
+from bookend.plan import make_plan
+from bookend.sysroot import Sysroot
+
+UNIT = (
+    "[Unit]\nDescription=iSCSI\n[Service]\nExecStartPre=/bin/true\nExecStart=/usr/sbin/iscsid -f\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("/usr/sbin/iscsid -f", "@/usr/sbin/iscsid @iscsid -f"),
+        ("-/usr/sbin/nbd-client", "@-/usr/sbin/nbd-client @nbd-client"),
+        ("@/usr/sbin/x @own-name", "@/usr/sbin/x @own-name"),  # the unit's own choice stays
+    ],
+)
+def test_argv0_starts_with_at(value: str, expected: str) -> None:
+    assert at_argv0(value) == expected
+
+
+def test_dropin_before_and_after_survive_final_kill_signal() -> None:
+    old = daemon_dropin(UNIT, 252)
+    assert "IgnoreOnIsolate=yes\n" in old and "DefaultDependencies=no\n" in old
+    assert old.endswith("ExecStart=\nExecStart=@/usr/sbin/iscsid @iscsid -f\n")
+    new = daemon_dropin(UNIT, 256)
+    assert new.endswith("SurviveFinalKillSignal=yes\n") and "ExecStart" not in new
+
+
+def test_plan_brings_unit_dropin_and_wants_link(root_tree: Path) -> None:
+    (root_tree / "usr/lib/systemd/system").mkdir(parents=True)
+    (root_tree / "usr/lib/systemd/system/iscsid.service").write_text(UNIT)
+    (root_tree / "usr/lib/systemd/libsystemd-shared-252.so").write_text("")
+    assert systemd_version(Sysroot(root_tree)) == 252
+    config = load_config(
+        None,
+        {"sysroot": str(root_tree), "storage_daemons": ["iscsid.service"], "mode": "generic"},
+    )
+    plan = make_plan(config)
+    assert "storage-daemons" in plan.features
+    files = {g.entry.path: g.entry for g in plan.generated}
+    dropin = files["/etc/systemd/system/iscsid.service.d/bookend-storage-daemon.conf"]
+    assert dropin.data == daemon_dropin(UNIT, 252).encode()
+    wants = files["/etc/systemd/system/initrd-root-device.target.wants/iscsid.service"]
+    assert wants.target == "/usr/lib/systemd/system/iscsid.service"
+    assert any(r.kind is RequestKind.UNIT and r.name == "iscsid.service" for r in plan.requests)
+    exitrd = make_exitrd_plan(config, plan)
+    hook = next(g.entry for g in exitrd.generated if g.entry.path == STOP_HOOK)
+    assert hook.mode == 0o755 and hook.data == STOP_SCRIPT.encode()
+
+
+def test_unknown_daemon_unit_is_an_error(root_tree: Path) -> None:
+    config = load_config(None, {"sysroot": str(root_tree), "storage_daemons": ["nope.service"]})
+    with pytest.raises(ConfigError, match=r"storage_daemons \(command line\): unit nope.service"):
+        make_plan(config)
+
+
+def test_hook_stops_only_at_processes(tmp_path: Path) -> None:
+    """In a PID namespace of its own: an '@' daemon is stopped, other processes are not."""
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare")
+    log = tmp_path / "kmsg"
+    hook = tmp_path / "hook"
+    hook.write_text(STOP_SCRIPT.replace("/dev/kmsg", str(log)))
+    script = (
+        'bash -c "exec -a @storaged sleep 30" & '
+        'bash -c "exec -a plain sleep 30" & '
+        f"sleep 0.3; sh {hook}; ps -eo args"
+    )
+    done = subprocess.run(["unshare", "-fp", "--mount-proc", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=20)  # fmt: skip
+    if done.returncode != 0 and "Operation not permitted" in done.stderr:
+        pytest.skip("no PID namespaces here")
+    remaining = done.stdout.splitlines()
+    assert "plain 30" in remaining and not any(p.startswith("@storaged") for p in remaining)
+    assert log.read_text() == "bookend: stopping root storage daemon sleep (pid 2)\n"
