@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -12,8 +13,10 @@ from typing import BinaryIO
 from bookend.archive import open_compressor, source_date_epoch, write_atomically, write_cpio
 from bookend.closure import Closure, build_closure
 from bookend.config import Config
+from bookend.errors import ArchiveError
 from bookend.exitrd_load import DIGEST_SUFFIX
 from bookend.hostonly import format_detection
+from bookend.manifest import with_manifest
 from bookend.plan import Plan, make_plan
 
 log = logging.getLogger(__name__)
@@ -48,7 +51,29 @@ def write_image(config: Config, closure: Closure, output: Path | None = None) ->
     secret = config.keyfiles and target == config.output
     if secret:
         log.warning("%s holds LUKS key files: written with mode 0600", target)
-    write_atomically(target, write, 0o600 if secret else 0o644)
+    # Only the initrd is checked: it is what stops a boot, and what the user replaces.
+    verify = _check_before_replacing(config, target) if output is None else None
+    write_atomically(target, write, 0o600 if secret else 0o644, verify)
+
+
+def _check_before_replacing(config: Config, target: Path) -> Callable[[Path], None]:
+    """`bookend check` on the new initrd: one that fails it does not replace the old one."""
+
+    def verify(new: Path) -> None:
+        from bookend.inspect.check import check_image
+
+        problems = check_image(new).problems
+        if not problems:
+            return
+        listing = "\n".join(f"  {problem}" for problem in problems)
+        if target.exists() and not config.force:
+            raise ArchiveError(
+                f"{target}: not replaced, the new initrd fails its check "
+                f"(--force replaces it anyway):\n{listing}"
+            )
+        log.warning("%s fails its check:\n%s", target, listing)
+
+    return verify
 
 
 def digest_path(image: Path) -> Path:
@@ -74,22 +99,27 @@ def build_initrd(config: Config) -> BuildResult:
     plan = make_plan(config)
     if plan.detection is not None:
         log.info("hostonly detection:\n%s", format_detection(plan.detection).rstrip())
-    closure = build_closure(config, plan)
+    closure = with_manifest(build_closure(config, plan))
     for warning in closure.warnings:
         log.warning("%s", warning)
-    # Both closures are made, and so every input error found, before either is written.
-    exitrd = _build_exitrd(config, plan) if config.exitrd else None
+    # Both closures are made, and so every input error found, before either is written;
+    # the exitrd is written only once the initrd passed its check and replaced the old one.
+    exitrd_closure = _exitrd_closure(config, plan) if config.exitrd else None
     write_image(config, closure)
     initrd = ImageResult(config.output, plan, closure, config.output.stat().st_size)
+    exitrd = _write_exitrd(config, *exitrd_closure) if exitrd_closure else None
     return BuildResult(initrd, exitrd)
 
 
-def _build_exitrd(config: Config, initrd_plan: Plan) -> ImageResult:
-    """The exitrd's closure, image and digest."""
+def _exitrd_closure(config: Config, initrd_plan: Plan) -> tuple[Plan, Closure]:
     from bookend.exitrd import make_exitrd_plan
 
     plan = make_exitrd_plan(config, initrd_plan)
-    closure = build_closure(config, plan)
+    return plan, with_manifest(build_closure(config, plan))
+
+
+def _write_exitrd(config: Config, plan: Plan, closure: Closure) -> ImageResult:
+    """The exitrd's image and digest."""
     output = config.exitrd_output
     write_image(config, closure, output)
     write_digest(output)

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bookend import __version__
 from bookend.config import SETTINGS, Config, load_config
 from bookend.errors import BookendError
+
+if TYPE_CHECKING:
+    from bookend.inspect.extract import ExtractReport
 
 log = logging.getLogger("bookend")
 
@@ -80,7 +84,61 @@ def make_parser() -> argparse.ArgumentParser:
     )
     load.add_argument("--image", type=Path, required=True, metavar="FILE")
     load.add_argument("--target", type=Path, default=Path("/run/initramfs"), metavar="DIR")
+    _add_inspect_commands(commands)
     return parser
+
+
+IMAGE_HELP = (
+    "an initrd or exitrd: bookend's, dracut's, initramfs-tools' or mkinitcpio's; any number "
+    "of segments, uncompressed or gzip, xz, zstd, lz4, bzip2 or lzma"
+)
+
+
+def _add_inspect_commands(commands: Any) -> None:
+    """ls, extract, diff and check: they read any image, not only bookend's."""
+    from bookend.inspect.listing import SORTS
+
+    json_help = "print JSON, for scripts"
+    ls = commands.add_parser(
+        "ls", help="list an image's entries: mode, size, link target and segment"
+    )
+    ls.add_argument("image", type=Path, metavar="IMAGE", help=IMAGE_HELP)
+    ls.add_argument("--sort", choices=SORTS,
+                    help="by name, or by size (biggest first); default: archive order")  # fmt: skip
+    ls.add_argument("--json", action="store_true", help=json_help)
+
+    extract = commands.add_parser(
+        "extract", help="unpack an image into a directory, never writing outside it"
+    )
+    extract.add_argument("image", type=Path, metavar="IMAGE", help=IMAGE_HELP)
+    extract.add_argument("directory", type=Path, metavar="DIR",
+                         help="where to unpack (made if missing); symlinks in the image "
+                         "resolve inside it")  # fmt: skip
+    extract.add_argument("paths", nargs="*", metavar="PATH",
+                         help="only these entries and what is below them")  # fmt: skip
+    extract.add_argument("--json", action="store_true", help=json_help)
+
+    diff = commands.add_parser(
+        "diff", help="files, kernel modules and units added, removed or changed from A to B"
+    )
+    diff.add_argument("old", type=Path, metavar="A", help="the image before")
+    diff.add_argument("new", type=Path, metavar="B", help="the image after")
+    diff.add_argument("--json", action="store_true", help=json_help)
+
+    why = commands.add_parser(
+        "why", help="print the chain that pulled PATH into a bookend image, from its manifest"
+    )
+    why.add_argument("image", type=Path, metavar="IMAGE", help=IMAGE_HELP)
+    why.add_argument("path", metavar="PATH", help="an absolute path in the image")
+
+    check = commands.add_parser(
+        "check", help="check statically that an image can boot: init, libraries, units, modules"
+    )
+    check.add_argument("image", type=Path, metavar="IMAGE", help=IMAGE_HELP)
+    check.add_argument("--root-fstype", metavar="TYPE",
+                       help="root filesystem type whose module must be in the image "
+                       "(default: from the image's /etc/fstab /sysroot line)")  # fmt: skip
+    check.add_argument("--json", action="store_true", help=json_help)
 
 
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,12 +217,115 @@ def cmd_load_exitrd(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_json(value: object) -> None:
+    print(json.dumps(value, indent=2))
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from bookend.inspect.image import scan_image
+    from bookend.inspect.listing import format_listing, listing_json
+
+    scan = scan_image(args.image)
+    if args.json:
+        _print_json(listing_json(scan, args.sort))
+    else:
+        sys.stdout.write(format_listing(scan, args.sort))
+    return 0
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from bookend.inspect.extract import extract_image
+
+    report = extract_image(args.image, args.directory, args.paths)
+    if args.json:
+        _print_json({
+            "image": str(args.image),
+            "directory": str(args.directory),
+            "extracted": report.extracted,
+            "refused": [{"path": name, "reason": why} for name, why in report.refused],
+            "skipped": [{"path": path, "reason": why} for path, why in report.skipped],
+            "missing": report.missing,
+        })  # fmt: skip
+    else:
+        print(f"{args.image}: {report.extracted} entries extracted to {args.directory}")
+    _print_extract_notes(args.image, report)
+    return 0 if report.ok else 1
+
+
+def _print_extract_notes(image: Path, report: ExtractReport) -> None:
+    """One line per kind of skipped entry, per refused entry and per path not found."""
+    from bookend.inspect.image import printable
+
+    reasons: dict[str, list[str]] = {}
+    for path, why in report.skipped:
+        reasons.setdefault(why, []).append(printable(path))
+    for why, paths in reasons.items():
+        print(f"bookend: note: {len(paths)} skipped ({why}): {', '.join(paths)}", file=sys.stderr)
+    for name, why in report.refused:
+        print(f"bookend: {image}: entry '{printable(name)}' refused: {why}", file=sys.stderr)
+    for path in report.missing:
+        print(f"bookend: {image}: {printable(path)}: not in the image", file=sys.stderr)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from bookend.inspect.diff import diff_images, diff_json, format_diff
+
+    diff = diff_images(args.old, args.new)
+    if args.json:
+        _print_json(diff_json(diff))
+    else:
+        sys.stdout.write(format_diff(diff))
+    return 0
+
+
+def cmd_why(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bookend.errors import ArchiveError
+    from bookend.inspect.extract import extract_image
+    from bookend.manifest import MANIFEST_PATH, closure_from_manifest
+
+    with tempfile.TemporaryDirectory(prefix="bookend-why-") as scratch:
+        extract_image(args.image, Path(scratch), [MANIFEST_PATH])
+        manifest = Path(scratch) / MANIFEST_PATH.lstrip("/")
+        if not manifest.is_file():
+            raise ArchiveError(f"{args.image}: no {MANIFEST_PATH}; not built by bookend 0.1+")
+        closure = closure_from_manifest(manifest.read_bytes(), str(args.image))
+    path = "/" + args.path.strip("/")
+    if path not in closure.entries:
+        print(f"bookend: {path} is not in {args.image}", file=sys.stderr)
+        return 1
+    print(closure.format_why(path))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from bookend.inspect.check import check_image
+    from bookend.inspect.image import printable
+
+    result = check_image(args.image, args.root_fstype)
+    if args.json:
+        _print_json({"image": str(args.image), "kind": result.kind, "ok": result.ok,
+                     "problems": result.problems, "checked": result.counts})  # fmt: skip
+    elif result.ok:
+        print("OK")
+    else:
+        for problem in result.problems:
+            print(printable(problem))
+    return 0 if result.ok else 1
+
+
 COMMANDS = {
     "build": cmd_build,
     "plan": cmd_plan,
     "features": cmd_features,
     "install-exitrd": cmd_install_exitrd,
     "load-exitrd": cmd_load_exitrd,
+    "ls": cmd_ls,
+    "extract": cmd_extract,
+    "diff": cmd_diff,
+    "check": cmd_check,
+    "why": cmd_why,
 }
 
 

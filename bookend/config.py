@@ -186,6 +186,14 @@ SETTINGS: tuple[Setting, ...] = (
         ),
     ),
     Setting(
+        "force",
+        bool,
+        False,
+        "replace an existing initrd even with a new one that fails `bookend check`",
+        "",
+        consts=(("--force", True, "replace the initrd even if the new one fails its check"),),
+    ),
+    Setting(
         "exitrd_output",
         Path,
         None,
@@ -267,6 +275,7 @@ class Config:
     root: str | None
     emergency_access: EmergencyAccess
     root_password_hash: str | None
+    force: bool = False  # replace the initrd even if the new one fails its check
     origins: Mapping[str, str] = field(default_factory=dict)  # key -> where its value came from
 
 
@@ -532,5 +541,6 @@ def load_config(
         root=values["root"],
         emergency_access=access,
         root_password_hash=password_hash,
+        force=values["force"],
         origins=origins,
     )

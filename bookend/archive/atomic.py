@@ -11,11 +11,17 @@ from typing import BinaryIO
 from bookend.errors import ArchiveError
 
 
-def write_atomically(target: Path, write: Callable[[BinaryIO], None], mode: int = 0o644) -> None:
+def write_atomically(
+    target: Path,
+    write: Callable[[BinaryIO], None],
+    mode: int = 0o644,
+    verify: Callable[[Path], None] | None = None,
+) -> None:
     """Call write() on a temporary file in target's directory, then rename it to target.
 
-    On any failure, including Ctrl-C, the temporary file is removed and target is left
-    exactly as it was.
+    verify, if given, is called with the complete temporary file before the rename and
+    may raise to keep target as it is. On any failure, including Ctrl-C, the temporary
+    file is removed and target is left exactly as it was.
     """
     directory = target.parent
     if target.is_dir():
@@ -36,6 +42,8 @@ def write_atomically(target: Path, write: Callable[[BinaryIO], None], mode: int 
             stream.flush()
             os.fchmod(stream.fileno(), mode)
             os.fsync(stream.fileno())
+        if verify is not None:
+            verify(Path(temporary))
         os.replace(temporary, target)
     except BaseException as error:
         Path(temporary).unlink(missing_ok=True)

@@ -186,3 +186,13 @@ def test_embedded_keyfile_makes_the_image_root_only(tmp_path: Path) -> None:
                    "usr/lib/systemd/system-generators/systemd-cryptsetup-generator",
                    "usr/lib/udev/rules.d/55-dm.rules"):  # fmt: skip
         assert needed in entries, needed
+
+
+def test_why_answers_from_the_image_alone(image: Path) -> None:
+    """The manifest inside the image gives the same chain `plan --why` gives before a build."""
+    library = "/usr/lib/x86_64-linux-gnu/libc.so.6"
+    from_image = bookend("why", str(image), library).stdout
+    from_plan = bookend("plan", "--kver", KVER, *QEMU_VIRTIO_EXT4, "--why", library).stdout
+    assert from_image == from_plan and "DT_NEEDED of" in from_image
+    missing = bookend("why", str(image), "/etc/shadow-", check=False)
+    assert missing.returncode == 1 and "is not in" in missing.stderr
