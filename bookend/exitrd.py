@@ -20,7 +20,7 @@ from bookend.features import ALL
 from bookend.features.base import Contribution, Feature, Generated, Request, RequestKind
 from bookend.features.release import release_files
 from bookend.features.storage_daemons import STOP_HOOK, STOP_SCRIPT
-from bookend.features.systemd import DEVICE_NODES
+from bookend.features.systemd import skeleton
 from bookend.plan import Plan
 
 SHUTDOWN = "/usr/lib/systemd/systemd-shutdown"
@@ -29,14 +29,7 @@ MOUNT_POINTS = ("/dev", "/proc", "/sys", "/run", "/oldroot")
 
 
 def _skeleton(config: Config) -> Contribution:
-    reason = "exitrd skeleton"
-    entries: list[Request | Generated] = [
-        Generated(ArchiveEntry(path, EntryKind.DIRECTORY, 0o755), reason) for path in MOUNT_POINTS
-    ]
-    entries += [
-        Generated(ArchiveEntry(path, EntryKind.CHAR_DEVICE, mode, rdev=rdev), reason)
-        for path, mode, rdev in DEVICE_NODES
-    ]
+    entries = skeleton(MOUNT_POINTS, "exitrd skeleton")
     entries.append(
         Generated(
             ArchiveEntry("/shutdown", EntryKind.SYMLINK, 0o777, target=SHUTDOWN.lstrip("/")),

@@ -6,7 +6,7 @@ import os
 
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config
-from bookend.features.base import Contribution, Feature, Generated
+from bookend.features.base import Contribution, Feature, Generated, Request
 
 # The directories systemd expects to find or mount over; /sysroot is where the root goes.
 MOUNT_POINTS = ("/dev", "/proc", "/sys", "/run", "/sysroot", "/tmp", "/root", "/var")
@@ -19,15 +19,20 @@ DEVICE_NODES = (
 )
 
 
-def _skeleton(config: Config) -> Contribution:
-    reason = "feature systemd: initrd skeleton"
-    entries = [
-        Generated(ArchiveEntry(path, EntryKind.DIRECTORY, 0o755), reason) for path in MOUNT_POINTS
+def skeleton(mount_points: tuple[str, ...], reason: str) -> list[Request | Generated]:
+    """The mount point directories and the device nodes an image needs before devtmpfs."""
+    entries: list[Request | Generated] = [
+        Generated(ArchiveEntry(path, EntryKind.DIRECTORY, 0o755), reason) for path in mount_points
     ]
     entries += [
         Generated(ArchiveEntry(path, EntryKind.CHAR_DEVICE, mode, rdev=rdev), reason)
         for path, mode, rdev in DEVICE_NODES
     ]
+    return entries
+
+
+def _skeleton(config: Config) -> Contribution:
+    entries = skeleton(MOUNT_POINTS, "feature systemd: initrd skeleton")
     # The kernel runs /init; systemd itself is that init.
     entries.append(
         Generated(
