@@ -14,7 +14,7 @@ from bookend.archive import open_compressor, source_date_epoch, write_atomically
 from bookend.closure import Closure, build_closure
 from bookend.config import Config
 from bookend.errors import ArchiveError
-from bookend.exitrd_load import DIGEST_SUFFIX
+from bookend.exitrd_load import digest_path
 from bookend.hostonly import format_detection
 from bookend.manifest import with_manifest
 from bookend.plan import Plan, make_plan
@@ -74,10 +74,6 @@ def _check_before_replacing(config: Config, target: Path) -> Callable[[Path], No
         log.warning("%s fails its check:\n%s", target, listing)
 
     return verify
-
-
-def digest_path(image: Path) -> Path:
-    return image.with_name(image.name + DIGEST_SUFFIX)
 
 
 def write_digest(image: Path) -> str:

@@ -9,23 +9,26 @@ renamed into place only when complete. On any failure nothing is left behind and
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import shutil
-import stat
 import tempfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
-from bookend.archive.reader import Member, decompressed, read_members
 from bookend.errors import ArchiveError
+from bookend.inspect.extract import extract_image
 
 TARGET = Path("/run/initramfs")
 DIGEST_SUFFIX = ".sha256"
 
 
+def digest_path(image: Path) -> Path:
+    """Where the image's SHA-256 is recorded: beside it, as sha256sum prints it."""
+    return image.with_name(image.name + DIGEST_SUFFIX)
+
+
 def check_digest(image: Path) -> bytes:
     """The image's bytes, if their SHA-256 is the one recorded beside it."""
-    recorded_in = image.with_name(image.name + DIGEST_SUFFIX)
+    recorded_in = digest_path(image)
     try:
         recorded = recorded_in.read_text().split()[0].lower()
         data = image.read_bytes()
@@ -42,7 +45,7 @@ def check_digest(image: Path) -> bytes:
 
 
 def load_exitrd(image: Path, target: Path = TARGET) -> int:
-    """Unpack the checked image to target; the number of members unpacked."""
+    """Unpack the checked image to target; the number of entries unpacked."""
     try:
         return _load(image, target)
     except OSError as exc:
@@ -55,41 +58,25 @@ def _load(image: Path, target: Path) -> int:
     data = check_digest(image)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        stream = decompressed(io.BufferedReader(io.BytesIO(data)), str(image))
-        count = sum(1 for member in read_members(stream, str(image)) if _unpack(staging, member))
-        if not os.access(staging / "shutdown", os.X_OK):
+        # Unpack exactly the bytes whose digest was checked, not the file read again.
+        checked = staging / ".checked-image"
+        checked.write_bytes(data)
+        tree = staging / "root"
+        report = extract_image(checked, tree, devices=True, owners=True)
+        if not report.ok:
+            refused = "; ".join(f"{name}: {why}" for name, why in report.refused)
+            raise ArchiveError(f"exitrd {image}: entries refused: {refused}")
+        if not os.access(tree / "shutdown", os.X_OK):
             raise ArchiveError(f"exitrd {image}: has no executable /shutdown")
+        tree.chmod(0o700)
         if target.exists():
             shutil.rmtree(target)
-        os.rename(staging, target)
-    except BaseException:
+        os.rename(tree, target)
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return count
+    return report.extracted
 
 
 def _remove_shutdown(target: Path) -> None:
     if os.path.lexists(target / "shutdown"):
         os.unlink(target / "shutdown")
-
-
-def _unpack(root: Path, member: Member) -> bool:
-    relative = PurePosixPath(member.path)
-    if relative.is_absolute() or ".." in relative.parts or member.path in ("", "."):
-        raise ArchiveError(f"exitrd member {member.path!r}: not a path inside the image")
-    path = root / relative
-    kind = stat.S_IFMT(member.mode)
-    permissions = stat.S_IMODE(member.mode)
-    if kind == stat.S_IFDIR:
-        path.mkdir(mode=0o700, exist_ok=True)
-        path.chmod(permissions)
-    elif kind == stat.S_IFREG:
-        path.write_bytes(member.data)
-        path.chmod(permissions)
-    elif kind == stat.S_IFLNK:
-        os.symlink(member.data.decode("utf-8", "surrogateescape"), path)
-    elif kind in (stat.S_IFCHR, stat.S_IFBLK):
-        os.mknod(path, kind | permissions, os.makedev(*member.rdev))
-    else:
-        raise ArchiveError(f"exitrd member {member.path!r}: unsupported type {kind:o}")
-    return True

@@ -1,7 +1,6 @@
 """Reading images back: the compression by its magic, then the newc members one by one.
 
-Two ways in. `decompressed` and `read_members` read one archive, as the exitrd loader
-needs. `read_image` reads a whole image as the kernel does: segments one after another
+`read_image` reads a whole image as the kernel does: segments one after another
 (an uncompressed early cpio, then compressed ones, with NUL padding between), each in any
 compression the kernel unpacks, and yields every member with the segment it came from.
 
@@ -15,7 +14,6 @@ produce gigabytes at once. Every failure is an ArchiveError naming the offset.
 from __future__ import annotations
 
 import bz2
-import gzip
 import lzma
 import stat
 import struct
@@ -56,18 +54,6 @@ class Readable(Protocol):
 
 
 @dataclass(frozen=True)
-class Member:
-    path: str  # as stored, e.g. "usr/bin/mount" (no leading slash)
-    mode: int  # type and permission bits
-    data: bytes  # file content, or a symlink's target
-    rdev: tuple[int, int]
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-
-@dataclass(frozen=True)
 class Segment:
     """One piece of a concatenated image."""
 
@@ -93,31 +79,6 @@ class Header:
     segment: Segment
     archive: int  # which archive of the image (hard links are numbered within one)
     offset: int  # of the header within its segment's (decompressed) bytes
-
-
-def decompressed(raw: BinaryIO, name: str) -> Readable:
-    """A reader of raw's archive bytes, whatever compression the kernel knows it uses."""
-    head = raw.peek(6)[:6] if hasattr(raw, "peek") else b""
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        return zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-    if head.startswith(b"\xfd7zXZ\x00"):
-        return lzma.open(raw)
-    if head.startswith(b"\x1f\x8b"):
-        return gzip.open(raw)
-    if head.startswith(MAGIC):
-        return raw
-    kind = compression_of(head)
-    if kind in ("lz4", "bzip2", "lzma"):
-        return _Decompressed(raw, raw.tell(), kind, name)
-    raise ArchiveError(f"{name}: neither a newc cpio nor compressed in a way the kernel knows")
-
-
-def read_members(stream: Readable, name: str) -> Iterator[Member]:
-    """The members up to the trailer; a truncated or corrupt archive is an ArchiveError."""
-    segment = Segment(0, UNCOMPRESSED, 0)
-    cursor = _Cursor(stream, name, lambda offset: f"offset {offset}")
-    for header, body in _archive(cursor, segment, 0):
-        yield Member(header.path, header.mode, body.read(), header.rdev)
 
 
 def compression_of(head: bytes) -> str | None:

@@ -8,7 +8,6 @@ test_inspect_* modules use to write archives no honest tool would.
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
@@ -18,8 +17,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from bookend.archive import ArchiveEntry, EntryKind, write_cpio
-from bookend.archive.reader import Member, decompressed, read_image, read_members
+from bookend.archive.reader import read_image
 from bookend.errors import ArchiveError
 from bookend.inspect.image import scan_image
 
@@ -185,29 +183,6 @@ def test_gnu_cpio_hard_links_share_their_content(tmp_path: Path) -> None:
     assert entries["a"].size == entries["b"].size == len(b"shared content")
     assert entries["a"].digest == entries["b"].digest
     assert entries["b"].hardlink == "a"
-
-
-def test_bookend_writer_round_trips_through_the_old_api(tmp_path: Path) -> None:
-    out = io.BytesIO()
-    write_cpio([ArchiveEntry("/etc/x", EntryKind.FILE, 0o600, data=b"x" * 5),
-                ArchiveEntry("/etc", EntryKind.DIRECTORY, 0o755),
-                ArchiveEntry("/init", EntryKind.SYMLINK, 0o777, target="usr/lib/systemd/systemd")],
-               out, epoch=0)  # fmt: skip
-    out.seek(0)
-    members = list(read_members(decompressed(io.BufferedReader(out), "x"), "x"))
-    assert members == [
-        Member("etc", S_IFDIR | 0o755, b"", (0, 0)),
-        Member("etc/x", S_IFREG | 0o600, b"xxxxx", (0, 0)),
-        Member("init", S_IFLNK | 0o777, b"usr/lib/systemd/systemd", (0, 0)),
-    ]
-
-
-@pytest.mark.parametrize(("tool", "kind"), COMPRESSORS[3:], ids=["lz4", "bzip2", "lzma"])
-def test_old_api_now_reads_lz4_bzip2_and_lzma(tool: list[str], kind: str, tree: Path) -> None:
-    raw = io.BufferedReader(io.BytesIO(compress(tool, gnu_cpio(tree, ["etc", "etc/hostname"]))))
-    members = list(read_members(decompressed(raw, kind), kind))
-    assert [m.path for m in members] == ["etc", "etc/hostname"]
-    assert members[1].data == b"fixture\n"
 
 
 # --- damaged and hostile images --------------------------------------------------------
