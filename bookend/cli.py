@@ -22,7 +22,15 @@ log = logging.getLogger("bookend")
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     """One flag per setting of the table in bookend.config."""
-    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE",
+        help="TOML configuration file, read after the drop-in directories",
+    )  # fmt: skip
+    parser.add_argument(
+        "--config-root", type=Path, default=Path("/"), metavar="DIR",
+        help="read the drop-in directories {usr/lib,etc,run}/bookend/conf.d under DIR "
+        "(default: /, this host's; never --sysroot's)",
+    )  # fmt: skip
     for setting in SETTINGS:
         if setting.consts:
             group = parser.add_mutually_exclusive_group()
@@ -66,6 +74,17 @@ def make_parser() -> argparse.ArgumentParser:
     plan.add_argument("--why", metavar="PATH", help="print the chain that pulls PATH in")
 
     commands.add_parser("features", help="list the features")
+
+    config = commands.add_parser("config", help="the configuration bookend would build with")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_commands.add_parser(
+        "show", help="print every effective setting as TOML, after drop-ins, --config and flags"
+    )
+    _add_settings(show)
+    show.add_argument("--origin", action="store_true",
+                      help="say where each value came from: a file, 'default' or "
+                      "'command line' (for lists, each item)")  # fmt: skip
+    show.add_argument("--json", action="store_true", help="print JSON, for scripts")
 
     install = commands.add_parser(
         "install-exitrd", help="install the unit that brings the exitrd into RAM for shutdown"
@@ -147,7 +166,9 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def _config(args: argparse.Namespace) -> Config:
     return load_config(
-        args.config, {k: str(v) if isinstance(v, Path) else v for k, v in _cli_values(args).items()}
+        args.config,
+        {k: str(v) if isinstance(v, Path) else v for k, v in _cli_values(args).items()},
+        config_root=args.config_root,
     )
 
 
@@ -182,6 +203,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(closure.format_why(args.why))
         return 0
     print(format_closure(closure))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from bookend.config_show import show_json, show_text
+
+    config = _config(args)  # only "show" so far; argparse refuses any other action
+    if args.json:
+        _print_json(show_json(config, args.origin))
+    else:
+        sys.stdout.write(show_text(config, args.origin))
     return 0
 
 
@@ -319,6 +351,7 @@ COMMANDS = {
     "build": cmd_build,
     "plan": cmd_plan,
     "features": cmd_features,
+    "config": cmd_config,
     "install-exitrd": cmd_install_exitrd,
     "load-exitrd": cmd_load_exitrd,
     "ls": cmd_ls,

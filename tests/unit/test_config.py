@@ -14,9 +14,18 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def known_modules(root: Path, *names: str, kver: str = "6.1.0-test") -> None:
+    """A modules.dep naming these modules, so the configuration accepts them."""
+    lines = "".join(f"kernel/{name}.ko:\n" for name in names)
+    (root / f"usr/lib/modules/{kver}/modules.dep").write_text(lines)
+
+
 def test_defaults_pick_newest_kernel_and_a_safe_output(root_tree: Path, tmp_path: Path) -> None:
-    (root_tree / "usr/lib/modules/6.10.0-test").mkdir()
-    (root_tree / "usr/lib/modules/6.9.12-test").mkdir()
+    for kver in ("6.10.0-test", "6.9.12-test"):
+        (root_tree / f"usr/lib/modules/{kver}").mkdir()
+        (root_tree / f"usr/lib/modules/{kver}/modules.dep").write_text("")
+    # What a removed kernel leaves behind is no kernel to build for, however new.
+    (root_tree / "usr/lib/modules/6.11.0-removed").mkdir()
     config = load_config(None, {"sysroot": str(root_tree)}, cwd=lambda: tmp_path)
     assert config.kver == "6.10.0-test"
     # Never the distribution's own /boot/initrd.img-KVER by surprise.
@@ -26,6 +35,7 @@ def test_defaults_pick_newest_kernel_and_a_safe_output(root_tree: Path, tmp_path
 
 
 def test_file_then_flags_scalars_replace_lists_extend(root_tree: Path, tmp_path: Path) -> None:
+    known_modules(root_tree, "ext4", "virtio_blk")
     toml = write(
         tmp_path / "b.toml", f'sysroot = "{root_tree}"\nmodules = ["ext4"]\ncompress = "xz"\n'
     )
