@@ -375,7 +375,7 @@ def merge_layers(layers: Sequence[tuple[str, Mapping[str, Any]]], problems: Prob
 def _unknown_key(key: str, raw: Any, source: str, problems: Problems) -> None:
     """An unknown key; in a table, the settings below it were likely meant for the top."""
     nested = [name for name in raw if name in SETTINGS_BY_KEY] if isinstance(raw, dict) else []
-    if nested and not did_you_mean(key, list(SETTINGS_BY_KEY)):
+    if nested:
         for name in nested:
             problems.add(
                 source,

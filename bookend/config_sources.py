@@ -72,19 +72,32 @@ def short(text: str, limit: int = 60) -> str:
 def read_toml(path: Path, problems: Problems) -> dict[str, Any] | None:
     """A TOML file's table; None (and a problem) when it cannot be read or parsed."""
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        text = path.read_bytes().decode()
     except FileNotFoundError:
         problems.add_file(path, "no such configuration file")
+        return None
     except IsADirectoryError:
         problems.add_file(path, "is a directory, not a configuration file")
+        return None
     except OSError as exc:
         problems.add_file(path, f"cannot read: {exc.strerror}")
+        return None
+    except UnicodeDecodeError as exc:
+        line = text_line(exc.object, exc.start)
+        problems.add_file(path, f"not valid TOML: not UTF-8 text (at line {line})")
+        return None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        problems.add_file(path, f"not valid TOML: {exc}")  # the message names line and column
-    except UnicodeDecodeError:
-        problems.add_file(path, "not valid TOML: not UTF-8 text")
-    return None
+        # tomllib names line and column, except at the end: say which line that is.
+        last = len(text.splitlines()) or 1
+        where = f" after line {last}" if "end of document" in str(exc) else ""
+        problems.add_file(path, f"not valid TOML: {exc}{where}")
+        return None
+
+
+def text_line(data: bytes, offset: int) -> int:
+    return data.count(b"\n", 0, offset) + 1
 
 
 def find_drop_ins(config_root: Path, problems: Problems) -> list[Path]:
