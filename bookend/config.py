@@ -597,13 +597,20 @@ def _check_compress_level(merged: Merged, problems: Problems) -> None:
         )
 
 
+# What hostonly detection reads from each tree: a tree without it is not one.
+DETECTION_TREES = {"sysfs": "dev/block", "procfs": "self/mountinfo"}
+
+
 def _check_detection_trees(merged: Merged, problems: Problems) -> None:
     """Hostonly detection reads the host's devices and mounts from these."""
     if merged.values["mode"] != ModuleMode.HOSTONLY.value:
         return
-    for key in ("sysfs", "procfs"):
-        if not os.path.isdir(merged.values[key]):
-            problems.add(merged.origins[key], key, f"{merged.values[key]} is not a directory")
+    for key, needed in DETECTION_TREES.items():
+        tree: Path = merged.values[key]
+        if not os.path.isdir(tree):
+            problems.add(merged.origins[key], key, f"{tree} is not a directory")
+        elif not os.path.exists(tree / needed):
+            problems.add(merged.origins[key], key, f"{tree} is not a {key} (no {needed})")
 
 
 def _check_in_sysroot(merged: Merged, sysroot: Path, problems: Problems) -> str:

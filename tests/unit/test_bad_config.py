@@ -118,6 +118,8 @@ CASES = (
          flags=("--filesystem", "ext4 defaults")),
     Case("sysfs", CLI, "sysfs", "{tmp}/nosys is not a directory",
          flags=("--hostonly", "--sysfs", "{tmp}/nosys")),
+    Case("procfs", CLI, "procfs", "{tmp}/empty is not a procfs (no self/mountinfo)",
+         flags=("--hostonly", "--procfs", "{tmp}/empty")),
     Case("config-root", CLI, "config_root", "{tmp}/noconf is not a directory",
          flags=("--config-root", "{tmp}/noconf")),
     # --- where to write
