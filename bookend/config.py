@@ -21,6 +21,7 @@ from bookend.archive.compress import LEVELS, Compression
 from bookend.config_sources import COMMAND_LINE, Problems, describe, read_layers, short
 from bookend.config_sources import did_you_mean as did_you_mean  # for the stages after
 from bookend.errors import BookendError
+from bookend.exitrd_load import DIGEST_SUFFIX
 from bookend.sysroot import Sysroot
 
 
@@ -298,7 +299,7 @@ def _typed(setting: Setting, value: Any, source: str, problems: Problems) -> Any
             got = describe(value) if not isinstance(value, list) else "an item that is not"
             problems.add(source, setting.key, f"expected a list of strings, got {got}")
             return None
-        return [v for v in value if _usable_string(setting, v, source, problems)] if value else []
+        return [v for v in value if _usable_string(setting, v, source, problems)]
     if setting.kind is bool:
         if not isinstance(value, bool):
             problems.add(source, setting.key, f"expected true or false, got {describe(value)}")
@@ -309,9 +310,10 @@ def _typed(setting: Setting, value: Any, source: str, problems: Problems) -> Any
             problems.add(source, setting.key, f"expected an integer, got {describe(value)}")
             return None
         return value
-    if not isinstance(value, str) or not _usable_string(setting, value, source, problems):
-        if not isinstance(value, str):
-            problems.add(source, setting.key, f"expected a string, got {describe(value)}")
+    if not isinstance(value, str):
+        problems.add(source, setting.key, f"expected a string, got {describe(value)}")
+        return None
+    if not _usable_string(setting, value, source, problems):
         return None
     if setting.choices and value not in setting.choices:
         problems.add(
@@ -436,7 +438,7 @@ def _check_kver(merged: Merged, problems: Problems) -> str:
         if not installed:
             problems.add(source, "kver", f"no kernel with a modules.dep under {moddir}")
             return ""
-        return max(installed, key=_version_key)
+        return max(installed, key=_version_key)  # the newest
     if "/" in kver or kver in (".", ".."):
         problems.add(source, "kver", f"'{kver}' is not a kernel version")
     elif kver not in installed:
@@ -450,11 +452,38 @@ def _check_kver(merged: Merged, problems: Problems) -> str:
     return kver
 
 
-def _check_output(output: Path, source: str, problems: Problems, key: str = "output") -> None:
+# The image is written as ".NAME.bookend-XXXXXXXX.tmp" beside its target first, and
+# no file name may be longer than 255 bytes.
+LONGEST_OUTPUT_NAME = 255 - len("..bookend-XXXXXXXX.tmp")
+
+
+def _check_output(
+    output: Path, source: str, problems: Problems, key: str = "output", suffix: str = ""
+) -> bool:
+    """A file name in a directory that exists; suffix: of a file written beside it."""
+    longest = LONGEST_OUTPUT_NAME - len(suffix)
     if os.path.isdir(output):
         problems.add(source, key, f"{output} is a directory; name the image file")
     elif not os.path.isdir(output.parent):
         problems.add(source, key, f"directory {output.parent} does not exist")
+    elif len(os.fsencode(output.name)) > longest:
+        problems.add(source, key, f"file name too long (at most {longest} bytes): {output.name}")
+    else:
+        return True
+    return False
+
+
+def _check_derived_exitrd(output: Path, kver: str, source: str, problems: Problems) -> None:
+    """The exitrd's name beside a good initrd path, with room for its digest's."""
+    derived = default_exitrd_path(output, kver)
+    longest = LONGEST_OUTPUT_NAME - len(DIGEST_SUFFIX)
+    if len(os.fsencode(derived.name)) > longest:
+        problems.add(
+            source,
+            "output",
+            f"file name too long for the exitrd beside it, {derived.name} "
+            f"(at most {longest} bytes, or give exitrd_output or --no-exitrd)",
+        )
 
 
 def _emergency_access(
@@ -651,9 +680,12 @@ def load_config(
         _check_files(merged, "files", None, problems)
         _check_files(merged, "keyfiles", None, problems)
     output = values["output"] or cwd() / f"bookend-initrd-{kver or 'unknown'}.img"
-    _check_output(output, origins["output"], problems)
+    output_ok = _check_output(output, origins["output"], problems)
     if values["exitrd_output"] is not None:
-        _check_output(values["exitrd_output"], origins["exitrd_output"], problems, "exitrd_output")
+        exitrd_output, source = values["exitrd_output"], origins["exitrd_output"]
+        _check_output(exitrd_output, source, problems, "exitrd_output", DIGEST_SUFFIX)
+    elif values["exitrd"] and output_ok and "/" not in kver:  # else no name to derive
+        _check_derived_exitrd(output, kver, origins["output"], problems)
     access, password_hash = _emergency_access(
         values["emergency_shell"], origins["emergency_shell"], problems
     )

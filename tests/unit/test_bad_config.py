@@ -125,6 +125,10 @@ CASES = (
     # --- where to write
     Case("output-dir", CLI, "output", "directory {tmp}/nowhere does not exist",
          flags=("-o", "{tmp}/nowhere/initrd.img")),
+    Case("output-too-long", CLI, "output", "file name too long (at most 233 bytes)",
+         flags=("-o", "{tmp}/" + "x" * 240)),
+    Case("exitrd-too-long", CLI, "output", "file name too long for the exitrd beside it",
+         flags=("-o", "{tmp}/initrd-" + "x" * 225)),
     Case("output-is-dir", CLI, "output", "{tmp}/empty is a directory; name the image file",
          flags=("-o", "{tmp}/empty")),
     Case("exitrd-output-dir", TOML, "exitrd_output", "directory {tmp}/nowhere does not exist",
