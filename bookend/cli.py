@@ -95,7 +95,7 @@ IMAGE_HELP = (
 
 
 def _add_inspect_commands(commands: Any) -> None:
-    """ls, extract, diff and check: they read any image, not only bookend's."""
+    """ls, extract, diff, why, check and size: they read any image, not only bookend's."""
     from bookend.inspect.listing import SORTS
 
     json_help = "print JSON, for scripts"
@@ -139,6 +139,18 @@ def _add_inspect_commands(commands: Any) -> None:
                        help="root filesystem type whose module must be in the image "
                        "(default: from the image's /etc/fstab /sysroot line)")  # fmt: skip
     check.add_argument("--json", action="store_true", help=json_help)
+
+    size = commands.add_parser(
+        "size", help="what takes the space in an image: by directory, feature and package"
+    )
+    size.add_argument("image", type=Path, metavar="IMAGE", help=IMAGE_HELP)
+    size.add_argument("--sysroot", type=Path, default=Path("/"), metavar="DIR",
+                      help="whose dpkg database says which package owns each file "
+                      "(default: /)")  # fmt: skip
+    size.add_argument("--html", type=Path, metavar="OUT.html",
+                      help="write a self-contained HTML treemap (no network needed to view "
+                      "it) instead of the text summary")  # fmt: skip
+    size.add_argument("--json", action="store_true", help=json_help)
 
 
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -315,6 +327,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_size(args: argparse.Namespace) -> int:
+    from bookend.inspect.size import format_summary, human_size, report_json, size_report
+    from bookend.inspect.size_html import write_html
+
+    report = size_report(args.image, args.sysroot)
+    if args.html:
+        write_html(report, args.html)
+    if args.json:
+        _print_json(report_json(report))
+    elif args.html:
+        print(f"{args.html}: treemap of {args.image}, {human_size(report.total)} of content")
+    else:
+        sys.stdout.write(format_summary(report))
+    return 0
+
+
 COMMANDS = {
     "build": cmd_build,
     "plan": cmd_plan,
@@ -326,6 +354,7 @@ COMMANDS = {
     "diff": cmd_diff,
     "check": cmd_check,
     "why": cmd_why,
+    "size": cmd_size,
 }
 
 
