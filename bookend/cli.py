@@ -57,7 +57,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="say more (-vv: debug)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    build = commands.add_parser("build", help="build the initrd")
+    build = commands.add_parser("build", help="build the initrd and, beside it, the exitrd")
     _add_settings(build)
 
     plan = commands.add_parser("plan", help="print what the image would hold, without building")
@@ -85,7 +85,38 @@ def make_parser() -> argparse.ArgumentParser:
     load.add_argument("--image", type=Path, required=True, metavar="FILE")
     load.add_argument("--target", type=Path, default=Path("/run/initramfs"), metavar="DIR")
     _add_inspect_commands(commands)
+
+    completion = commands.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=("bash",), help="the shell to complete in")
+    _add_manual(commands)
     return parser
+
+
+class _ManualFormatter(argparse.HelpFormatter):
+    """Wraps prose paragraphs to the terminal; keeps indented blocks (examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        blocks = []
+        for block in text.split("\n\n"):
+            if block.startswith(" ") or "\n " in block:
+                blocks.append(block)
+            else:
+                blocks.append(textwrap.fill(" ".join(block.split()), width, initial_indent=indent,
+                                            subsequent_indent=indent))  # fmt: skip
+        return "\n\n".join(blocks)
+
+
+def _add_manual(commands: Any) -> None:
+    """Give every subcommand its manual page from bookend.manual."""
+    from bookend.manual import PAGES
+
+    for name, sub in commands.choices.items():
+        page = PAGES[name]
+        sub.description = page.description
+        sub.epilog = page.epilog()
+        sub.formatter_class = _ManualFormatter
 
 
 IMAGE_HELP = (
@@ -343,6 +374,21 @@ def cmd_size(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    from bookend.completion import bash_script
+    from bookend.config import HOOK_POINTS
+    from bookend.drivers import DRIVER_CLASSES
+    from bookend.features import ALL
+
+    words = {
+        "features": sorted(ALL),
+        "driver_classes": sorted(DRIVER_CLASSES),
+        "hooks": [f"{point}=" for point in HOOK_POINTS],
+    }
+    sys.stdout.write(bash_script(make_parser(), words))
+    return 0
+
+
 COMMANDS = {
     "build": cmd_build,
     "plan": cmd_plan,
@@ -355,6 +401,7 @@ COMMANDS = {
     "check": cmd_check,
     "why": cmd_why,
     "size": cmd_size,
+    "completion": cmd_completion,
 }
 
 
