@@ -183,8 +183,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     result = build_initrd(config)
     for image in (result.initrd, result.exitrd):
         if image is not None:
+            uki = " in a UKI" if config.uki and image is result.initrd else ""
             print(
-                f"{image.path}: {len(image.closure.entries)} entries, "
+                f"{image.path}: {len(image.closure.entries)} entries{uki}, "
                 f"{image.size / 1e6:.1f} MB ({config.compress.value}), kernel {config.kver}"
             )
     return 0
