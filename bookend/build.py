@@ -107,6 +107,8 @@ def build_initrd(config: Config) -> BuildResult:
     if uki_tools is None:
         write_image(config, closure)
     else:
+        if config.keyfiles:
+            log.warning("%s holds LUKS key files: written with mode 0600", config.output)
         write_uki(
             uki_tools,
             config.kver,
