@@ -79,6 +79,8 @@ def make_parser() -> argparse.ArgumentParser:
     install.add_argument("--storage-daemon", action="append", default=[], metavar="UNIT",
                          help="a root storage daemon to leave to the exitrd")  # fmt: skip
 
+    _add_kernel_hooks_command(commands)
+
     load = commands.add_parser(
         "load-exitrd", help="check the exitrd's digest and unpack it to /run/initramfs"
     )
@@ -117,6 +119,29 @@ def _add_manual(commands: Any) -> None:
         sub.description = page.description
         sub.epilog = page.epilog()
         sub.formatter_class = _ManualFormatter
+
+
+def _add_kernel_hooks_command(commands: Any) -> None:
+    from bookend.install import DEFAULT_EXITRD
+
+    hooks = commands.add_parser(
+        "install-kernel-hooks",
+        help="build bookend's images whenever a kernel is installed (kernel-install, Debian)",
+    )
+    hooks.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
+                       help="the system to install into (default: /)")  # fmt: skip
+    which = hooks.add_mutually_exclusive_group()
+    which.add_argument("--kernel-install", dest="hook_sets", action="store_const",
+                       const=["kernel-install"],
+                       help="only the kernel-install(8) plugin 50-bookend.install")  # fmt: skip
+    which.add_argument("--debian", dest="hook_sets", action="store_const", const=["debian"],
+                       help="only the Debian hooks in /etc/kernel/post{inst,rm}.d")  # fmt: skip
+    hooks.add_argument("--exitrd-output", type=Path, default=DEFAULT_EXITRD, metavar="FILE",
+                       help=f"where the hooks write the exitrd (default: {DEFAULT_EXITRD}); "
+                       "one exitrd serves every kernel")  # fmt: skip
+    hooks.add_argument("--config", type=Path, metavar="FILE",
+                       help="configuration file the hooks build with")  # fmt: skip
+    hooks.add_argument("--remove", action="store_true", help="remove the hooks instead")
 
 
 IMAGE_HELP = (
@@ -201,8 +226,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     result = build_initrd(config)
     for image in (result.initrd, result.exitrd):
         if image is not None:
+            uki = " in a UKI" if config.uki and image is result.initrd else ""
             print(
-                f"{image.path}: {len(image.closure.entries)} entries, "
+                f"{image.path}: {len(image.closure.entries)} entries{uki}, "
                 f"{image.size / 1e6:.1f} MB ({config.compress.value}), kernel {config.kver}"
             )
     return 0
@@ -244,6 +270,31 @@ def cmd_install_exitrd(args: argparse.Namespace) -> int:
     print(f"{unit}: installed and enabled; the exitrd is unpacked at {args.at}")
     for dropin in install_storage_daemon_dropins(args.storage_daemon, args.unit_dir):
         print(f"{dropin}: the running system leaves this root storage daemon to the exitrd")
+    return 0
+
+
+def cmd_install_kernel_hooks(args: argparse.Namespace) -> int:
+    from bookend.install import (
+        HookSet,
+        initramfs_tools_note,
+        install_kernel_hooks,
+        remove_kernel_hooks,
+    )
+
+    hook_sets = [HookSet(name) for name in args.hook_sets or ("kernel-install", "debian")]
+    if args.remove:
+        for path in remove_kernel_hooks(args.root, hook_sets):
+            print(f"{path}: removed")
+        return 0
+    for path in install_kernel_hooks(args.root, hook_sets, args.exitrd_output, args.config):
+        done = "masked (it would stage a second initrd)" if path.is_symlink() else "installed"
+        print(f"{path}: {done}")
+    exitrd = args.exitrd_output
+    print(f"the hooks write the exitrd to {exitrd}; once one exists, "
+          f"`bookend install-exitrd --image {exitrd}` loads it at shutdown")  # fmt: skip
+    note = initramfs_tools_note(args.root) if HookSet.DEBIAN in hook_sets else None
+    if note:
+        print(f"bookend: note: {note}", file=sys.stderr)
     return 0
 
 
@@ -394,6 +445,7 @@ COMMANDS = {
     "plan": cmd_plan,
     "features": cmd_features,
     "install-exitrd": cmd_install_exitrd,
+    "install-kernel-hooks": cmd_install_kernel_hooks,
     "load-exitrd": cmd_load_exitrd,
     "ls": cmd_ls,
     "extract": cmd_extract,

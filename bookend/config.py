@@ -194,6 +194,22 @@ SETTINGS: tuple[Setting, ...] = (
         consts=(("--force", True, "replace the initrd even if the new one fails its check"),),
     ),
     Setting(
+        "uki",
+        bool,
+        False,
+        "write a unified kernel image (kernel, initrd, command line) made by the sysroot's ukify",
+        "",
+        consts=(("--uki", True, "write a UKI made by the sysroot's ukify instead of an initrd"),),
+    ),
+    Setting(
+        "cmdline",
+        str,
+        None,
+        "kernel command line built into the UKI (--uki)",
+        "--cmdline",
+        metavar="CMDLINE",
+    ),
+    Setting(
         "exitrd_output",
         Path,
         None,
@@ -276,6 +292,8 @@ class Config:
     emergency_access: EmergencyAccess
     root_password_hash: str | None
     force: bool = False  # replace the initrd even if the new one fails its check
+    uki: bool = False  # output is a unified kernel image holding the initrd
+    cmdline: str | None = None  # the UKI's .cmdline
     origins: Mapping[str, str] = field(default_factory=dict)  # key -> where its value came from
 
 
@@ -495,7 +513,9 @@ def load_config(
 
     sysroot_ok = _check_sysroot(values["sysroot"], origins["sysroot"], problems)
     kver = _check_kver(values, origins, problems) if sysroot_ok else ""
-    output = values["output"] or cwd() / f"bookend-initrd-{kver or 'unknown'}.img"
+    name = kver or "unknown"
+    default_name = f"bookend-uki-{name}.efi" if values["uki"] else f"bookend-initrd-{name}.img"
+    output = values["output"] or cwd() / default_name
     _check_output(output, origins["output"], problems)
     access, password_hash = _emergency_access(
         values["emergency_shell"], origins["emergency_shell"], problems
@@ -506,6 +526,8 @@ def load_config(
     hooks = _parse_hooks(values["hooks"], origins["hooks"], problems)
     if values["exitrd_output"] is not None:
         _check_output(values["exitrd_output"], origins["exitrd_output"], problems, "exitrd_output")
+    if values["cmdline"] is not None and not values["uki"]:
+        problems.add(origins["cmdline"], "cmdline", "only a UKI carries a command line (--uki)")
     level = values["compress_level"]
     low, high = LEVELS[Compression(values["compress"])]
     if level is not None and not low <= level <= high:
@@ -542,5 +564,7 @@ def load_config(
         emergency_access=access,
         root_password_hash=password_hash,
         force=values["force"],
+        uki=values["uki"],
+        cmdline=values["cmdline"],
         origins=origins,
     )

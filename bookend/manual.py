@@ -51,6 +51,10 @@ PAGES: dict[str, Page] = {
             ),
             ("bookend build --generic --compress xz", "an image that boots any machine"),
             (
+                "bookend build --sysroot /srv/trixie --uki --cmdline 'root=LABEL=root rw'",
+                "a unified kernel image made by the sysroot's ukify",
+            ),
+            (
                 "bookend build --add-feature luks --add-keyfile /etc/keys/root.key",
                 "unlock the root with an embedded key (the image is written 0600)",
             ),
@@ -176,13 +180,22 @@ PAGES: dict[str, Page] = {
         ),
     ),
     "install-kernel-hooks": Page(
-        "Install the hooks that rebuild bookend's images whenever a kernel is installed: "
-        "a kernel-install(8) plugin and Debian's /etc/kernel/postinst.d and postrm.d "
-        "hooks.",
-        (("bookend install-kernel-hooks", "install them for this system"),),
+        "Install the hooks that build bookend's images whenever a kernel is installed: the "
+        "kernel-install(8) plugin 50-bookend.install, which builds into "
+        "$KERNEL_INSTALL_STAGING_AREA unless KERNEL_INSTALL_INITRD_GENERATOR names another "
+        "generator, and Debian's /etc/kernel/postinst.d and postrm.d hooks, which build and "
+        "remove /boot/initrd.img-VERSION. Both by default, or the one named. The hooks "
+        "run bookend with the Python that ran this command. One exitrd, written by every "
+        "hook, serves all kernels.",
         (
-            "/etc/kernel/install.d/50-bookend.install",
+            ("bookend install-kernel-hooks", "both kinds of hook, for this system"),
+            ("bookend install-kernel-hooks --debian", "only Debian's, on a GRUB system"),
+            ("bookend install-kernel-hooks --remove", "take them away again"),
+        ),
+        (
+            "/etc/kernel/install.d/50-bookend.install (and a mask for Debian's 85-initrd.install)",
             "/etc/kernel/postinst.d/zz-bookend, /etc/kernel/postrm.d/zz-bookend",
+            "/var/lib/bookend/exitrd.img: the exitrd the hooks write",
         ),
     ),
     "completion": Page(
