@@ -18,6 +18,7 @@ from bookend.exitrd_load import digest_path
 from bookend.hostonly import format_detection
 from bookend.manifest import with_manifest
 from bookend.plan import Plan, make_plan
+from bookend.uki import find_uki_tools, write_uki
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ def write_digest(image: Path) -> str:
 
 
 def build_initrd(config: Config) -> BuildResult:
+    # Before anything is built: a UKI the sysroot cannot make is known at once.
+    uki_tools = find_uki_tools(config.sysroot, config.kver) if config.uki else None
     plan = make_plan(config)
     if plan.detection is not None:
         log.info("hostonly detection:\n%s", format_detection(plan.detection).rstrip())
@@ -101,7 +104,21 @@ def build_initrd(config: Config) -> BuildResult:
     # Both closures are made, and so every input error found, before either is written;
     # the exitrd is written only once the initrd passed its check and replaced the old one.
     exitrd_closure = _exitrd_closure(config, plan) if config.exitrd else None
-    write_image(config, closure)
+    if uki_tools is None:
+        write_image(config, closure)
+    else:
+        if config.keyfiles:
+            log.warning("%s holds LUKS key files: written with mode 0600", config.output)
+        write_uki(
+            uki_tools,
+            config.kver,
+            lambda initrd: write_image(config, closure, initrd),
+            config.cmdline,
+            config.output,
+            _check_before_replacing(config, config.output),
+            # A UKI holding key files is as secret as the initrd in it.
+            0o600 if config.keyfiles else 0o644,
+        )
     initrd = ImageResult(config.output, plan, closure, config.output.stat().st_size)
     exitrd = _write_exitrd(config, *exitrd_closure) if exitrd_closure else None
     return BuildResult(initrd, exitrd)

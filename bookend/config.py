@@ -198,6 +198,22 @@ SETTINGS: tuple[Setting, ...] = (
         consts=(("--force", True, "replace the initrd even if the new one fails its check"),),
     ),
     Setting(
+        "uki",
+        bool,
+        False,
+        "write a unified kernel image (kernel, initrd, command line) made by the sysroot's ukify",
+        "",
+        consts=(("--uki", True, "write a UKI made by the sysroot's ukify instead of an initrd"),),
+    ),
+    Setting(
+        "cmdline",
+        str,
+        None,
+        "kernel command line built into the UKI (--uki)",
+        "--cmdline",
+        metavar="CMDLINE",
+    ),
+    Setting(
         "exitrd_output",
         Path,
         None,
@@ -280,6 +296,8 @@ class Config:
     emergency_access: EmergencyAccess
     root_password_hash: str | None
     force: bool = False  # replace the initrd even if the new one fails its check
+    uki: bool = False  # output is a unified kernel image holding the initrd
+    cmdline: str | None = None  # the UKI's .cmdline
     # key -> where its value came from: a file, "default" or "command line"; for a list,
     # every source that gave it items (or the one that emptied it), comma-separated.
     origins: Mapping[str, str] = field(default_factory=dict)
@@ -679,7 +697,9 @@ def load_config(
         kver = ""
         _check_files(merged, "files", None, problems)
         _check_files(merged, "keyfiles", None, problems)
-    output = values["output"] or cwd() / f"bookend-initrd-{kver or 'unknown'}.img"
+    name = kver or "unknown"
+    default_name = f"bookend-uki-{name}.efi" if values["uki"] else f"bookend-initrd-{name}.img"
+    output = values["output"] or cwd() / default_name
     output_ok = _check_output(output, origins["output"], problems)
     if values["exitrd_output"] is not None:
         exitrd_output, source = values["exitrd_output"], origins["exitrd_output"]
@@ -694,6 +714,8 @@ def load_config(
     _check_forms(merged, problems)
     _check_compress_level(merged, problems)
     _check_detection_trees(merged, problems)
+    if values["cmdline"] is not None and not values["uki"]:
+        problems.add(origins["cmdline"], "cmdline", "only a UKI carries a command line (--uki)")
     hooks, hook_sources = _parse_hooks(merged, problems)
     problems.raise_if_any()
     return _config(merged, kver, output, (access, password_hash), (hooks, hook_sources))
@@ -749,6 +771,8 @@ def _config(
         emergency_access=emergency[0],
         root_password_hash=emergency[1],
         force=values["force"],
+        uki=values["uki"],
+        cmdline=values["cmdline"],
         origins=merged.origins,
         item_origins=item_origins,
     )

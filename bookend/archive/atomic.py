@@ -25,7 +25,7 @@ def write_atomically(
     """
     directory = target.parent
     if target.is_dir():
-        raise ArchiveError(f"{target}: is a directory, not an image file")
+        raise ArchiveError(f"{target}: is a directory, not a file")
     if not directory.is_dir():
         raise ArchiveError(f"{target}: directory {directory} does not exist")
     try:
