@@ -86,9 +86,14 @@ def bash_script(parser: argparse.ArgumentParser, extra_words: dict[str, list[str
     value_arms: list[str] = []
     command_arms: list[str] = []
     for name, sub in commands.items():
-        value_arms += _value_arms(name, sub, extra_words)
-        flags = " ".join(_flags(sub))
-        positional = _positional_kind(sub, extra_words)
+        # A command with actions of its own (`config show`): its words are the actions,
+        # its flags those of every action.
+        actions = subcommands(sub)
+        parsers = [sub, *actions.values()]
+        for parser_ in parsers:
+            value_arms += _value_arms(name, parser_, extra_words)
+        flags = " ".join(dict.fromkeys(flag for p in parsers for flag in _flags(p)))
+        positional = " ".join(actions) if actions else _positional_kind(sub, extra_words)
         command_arms.append(
             f"        {shlex.quote(name)}) flags={shlex.quote(flags)};"
             f" positional={shlex.quote(positional)} ;;"

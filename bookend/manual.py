@@ -28,10 +28,11 @@ class Page:
 
 
 _SETTINGS_NOTE = (
-    "Every flag is also a key of the TOML configuration (the flag's name without the "
-    "leading dashes and 'add-', with '_' for '-'), read from the conf.d directories and "
-    "--config before the flags; a flag replaces a single value and extends a list."
+    "Every setting flag is also a key of the TOML configuration (`bookend config show` "
+    "prints them all), read from the conf.d directories and --config before the flags; "
+    "a flag replaces a single value and extends a list."
 )
+
 
 PAGES: dict[str, Page] = {
     "build": Page(

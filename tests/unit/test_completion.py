@@ -53,6 +53,11 @@ def test_flags_of_the_subcommand(script: Path) -> None:
     assert complete(script, "bookend ls --comp") == []
 
 
+def test_actions_of_a_command_and_their_flags(script: Path) -> None:
+    assert complete(script, "bookend config s") == ["show"]
+    assert complete(script, "bookend config show --or") == ["--origin"]
+
+
 def test_choices_features_classes_and_hook_points(script: Path) -> None:
     assert complete(script, "bookend build --compress z") == ["zstd"]
     assert complete(script, "bookend build --compress=x") == ["xz"]
