@@ -236,3 +236,28 @@ def test_module_that_fails_to_load_does_not_hang_the_boot(
     text = console_log.read_text(errors="replace")
     assert "Failed to start systemd-modules-load.service" in text
     print(f"failing module: boot to token in {seconds:.0f} s")
+
+
+def test_enter_at_the_locked_console_boots_a_root_disk_that_came_after_the_timeout(
+    kernel: Kernel, root_disk: RootDisk, locked_initrd: Path, console_log: Path, tmp_path: Path
+) -> None:
+    token = secrets.token_hex(8)
+    append = (f"root=UUID={root_disk.uuid} rw bookend.token={token} "
+              f"rootflags=x-systemd.device-timeout={DEVICE_TIMEOUT}s")  # fmt: skip
+    socket = tmp_path / "qmp.sock"
+    disks = [Disk(root_disk.image, plugged=False)]
+    with boot(kernel.path, locked_initrd, disks, append, BOOT_LIMIT, log_path=console_log,
+              qmp_socket=socket) as vm, Qmp(socket) as qmp:  # fmt: skip
+        vm.expect(EMERGENCY, timeout=300)
+        vm.expect(LOCKED, timeout=60)
+        vm.expect(PRESS_ENTER, timeout=60)
+        # The disk comes after systemd gave up on it; the kernel names it when it is there.
+        plug_virtio_disk(qmp, 0)
+        vm.expect(r"virtio_blk virtio\d+: \[vd[a-z]\]", timeout=60)
+        vm.send("\r")
+        vm.expect(RESUMED, timeout=60)
+        report = vm.expect(
+            rf"BOOKEND-TOKEN {token} booted-with-initrd=(\w+) systemd-initrd=(\w+)", timeout=300
+        )
+        assert report.groups() == ("yes", "yes")
+        assert vm.wait_exit(timeout=120) == 0
