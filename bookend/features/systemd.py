@@ -40,6 +40,21 @@ def _skeleton(config: Config) -> Contribution:
             "feature systemd: the kernel runs /init",
         )
     )
+    # PID 1 starts initrd.target on its own, but systemd 252's emergency shell "continues
+    # the boot" (Enter, Control-D, `exit`) by isolating default.target: without this alias
+    # that fails and the console goes silent. It is the link `systemctl set-default
+    # initrd.target` writes.
+    entries.append(
+        Generated(
+            ArchiveEntry(
+                "/etc/systemd/system/default.target",
+                EntryKind.SYMLINK,
+                0o777,
+                target="/usr/lib/systemd/system/initrd.target",
+            ),
+            "feature systemd: leaving the emergency shell resumes the initrd's boot",
+        )
+    )
     return entries
 
 

@@ -45,6 +45,12 @@ def test_initrd_identity_and_init(root_tree: Path) -> None:
     assert files["/etc/os-release"] == "initrd-release"
 
 
+def test_default_target_is_the_initrd_target(root_tree: Path) -> None:
+    # systemd-sulogin-shell resumes the boot through default.target once the shell ends.
+    files = generated(plan_for(root_tree))
+    assert files["/etc/systemd/system/default.target"] == "/usr/lib/systemd/system/initrd.target"
+
+
 def test_root_is_locked_by_default(root_tree: Path) -> None:
     files = generated(plan_for(root_tree))
     assert files["/etc/shadow"] == b"root:!*:1::::::\n"

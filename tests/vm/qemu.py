@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from tests.vm.qmp import Qmp
+
 QEMU = "qemu-system-x86_64"
 TAIL_LINES = 60
 
@@ -48,6 +50,9 @@ class Disk:
     # False lets the guest's writes reach the file (e.g. a job disk whose
     # results the host reads back); the cached disks must keep the default.
     snapshot: bool = True
+    # False gives QEMU only the drive, with no device the guest could see: the test
+    # plugs it in later with `plug_virtio_disk` (a disk that appears late).
+    plugged: bool = True
 
 
 @dataclass(frozen=True)
@@ -82,7 +87,10 @@ def drive_args(disks: Sequence[Disk]) -> list[str]:
         args += ["-drive", f"file={path},format={disk.format},if=none,id={drive}{snapshot}"]
         # A stable serial gives each disk a predictable /dev/disk/by-id name.
         serial = f"bookend{index}"
-        if disk.bus is Bus.VIRTIO:
+        if not disk.plugged:
+            if disk.bus is not Bus.VIRTIO:
+                raise ValueError(f"only virtio disks are plugged in late, not {disk.bus.value}")
+        elif disk.bus is Bus.VIRTIO:
             args += ["-device", f"virtio-blk-pci,drive={drive},serial={serial}"]
         elif disk.bus is Bus.AHCI:
             if ahci_ports == 0:
@@ -122,11 +130,15 @@ def qemu_argv(
     *,
     memory_mib: int = 1024,
     cpus: int = 2,
+    qmp_socket: Path | None = None,
 ) -> list[str]:
     argv = machine_argv(memory_mib, cpus)
     argv += ["-kernel", os.fspath(kernel), "-append", f"console=ttyS0 panic=-1 {append}".strip()]
     if initrd is not None:
         argv += ["-initrd", os.fspath(initrd)]
+    if qmp_socket is not None:
+        # A second channel, apart from the console, for changing the hardware (qmp.py).
+        argv += ["-qmp", f"unix:{os.fspath(qmp_socket)},server=on,wait=off"]
     return argv + drive_args(disks)
 
 
@@ -147,6 +159,16 @@ def uefi_argv(
     argv += ["-drive", f"file=fat:{path},format=raw,if=none,id=esp,readonly=on,snapshot=off"]
     argv += ["-device", "virtio-blk-pci,drive=esp,bootindex=0"]
     return argv + drive_args(disks)
+
+
+def plug_virtio_disk(qmp: Qmp, index: int) -> None:
+    """Plug in disks[index] (given with plugged=False) as a virtio disk, as a hot-plug would.
+
+    QEMU's default i440fx machine announces it to the guest through ACPI PCI hot-plug,
+    which Debian's kernel has built in (CONFIG_HOTPLUG_PCI_ACPI=y).
+    """
+    qmp.execute("device_add", driver="virtio-blk-pci", id=f"late{index}",
+                drive=f"disk{index}", serial=f"bookend{index}")  # fmt: skip
 
 
 class Boot:
@@ -321,8 +343,10 @@ def boot(
     echo: Callable[[str], None] | None = None,
     memory_mib: int = 1024,
     cpus: int = 2,
+    qmp_socket: Path | None = None,
 ) -> Boot:
     """Start a guest; plain paths are attached as virtio disks. Use as a with-block."""
     attached = [d if isinstance(d, Disk) else Disk(d) for d in disks]
-    argv = qemu_argv(kernel, initrd, attached, append, memory_mib=memory_mib, cpus=cpus)
+    argv = qemu_argv(kernel, initrd, attached, append, memory_mib=memory_mib, cpus=cpus,
+                     qmp_socket=qmp_socket)  # fmt: skip
     return Boot(argv, timeout=timeout, log_path=log_path, echo=echo)
