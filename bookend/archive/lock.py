@@ -28,13 +28,15 @@ def lock_path(target: Path) -> Path:
 
 @contextmanager
 def locked_outputs(targets: Iterable[Path]) -> Iterator[None]:
-    """Hold the lock of every target (in a fixed order, so two builds cannot deadlock).
+    """Hold the lock of every target, in the order given: the initrd's, then the exitrd's.
 
-    Once a target is locked nobody else is writing it, so whatever temporary files of
-    it are left are from killed builds and are removed.
+    A build holds nothing while it waits for its first lock, so two builds can only
+    deadlock if each one's exitrd were the other's initrd. Once a target is locked nobody
+    else is writing it, so whatever temporary files of it are left are from killed
+    builds and are removed.
     """
     with ExitStack() as held:
-        for target in sorted(set(targets)):
+        for target in dict.fromkeys(targets):
             held.enter_context(_locked(target))
             remove_leftover_temporaries(target, only_dead=False)
         yield
