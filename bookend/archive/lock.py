@@ -3,8 +3,9 @@
 Two builds of the same image would otherwise race their renames and the exitrd's digest
 could end up describing the other build's exitrd. The lock is held for the whole build,
 so the second one waits (and says once for whom); builds of other outputs (other
-kernels) do not touch it and run in parallel. The lock file is left in place: removing
-it would let a third build lock a new file while the second still waits on the old one.
+kernels) do not touch it and run in parallel. The holder removes the lock file before it
+lets go, so nothing is left beside the image; a build that locked a file which was
+removed meanwhile sees that its inode is no longer at the path, and locks afresh.
 """
 
 from __future__ import annotations
@@ -45,26 +46,49 @@ def locked_outputs(targets: Iterable[Path]) -> Iterator[None]:
 @contextmanager
 def _locked(target: Path) -> Iterator[None]:
     path = lock_path(target)
+    fd = _acquire(path, target)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except OSError as error:
-        raise ArchiveError(f"{target}: cannot create its lock {path}: {error.strerror}") from None
-    try:
-        _acquire(fd, target)
         # Whoever waits next reads who holds it.
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
+        path.unlink(missing_ok=True)  # still held: nobody can have locked it in between
         os.close(fd)  # closing releases the flock
 
 
-def _acquire(fd: int, target: Path) -> None:
+def _acquire(path: Path, target: Path) -> int:
+    """An fd holding the flock of the file now at path."""
+    said = False
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            raise ArchiveError(
+                f"{target}: cannot create its lock {path}: {error.strerror}"
+            ) from None
+        if not said and not _try_lock(fd):
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            log.warning("waiting for another build of %s (pid %s)", target, holder)
+            said = True
+        fcntl.flock(fd, fcntl.LOCK_EX)  # at once if _try_lock got it
+        if _still_at(fd, path):
+            return fd
+        os.close(fd)  # its holder removed it after we opened it: lock the new one
+
+
+def _try_lock(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return
     except BlockingIOError:
-        pass
-    holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-    log.warning("waiting for another build of %s (pid %s)", target, holder)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+        return False
+    return True
+
+
+def _still_at(fd: int, path: Path) -> bool:
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (at_path.st_dev, at_path.st_ino) == (held.st_dev, held.st_ino)
