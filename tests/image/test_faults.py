@@ -16,11 +16,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from bookend.errors import ArchiveError
+from bookend.exitrd_load import load_exitrd
 from tests.imagebuild import bookend
 
 KVER = max(os.listdir("/lib/modules"), default="") if os.path.isdir("/lib/modules") else ""
@@ -69,6 +71,31 @@ def state(found: bytes | None, old: bytes | None, new: bytes | None) -> str:
     return {old: "old", new: "new", None: "absent"}.get(found, "other")
 
 
+def killed_build(directory: Path, when: Callable[[], None]) -> None:
+    """Start a build, wait for when() to return, then SIGKILL it."""
+    process = subprocess.Popen(build_argv(directory), stderr=subprocess.DEVNULL,
+                               env={**os.environ, "SOURCE_DATE_EPOCH": ""})  # fmt: skip
+    when()
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
+def after(seconds: float) -> Callable[[], None]:
+    return lambda: time.sleep(seconds)
+
+
+def once_digest_is_gone(digest: Path, delay: float) -> Callable[[], None]:
+    """The commit has begun: the old digest is removed just before the renames."""
+
+    def wait() -> None:
+        deadline = time.monotonic() + 120
+        while digest.exists() and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        time.sleep(delay)
+
+    return wait
+
+
 def test_sigkill_anywhere_leaves_old_or_new_never_a_mixed_pair(
     tmp_path: Path, old_and_new: tuple[dict[str, bytes | None], ...]
 ) -> None:
@@ -76,26 +103,29 @@ def test_sigkill_anywhere_leaves_old_or_new_never_a_mixed_pair(
     # How long a build takes here now, to spread the kills over it: the slower of two, so
     # that a machine busy with other work still sees kills in the writing, at the end.
     duration = max(build(tmp_path), build(tmp_path))
+    # KILLS points spread over the build, then a few in the few milliseconds of renames.
+    waits = [(f"{k}/{KILLS + 1} of {duration:.2f} s", after(duration * k / (KILLS + 1)))
+             for k in range(1, KILLS + 1)]  # fmt: skip
+    digest = tmp_path / "exitrd.img.sha256"
+    waits += [(f"renames + {ms} ms", once_digest_is_gone(digest, ms / 1000)) for ms in (0, 1, 3)]
     seen = []
-    for k in range(1, KILLS + 1):
+    for label, when in waits:
         for name in NAMES:
             (tmp_path / name).write_bytes(old[name] or b"")
-        process = subprocess.Popen(build_argv(tmp_path), stderr=subprocess.DEVNULL,
-                                   env={**os.environ, "SOURCE_DATE_EPOCH": ""})  # fmt: skip
-        time.sleep(duration * k / (KILLS + 1))
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        killed_build(tmp_path, when)
         now = contents(tmp_path)
         states = tuple(state(now[name], old[name], new[name]) for name in NAMES)
-        seen.append((k, states, bool(temporaries(tmp_path))))
-        initrd, exitrd, digest = states
+        seen.append((label, states, temporaries(tmp_path)))
+        initrd, exitrd, digest_state = states
         assert initrd in ("old", "new") and exitrd in ("old", "new"), seen[-1]
         # A digest is there only for the exitrd it describes, and with the initrd it was
         # built with; otherwise it is gone, and the loader refuses the exitrd.
-        assert digest == "absent" or digest == exitrd == initrd, seen[-1]
-    assert any(leftover or states != ("old",) * 3 for _, states, leftover in seen), (
-        f"every kill came before the build wrote anything: {seen}"
-    )
+        assert digest_state == "absent" or digest_state == exitrd == initrd, seen[-1]
+        if digest_state == "absent":
+            with pytest.raises(ArchiveError, match="its digest: No such file"):
+                load_exitrd(tmp_path / "exitrd.img", tmp_path / "initramfs")
+    assert any(leftover for _, _, leftover in seen), f"no kill came while writing: {seen}"
+    assert any(states[2] == "absent" for _, states, _ in seen), f"none in the renames: {seen}"
     build(tmp_path)
     assert temporaries(tmp_path) == []
     assert contents(tmp_path) == new

@@ -258,3 +258,25 @@ def test_a_lock_file_left_by_a_killed_build_neither_blocks_nor_stays(
         assert lock_path(target).read_text() == f"{os.getpid()}\n"
     assert os.listdir(tmp_path) == []
     assert "waiting" not in caplog.text
+
+
+def test_dying_between_the_renames_leaves_the_exitrd_without_a_digest(tmp_path: Path) -> None:
+    from bookend.archive.atomic import staged_file
+    from bookend.build import _replace_pair
+
+    initrd, exitrd = tmp_path / "initrd.img", tmp_path / "exitrd.img"
+    for path in (initrd, exitrd, tmp_path / "exitrd.img.sha256"):
+        path.write_bytes(b"old")
+    with (
+        staged_file(initrd, write_new) as new_initrd,
+        staged_file(exitrd, write_new) as new_exitrd,
+    ):
+
+        def killed() -> None:
+            raise KeyboardInterrupt  # stands for the end of the process
+
+        new_exitrd.commit = killed  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            _replace_pair(new_initrd, new_exitrd)
+    assert (initrd.read_bytes(), exitrd.read_bytes()) == (b"new", b"old")
+    assert sorted(os.listdir(tmp_path)) == ["exitrd.img", "initrd.img"]
