@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from bookend.exitrd_load import digest_path
 from bookend.hostonly import format_detection
 from bookend.manifest import with_manifest
 from bookend.plan import Plan, make_plan
+from bookend.uki import UkiTools, find_uki_tools, staged_uki
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +127,14 @@ def write_digest(image: Path) -> str:
 
 
 def build_initrd(config: Config) -> BuildResult:
+    # Before anything is built: a UKI the sysroot cannot make is known at once.
+    uki_tools = find_uki_tools(config.sysroot, config.kver) if config.uki else None
     outputs = [config.output, *([config.exitrd_output] if config.exitrd else [])]
     with locked_outputs(outputs):
-        return _build_locked(config)
+        return _build_locked(config, uki_tools)
 
 
-def _build_locked(config: Config) -> BuildResult:
+def _build_locked(config: Config, uki_tools: UkiTools | None) -> BuildResult:
     plan = make_plan(config)
     if plan.detection is not None:
         log.info("hostonly detection:\n%s", format_detection(plan.detection).rstrip())
@@ -140,7 +144,10 @@ def _build_locked(config: Config) -> BuildResult:
     # Both closures are made, and so every input error found, before either is written.
     exitrd = _exitrd_closure(config, plan) if config.exitrd else None
     with ExitStack() as staged:
-        initrd_file = staged.enter_context(staged_image(config, closure))
+        initrd_file = staged.enter_context(
+            staged_image(config, closure) if uki_tools is None
+            else _staged_uki(config, closure, uki_tools)
+        )  # fmt: skip
         exitrd_file = None
         if exitrd is not None:
             exitrd_file = staged.enter_context(
@@ -152,6 +159,20 @@ def _build_locked(config: Config) -> BuildResult:
         return BuildResult(initrd, None)
     output = config.exitrd_output
     return BuildResult(initrd, ImageResult(output, *exitrd, output.stat().st_size))
+
+
+def _staged_uki(config: Config, closure: Closure, tools: UkiTools) -> ContextManager[Staged]:
+    """The UKI around the checked initrd, beside its target, not yet renamed."""
+    secret = bool(closure.secrets())  # a UKI holding secrets is as secret as its initrd
+    return staged_uki(
+        tools,
+        config.kver,
+        lambda initrd: write_image(config, closure, initrd),
+        config.cmdline,
+        config.output,
+        _check_before_replacing(config, config.output),
+        0o600 if secret else 0o644,
+    )
 
 
 def _replace_pair(initrd: Staged, exitrd: Staged | None) -> None:

@@ -22,7 +22,15 @@ log = logging.getLogger("bookend")
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
     """One flag per setting of the table in bookend.config."""
-    parser.add_argument("--config", type=Path, metavar="FILE", help="TOML configuration file")
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE",
+        help="TOML configuration file, read after the drop-in directories",
+    )  # fmt: skip
+    parser.add_argument(
+        "--config-root", type=Path, default=Path("/"), metavar="DIR",
+        help="read the drop-in directories {usr/lib,etc,run}/bookend/conf.d under DIR "
+        "(default: /, this host's; never --sysroot's)",
+    )  # fmt: skip
     for setting in SETTINGS:
         if setting.consts:
             group = parser.add_mutually_exclusive_group()
@@ -57,7 +65,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="say more (-vv: debug)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    build = commands.add_parser("build", help="build the initrd")
+    build = commands.add_parser("build", help="build the initrd and, beside it, the exitrd")
     _add_settings(build)
 
     plan = commands.add_parser("plan", help="print what the image would hold, without building")
@@ -66,6 +74,17 @@ def make_parser() -> argparse.ArgumentParser:
     plan.add_argument("--why", metavar="PATH", help="print the chain that pulls PATH in")
 
     commands.add_parser("features", help="list the features")
+
+    config = commands.add_parser("config", help="the configuration bookend would build with")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    show = config_commands.add_parser(
+        "show", help="print every effective setting as TOML, after drop-ins, --config and flags"
+    )
+    _add_settings(show)
+    show.add_argument("--origin", action="store_true",
+                      help="say where each value came from: a file, 'default' or "
+                      "'command line' (for lists, each item)")  # fmt: skip
+    show.add_argument("--json", action="store_true", help="print JSON, for scripts")
 
     install = commands.add_parser(
         "install-exitrd", help="install the unit that brings the exitrd into RAM for shutdown"
@@ -79,13 +98,69 @@ def make_parser() -> argparse.ArgumentParser:
     install.add_argument("--storage-daemon", action="append", default=[], metavar="UNIT",
                          help="a root storage daemon to leave to the exitrd")  # fmt: skip
 
+    _add_kernel_hooks_command(commands)
+
     load = commands.add_parser(
         "load-exitrd", help="check the exitrd's digest and unpack it to /run/initramfs"
     )
     load.add_argument("--image", type=Path, required=True, metavar="FILE")
     load.add_argument("--target", type=Path, default=Path("/run/initramfs"), metavar="DIR")
     _add_inspect_commands(commands)
+
+    completion = commands.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=("bash",), help="the shell to complete in")
+    _add_manual(commands)
     return parser
+
+
+class _ManualFormatter(argparse.HelpFormatter):
+    """Wraps prose paragraphs to the terminal; keeps indented blocks (examples) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        blocks = []
+        for block in text.split("\n\n"):
+            if block.startswith(" ") or "\n " in block:
+                blocks.append(block)
+            else:
+                blocks.append(textwrap.fill(" ".join(block.split()), width, initial_indent=indent,
+                                            subsequent_indent=indent))  # fmt: skip
+        return "\n\n".join(blocks)
+
+
+def _add_manual(commands: Any) -> None:
+    """Give every subcommand its manual page from bookend.manual."""
+    from bookend.manual import PAGES
+
+    for name, sub in commands.choices.items():
+        page = PAGES[name]
+        sub.description = page.description
+        sub.epilog = page.epilog()
+        sub.formatter_class = _ManualFormatter
+
+
+def _add_kernel_hooks_command(commands: Any) -> None:
+    from bookend.install import DEFAULT_EXITRD
+
+    hooks = commands.add_parser(
+        "install-kernel-hooks",
+        help="build bookend's images whenever a kernel is installed (kernel-install, Debian)",
+    )
+    hooks.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
+                       help="the system to install into (default: /)")  # fmt: skip
+    which = hooks.add_mutually_exclusive_group()
+    which.add_argument("--kernel-install", dest="hook_sets", action="store_const",
+                       const=["kernel-install"],
+                       help="only the kernel-install(8) plugin 50-bookend.install")  # fmt: skip
+    which.add_argument("--debian", dest="hook_sets", action="store_const", const=["debian"],
+                       help="only the Debian hooks in /etc/kernel/post{inst,rm}.d")  # fmt: skip
+    hooks.add_argument("--exitrd-output", type=Path, default=DEFAULT_EXITRD, metavar="FILE",
+                       help=f"where the hooks write the exitrd (default: {DEFAULT_EXITRD}); "
+                       "one exitrd serves every kernel")  # fmt: skip
+    hooks.add_argument("--config", type=Path, metavar="FILE",
+                       help="configuration file the hooks build with")  # fmt: skip
+    hooks.add_argument("--remove", action="store_true", help="remove the hooks instead")
 
 
 IMAGE_HELP = (
@@ -95,7 +170,7 @@ IMAGE_HELP = (
 
 
 def _add_inspect_commands(commands: Any) -> None:
-    """ls, extract, diff and check: they read any image, not only bookend's."""
+    """ls, extract, diff, why, check and size: they read any image, not only bookend's."""
     from bookend.inspect.listing import SORTS
 
     json_help = "print JSON, for scripts"
@@ -140,6 +215,18 @@ def _add_inspect_commands(commands: Any) -> None:
                        "(default: from the image's /etc/fstab /sysroot line)")  # fmt: skip
     check.add_argument("--json", action="store_true", help=json_help)
 
+    size = commands.add_parser(
+        "size", help="what takes the space in an image: by directory, feature and package"
+    )
+    size.add_argument("image", type=Path, metavar="IMAGE", help=IMAGE_HELP)
+    size.add_argument("--sysroot", type=Path, default=Path("/"), metavar="DIR",
+                      help="whose dpkg database says which package owns each file "
+                      "(default: /)")  # fmt: skip
+    size.add_argument("--html", type=Path, metavar="OUT.html",
+                      help="write a self-contained HTML treemap (no network needed to view "
+                      "it) instead of the text summary")  # fmt: skip
+    size.add_argument("--json", action="store_true", help=json_help)
+
 
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
     return {s.key: getattr(args, s.key) for s in SETTINGS if getattr(args, s.key) is not None}
@@ -147,7 +234,9 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
 
 def _config(args: argparse.Namespace) -> Config:
     return load_config(
-        args.config, {k: str(v) if isinstance(v, Path) else v for k, v in _cli_values(args).items()}
+        args.config,
+        {k: str(v) if isinstance(v, Path) else v for k, v in _cli_values(args).items()},
+        config_root=args.config_root,
     )
 
 
@@ -158,8 +247,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     result = build_initrd(config)
     for image in (result.initrd, result.exitrd):
         if image is not None:
+            uki = " in a UKI" if config.uki and image is result.initrd else ""
             print(
-                f"{image.path}: {len(image.closure.entries)} entries, "
+                f"{image.path}: {len(image.closure.entries)} entries{uki}, "
                 f"{image.size / 1e6:.1f} MB ({config.compress.value}), kernel {config.kver}"
             )
     return 0
@@ -185,6 +275,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from bookend.config_show import show_json, show_text
+
+    config = _config(args)  # only "show" so far; argparse refuses any other action
+    if args.json:
+        _print_json(show_json(config, args.origin))
+    else:
+        sys.stdout.write(show_text(config, args.origin))
+    return 0
+
+
 def cmd_features(args: argparse.Namespace) -> int:
     from bookend.features import ALL, DEFAULT
 
@@ -201,6 +302,31 @@ def cmd_install_exitrd(args: argparse.Namespace) -> int:
     print(f"{unit}: installed and enabled; the exitrd is unpacked at {args.at}")
     for dropin in install_storage_daemon_dropins(args.storage_daemon, args.unit_dir):
         print(f"{dropin}: the running system leaves this root storage daemon to the exitrd")
+    return 0
+
+
+def cmd_install_kernel_hooks(args: argparse.Namespace) -> int:
+    from bookend.install import (
+        HookSet,
+        initramfs_tools_note,
+        install_kernel_hooks,
+        remove_kernel_hooks,
+    )
+
+    hook_sets = [HookSet(name) for name in args.hook_sets or ("kernel-install", "debian")]
+    if args.remove:
+        for path in remove_kernel_hooks(args.root, hook_sets):
+            print(f"{path}: removed")
+        return 0
+    for path in install_kernel_hooks(args.root, hook_sets, args.exitrd_output, args.config):
+        done = "masked (it would stage a second initrd)" if path.is_symlink() else "installed"
+        print(f"{path}: {done}")
+    exitrd = args.exitrd_output
+    print(f"the hooks write the exitrd to {exitrd}; once one exists, "
+          f"`bookend install-exitrd --image {exitrd}` loads it at shutdown")  # fmt: skip
+    note = initramfs_tools_note(args.root) if HookSet.DEBIAN in hook_sets else None
+    if note:
+        print(f"bookend: note: {note}", file=sys.stderr)
     return 0
 
 
@@ -315,17 +441,52 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_size(args: argparse.Namespace) -> int:
+    from bookend.inspect.size import format_summary, human_size, report_json, size_report
+    from bookend.inspect.size_html import write_html
+
+    report = size_report(args.image, args.sysroot)
+    if args.html:
+        write_html(report, args.html)
+    if args.json:
+        _print_json(report_json(report))
+    elif args.html:
+        print(f"{args.html}: treemap of {args.image}, {human_size(report.total)} of content")
+    else:
+        sys.stdout.write(format_summary(report))
+    return 0
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    from bookend.completion import bash_script
+    from bookend.config import HOOK_POINTS
+    from bookend.drivers import DRIVER_CLASSES
+    from bookend.features import ALL
+
+    words = {
+        "features": sorted(ALL),
+        "driver_classes": sorted(DRIVER_CLASSES),
+        "hooks": [f"{point}=" for point in HOOK_POINTS],
+    }
+    sys.stdout.write(bash_script(make_parser(), words))
+    return 0
+
+
 COMMANDS = {
     "build": cmd_build,
     "plan": cmd_plan,
     "features": cmd_features,
+    "config": cmd_config,
     "install-exitrd": cmd_install_exitrd,
+    "install-kernel-hooks": cmd_install_kernel_hooks,
     "load-exitrd": cmd_load_exitrd,
     "ls": cmd_ls,
     "extract": cmd_extract,
     "diff": cmd_diff,
     "check": cmd_check,
     "why": cmd_why,
+    "size": cmd_size,
+    "completion": cmd_completion,
 }
 
 

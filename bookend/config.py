@@ -1,23 +1,27 @@
 """Configuration: one table of settings drives the TOML keys, the CLI flags and the help.
 
-A TOML file (--config) is read first, then CLI flags: a flag replaces a scalar and
-extends a list. Everything is checked in one pass that collects every problem, each
+Layers are read in order: the drop-in directories (CONF_DIRS, under the config root:
+the host's /, never --sysroot), then the --config file, then CLI flags. A scalar takes
+the last layer's value; a list appends each layer's items, and an empty list drops
+what came before. Everything is checked in one pass that collects every problem, each
 as `SOURCE: key: message`, before any build step runs.
 """
 
 from __future__ import annotations
 
-import difflib
 import enum
+import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bookend.archive.compress import LEVELS, Compression
-from bookend.errors import ConfigError
+from bookend.config_sources import COMMAND_LINE, Problems, describe, read_layers, short
+from bookend.config_sources import did_you_mean as did_you_mean  # for the stages after
+from bookend.errors import BookendError
+from bookend.exitrd_load import DIGEST_SUFFIX
 from bookend.sysroot import Sysroot
 
 
@@ -194,6 +198,22 @@ SETTINGS: tuple[Setting, ...] = (
         consts=(("--force", True, "replace the initrd even if the new one fails its check"),),
     ),
     Setting(
+        "uki",
+        bool,
+        False,
+        "write a unified kernel image (kernel, initrd, command line) made by the sysroot's ukify",
+        "",
+        consts=(("--uki", True, "write a UKI made by the sysroot's ukify instead of an initrd"),),
+    ),
+    Setting(
+        "cmdline",
+        str,
+        None,
+        "kernel command line built into the UKI (--uki)",
+        "--cmdline",
+        metavar="CMDLINE",
+    ),
+    Setting(
         "exitrd_output",
         Path,
         None,
@@ -276,60 +296,42 @@ class Config:
     emergency_access: EmergencyAccess
     root_password_hash: str | None
     force: bool = False  # replace the initrd even if the new one fails its check
-    origins: Mapping[str, str] = field(default_factory=dict)  # key -> where its value came from
+    uki: bool = False  # output is a unified kernel image holding the initrd
+    cmdline: str | None = None  # the UKI's .cmdline
+    # key -> where its value came from: a file, "default" or "command line"; for a list,
+    # every source that gave it items (or the one that emptied it), comma-separated.
+    origins: Mapping[str, str] = field(default_factory=dict)
+    # list key -> the source of each item, in the order of the list's field above
+    item_origins: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def origin_of(self, key: str, index: int) -> str:
+        """Where item number index of a list setting came from."""
+        sources = self.item_origins.get(key, ())
+        return sources[index] if index < len(sources) else self.origins.get(key, "config")
 
 
-@dataclass
-class _Problems:
-    """Every problem found, so the user sees them all at once."""
-
-    messages: list[str] = field(default_factory=list)
-
-    def add(self, source: str, key: str, message: str) -> None:
-        self.messages.append(f"{source}: {key}: {message}")
-
-    def raise_if_any(self) -> None:
-        if self.messages:
-            raise ConfigError("; ".join(self.messages))
-
-
-def did_you_mean(word: str, candidates: Sequence[str]) -> str:
-    """A ' (did you mean X?)' suffix when a candidate is close, else ''."""
-    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such configuration file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-
-
-def _typed(setting: Setting, value: Any, source: str, problems: _Problems) -> Any:
+def _typed(setting: Setting, value: Any, source: str, problems: Problems) -> Any:
     """Check one raw value against its setting's type; None when it is wrong."""
     if setting.kind is list:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            problems.add(source, setting.key, "expected a list of strings")
+            got = describe(value) if not isinstance(value, list) else "an item that is not"
+            problems.add(source, setting.key, f"expected a list of strings, got {got}")
             return None
-        return list(value)
+        return [v for v in value if _usable_string(setting, v, source, problems)]
     if setting.kind is bool:
         if not isinstance(value, bool):
-            problems.add(source, setting.key, f"expected true or false, got {value!r}")
+            problems.add(source, setting.key, f"expected true or false, got {describe(value)}")
             return None
         return value
     if setting.kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            problems.add(source, setting.key, f"expected an integer, got {value!r}")
+            problems.add(source, setting.key, f"expected an integer, got {describe(value)}")
             return None
         return value
-    if not isinstance(value, str) or not value:
-        problems.add(source, setting.key, f"expected a non-empty string, got {value!r}")
+    if not isinstance(value, str):
+        problems.add(source, setting.key, f"expected a string, got {describe(value)}")
+        return None
+    if not _usable_string(setting, value, source, problems):
         return None
     if setting.choices and value not in setting.choices:
         problems.add(
@@ -342,30 +344,81 @@ def _typed(setting: Setting, value: Any, source: str, problems: _Problems) -> An
     return Path(value) if setting.kind is Path else value
 
 
-def merge_layers(
-    layers: Sequence[tuple[str, Mapping[str, Any]]], problems: _Problems
-) -> tuple[dict[str, Any], dict[str, str]]:
-    """Fold (source, values) layers in order: scalars replace, lists extend."""
-    values: dict[str, Any] = {s.key: s.default for s in SETTINGS}
-    origins: dict[str, str] = {s.key: "default" for s in SETTINGS}
+def _usable_string(setting: Setting, value: str, source: str, problems: Problems) -> bool:
+    """Not empty, and no NUL: no file name, command or argv can hold one."""
+    if not value:
+        problems.add(source, setting.key, "expected a non-empty string, got an empty one")
+        return False
+    if "\0" in value:
+        problems.add(source, setting.key, f"{short(value)!r} holds a NUL character")
+        return False
+    return True
+
+
+@dataclass
+class Merged:
+    """Every setting's value after all layers, and where each came from."""
+
+    values: dict[str, Any]
+    origins: dict[str, str]
+    item_origins: dict[str, list[str]]  # list key -> the source of each item
+
+
+def merge_layers(layers: Sequence[tuple[str, Mapping[str, Any]]], problems: Problems) -> Merged:
+    """Fold (source, values) layers in order: scalars replace, lists append, [] resets."""
+    merged = Merged(
+        values={s.key: s.default for s in SETTINGS},
+        origins={s.key: "default" for s in SETTINGS},
+        item_origins={s.key: [] for s in SETTINGS if s.kind is list},
+    )
     for source, layer in layers:
         for key, raw in layer.items():
             setting = SETTINGS_BY_KEY.get(key)
             if setting is None:
-                problems.add(source, key, "unknown key" + did_you_mean(key, list(SETTINGS_BY_KEY)))
+                _unknown_key(key, raw, source, problems)
                 continue
             value = _typed(setting, raw, source, problems)
             if value is None:
                 continue
-            values[key] = [*values[key], *value] if setting.kind is list else value
-            origins[key] = source
-    return values, origins
+            if setting.kind is not list:
+                merged.values[key], merged.origins[key] = value, source
+            elif not raw:  # an empty list: forget what the layers before gave
+                merged.values[key], merged.item_origins[key] = [], []
+                merged.origins[key] = source
+            else:
+                merged.values[key] = [*merged.values[key], *value]
+                merged.item_origins[key] += [source] * len(value)
+                merged.origins[key] = ", ".join(dict.fromkeys(merged.item_origins[key]))
+    return merged
+
+
+def _unknown_key(key: str, raw: Any, source: str, problems: Problems) -> None:
+    """An unknown key; in a table, the settings below it were likely meant for the top."""
+    nested = [name for name in raw if name in SETTINGS_BY_KEY] if isinstance(raw, dict) else []
+    if nested:
+        for name in nested:
+            problems.add(
+                source,
+                f"{key}.{name}",
+                f"unknown key: settings are top-level keys, not in a table [{key}] "
+                f"(move '{name}' above the first [table] line)",
+            )
+        return
+    problems.add(source, key, "unknown key" + did_you_mean(key, list(SETTINGS_BY_KEY)))
 
 
 def installed_kernels(sysroot: Path) -> list[str]:
-    """Kernel versions with a module directory under the sysroot's /lib/modules."""
+    """Kernel versions with a module database under the sysroot's /lib/modules.
+
+    A directory without modules.dep is what a removed kernel leaves behind (DKMS or
+    firmware files), not a kernel one can build for.
+    """
     root = Sysroot(sysroot)
-    return [name for name in root.listdir("/lib/modules") if root.is_dir(f"/lib/modules/{name}")]
+    return [
+        name
+        for name in root.listdir("/lib/modules")
+        if root.is_dir(f"/lib/modules/{name}") and root.exists(f"/lib/modules/{name}/modules.dep")
+    ]
 
 
 def newest_kernel(sysroot: Path) -> str | None:
@@ -380,48 +433,79 @@ def _version_key(version: str) -> list[tuple[int, str]]:
     ]
 
 
-def _check_sysroot(sysroot: Path, source: str, problems: _Problems) -> bool:
-    if not sysroot.is_dir():
-        problems.add(source, "sysroot", f"{sysroot} is not a directory")
+def _check_sysroot(sysroot: Path, source: str, problems: Problems) -> bool:
+    # os.path.isdir, unlike Path.is_dir on Python 3.11, says False for a path it cannot
+    # look at (a name too long, no access, a NUL) instead of raising: used throughout.
+    if not os.path.isdir(sysroot):
+        what = "does not exist" if not os.path.lexists(sysroot) else "is not a directory"
+        problems.add(source, "sysroot", f"{sysroot} {what}; name the root tree to build from")
         return False
-    if not (sysroot / "usr").is_dir() or not (sysroot / "etc").is_dir():
+    if not os.path.isdir(sysroot / "usr") or not os.path.isdir(sysroot / "etc"):
         problems.add(source, "sysroot", f"{sysroot} is not a root tree (no usr/ and etc/)")
         return False
     return True
 
 
-def _check_kver(values: dict[str, Any], origins: dict[str, str], problems: _Problems) -> str:
-    sysroot: Path = values["sysroot"]
-    kver: str | None = values["kver"]
-    if kver is None:
-        kver = newest_kernel(sysroot)
-        if kver is None:
-            problems.add(origins["kver"], "kver", f"no kernel under {sysroot / 'lib/modules'}")
-            return ""
-        return kver
-    if "/" in kver or kver in (".", ".."):
-        problems.add(origins["kver"], "kver", f"'{kver}' is not a kernel version")
-        return kver
+def _check_kver(merged: Merged, problems: Problems) -> str:
+    sysroot: Path = merged.values["sysroot"]
+    kver: str | None = merged.values["kver"]
+    source = merged.origins["kver"]
+    moddir = sysroot / "lib/modules"
     installed = installed_kernels(sysroot)
-    if kver not in installed:
-        problems.add(
-            origins["kver"],
-            "kver",
-            f"no modules for kernel '{kver}' in {sysroot / 'lib/modules'}"
-            + did_you_mean(kver, installed),
+    if kver is None:
+        if not installed:
+            problems.add(source, "kver", f"no kernel with a modules.dep under {moddir}")
+            return ""
+        return max(installed, key=_version_key)  # the newest
+    if "/" in kver or kver in (".", ".."):
+        problems.add(source, "kver", f"'{kver}' is not a kernel version")
+    elif kver not in installed:
+        hint = (
+            f" ({moddir / kver} has no modules.dep: run depmod {kver} in the sysroot)"
+            if os.path.isdir(moddir / kver)
+            else did_you_mean(kver, installed)
+            or (f" (installed: {', '.join(sorted(installed))})" if installed else "")
         )
+        problems.add(source, "kver", f"no modules for kernel '{kver}' in {moddir}{hint}")
     return kver
 
 
-def _check_output(output: Path, source: str, problems: _Problems, key: str = "output") -> None:
-    if output.is_dir():
+# The image is written as ".NAME.bookend-tmp.PID" beside its target first (PID at most
+# 4194304, the kernel's limit), and no file name may be longer than 255 bytes.
+LONGEST_OUTPUT_NAME = 255 - len("..bookend-tmp.4194304")
+
+
+def _check_output(
+    output: Path, source: str, problems: Problems, key: str = "output", suffix: str = ""
+) -> bool:
+    """A file name in a directory that exists; suffix: of a file written beside it."""
+    longest = LONGEST_OUTPUT_NAME - len(suffix)
+    if os.path.isdir(output):
         problems.add(source, key, f"{output} is a directory; name the image file")
-    elif not output.parent.is_dir():
+    elif not os.path.isdir(output.parent):
         problems.add(source, key, f"directory {output.parent} does not exist")
+    elif len(os.fsencode(output.name)) > longest:
+        problems.add(source, key, f"file name too long (at most {longest} bytes): {output.name}")
+    else:
+        return True
+    return False
+
+
+def _check_derived_exitrd(output: Path, kver: str, source: str, problems: Problems) -> None:
+    """The exitrd's name beside a good initrd path, with room for its digest's."""
+    derived = default_exitrd_path(output, kver)
+    longest = LONGEST_OUTPUT_NAME - len(DIGEST_SUFFIX)
+    if len(os.fsencode(derived.name)) > longest:
+        problems.add(
+            source,
+            "output",
+            f"file name too long for the exitrd beside it, {derived.name} "
+            f"(at most {longest} bytes, or give exitrd_output or --no-exitrd)",
+        )
 
 
 def _emergency_access(
-    value: str, source: str, problems: _Problems
+    value: str, source: str, problems: Problems
 ) -> tuple[EmergencyAccess, str | None]:
     if value in (EmergencyAccess.LOCKED.value, EmergencyAccess.UNLOCKED.value):
         return EmergencyAccess(value), None
@@ -437,10 +521,29 @@ def _emergency_access(
     return EmergencyAccess.LOCKED, None
 
 
-def _check_files(files: list[str], source: str, problems: _Problems, key: str = "files") -> None:
-    for name in files:
+def _items(merged: Merged, key: str) -> list[tuple[str, str]]:
+    """(item, source) of a list setting, each item once, as the first source gave it."""
+    first: dict[str, str] = {}
+    for item, source in zip(merged.values[key], merged.item_origins[key], strict=True):
+        first.setdefault(item, source)
+    return list(first.items())
+
+
+def _check_files(merged: Merged, key: str, sysroot: Sysroot | None, problems: Problems) -> None:
+    """Absolute paths that exist in the sysroot (checked when the sysroot is a root tree)."""
+    for name, source in _items(merged, key):
         if not name.startswith("/"):
             problems.add(source, key, f"'{name}' is not an absolute path")
+            continue
+        if sysroot is None:
+            continue
+        try:
+            found = sysroot.exists(name)
+        except BookendError as exc:
+            problems.add(source, key, str(exc))
+            continue
+        if not found:
+            problems.add(source, key, f"{sysroot.host_path(name)}: no such file or directory")
 
 
 def default_exitrd_path(initrd: Path, kver: str) -> Path:
@@ -450,9 +553,12 @@ def default_exitrd_path(initrd: Path, kver: str) -> Path:
     return initrd.with_name(f"exitrd.img-{kver}")
 
 
-def _parse_hooks(hooks: list[str], source: str, problems: _Problems) -> tuple[tuple[str, str], ...]:
-    parsed = []
-    for hook in hooks:
+def _parse_hooks(
+    merged: Merged, problems: Problems
+) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """The (point, command) hooks, in the order given, and the source of each."""
+    parsed, sources = [], []
+    for hook, source in zip(merged.values["hooks"], merged.item_origins["hooks"], strict=True):
         point, sep, command = hook.partition("=")
         point = point.strip()
         if not sep or not command.strip():
@@ -463,19 +569,107 @@ def _parse_hooks(hooks: list[str], source: str, problems: _Problems) -> tuple[tu
             )
         else:
             parsed.append((point, command.strip()))
-    return tuple(parsed)
+            sources.append(source)
+    return tuple(parsed), tuple(sources)
 
 
-def _check_driver_classes(classes: list[str], source: str, problems: _Problems) -> None:
-    from bookend.drivers import DRIVER_CLASSES
+def _check_known(
+    merged: Merged, key: str, known: Sequence[str], what: str, problems: Problems
+) -> None:
+    """Every item is one of known; a suggestion for the ones that are not."""
+    for name, source in _items(merged, key):
+        if name not in known:
+            problems.add(source, key, f"unknown {what} '{name}'" + did_you_mean(name, known))
 
-    for name in classes:
-        if name not in DRIVER_CLASSES:
+
+# What the image writes into its own files, one per line: a stray space or newline there
+# would split a line of /etc/fstab or make a path of a unit name.
+NAME_FORMS = {
+    "filesystems": (re.compile(r"[A-Za-z0-9_.+-]+"), "a filesystem type such as ext4"),
+    "storage_daemons": (
+        re.compile(r"[A-Za-z0-9:_.\\@-]+\.(service|socket|target)"),
+        "a unit name such as iscsid.service",
+    ),
+    "root": (re.compile(r"[^\s#]+"), "a device such as UUID=... or /dev/vda2, without spaces"),
+}
+
+
+def _check_forms(merged: Merged, problems: Problems) -> None:
+    for key, (form, example) in NAME_FORMS.items():
+        value = merged.values[key]
+        pairs = _items(merged, key) if isinstance(value, list) else [(value, merged.origins[key])]
+        for name, source in pairs:
+            if name is not None and not form.fullmatch(name):
+                problems.add(source, key, f"{short(name)!r} is not {example}")
+
+
+def _check_modules(merged: Merged, sysroot: Sysroot, kver: str, problems: Problems) -> None:
+    """Every requested module is a module, an alias or built into this kernel."""
+    from bookend import kmodules
+
+    wanted = _items(merged, "modules")
+    if not wanted:
+        return
+    try:
+        db = kmodules.load_database(sysroot, kver)
+    except BookendError as exc:
+        problems.add(merged.origins["kver"], "kver", str(exc))
+        return
+    for name, source in wanted:
+        if not db.is_known(name):
             problems.add(
                 source,
-                "driver_classes",
-                f"unknown driver class '{name}'" + did_you_mean(name, sorted(DRIVER_CLASSES)),
+                "modules",
+                f"no kernel module or alias '{name}' in {db.moddir}"
+                + did_you_mean(kmodules.normalize(name), sorted(db.paths)),
             )
+
+
+def _check_storage_daemons(merged: Merged, sysroot: Sysroot, problems: Problems) -> None:
+    from bookend.units import find_unit
+
+    for unit, source in _items(merged, "storage_daemons"):
+        if find_unit(sysroot, unit) is None:
+            problems.add(source, "storage_daemons", f"unit {unit} not found in the sysroot")
+
+
+def _check_compress_level(merged: Merged, problems: Problems) -> None:
+    level = merged.values["compress_level"]
+    low, high = LEVELS[Compression(merged.values["compress"])]
+    if level is not None and not low <= level <= high:
+        problems.add(
+            merged.origins["compress_level"],
+            "compress_level",
+            f"{level} is not a {merged.values['compress']} level ({low}..{high})",
+        )
+
+
+# What hostonly detection reads from each tree: a tree without it is not one.
+DETECTION_TREES = {"sysfs": "dev/block", "procfs": "self/mountinfo"}
+
+
+def _check_detection_trees(merged: Merged, problems: Problems) -> None:
+    """Hostonly detection reads the host's devices and mounts from these."""
+    if merged.values["mode"] != ModuleMode.HOSTONLY.value:
+        return
+    for key, needed in DETECTION_TREES.items():
+        tree: Path = merged.values[key]
+        if not os.path.isdir(tree):
+            problems.add(merged.origins[key], key, f"{tree} is not a directory")
+        elif not os.path.exists(tree / needed):
+            problems.add(merged.origins[key], key, f"{tree} is not a {key} (no {needed})")
+
+
+def _check_in_sysroot(merged: Merged, sysroot: Path, problems: Problems) -> str:
+    """The checks that look into a sysroot known to be a root tree; the kernel version."""
+    kver = _check_kver(merged, problems)
+    root = Sysroot(sysroot)
+    _check_files(merged, "files", root, problems)
+    _check_files(merged, "keyfiles", root, problems)
+    if kver in installed_kernels(sysroot):
+        _check_modules(merged, root, kver, problems)
+    _check_storage_daemons(merged, root, problems)
+    return kver
 
 
 def load_config(
@@ -483,64 +677,102 @@ def load_config(
     cli_values: Mapping[str, Any],
     *,
     cwd: Callable[[], Path] = Path.cwd,
+    config_root: Path | None = None,
 ) -> Config:
-    """Read the TOML file (if any) and the CLI values into one checked Config."""
-    problems = _Problems()
-    layers: list[tuple[str, Mapping[str, Any]]] = []
-    if config_file is not None:
-        layers.append((str(config_file), read_toml(config_file)))
-    layers.append(("command line", cli_values))
-    values, origins = merge_layers(layers, problems)
+    """Read the drop-ins, the TOML file (if any) and the CLI values into one checked Config.
+
+    config_root is where the drop-in directories are (the CLI's --config-root, / by
+    default); None reads none, as library callers and tests want.
+    """
+    problems = Problems()
+    if config_root is not None and not os.path.isdir(config_root):
+        problems.add(COMMAND_LINE, "config_root", f"{config_root} is not a directory")
+    merged = merge_layers(read_layers(config_root, config_file, cli_values, problems), problems)
     problems.raise_if_any()  # a mistyped value makes the checks below meaningless
 
-    sysroot_ok = _check_sysroot(values["sysroot"], origins["sysroot"], problems)
-    kver = _check_kver(values, origins, problems) if sysroot_ok else ""
-    output = values["output"] or cwd() / f"bookend-initrd-{kver or 'unknown'}.img"
-    _check_output(output, origins["output"], problems)
+    values, origins = merged.values, merged.origins
+    if _check_sysroot(values["sysroot"], origins["sysroot"], problems):
+        kver = _check_in_sysroot(merged, values["sysroot"], problems)
+    else:
+        kver = ""
+        _check_files(merged, "files", None, problems)
+        _check_files(merged, "keyfiles", None, problems)
+    name = kver or "unknown"
+    default_name = f"bookend-uki-{name}.efi" if values["uki"] else f"bookend-initrd-{name}.img"
+    output = values["output"] or cwd() / default_name
+    output_ok = _check_output(output, origins["output"], problems)
+    if values["exitrd_output"] is not None:
+        exitrd_output, source = values["exitrd_output"], origins["exitrd_output"]
+        _check_output(exitrd_output, source, problems, "exitrd_output", DIGEST_SUFFIX)
+    elif values["exitrd"] and output_ok and "/" not in kver:  # else no name to derive
+        _check_derived_exitrd(output, kver, origins["output"], problems)
     access, password_hash = _emergency_access(
         values["emergency_shell"], origins["emergency_shell"], problems
     )
-    _check_files(values["files"], origins["files"], problems)
-    _check_files(values["keyfiles"], origins["keyfiles"], problems, "keyfiles")
-    _check_driver_classes(values["driver_classes"], origins["driver_classes"], problems)
-    hooks = _parse_hooks(values["hooks"], origins["hooks"], problems)
-    if values["exitrd_output"] is not None:
-        _check_output(values["exitrd_output"], origins["exitrd_output"], problems, "exitrd_output")
-    level = values["compress_level"]
-    low, high = LEVELS[Compression(values["compress"])]
-    if level is not None and not low <= level <= high:
-        problems.add(
-            origins["compress_level"],
-            "compress_level",
-            f"{level} is not a {values['compress']} level ({low}..{high})",
-        )
+    _check_known(merged, "driver_classes", _driver_class_names(), "driver class", problems)
+    _check_known(merged, "features", _feature_names(), "feature", problems)
+    _check_forms(merged, problems)
+    _check_compress_level(merged, problems)
+    _check_detection_trees(merged, problems)
+    if values["cmdline"] is not None and not values["uki"]:
+        problems.add(origins["cmdline"], "cmdline", "only a UKI carries a command line (--uki)")
+    hooks, hook_sources = _parse_hooks(merged, problems)
     problems.raise_if_any()
+    return _config(merged, kver, output, (access, password_hash), (hooks, hook_sources))
 
+
+def _driver_class_names() -> list[str]:
+    from bookend.drivers import DRIVER_CLASSES
+
+    return sorted(DRIVER_CLASSES)
+
+
+def _feature_names() -> list[str]:
+    from bookend.features import ALL
+
+    return sorted(ALL)
+
+
+def _config(
+    merged: Merged,
+    kver: str,
+    output: Path,
+    emergency: tuple[EmergencyAccess, str | None],
+    hooks: tuple[tuple[tuple[str, str], ...], tuple[str, ...]],
+) -> Config:
+    """The checked values as a Config: each list's items once, in the order first given."""
+    values = merged.values
+    lists = {s.key: _items(merged, s.key) for s in SETTINGS if s.kind is list and s.key != "hooks"}
+    item_origins = {key: tuple(source for _, source in pairs) for key, pairs in lists.items()}
+    item_origins["hooks"] = hooks[1]
     return Config(
         sysroot=values["sysroot"],
         kver=kver,
         output=output,
         compress=Compression(values["compress"]),
-        compress_level=level,
-        features=tuple(dict.fromkeys(values["features"])),
-        modules=tuple(dict.fromkeys(values["modules"])),
-        filesystems=tuple(dict.fromkeys(values["filesystems"])),
-        files=tuple(dict.fromkeys(values["files"])),
-        keyfiles=tuple(dict.fromkeys(values["keyfiles"])),
+        compress_level=values["compress_level"],
+        features=tuple(name for name, _ in lists["features"]),
+        modules=tuple(name for name, _ in lists["modules"]),
+        filesystems=tuple(name for name, _ in lists["filesystems"]),
+        files=tuple(name for name, _ in lists["files"]),
+        keyfiles=tuple(name for name, _ in lists["keyfiles"]),
         exitrd=values["exitrd"],
         exitrd_output=values["exitrd_output"] or default_exitrd_path(output, kver),
-        storage_daemons=tuple(dict.fromkeys(values["storage_daemons"])),
+        storage_daemons=tuple(name for name, _ in lists["storage_daemons"]),
         activation=values["activation"],
-        hooks=hooks,
+        hooks=hooks[0],
         mode=ModuleMode(values["mode"]),
-        omit_modules=tuple(dict.fromkeys(values["omit_modules"])),
-        driver_classes=tuple(dict.fromkeys(values["driver_classes"])),
+        omit_modules=tuple(name for name, _ in lists["omit_modules"]),
+        driver_classes=tuple(name for name, _ in lists["driver_classes"]),
         microcode=values["microcode"],
         sysfs=values["sysfs"],
         procfs=values["procfs"],
         root=values["root"],
-        emergency_access=access,
-        root_password_hash=password_hash,
+        emergency_access=emergency[0],
+        root_password_hash=emergency[1],
         force=values["force"],
-        origins=origins,
+        uki=values["uki"],
+        cmdline=values["cmdline"],
+        origins=merged.origins,
+        item_origins=item_origins,
     )

@@ -62,14 +62,13 @@ def enabled_features(names: Iterable[str], source: str = "features") -> list[Fea
 
 def config_requests(config: Config) -> list[Request]:
     """What the user named directly."""
-    origin = config.origins
     requests = [
-        Request(RequestKind.MODULE, name, f"modules ({origin.get('modules', 'config')})")
-        for name in config.modules
+        Request(RequestKind.MODULE, name, f"modules ({config.origin_of('modules', index)})")
+        for index, name in enumerate(config.modules)
     ]
     requests += [
-        Request(RequestKind.PATH, name, f"files ({origin.get('files', 'config')})")
-        for name in config.files
+        Request(RequestKind.PATH, name, f"files ({config.origin_of('files', index)})")
+        for index, name in enumerate(config.files)
     ]
     return requests
 

@@ -122,7 +122,7 @@ def write_atomically(
 
 def _check_target(target: Path) -> None:
     if target.is_dir():
-        raise ArchiveError(f"{target}: is a directory, not an image file")
+        raise ArchiveError(f"{target}: is a directory, not a file")
     if not target.parent.is_dir():
         raise ArchiveError(f"{target}: directory {target.parent} does not exist")
 

@@ -49,6 +49,9 @@ FEATURE = Feature(
     requires=("udev", "kmod", "filesystems", "emergency", "release"),
     executables=(
         "/usr/lib/systemd/systemd",
+        # systemd 255 and later run every unit's process through it; the manager
+        # refuses to start without it.
+        "?/usr/lib/systemd/systemd-executor",
         "/usr/lib/systemd/systemd-shutdown",
         "/usr/lib/systemd/systemd-sulogin-shell",
         "systemctl",
@@ -78,8 +81,9 @@ FEATURE = Feature(
         "timers.target",
         "paths.target",
         "slices.target",
-        "cryptsetup.target",
-        "cryptsetup-pre.target",
+        # Debian 13 (systemd 257) ships these two in systemd-cryptsetup.
+        "?cryptsetup.target",
+        "?cryptsetup-pre.target",
         "remote-fs.target",
         "remote-fs-pre.target",
         "emergency.target",

@@ -216,6 +216,25 @@ def test_check_a_foreign_image(foreign: Path) -> None:
     )
 
 
+# --- size ----------------------------------------------------------------------------
+
+
+def test_size_of_a_foreign_image(foreign: Path, tmp_path: Path) -> None:
+    from tests.image.test_size_image import content_by_bsdtar, leaves
+
+    report = json.loads(run("size", "--json", str(foreign)).stdout)
+    # bsdtar reads the first segment only: the main one is summed on its own.
+    main = content_by_bsdtar(foreign.with_name("main.img"), tmp_path)
+    assert report["content_size"] == 100 + main
+    assert len(report["compression"]) == 2 and report["compression"][0] == "none"
+    assert report["views"]["feature"] is None
+    assert "no /usr/lib/bookend/manifest.json" in report["notes"]["feature"]
+    if Path("/var/lib/dpkg/info").is_dir():
+        owners = {names[1] for names, _ in leaves(report["views"]["package"])
+                  if names[-1].endswith(".ko")}  # fmt: skip
+        assert owners == {f"linux-image-{KVER}"}
+
+
 # --- diff ----------------------------------------------------------------------------
 
 

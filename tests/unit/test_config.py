@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from bookend.cli import make_parser
-from bookend.config import Compression, EmergencyAccess, ModuleMode, load_config
+from bookend.config import SETTINGS, Compression, EmergencyAccess, ModuleMode, load_config
 from bookend.errors import ConfigError
 
 
@@ -14,9 +18,18 @@ def write(path: Path, text: str) -> Path:
     return path
 
 
+def known_modules(root: Path, *names: str, kver: str = "6.1.0-test") -> None:
+    """A modules.dep naming these modules, so the configuration accepts them."""
+    lines = "".join(f"kernel/{name}.ko:\n" for name in names)
+    (root / f"usr/lib/modules/{kver}/modules.dep").write_text(lines)
+
+
 def test_defaults_pick_newest_kernel_and_a_safe_output(root_tree: Path, tmp_path: Path) -> None:
-    (root_tree / "usr/lib/modules/6.10.0-test").mkdir()
-    (root_tree / "usr/lib/modules/6.9.12-test").mkdir()
+    for kver in ("6.10.0-test", "6.9.12-test"):
+        (root_tree / f"usr/lib/modules/{kver}").mkdir()
+        (root_tree / f"usr/lib/modules/{kver}/modules.dep").write_text("")
+    # What a removed kernel leaves behind is no kernel to build for, however new.
+    (root_tree / "usr/lib/modules/6.11.0-removed").mkdir()
     config = load_config(None, {"sysroot": str(root_tree)}, cwd=lambda: tmp_path)
     assert config.kver == "6.10.0-test"
     # Never the distribution's own /boot/initrd.img-KVER by surprise.
@@ -26,6 +39,7 @@ def test_defaults_pick_newest_kernel_and_a_safe_output(root_tree: Path, tmp_path
 
 
 def test_file_then_flags_scalars_replace_lists_extend(root_tree: Path, tmp_path: Path) -> None:
+    known_modules(root_tree, "ext4", "virtio_blk")
     toml = write(
         tmp_path / "b.toml", f'sysroot = "{root_tree}"\nmodules = ["ext4"]\ncompress = "xz"\n'
     )
@@ -134,3 +148,180 @@ def test_mode_and_microcode_flags_are_exclusive_pairs() -> None:
     assert parser.parse_args(["build"]).mode is None  # the config file or default decides
     with pytest.raises(SystemExit):
         parser.parse_args(["build", "--generic", "--hostonly"])
+
+
+# --- drop-in directories -----------------------------------------------------------
+
+USR, ETC, RUN = "usr/lib/bookend/conf.d", "etc/bookend/conf.d", "run/bookend/conf.d"
+
+
+def drop_in(config_root: Path, directory: str, name: str, text: str) -> Path:
+    path = config_root / directory / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def config_root(tmp_path: Path) -> Path:
+    root = tmp_path / "host"
+    root.mkdir()
+    return root
+
+
+def test_drop_ins_apply_in_name_order_across_directories(
+    root_tree: Path, config_root: Path
+) -> None:
+    known_modules(root_tree, "a", "b", "c")
+    # Lexical order of the file names decides, not the directory they are in.
+    c = drop_in(config_root, USR, "30-c.toml", 'compress = "gzip"\nmodules = ["c"]\n')
+    a = drop_in(config_root, RUN, "10-a.toml", 'compress = "xz"\nmodules = ["a"]\n')
+    b = drop_in(config_root, ETC, "20-b.toml", 'modules = ["b", "a"]\n')
+    config = load_config(None, {"sysroot": str(root_tree)}, config_root=config_root)
+    assert config.compress is Compression.GZIP
+    assert config.origins["compress"] == str(c)
+    assert config.modules == ("a", "b", "c")
+    # Each item once, with the file that first named it.
+    assert config.item_origins["modules"] == (str(a), str(b), str(c))
+    assert config.origins["modules"] == f"{a}, {b}, {c}"
+
+
+def test_later_directory_masks_same_name(root_tree: Path, config_root: Path) -> None:
+    known_modules(root_tree, "vendor", "admin")
+    drop_in(config_root, USR, "50-vendor.toml", 'modules = ["vendor"]\ncompress = "xz"\n')
+    admin = drop_in(config_root, ETC, "50-vendor.toml", 'modules = ["admin"]\n')
+    config = load_config(None, {"sysroot": str(root_tree)}, config_root=config_root)
+    assert config.modules == ("admin",)
+    assert config.compress is Compression.ZSTD  # the masked file gives nothing at all
+    assert config.item_origins["modules"] == (str(admin),)
+
+
+def test_symlink_to_dev_null_masks_and_other_names_are_ignored(
+    root_tree: Path, config_root: Path
+) -> None:
+    drop_in(config_root, USR, "50-vendor.toml", 'compress = "xz"\n')
+    (config_root / ETC).mkdir(parents=True)
+    (config_root / ETC / "50-vendor.toml").symlink_to("/dev/null")
+    drop_in(config_root, ETC, "60-notes.conf", "this is not TOML at all [")
+    drop_in(config_root, ETC, ".#70-lock.toml", "neither is this [")
+    config = load_config(None, {"sysroot": str(root_tree)}, config_root=config_root)
+    assert config.compress is Compression.ZSTD
+    assert config.origins["compress"] == "default"
+
+
+def test_empty_list_resets_what_came_before(root_tree: Path, config_root: Path) -> None:
+    known_modules(root_tree, "a", "b", "c")
+    drop_in(config_root, USR, "10-a.toml", 'modules = ["a", "b"]\n')
+    reset = drop_in(config_root, ETC, "20-reset.toml", "modules = []\n")
+    config = load_config(None, {"sysroot": str(root_tree)}, config_root=config_root)
+    assert config.modules == ()
+    assert config.origins["modules"] == str(reset)  # who emptied it
+    # Items after the reset count again, and the --config file comes after every drop-in.
+    later = drop_in(config_root, ETC, "30-c.toml", 'modules = ["c"]\n')
+    extra = write(config_root / "extra.toml", 'modules = ["a"]\n')
+    config = load_config(
+        extra, {"sysroot": str(root_tree), "modules": ["b"]}, config_root=config_root
+    )
+    assert config.modules == ("c", "a", "b")
+    assert config.item_origins["modules"] == (str(later), str(extra), "command line")
+
+
+def test_config_file_and_flags_come_after_drop_ins(root_tree: Path, config_root: Path) -> None:
+    drop_in(config_root, RUN, "99-last.toml", f'sysroot = "{root_tree}"\ncompress = "xz"\n')
+    extra = write(config_root / "extra.toml", 'compress = "gzip"\ncompress_level = 3\n')
+    config = load_config(extra, {"compress_level": 5}, config_root=config_root)
+    assert (config.compress, config.origins["compress"]) == (Compression.GZIP, str(extra))
+    assert (config.compress_level, config.origins["compress_level"]) == (5, "command line")
+    assert config.origins["sysroot"].endswith("99-last.toml")
+
+
+def test_problems_of_every_drop_in_at_once(root_tree: Path, config_root: Path) -> None:
+    bad_syntax = drop_in(config_root, USR, "10-a.toml", 'compress = "xz"\nmodules = [\n"a"\n')
+    typo = drop_in(config_root, ETC, "20-b.toml", 'compres = "xz"\n')
+    wrong = drop_in(config_root, RUN, "30-c.toml", "microcode = 1\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(None, {"sysroot": str(root_tree)}, config_root=config_root)
+    message = str(error.value)
+    assert f"{bad_syntax}: not valid TOML: " in message and "line 3" in message
+    assert f"{typo}: compres: unknown key (did you mean 'compress'?)" in message
+    assert f"{wrong}: microcode: expected true or false, got the number 1" in message
+
+
+def test_setting_below_a_table_header_is_pointed_out(tmp_path: Path) -> None:
+    toml = write(tmp_path / "b.toml", '[modules_extra]\nnote = "x"\nmodules = ["ext4"]\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(toml, {})
+    assert str(error.value) == (
+        f"{toml}: modules_extra.modules: unknown key: settings are top-level keys, not in a "
+        "table [modules_extra] (move 'modules' above the first [table] line)"
+    )
+
+
+def test_missing_config_root_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"command line: config_root: .*/absent is not a dir"):
+        load_config(None, {}, config_root=tmp_path / "absent")
+
+
+# --- bookend config show -------------------------------------------------------------
+
+
+def bookend(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bookend", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def test_config_show_origin_names_each_file(
+    root_tree: Path, config_root: Path, tmp_path: Path
+) -> None:
+    known_modules(root_tree, "a", "b")
+    a = drop_in(config_root, ETC, "10-a.toml", 'modules = ["a"]\ncompress = "xz"\n')
+    result = bookend(
+        "config", "show", "--origin", "--config-root", str(config_root),
+        "--sysroot", str(root_tree), "--add-module", "b", "--generic", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert f'sysroot = "{root_tree}"  # command line' in lines
+    assert f'compress = "xz"  # {a}' in lines
+    assert 'mode = "generic"  # command line' in lines
+    assert "compress_level = 6  # default" in lines  # xz's own default level
+    assert 'kver = "6.1.0-test"  # default' in lines
+    assert f'output = "{tmp_path}/bookend-initrd-6.1.0-test.img"  # default' in lines
+    start = lines.index("modules = [")
+    assert lines[start + 1 : start + 4] == [f'    "a",  # {a}', '    "b",  # command line', "]"]
+    # Every setting is shown, and the text is TOML that reads back to the same values.
+    shown = tomllib.loads(result.stdout)
+    unset = {s.key for s in SETTINGS if f"# {s.key} is not set" in lines}
+    assert set(shown) | unset == {s.key for s in SETTINGS}
+    assert shown["modules"] == ["a", "b"] and shown["microcode"] is True
+
+
+def test_config_show_json(root_tree: Path, config_root: Path, tmp_path: Path) -> None:
+    known_modules(root_tree, "a")
+    a = drop_in(config_root, USR, "10-a.toml", 'modules = ["a"]\nhooks = ["mount=echo hi"]\n')
+    common = ["--config-root", str(config_root), "--sysroot", str(root_tree), "--generic"]
+    plain = bookend("config", "show", "--json", *common, cwd=tmp_path)
+    assert plain.returncode == 0, plain.stderr
+    values = json.loads(plain.stdout)
+    assert values["modules"] == ["a"] and values["hooks"] == ["mount=echo hi"]
+    assert values["activation"] is None and values["emergency_shell"] == "locked"
+    origins = json.loads(bookend("config", "show", "--json", "--origin", *common).stdout)
+    assert origins["modules"] == {"value": ["a"], "origin": str(a), "item_origins": [str(a)]}
+    assert origins["mode"] == {"value": "generic", "origin": "command line"}
+    assert set(origins) == {s.key for s in SETTINGS}
+
+
+def test_config_show_reports_unknown_key_with_suggestion(
+    root_tree: Path, config_root: Path
+) -> None:
+    typo = drop_in(config_root, ETC, "10-typo.toml", 'modules = ["a"]\nomit_module = ["x"]\n')
+    result = bookend("config", "show", "--config-root", str(config_root))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert f"{typo}: omit_module: unknown key (did you mean 'omit_modules'?)" in result.stderr
+    assert len(result.stderr.splitlines()) == 1

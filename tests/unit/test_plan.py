@@ -63,6 +63,9 @@ def test_password_hash_goes_to_shadow(root_tree: Path) -> None:
 
 
 def test_configured_modules_loaded_at_boot_and_requested(root_tree: Path) -> None:
+    # The configuration accepts only modules the kernel's database knows.
+    modules_dep = root_tree / "usr/lib/modules/6.1.0-test/modules.dep"
+    modules_dep.write_text("kernel/drivers/block/virtio_blk.ko:\n")
     plan = plan_for(root_tree, modules=["virtio_blk"], filesystems=["ext4"], root="LABEL=r")
     files = generated(plan)
     assert files["/etc/modules-load.d/bookend.conf"] == (

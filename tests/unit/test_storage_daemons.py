@@ -70,9 +70,9 @@ def test_plan_brings_unit_dropin_and_wants_link(root_tree: Path) -> None:
 
 
 def test_unknown_daemon_unit_is_an_error(root_tree: Path) -> None:
-    config = load_config(None, {"sysroot": str(root_tree), "storage_daemons": ["nope.service"]})
-    with pytest.raises(ConfigError, match=r"storage_daemons \(command line\): unit nope.service"):
-        make_plan(config)
+    # Found by the configuration's checks, before any plan is made.
+    with pytest.raises(ConfigError, match=r"command line: storage_daemons: unit nope.service"):
+        load_config(None, {"sysroot": str(root_tree), "storage_daemons": ["nope.service"]})
 
 
 def test_hook_stops_only_at_processes(tmp_path: Path) -> None:

@@ -94,16 +94,9 @@ def drive_args(disks: Sequence[Disk]) -> list[str]:
     return args
 
 
-def qemu_argv(
-    kernel: Path,
-    initrd: Path | None,
-    disks: Sequence[Disk],
-    append: str,
-    *,
-    memory_mib: int = 1024,
-    cpus: int = 2,
-) -> list[str]:
-    argv = [
+def machine_argv(memory_mib: int, cpus: int) -> list[str]:
+    """The machine every test boots: emulated, serial console, no network, no reboot."""
+    return [
         QEMU,
         # KVM is not available (or hangs) where these tests run; TCG always works.
         "-accel", "tcg", "-cpu", "max",
@@ -118,11 +111,41 @@ def qemu_argv(
         "-snapshot",
         # No test needs a network, and a NIC is one more device to probe.
         "-nic", "none",
-        "-kernel", os.fspath(kernel),
-        "-append", f"console=ttyS0 panic=-1 {append}".strip(),
     ]  # fmt: skip
+
+
+def qemu_argv(
+    kernel: Path,
+    initrd: Path | None,
+    disks: Sequence[Disk],
+    append: str,
+    *,
+    memory_mib: int = 1024,
+    cpus: int = 2,
+) -> list[str]:
+    argv = machine_argv(memory_mib, cpus)
+    argv += ["-kernel", os.fspath(kernel), "-append", f"console=ttyS0 panic=-1 {append}".strip()]
     if initrd is not None:
         argv += ["-initrd", os.fspath(initrd)]
+    return argv + drive_args(disks)
+
+
+OVMF = Path("/usr/share/ovmf/OVMF.fd")
+
+
+def uefi_argv(
+    esp: Path, disks: Sequence[Disk], *, memory_mib: int = 1024, cpus: int = 2
+) -> list[str]:
+    """Boot as a UEFI machine does: OVMF starts EFI/BOOT/BOOTX64.EFI from an ESP.
+
+    The ESP is the directory esp, shown to the guest as a FAT disk (QEMU's vvfat),
+    read-only and first in the boot order; nothing is passed on a command line, so
+    what boots is only what the ESP holds.
+    """
+    path = os.fspath(esp).replace(",", ",,")
+    argv = [*machine_argv(memory_mib, cpus), "-bios", os.fspath(OVMF)]
+    argv += ["-drive", f"file=fat:{path},format=raw,if=none,id=esp,readonly=on,snapshot=off"]
+    argv += ["-device", "virtio-blk-pci,drive=esp,bootindex=0"]
     return argv + drive_args(disks)
 
 
