@@ -5,12 +5,22 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager as ContextManager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from bookend.archive import open_compressor, source_date_epoch, write_atomically, write_cpio
+from bookend.archive import (
+    Compression,
+    open_compressor,
+    source_date_epoch,
+    write_atomically,
+    write_cpio,
+)
+from bookend.archive.atomic import Staged, staged_file
+from bookend.archive.lock import locked_outputs
 from bookend.closure import Closure, build_closure
 from bookend.config import Config
 from bookend.errors import ArchiveError
@@ -18,7 +28,7 @@ from bookend.exitrd_load import digest_path
 from bookend.hostonly import format_detection
 from bookend.manifest import with_manifest
 from bookend.plan import Plan, make_plan
-from bookend.uki import find_uki_tools, write_uki
+from bookend.uki import UkiTools, find_uki_tools, staged_uki
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,13 @@ class BuildResult:
 
 
 def write_image(config: Config, closure: Closure, output: Path | None = None) -> None:
+    with staged_image(config, closure, output) as staged:
+        staged.commit()
+
+
+@contextmanager
+def staged_image(config: Config, closure: Closure, output: Path | None = None) -> Iterator[Staged]:
+    """The complete (and, for the initrd, checked) image beside its target, not yet renamed."""
     epoch = source_date_epoch(os.environ)
 
     def write(out: BinaryIO) -> None:
@@ -48,13 +65,30 @@ def write_image(config: Config, closure: Closure, output: Path | None = None) ->
             write_cpio(closure.archive_entries(), stream, epoch=epoch)
 
     target = output or config.output
-    # An initrd holding key files is as secret as they are: readable by root only.
-    secret = config.keyfiles and target == config.output
-    if secret:
-        log.warning("%s holds LUKS key files: written with mode 0600", target)
+    # An image holding host secrets (key files, named on purpose) is as secret as they are.
+    secrets = closure.secrets()
+    if secrets:
+        log.warning("%s holds secrets (%s): written with mode 0600", target, ", ".join(secrets))
     # Only the initrd is checked: it is what stops a boot, and what the user replaces.
     verify = _check_before_replacing(config, target) if output is None else None
-    write_atomically(target, write, 0o600 if secret else 0o644, verify)
+    size_hint = _expected_size(config, target, closure)
+    mode = 0o600 if secrets else 0o644
+    with staged_file(target, write, mode, verify, size_hint) as staged:
+        yield staged
+
+
+def _expected_size(config: Config, target: Path, closure: Closure) -> int:
+    """For the full-disk message: uncompressed, the content; else the image it replaces
+    (same settings, about the same size), or the content as an upper bound."""
+    if config.compress is not Compression.NONE and target.is_file():
+        return target.stat().st_size
+    total = 0
+    for entry in [*closure.early, *closure.archive_entries()]:
+        if entry.data is not None:
+            total += len(entry.data)
+        elif entry.source is not None and entry.source.is_file():
+            total += entry.source.stat().st_size
+    return total
 
 
 def _check_before_replacing(config: Config, target: Path) -> Callable[[Path], None]:
@@ -95,33 +129,66 @@ def write_digest(image: Path) -> str:
 def build_initrd(config: Config) -> BuildResult:
     # Before anything is built: a UKI the sysroot cannot make is known at once.
     uki_tools = find_uki_tools(config.sysroot, config.kver) if config.uki else None
+    outputs = [config.output, *([config.exitrd_output] if config.exitrd else [])]
+    with locked_outputs(outputs):
+        return _build_locked(config, uki_tools)
+
+
+def _build_locked(config: Config, uki_tools: UkiTools | None) -> BuildResult:
     plan = make_plan(config)
     if plan.detection is not None:
         log.info("hostonly detection:\n%s", format_detection(plan.detection).rstrip())
     closure = with_manifest(build_closure(config, plan))
     for warning in closure.warnings:
         log.warning("%s", warning)
-    # Both closures are made, and so every input error found, before either is written;
-    # the exitrd is written only once the initrd passed its check and replaced the old one.
-    exitrd_closure = _exitrd_closure(config, plan) if config.exitrd else None
-    if uki_tools is None:
-        write_image(config, closure)
-    else:
-        if config.keyfiles:
-            log.warning("%s holds LUKS key files: written with mode 0600", config.output)
-        write_uki(
-            uki_tools,
-            config.kver,
-            lambda initrd: write_image(config, closure, initrd),
-            config.cmdline,
-            config.output,
-            _check_before_replacing(config, config.output),
-            # A UKI holding key files is as secret as the initrd in it.
-            0o600 if config.keyfiles else 0o644,
-        )
+    # Both closures are made, and so every input error found, before either is written.
+    exitrd = _exitrd_closure(config, plan) if config.exitrd else None
+    with ExitStack() as staged:
+        initrd_file = staged.enter_context(
+            staged_image(config, closure) if uki_tools is None
+            else _staged_uki(config, closure, uki_tools)
+        )  # fmt: skip
+        exitrd_file = None
+        if exitrd is not None:
+            exitrd_file = staged.enter_context(
+                staged_image(config, exitrd[1], config.exitrd_output)
+            )
+        _replace_pair(initrd_file, exitrd_file)
     initrd = ImageResult(config.output, plan, closure, config.output.stat().st_size)
-    exitrd = _write_exitrd(config, *exitrd_closure) if exitrd_closure else None
-    return BuildResult(initrd, exitrd)
+    if exitrd is None:
+        return BuildResult(initrd, None)
+    output = config.exitrd_output
+    return BuildResult(initrd, ImageResult(output, *exitrd, output.stat().st_size))
+
+
+def _staged_uki(config: Config, closure: Closure, tools: UkiTools) -> ContextManager[Staged]:
+    """The UKI around the checked initrd, beside its target, not yet renamed."""
+    secret = bool(closure.secrets())  # a UKI holding secrets is as secret as its initrd
+    return staged_uki(
+        tools,
+        config.kver,
+        lambda initrd: write_image(config, closure, initrd),
+        config.cmdline,
+        config.output,
+        _check_before_replacing(config, config.output),
+        0o600 if secret else 0o644,
+    )
+
+
+def _replace_pair(initrd: Staged, exitrd: Staged | None) -> None:
+    """Rename both complete images into place: old digest out first, new digest in last.
+
+    The digest is what makes an exitrd loadable, so the old one goes first: a build killed between
+    the renames leaves a new initrd beside an exitrd without a digest, which the loader
+    refuses (shutdown then powers off the normal way), never an old exitrd that looks
+    like the new initrd's partner. The next build writes all three again.
+    """
+    if exitrd is not None:
+        digest_path(exitrd.target).unlink(missing_ok=True)
+    initrd.commit()
+    if exitrd is not None:
+        exitrd.commit()
+        write_digest(exitrd.target)
 
 
 def _exitrd_closure(config: Config, initrd_plan: Plan) -> tuple[Plan, Closure]:
@@ -129,11 +196,3 @@ def _exitrd_closure(config: Config, initrd_plan: Plan) -> tuple[Plan, Closure]:
 
     plan = make_exitrd_plan(config, initrd_plan)
     return plan, with_manifest(build_closure(config, plan))
-
-
-def _write_exitrd(config: Config, plan: Plan, closure: Closure) -> ImageResult:
-    """The exitrd's image and digest."""
-    output = config.exitrd_output
-    write_image(config, closure, output)
-    write_digest(output)
-    return ImageResult(output, plan, closure, output.stat().st_size)

@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 
 from bookend import elf, firmware, kmodules, microcode, modinfo, udevrules, units
 from bookend.archive import ArchiveEntry, EntryKind
+from bookend.archive.cpio import MAX_FILE_SIZE, too_big
 from bookend.config import Config
 from bookend.drivers import DRIVER_CLASSES
 from bookend.errors import ConfigError, ElfError, SysrootError
 from bookend.features.base import Request, RequestKind
 from bookend.libsearch import LibrarySearch
 from bookend.plan import Plan
+from bookend.secrets import Secrets
 from bookend.sysroot import Sysroot
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class ClosureEntry:
     entry: ArchiveEntry
     reason: str  # e.g. "DT_NEEDED of", "feature systemd"
     parent: str | None  # the image path of the entry that pulled this one in
+    secret: bool = False  # a host secret the configuration named (bookend.secrets)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class Closure:
     def archive_entries(self) -> list[ArchiveEntry]:
         return [item.entry for item in self.entries.values()]
 
+    def secrets(self) -> list[str]:
+        return [path for path, item in self.entries.items() if item.secret]
+
 
 @dataclass
 class _Builder:
@@ -84,6 +90,12 @@ class _Builder:
 
     def __post_init__(self) -> None:
         self.libraries = LibrarySearch(self.sysroot)
+        self.secrets = Secrets(self.sysroot)
+        # Secrets go in only when named exactly (or through a link named exactly); key
+        # files named for LUKS are secret whatever their path.
+        self.keyfiles = {self.sysroot.resolve(path).path for path in self.config.keyfiles}
+        named = (*self.config.files, *self.config.keyfiles)
+        self.named_exactly = {self.sysroot.resolve(path).path for path in named}
 
     # --- paths -----------------------------------------------------------------
 
@@ -93,6 +105,8 @@ class _Builder:
         if resolved.st is None:
             wanted_by = f" {parent}" if parent else ""
             raise SysrootError(f"{self.sysroot.host_path(path)}: missing ({reason}{wanted_by})")
+        if not self._admitted(resolved.path, resolved.st):
+            return resolved.path
         self.add_parents(resolved.path)
         self._add_final(resolved.path, resolved.st, reason, parent, recurse)
         for link in resolved.links:
@@ -105,8 +119,26 @@ class _Builder:
         """Record entry unless its path is taken; the first reason found is kept."""
         if entry.path in self.entries:
             return False
-        self.entries[entry.path] = ClosureEntry(entry, reason, parent)
+        secret = entry.source is not None and self._is_secret(entry.path)
+        self.entries[entry.path] = ClosureEntry(entry, reason, parent, secret)
         return True
+
+    def _is_secret(self, path: str) -> bool:
+        return path in self.keyfiles or self.secrets.is_secret(path)
+
+    def _admitted(self, path: str, st: os.stat_result) -> bool:
+        """Whether a file may go in: secrets only when named exactly. Others: a clear
+        error for what newc cannot hold."""
+        if not stat.S_ISREG(st.st_mode):
+            return True
+        if st.st_size > MAX_FILE_SIZE:
+            raise SysrootError(too_big(self.sysroot.host_path(path), st.st_size))
+        if not self._is_secret(path) or path in self.named_exactly:
+            return True
+        warning = f"{path}: a host secret, left out (name it exactly in files to include it)"
+        if warning not in self.warnings:
+            self.warnings.append(warning)
+        return False
 
     def add_parents(self, path: str) -> None:
         """Every directory above path, with the sysroot's modes."""

@@ -470,9 +470,9 @@ def _check_kver(merged: Merged, problems: Problems) -> str:
     return kver
 
 
-# The image is written as ".NAME.bookend-XXXXXXXX.tmp" beside its target first, and
-# no file name may be longer than 255 bytes.
-LONGEST_OUTPUT_NAME = 255 - len("..bookend-XXXXXXXX.tmp")
+# The image is written as ".NAME.bookend-tmp.PID" beside its target first (PID at most
+# 4194304, the kernel's limit), and no file name may be longer than 255 bytes.
+LONGEST_OUTPUT_NAME = 255 - len("..bookend-tmp.4194304")
 
 
 def _check_output(

@@ -2,7 +2,8 @@
 
 `bookend plan --why PATH` answers from the closure before a build; the manifest lets
 `bookend why IMAGE PATH` answer from an image alone, long after the sysroot changed.
-It is JSON: {"format": 1, "entries": {path: [reason, parent or null]}}.
+It is JSON: {"format": 1, "entries": {path: [reason, parent or null]}, "secret": [path...]};
+"secret" lists the host secrets the configuration named (bookend.secrets).
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def with_manifest(closure: Closure) -> Closure:
     """closure plus its manifest entry (and the manifest's own directories)."""
     reasons = {path: [item.reason, item.parent] for path, item in closure.entries.items()}
     reasons[MANIFEST_PATH] = [REASON, None]
-    text = json.dumps({"format": FORMAT, "entries": reasons}, sort_keys=True, indent=0)
+    document = {"format": FORMAT, "entries": reasons, "secret": closure.secrets()}
+    text = json.dumps(document, sort_keys=True, indent=0)
     entries = dict(closure.entries)
     entries[MANIFEST_PATH] = ClosureEntry(
         ArchiveEntry(MANIFEST_PATH, EntryKind.FILE, 0o644, data=text.encode()), REASON, None
@@ -41,9 +43,13 @@ def closure_from_manifest(data: bytes, image: str) -> Closure:
         if document.get("format") != FORMAT:
             raise ArchiveError(f"{image}: manifest format {document.get('format')} unknown")
         reasons = document["entries"]
+        secrets = set(document.get("secret", []))  # absent in images before it was added
         entries = {
             path: ClosureEntry(
-                ArchiveEntry(path, EntryKind.FILE, 0o644), str(reason), parent or None
+                ArchiveEntry(path, EntryKind.FILE, 0o644),
+                str(reason),
+                parent or None,
+                path in secrets,
             )
             for path, (reason, parent) in reasons.items()
         }

@@ -15,12 +15,13 @@ import importlib.util
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from bookend.archive import write_atomically
+from bookend.archive.atomic import Staged, staged_file
 from bookend.errors import ConfigError
 from bookend.proc import run
 from bookend.sysroot import Sysroot
@@ -94,7 +95,8 @@ def ukify_argv(
     return [*argv, "--output", str(output)]
 
 
-def write_uki(
+@contextmanager
+def staged_uki(
     tools: UkiTools,
     kver: str,
     write_initrd: Callable[[Path], None],
@@ -102,8 +104,11 @@ def write_uki(
     target: Path,
     verify: Callable[[Path], None],
     mode: int,
-) -> None:
-    """Build the initrd and the UKI in a private directory; replace target only with a whole UKI."""
+) -> Iterator[Staged]:
+    """Build the initrd and the UKI in a private directory; the whole UKI beside target.
+
+    The caller renames it into place (with the exitrd: bookend.build._replace_pair).
+    """
     with tempfile.TemporaryDirectory(prefix="bookend-uki-") as scratch:
         initrd = Path(scratch) / "initrd.img"
         write_initrd(initrd)
@@ -115,4 +120,5 @@ def write_uki(
             with uki.open("rb") as source:
                 shutil.copyfileobj(source, out)
 
-        write_atomically(target, copy, mode)
+        with staged_file(target, copy, mode) as staged:
+            yield staged

@@ -103,7 +103,8 @@ def _write_entry(out: Sink, entry: ArchiveEntry, inode: int, mtime: int, offset:
     if entry.kind is EntryKind.SYMLINK:
         if not entry.target:
             raise ArchiveError(f"{entry.path}: symlink without a target")
-        return _write_small(out, name, inode, mode, nlink, mtime, entry.target.encode(), offset)
+        target = os.fsencode(entry.target)
+        return _write_small(out, name, inode, mode, nlink, mtime, target, offset)
     if entry.kind is EntryKind.FILE and entry.data is not None:
         return _write_small(out, name, inode, mode, nlink, mtime, entry.data, offset)
     if entry.kind is EntryKind.FILE:
@@ -139,26 +140,56 @@ def _write_file(
 ) -> int:
     if entry.source is None:
         raise ArchiveError(f"{entry.path}: file entry without a source or data")
-    try:
-        with open(entry.source, "rb") as source:
-            size = os.fstat(source.fileno()).st_size
-            if size > MAX_FILE_SIZE:
-                raise ArchiveError(f"{entry.source}: {size} bytes is too big for a cpio entry")
-            written = _write_header(
-                out, name, inode=inode, mode=mode, nlink=1, mtime=mtime, size=size, offset=offset
-            )
-            copied = _copy(source, out, size)
-            if copied != size or source.read(1):
-                raise ArchiveError(f"{entry.source}: changed size while it was being archived")
-    except OSError as error:
-        raise ArchiveError(f"{entry.source}: cannot read: {error.strerror}") from error
+    fd = _open_source(entry.source)
+    with os.fdopen(fd, "rb") as source:
+        size = os.fstat(fd).st_size
+        if size > MAX_FILE_SIZE:
+            raise ArchiveError(too_big(entry.source, size))
+        written = _write_header(
+            out, name, inode=inode, mode=mode, nlink=1, mtime=mtime, size=size, offset=offset
+        )
+        copied = _copy(entry.source, source, out, size)
+        if copied != size or _read(entry.source, source, 1):
+            raise ArchiveError(f"{entry.source}: changed size while it was being archived")
     return written + size + _pad(out, size)
 
 
-def _copy(source: BinaryIO, out: Sink, size: int) -> int:
+def too_big(source: Path, size: int) -> str:
+    return (
+        f"{source}: {size} bytes is too big for a cpio (newc) entry, "
+        f"whose size field holds at most {MAX_FILE_SIZE} bytes"
+    )
+
+
+def _open_source(source: Path) -> int:
+    """An fd on source, which must still be a regular file.
+
+    The closure saw a regular file, but the tree may have changed since: O_NONBLOCK keeps
+    a FIFO put in its place from waiting forever for a writer, and a directory opens fine,
+    so the type is checked on the open file.
+    """
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as error:
+        raise ArchiveError(f"{source}: cannot read: {error.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ArchiveError(f"{source}: no longer a regular file (changed during the build)")
+    return fd
+
+
+def _read(path: Path, source: BinaryIO, size: int) -> bytes:
+    """Read errors name the source file; write errors (a full disk) pass as they are."""
+    try:
+        return source.read(size)
+    except OSError as error:
+        raise ArchiveError(f"{path}: cannot read: {error.strerror}") from None
+
+
+def _copy(path: Path, source: BinaryIO, out: Sink, size: int) -> int:
     copied = 0
     while copied < size:
-        chunk = source.read(min(COPY_CHUNK, size - copied))
+        chunk = _read(path, source, min(COPY_CHUNK, size - copied))
         if not chunk:
             break
         out.write(chunk)
@@ -178,7 +209,9 @@ def _write_header(
     offset: int,
     rdev: int = 0,
 ) -> int:
-    encoded = name.encode() + b"\0"
+    # Names from the sysroot that are not UTF-8 arrive as surrogate escapes (os.listdir);
+    # fsencode gives back their bytes, as the kernel stores them.
+    encoded = os.fsencode(name) + b"\0"
     fields = (
         inode,
         mode,

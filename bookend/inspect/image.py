@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -60,6 +61,7 @@ class Entry:
     segment: Segment
     digest: str | None = None  # SHA-256 of the content or target, when asked for
     hardlink: str | None = None  # the first path of its hard-link group, for later links
+    secret: bool = False  # a host secret, by the manifest of a bookend image
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,7 @@ def scan_image(image: Path, *, digests: bool = False) -> Scan:
     entries: list[Entry] = []
     segments: dict[int, Segment] = {}
     groups: dict[HardlinkKey, list[int]] = {}
+    secrets: set[str] = set()
     with open_image(image) as raw:
         size = os.fstat(raw.fileno()).st_size
         for header, body in read_image(raw, str(image)):
@@ -102,10 +105,38 @@ def scan_image(image: Path, *, digests: bool = False) -> Scan:
             key = hardlink_key(header)
             if key is not None:
                 groups.setdefault(key, []).append(len(entries))
+            if clean_path(header.path) == MANIFEST and stat.S_ISREG(header.mode):
+                entry, secrets = _manifest_entry(header, body, digests)
+                entries.append(entry)
+                continue
             entries.append(_entry(header, body, digests))
     for members in groups.values():
         _join_hardlinks(entries, members)
-    return Scan(image, size, tuple(segments.values()), tuple(entries))
+    marked = [replace(e, secret=True) if e.path in secrets else e for e in entries]
+    return Scan(image, size, tuple(segments.values()), tuple(marked))
+
+
+# bookend.manifest.MANIFEST_PATH, relative as clean_path gives it; imported from there it
+# would pull the whole build pipeline into every `bookend ls`.
+MANIFEST = "usr/lib/bookend/manifest.json"
+
+
+def _manifest_entry(header: Header, body: Body, digests: bool) -> tuple[Entry, set[str]]:
+    data = body.read()
+    entry = _entry(header, body, digests=False)
+    if digests:
+        entry = replace(entry, digest=hashlib.sha256(data).hexdigest())
+    return entry, _manifest_secrets(data)
+
+
+def _manifest_secrets(data: bytes) -> set[str]:
+    """The secret paths a bookend manifest lists, as clean_path gives them; none if the
+    manifest cannot be read: ls lists any image, and marks what it knows."""
+    try:
+        listed = json.loads(data).get("secret", [])
+    except (ValueError, AttributeError):
+        return set()
+    return {clean_path(path) for path in listed if isinstance(path, str)}
 
 
 def _entry(header: Header, body: Body, digests: bool) -> Entry:

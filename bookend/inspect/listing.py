@@ -51,6 +51,8 @@ def _line(entry: Entry) -> str:
         name += f" -> {printable(entry.target)}"
     elif entry.hardlink is not None:
         name += f" link to {printable(entry.hardlink)}"
+    if entry.secret:
+        name += "  [secret]"
     return f"{mode} {entry.segment.index:>3} {size:>10}  {name}"
 
 
@@ -84,4 +86,5 @@ def entry_json(entry: Entry) -> dict[str, Any]:
         "mtime": entry.mtime,
         "segment": entry.segment.index,
         "hardlink": entry.hardlink,
+        "secret": entry.secret,
     }

@@ -125,7 +125,7 @@ CASES = (
     # --- where to write
     Case("output-dir", CLI, "output", "directory {tmp}/nowhere does not exist",
          flags=("-o", "{tmp}/nowhere/initrd.img")),
-    Case("output-too-long", CLI, "output", "file name too long (at most 233 bytes)",
+    Case("output-too-long", CLI, "output", "file name too long (at most 234 bytes)",
          flags=("-o", "{tmp}/" + "x" * 240)),
     Case("exitrd-too-long", CLI, "output", "file name too long for the exitrd beside it",
          flags=("-o", "{tmp}/initrd-" + "x" * 225)),

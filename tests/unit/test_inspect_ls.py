@@ -75,6 +75,7 @@ def test_cli_json(tmp_path: Path) -> None:
     assert entries["bin"] == {
         "path": "bin", "type": "link", "mode": "0777", "size": 7, "target": "usr/bin",
         "device": None, "uid": 0, "gid": 0, "mtime": 0, "segment": 1, "hardlink": None,
+        "secret": False,
     }  # fmt: skip
     assert entries["dev/console"]["device"] == [5, 1]
     assert entries["usr/bin/big"]["mode"] == "0755"
