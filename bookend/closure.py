@@ -115,11 +115,13 @@ class _Builder:
             self.put(entry, "link on the way to", resolved.path)
         return resolved.path
 
-    def put(self, entry: ArchiveEntry, reason: str, parent: str | None) -> bool:
+    def put(
+        self, entry: ArchiveEntry, reason: str, parent: str | None, *, secret: bool = False
+    ) -> bool:
         """Record entry unless its path is taken; the first reason found is kept."""
         if entry.path in self.entries:
             return False
-        secret = entry.source is not None and self._is_secret(entry.path)
+        secret = secret or (entry.source is not None and self._is_secret(entry.path))
         self.entries[entry.path] = ClosureEntry(entry, reason, parent, secret)
         return True
 
@@ -396,7 +398,7 @@ def _add_modules(builder: _Builder, plan: Plan) -> None:
 def build_closure(config: Config, plan: Plan) -> Closure:
     builder = _Builder(Sysroot(config.sysroot), config)
     for item in plan.generated:
-        builder.put(item.entry, item.reason, None)
+        builder.put(item.entry, item.reason, None, secret=item.secret)
         builder.add_parents(item.entry.path)
         if item.entry.data is not None and item.entry.path.startswith(units.UNIT_DIRS):
             builder.generated_unit_programs(item.entry.path, item.entry.data.decode())

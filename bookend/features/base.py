@@ -43,6 +43,8 @@ class Generated:
 
     entry: ArchiveEntry
     reason: str
+    # Content as secret as a host secret (a password hash): the image is written 0600.
+    secret: bool = False
 
 
 Contribution = Sequence[Request | Generated]

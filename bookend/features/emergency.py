@@ -58,6 +58,8 @@ def _accounts(config: Config) -> Contribution:
         Generated(
             ArchiveEntry("/etc/shadow", EntryKind.FILE, 0o400, data=_shadow_line(config).encode()),
             reason,
+            # A password hash can be cracked offline: keep the image from other users.
+            secret=config.emergency_access is EmergencyAccess.PASSWORD,
         ),
     ]
     for unit in ("emergency.service", "rescue.service"):

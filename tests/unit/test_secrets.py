@@ -122,3 +122,26 @@ def test_an_image_with_secrets_is_root_only_and_listed_as_such(
 
 def test_ls_finds_the_manifest_where_bookend_writes_it() -> None:
     assert MANIFEST_PATH.lstrip("/") == MANIFEST
+
+
+def test_a_password_hash_for_the_emergency_shell_is_secret(root_tree: Path) -> None:
+    from bookend.features.base import Generated
+    from bookend.features.emergency import FEATURE
+
+    assert FEATURE.compute is not None
+    compute = FEATURE.compute
+
+    def shadow(access: str) -> Generated:
+        config = load_config(None, {"sysroot": str(root_tree), "emergency_shell": access})
+        return next(
+            item
+            for item in compute(config)
+            if isinstance(item, Generated) and item.entry.path == "/etc/shadow"
+        )
+
+    hashed = "$6$salt$" + "x" * 86
+    assert shadow(hashed).secret
+    assert not shadow("locked").secret and not shadow("unlocked").secret
+    config = load_config(None, {"sysroot": str(root_tree)})
+    plan = Plan(features=(), requests=(), generated=(shadow(hashed),))
+    assert build_closure(config, plan).secrets() == ["/etc/shadow"]
