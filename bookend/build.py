@@ -18,6 +18,7 @@ from bookend.exitrd_load import digest_path
 from bookend.hostonly import format_detection
 from bookend.manifest import with_manifest
 from bookend.plan import Plan, make_plan
+from bookend.scancache import ScanCache, default_directory
 
 log = logging.getLogger(__name__)
 
@@ -92,26 +93,28 @@ def write_digest(image: Path) -> str:
 
 
 def build_initrd(config: Config) -> BuildResult:
-    plan = make_plan(config)
+    cache = ScanCache(default_directory(os.environ))
+    plan = make_plan(config, cache)
     if plan.detection is not None:
         log.info("hostonly detection:\n%s", format_detection(plan.detection).rstrip())
-    closure = with_manifest(build_closure(config, plan))
+    closure = with_manifest(build_closure(config, plan, cache))
     for warning in closure.warnings:
         log.warning("%s", warning)
     # Both closures are made, and so every input error found, before either is written;
     # the exitrd is written only once the initrd passed its check and replaced the old one.
-    exitrd_closure = _exitrd_closure(config, plan) if config.exitrd else None
+    exitrd_closure = _exitrd_closure(config, plan, cache) if config.exitrd else None
+    cache.save()
     write_image(config, closure)
     initrd = ImageResult(config.output, plan, closure, config.output.stat().st_size)
     exitrd = _write_exitrd(config, *exitrd_closure) if exitrd_closure else None
     return BuildResult(initrd, exitrd)
 
 
-def _exitrd_closure(config: Config, initrd_plan: Plan) -> tuple[Plan, Closure]:
+def _exitrd_closure(config: Config, initrd_plan: Plan, cache: ScanCache) -> tuple[Plan, Closure]:
     from bookend.exitrd import make_exitrd_plan
 
     plan = make_exitrd_plan(config, initrd_plan)
-    return plan, with_manifest(build_closure(config, plan))
+    return plan, with_manifest(build_closure(config, plan, cache))
 
 
 def _write_exitrd(config: Config, plan: Plan, closure: Closure) -> ImageResult:

@@ -19,6 +19,7 @@ escape as a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import posixpath
@@ -27,7 +28,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from elftools.elf.enums import ENUM_E_MACHINE
 
@@ -73,6 +74,28 @@ class ElfInfo:
     rpath: tuple[str, ...]  # DT_RPATH split on ":", unexpanded
     runpath: tuple[str, ...]  # DT_RUNPATH split on ":", unexpanded
     dlopen: tuple[DlopenNote, ...]
+
+
+def info_to_json(info: ElfInfo) -> dict[str, Any]:
+    """info as JSON data, for the scan cache."""
+    return dataclasses.asdict(info)
+
+
+def info_from_json(data: dict[str, Any]) -> ElfInfo:
+    """The ElfInfo info_to_json gave data for."""
+    notes = tuple(
+        DlopenNote(note["feature"], note["priority"], tuple(note["sonames"]))
+        for note in data["dlopen"]
+    )
+    return ElfInfo(
+        elf_class=data["elf_class"],
+        machine=data["machine"],
+        interpreter=data["interpreter"],
+        needed=tuple(data["needed"]),
+        rpath=tuple(data["rpath"]),
+        runpath=tuple(data["runpath"]),
+        dlopen=notes,
+    )
 
 
 def is_elf(path: Path) -> bool:

@@ -8,9 +8,13 @@ initrd finds them by name and alias and knows nothing of modules left out.
 
 from __future__ import annotations
 
+import base64
 import fnmatch
+import hashlib
+import json
 import os
 import re
+import shutil
 import tempfile
 from collections import deque
 from collections.abc import Iterable
@@ -19,7 +23,8 @@ from pathlib import Path
 
 from bookend.config import did_you_mean
 from bookend.errors import ConfigError, SysrootError
-from bookend.proc import run
+from bookend.proc import SCRUBBED_PATH, run
+from bookend.scancache import ScanCache, stamp
 from bookend.sysroot import Sysroot
 
 MODULE_SUFFIX = re.compile(r"\.ko(\.xz|\.zst|\.gz)?$")
@@ -105,6 +110,16 @@ def _lines(sysroot: Sysroot, path: str) -> list[str]:
     )
 
 
+def shared_database(sysroot: Sysroot, kver: str, cache: ScanCache) -> ModuleDatabase:
+    """load_database, once per build: the plan and the closure both need it."""
+    key = ("module database", str(sysroot.root), kver)
+    if key not in cache.memory:
+        cache.memory[key] = load_database(sysroot, kver)
+    db = cache.memory[key]
+    assert isinstance(db, ModuleDatabase)
+    return db
+
+
 def load_database(sysroot: Sysroot, kver: str) -> ModuleDatabase:
     moddir = f"/lib/modules/{kver}"
     if sysroot.read_text(f"{moddir}/modules.dep") is None:
@@ -185,6 +200,36 @@ def modules_under(db: ModuleDatabase, directories: Iterable[str]) -> list[str]:
     """Names of the modules whose files lie below any of these moddir-relative directories."""
     prefixes = tuple(directories)
     return sorted(name for name, relpath in db.paths.items() if relpath.startswith(prefixes))
+
+
+def cached_image_index(
+    sysroot: Sysroot, kver: str, relpaths: list[str], cache: ScanCache
+) -> dict[str, bytes]:
+    """image_index, from the scan cache when depmod would be given the same inputs.
+
+    Those are the module files, depmod's other inputs and depmod itself; depmod's
+    output depends on nothing else.
+    """
+    moddir = f"/lib/modules/{kver}"
+    inputs = [f"{moddir}/{relpath}" for relpath in sorted(relpaths)]
+    inputs += [f"{moddir}/{name}" for name in DEPMOD_INPUTS]
+    stamps: list[object] = [[path, _stamp_or_none(sysroot, path)] for path in inputs]
+    depmod = shutil.which("depmod", path=SCRUBBED_PATH)
+    stamps.append(["depmod", depmod, stamp(os.stat(depmod)) if depmod else None])
+    key = hashlib.sha256(json.dumps(stamps).encode()).hexdigest()
+
+    def index() -> dict[str, str]:
+        files = image_index(sysroot, kver, relpaths)
+        return {name: base64.b64encode(content).decode() for name, content in files.items()}
+
+    name = f"{sysroot.host_path(moddir)} {key}"
+    stored = cache.lookup("depmod", name, key, index)
+    return {name: base64.b64decode(content) for name, content in stored.items()}
+
+
+def _stamp_or_none(sysroot: Sysroot, path: str) -> list[int] | None:
+    st = sysroot.resolve(path).st
+    return None if st is None else stamp(st)
 
 
 def image_index(sysroot: Sysroot, kver: str, relpaths: list[str]) -> dict[str, bytes]:

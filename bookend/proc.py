@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 
 # Only what a tool needs to behave predictably; the caller's locale and
 # tool-specific variables (e.g. ZSTD_CLEVEL) must not change our output.
-_SCRUBBED_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+SCRUBBED_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+_SCRUBBED_ENV = {"PATH": SCRUBBED_PATH, "LC_ALL": "C.UTF-8"}
 
 
 def run(
