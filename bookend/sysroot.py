@@ -39,7 +39,7 @@ class Resolved:
 class Sysroot:
     """One tree, read as it is when first looked at.
 
-    lstat and readlink answers are remembered: resolving a path stats every component,
+    lstat, readlink and resolve answers are remembered: resolving a path stats every component,
     and a build resolves thousands of paths under the same few directories. A tree that
     changes while one build reads it gives an inconsistent image either way.
     """
@@ -50,6 +50,7 @@ class Sysroot:
         self._prefix = str(root).rstrip("/")
         self._lstats: dict[str, os.stat_result | None] = {}
         self._links: dict[str, str] = {}
+        self._resolved: dict[str, Resolved] = {}
 
     def host_path(self, path: str) -> Path:
         """The build host's path for an absolute image path."""
@@ -78,6 +79,11 @@ class Sysroot:
 
     def resolve(self, path: str) -> Resolved:
         """Follow every symlink in path, staying inside the sysroot."""
+        if path not in self._resolved:
+            self._resolved[path] = self._resolve(path)
+        return self._resolved[path]
+
+    def _resolve(self, path: str) -> Resolved:
         if not path.startswith("/"):
             raise SysrootError(f"{path}: not an absolute path")
         links: list[Link] = []

@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import pytest
 
 from bookend.errors import ConfigError, SysrootError
-from bookend.kmodules import dependency_closure, load_database, modules_under, resolve_request
+from bookend.kmodules import (
+    _glob_matches,
+    dependency_closure,
+    load_database,
+    modules_under,
+    resolve_request,
+)
 from bookend.sysroot import Sysroot
 
 KVER = "6.1.0-test"
@@ -104,3 +111,13 @@ def test_modules_under_directories(moddb_root: Path) -> None:
         "ext4", "jbd2", "mbcache", "virtio_ring"
     ]  # fmt: skip
     assert modules_under(db, ["kernel/drivers/nvme/"]) == []
+
+
+GLOBS = ("a*", "*", "**", "abc", "a?c", "[ab]*", "a*c", "*c", "a*b*c", "ab*bc", "a*a", "*b*",
+         "x*", "a*c*", "abcd*", "ab*c*bc", "*abc*abc")  # fmt: skip
+
+
+@pytest.mark.parametrize("pattern", GLOBS)
+@pytest.mark.parametrize("name", ["", "a", "abc", "abbc", "aXbYc", "aa", "abcabc", "cba"])
+def test_alias_globs_match_as_fnmatch_does(name: str, pattern: str) -> None:
+    assert _glob_matches(name, pattern) == fnmatch.fnmatchcase(name, pattern)
