@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from bookend import uptodate
 from bookend.archive import open_compressor, source_date_epoch, write_atomically, write_cpio
 from bookend.closure import Closure, build_closure
 from bookend.config import Config
@@ -35,6 +36,7 @@ class ImageResult:
 class BuildResult:
     initrd: ImageResult
     exitrd: ImageResult | None
+    up_to_date: bool = False  # nothing written: the images were built from the same inputs
 
 
 def write_image(config: Config, closure: Closure, output: Path | None = None) -> None:
@@ -104,9 +106,19 @@ def build_initrd(config: Config) -> BuildResult:
     # the exitrd is written only once the initrd passed its check and replaced the old one.
     exitrd_closure = _exitrd_closure(config, plan, cache) if config.exitrd else None
     cache.save()
+    outputs = [config.output]
+    if exitrd_closure:
+        outputs += [config.exitrd_output, digest_path(config.exitrd_output)]
+    closures = [closure, exitrd_closure[1]] if exitrd_closure else [closure]
+    inputs = uptodate.inputs_digest(config, closures)
+    if not config.rebuild and uptodate.is_up_to_date(config, outputs, inputs):
+        initrd = ImageResult(config.output, plan, closure, config.output.stat().st_size)
+        exitrd = _image_result(config.exitrd_output, *exitrd_closure) if exitrd_closure else None
+        return BuildResult(initrd, exitrd, up_to_date=True)
     write_image(config, closure)
     initrd = ImageResult(config.output, plan, closure, config.output.stat().st_size)
     exitrd = _write_exitrd(config, *exitrd_closure) if exitrd_closure else None
+    uptodate.record_inputs(config, outputs, inputs)
     return BuildResult(initrd, exitrd)
 
 
@@ -122,4 +134,8 @@ def _write_exitrd(config: Config, plan: Plan, closure: Closure) -> ImageResult:
     output = config.exitrd_output
     write_image(config, closure, output)
     write_digest(output)
+    return _image_result(output, plan, closure)
+
+
+def _image_result(output: Path, plan: Plan, closure: Closure) -> ImageResult:
     return ImageResult(output, plan, closure, output.stat().st_size)

@@ -156,10 +156,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     config = _config(args)
     result = build_initrd(config)
+    state = "up to date, not rewritten: " if result.up_to_date else ""
     for image in (result.initrd, result.exitrd):
         if image is not None:
             print(
-                f"{image.path}: {len(image.closure.entries)} entries, "
+                f"{image.path}: {state}{len(image.closure.entries)} entries, "
                 f"{image.size / 1e6:.1f} MB ({config.compress.value}), kernel {config.kver}"
             )
     return 0

@@ -194,6 +194,14 @@ SETTINGS: tuple[Setting, ...] = (
         consts=(("--force", True, "replace the initrd even if the new one fails its check"),),
     ),
     Setting(
+        "rebuild",
+        bool,
+        False,
+        "build even when the images beside the output were made from the same inputs",
+        "",
+        consts=(("--rebuild", True, "build even when the images are up to date"),),
+    ),
+    Setting(
         "exitrd_output",
         Path,
         None,
@@ -276,6 +284,7 @@ class Config:
     emergency_access: EmergencyAccess
     root_password_hash: str | None
     force: bool = False  # replace the initrd even if the new one fails its check
+    rebuild: bool = False  # build even when the images are up to date
     origins: Mapping[str, str] = field(default_factory=dict)  # key -> where its value came from
 
 
@@ -542,5 +551,6 @@ def load_config(
         emergency_access=access,
         root_password_hash=password_hash,
         force=values["force"],
+        rebuild=values["rebuild"],
         origins=origins,
     )

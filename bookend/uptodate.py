@@ -1,0 +1,167 @@
+"""Whether the images at the outputs already are what this build would write.
+
+A build's inputs are bookend's version, the compressor's, the settings, the
+SOURCE_DATE_EPOCH clamp, and every entry of both closures: its path, type, mode,
+mtime, link target and device number, the digest of what bookend generated (which
+covers what hostonly detection found), and for a file copied from the sysroot its
+stamp: size, mtime_ns, ctime_ns, inode and device, which change whenever its content
+can have. The closures are computed anyway (with the scan cache that is cheap), so a
+file that appeared or vanished in the sysroot and changes what is pulled in changes
+the inputs too.
+
+Their digest is recorded beside the initrd in `<initrd>.bookend-inputs`, with the
+SHA-256 of every file the build wrote. A build is skipped only when the digest is the
+same and every one of those files still has its recorded SHA-256: never a stale,
+damaged or hand-edited image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from bookend import __version__
+from bookend.archive import ArchiveEntry, Compression, source_date_epoch, write_atomically
+from bookend.closure import Closure
+from bookend.config import Config
+from bookend.errors import BookendError
+from bookend.scancache import stamp
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+RECORD_SUFFIX = ".bookend-inputs"
+# Settings that decide whether or how to write, not what is written.
+NOT_INPUTS = frozenset({"force", "rebuild", "origins"})
+
+
+def record_path(config: Config) -> Path:
+    return config.output.with_name(config.output.name + RECORD_SUFFIX)
+
+
+def inputs_digest(config: Config, closures: Iterable[Closure]) -> str:
+    """The SHA-256 of everything the images written for config and closures depend on."""
+    digest = hashlib.sha256()
+    header = {
+        "format": FORMAT,
+        "bookend": __version__,
+        "python": sys.version,
+        "compressor": _compressor_version(config.compress),
+        "epoch": source_date_epoch(os.environ),
+        "settings": _settings(config),
+    }
+    digest.update(json.dumps(header, sort_keys=True, default=str).encode())
+    for closure in closures:
+        for entry in [*closure.early, None, *(item.entry for item in closure.entries.values())]:
+            line = "--- segment" if entry is None else json.dumps(_entry_inputs(entry))
+            digest.update(line.encode() + b"\n")
+        digest.update(b"--- image\n")
+    return digest.hexdigest()
+
+
+def is_up_to_date(config: Config, outputs: list[Path], inputs: str) -> bool:
+    """Whether outputs were all written by a build with these inputs, and are unchanged."""
+    try:
+        record = json.loads(record_path(config).read_bytes())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        return False
+    files = record.get("files")
+    if record.get("inputs") != inputs or not isinstance(files, dict):
+        return False
+    if sorted(files) != sorted(str(path.absolute()) for path in outputs):
+        return False
+    return all(
+        isinstance(digest, str) and _sha256(Path(path)) == digest for path, digest in files.items()
+    )
+
+
+def record_inputs(config: Config, outputs: list[Path], inputs: str) -> None:
+    """Record inputs and the outputs' digests; a failure only costs the next skip."""
+    files = {str(path.absolute()): _sha256(path) for path in outputs}
+    text = json.dumps({"format": FORMAT, "inputs": inputs, "files": files}, indent=1)
+
+    def write(out: BinaryIO) -> None:
+        out.write(text.encode() + b"\n")
+
+    try:
+        write_atomically(record_path(config), write)
+    except BookendError as exc:  # the images themselves are written and fine
+        log.warning(
+            "%s: not written (%s); the next build cannot be skipped", record_path(config), exc
+        )
+
+
+def _settings(config: Config) -> dict[str, Any]:
+    return {
+        field.name: _plain(getattr(config, field.name))
+        for field in dataclasses.fields(config)
+        if field.name not in NOT_INPUTS
+    }
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value.absolute())
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _compressor_version(compression: Compression) -> str:
+    """The version of the library that compresses: another may compress differently."""
+    if compression is Compression.ZSTD:
+        import zstandard
+
+        return f"zstandard {zstandard.__version__} zstd {zstandard.ZSTD_VERSION}"
+    if compression is Compression.LZ4:
+        import lz4
+
+        version: str = lz4.library_version_string()
+        return f"lz4 {version}"
+    if compression is Compression.GZIP:
+        import zlib
+
+        return f"zlib {zlib.ZLIB_RUNTIME_VERSION}"
+    # xz (Python's own liblzma) and none: the Python version says it.
+    return str(compression.value)
+
+
+def _entry_inputs(entry: ArchiveEntry) -> list[object]:
+    source: list[int] | str | None = None
+    if entry.source is not None:
+        try:
+            source = stamp(os.stat(entry.source))
+        except OSError as exc:
+            source = f"unreadable: {exc.strerror}"  # the build will say what is wrong
+    data = None if entry.data is None else hashlib.sha256(entry.data).hexdigest()
+    return [
+        entry.path,
+        entry.kind.value,
+        entry.mode,
+        entry.mtime,
+        entry.target,
+        entry.rdev,
+        None if entry.source is None else str(entry.source),
+        source,
+        data,
+    ]
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        with path.open("rb") as stream:
+            return hashlib.file_digest(stream, "sha256").hexdigest()
+    except OSError:
+        return None
