@@ -96,7 +96,7 @@ IMAGE_HELP = (
 
 def _add_inspect_commands(commands: Any) -> None:
     """ls, extract, diff and check: they read any image, not only bookend's."""
-    from bookend.inspect.listing import SORTS
+    from bookend.inspect import SORTS
 
     json_help = "print JSON, for scripts"
     ls = commands.add_parser(

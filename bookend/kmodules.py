@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -267,6 +266,8 @@ def image_index(sysroot: Sysroot, kver: str, relpaths: list[str]) -> dict[str, b
     depmod runs over a scratch tree of symlinks to the sysroot's modules (depmod
     follows them), so nothing but the small index files is written anywhere.
     """
+    import tempfile  # here: only a build that misses the scan cache runs depmod
+
     with tempfile.TemporaryDirectory(prefix="bookend-depmod-") as scratch:
         moddir = Path(scratch) / "lib/modules" / kver
         moddir.mkdir(parents=True)

@@ -1,13 +1,18 @@
 """The one door for subprocesses: argv lists, no shell, a scrubbed environment."""
 
+from __future__ import annotations
+
 import logging
 import os
 import shlex
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bookend.errors import CommandError
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +30,8 @@ def run(
     input_bytes: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv and return its result; raise CommandError with the stderr tail on failure."""
+    import subprocess  # here: a build that finds depmod's index in the scan cache runs nothing
+
     args = [os.fspath(a) for a in argv]
     log.debug("+ %s", shlex.join(args))
     try:
