@@ -111,14 +111,14 @@ def build_initrd(config: Config) -> BuildResult:
         outputs += [config.exitrd_output, digest_path(config.exitrd_output)]
     closures = [closure, exitrd_closure[1]] if exitrd_closure else [closure]
     inputs = uptodate.inputs_digest(config, closures)
-    if not config.rebuild and uptodate.is_up_to_date(config, outputs, inputs):
+    if not config.rebuild and uptodate.is_up_to_date(cache.directory, outputs, inputs):
         initrd = ImageResult(config.output, plan, closure, config.output.stat().st_size)
         exitrd = _image_result(config.exitrd_output, *exitrd_closure) if exitrd_closure else None
         return BuildResult(initrd, exitrd, up_to_date=True)
     write_image(config, closure)
     initrd = ImageResult(config.output, plan, closure, config.output.stat().st_size)
     exitrd = _write_exitrd(config, *exitrd_closure) if exitrd_closure else None
-    uptodate.record_inputs(config, outputs, inputs)
+    uptodate.record_inputs(cache.directory, outputs, inputs)
     return BuildResult(initrd, exitrd)
 
 

@@ -9,10 +9,11 @@ can have. The closures are computed anyway (with the scan cache that is cheap), 
 file that appeared or vanished in the sysroot and changes what is pulled in changes
 the inputs too.
 
-Their digest is recorded beside the initrd in `<initrd>.bookend-inputs`, with the
-SHA-256 of every file the build wrote. A build is skipped only when the digest is the
-same and every one of those files still has its recorded SHA-256: never a stale,
-damaged or hand-edited image.
+Their digest is recorded with the SHA-256 of every file the build wrote, in the scan
+cache's directory under the initrd's path (not beside it: /boot holds images, and
+whatever reads it expects nothing else there). A build is skipped only when the digest
+is the same and every one of those files still has its recorded SHA-256: never a
+stale, damaged or hand-edited image. Without a cache directory nothing is skipped.
 """
 
 from __future__ import annotations
@@ -38,13 +39,15 @@ from bookend.scancache import stamp
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-RECORD_SUFFIX = ".bookend-inputs"
+RECORDS = "outputs"  # the directory of records, in the cache directory
 # Settings that decide whether or how to write, not what is written.
 NOT_INPUTS = frozenset({"force", "rebuild", "origins"})
 
 
-def record_path(config: Config) -> Path:
-    return config.output.with_name(config.output.name + RECORD_SUFFIX)
+def record_path(cache_directory: Path, output: Path) -> Path:
+    """Where the record of the build that wrote output is kept."""
+    key = hashlib.sha256(os.fsencode(output.absolute())).hexdigest()[:32]
+    return cache_directory / RECORDS / f"{key}.json"
 
 
 def inputs_digest(config: Config, closures: Iterable[Closure]) -> str:
@@ -67,10 +70,12 @@ def inputs_digest(config: Config, closures: Iterable[Closure]) -> str:
     return digest.hexdigest()
 
 
-def is_up_to_date(config: Config, outputs: list[Path], inputs: str) -> bool:
+def is_up_to_date(cache_directory: Path | None, outputs: list[Path], inputs: str) -> bool:
     """Whether outputs were all written by a build with these inputs, and are unchanged."""
+    if cache_directory is None:
+        return False
     try:
-        record = json.loads(record_path(config).read_bytes())
+        record = json.loads(record_path(cache_directory, outputs[0]).read_bytes())
     except (OSError, ValueError):
         return False
     if not isinstance(record, dict) or record.get("format") != FORMAT:
@@ -85,20 +90,22 @@ def is_up_to_date(config: Config, outputs: list[Path], inputs: str) -> bool:
     )
 
 
-def record_inputs(config: Config, outputs: list[Path], inputs: str) -> None:
+def record_inputs(cache_directory: Path | None, outputs: list[Path], inputs: str) -> None:
     """Record inputs and the outputs' digests; a failure only costs the next skip."""
+    if cache_directory is None:
+        return
     files = {str(path.absolute()): _sha256(path) for path in outputs}
     text = json.dumps({"format": FORMAT, "inputs": inputs, "files": files}, indent=1)
+    record = record_path(cache_directory, outputs[0])
 
     def write(out: BinaryIO) -> None:
         out.write(text.encode() + b"\n")
 
     try:
-        write_atomically(record_path(config), write)
-    except BookendError as exc:  # the images themselves are written and fine
-        log.warning(
-            "%s: not written (%s); the next build cannot be skipped", record_path(config), exc
-        )
+        record.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(record, write)
+    except (BookendError, OSError) as exc:  # the images themselves are written and fine
+        log.warning("%s: not written (%s); the next build cannot skip", record, exc)
 
 
 def _settings(config: Config) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from bookend.archive import ArchiveEntry, EntryKind
 from bookend.features.base import Generated, Request, RequestKind
 from bookend.plan import Plan
 from bookend.scancache import ScanCache
-from bookend.uptodate import RECORD_SUFFIX
+from bookend.uptodate import record_path
 from tests.unit.conftest import make_root_tree
 from tests.unit.elftree import install_libc
 
@@ -112,6 +112,10 @@ def _flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _record(output: Path) -> Path:
+    return record_path(output.parent / "cache", output)
+
+
 CHANGES: dict[str, Callable[[Path, Path], None]] = {
     "a source file touched": lambda root, out: _touch(root / "usr/lib/systemd/systemd"),
     "a source file rewritten under its old mtime": lambda root, out: _rewrite_keeping_mtime(
@@ -123,10 +127,8 @@ CHANGES: dict[str, Callable[[Path, Path], None]] = {
     "the initrd corrupted": lambda root, out: _flip_a_byte(out),
     "the exitrd corrupted": lambda root, out: _flip_a_byte(out.with_name("exitrd.img")),
     "the exitrd's digest removed": lambda root, out: out.with_name("exitrd.img.sha256").unlink(),
-    "the record removed": lambda root, out: out.with_name(out.name + RECORD_SUFFIX).unlink(),
-    "the record corrupted": lambda root, out: out.with_name(out.name + RECORD_SUFFIX).write_text(
-        "{"
-    ),
+    "the record removed": lambda root, out: _record(out).unlink(),
+    "the record corrupted": lambda root, out: _record(out).write_text("{"),
 }
 
 
@@ -180,3 +182,39 @@ def test_a_rebuild_after_a_change_back_is_byte_identical(
     _flip_a_byte(output)
     run_build(sysroot, output, capsys)
     assert [p.read_bytes() for p in outputs(output)] == first
+
+
+def test_the_record_is_kept_in_the_cache_not_beside_the_images(
+    sysroot: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images = tmp_path / "boot"
+    images.mkdir()
+    run_build(sysroot, images / "initrd.img", capsys)
+    assert sorted(os.listdir(images)) == ["exitrd.img", "exitrd.img.sha256", "initrd.img"]
+    assert record_path(tmp_path / "cache", images / "initrd.img").is_file()
+
+
+def test_each_output_has_its_own_record(
+    sysroot: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    run_build(sysroot, one / "initrd.img", capsys)
+    run_build(sysroot, two / "initrd.img", capsys, "--compress", "gzip")
+    assert "up to date" in run_build(sysroot, one / "initrd.img", capsys)
+    assert "up to date" in run_build(sysroot, two / "initrd.img", capsys, "--compress", "gzip")
+
+
+def test_without_a_cache_directory_every_build_writes(
+    sysroot: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BOOKEND_CACHE_DIR", "")
+    output = tmp_path / "initrd.img"
+    run_build(sysroot, output, capsys)
+    inode = output.stat().st_ino
+    assert "up to date" not in run_build(sysroot, output, capsys)
+    assert output.stat().st_ino != inode
