@@ -127,15 +127,12 @@ def _glob_matches(name: str, pattern: str) -> bool:
     return True
 
 
-def _lines(sysroot: Sysroot, path: str) -> list[str]:
-    text = sysroot.read_text(path)
-    return (
-        []
-        if text is None
-        else [
-            line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")
-        ]
-    )
+def _lines(text: str | None) -> list[str]:
+    """The lines of a database file that say something: not blank, not comments."""
+    if text is None:
+        return []
+    stripped = (line.strip() for line in text.splitlines() if not line.startswith("#"))
+    return [line for line in stripped if line]
 
 
 def shared_database(sysroot: Sysroot, kver: str, cache: ScanCache) -> ModuleDatabase:
@@ -150,31 +147,40 @@ def shared_database(sysroot: Sysroot, kver: str, cache: ScanCache) -> ModuleData
 
 def load_database(sysroot: Sysroot, kver: str) -> ModuleDatabase:
     moddir = f"/lib/modules/{kver}"
-    if sysroot.read_text(f"{moddir}/modules.dep") is None:
+    dep_text = sysroot.read_text(f"{moddir}/modules.dep")
+    if dep_text is None:
         raise SysrootError(
             f"{sysroot.host_path(moddir)}/modules.dep: missing; run depmod {kver} in the sysroot"
         )
     db = ModuleDatabase(moddir)
-    for line in _lines(sysroot, f"{moddir}/modules.dep"):
+    # Each path's name once: modules.dep names most modules many times over.
+    names: dict[str, str] = {}
+
+    def name_of(relpath: str) -> str:
+        if relpath not in names:
+            names[relpath] = module_name(relpath)
+        return names[relpath]
+
+    for line in _lines(dep_text):
         target, _, needs = line.partition(":")
-        name = module_name(target)
+        name = name_of(target)
         db.paths[name] = target
-        db.deps[name] = [module_name(dep) for dep in needs.split()]
+        db.deps[name] = [name_of(dep) for dep in needs.split()]
     # One regular expression over the whole file: the biggest table, ~50,000 lines.
-    aliases = ALIAS_LINE.findall(sysroot.read_text(f"{moddir}/modules.alias") or "")
-    for pattern, name in aliases:
+    for pattern, name in ALIAS_LINE.findall(sysroot.read_text(f"{moddir}/modules.alias") or ""):
         db.add_alias(pattern, normalize(name))
-    for line in _lines(sysroot, f"{moddir}/modules.softdep"):
+    for line in _lines(sysroot.read_text(f"{moddir}/modules.softdep")):
         parts = line.split()
         if len(parts) >= 2 and parts[0] == "softdep":
-            names = [p for p in parts[2:] if p not in ("pre:", "post:")]
-            db.softdeps.setdefault(normalize(parts[1]), []).extend(names)
+            softdeps = [p for p in parts[2:] if p not in ("pre:", "post:")]
+            db.softdeps.setdefault(normalize(parts[1]), []).extend(softdeps)
     # modules.weakdep: "weakdep NAME MODULES...", written by depmod for kernels >= 6.8.
-    for line in _lines(sysroot, f"{moddir}/modules.weakdep"):
+    for line in _lines(sysroot.read_text(f"{moddir}/modules.weakdep")):
         parts = line.split()
         if len(parts) >= 3 and parts[0] == "weakdep":
             db.weakdeps.setdefault(normalize(parts[1]), []).extend(parts[2:])
-    db.builtin = {module_name(line) for line in _lines(sysroot, f"{moddir}/modules.builtin")}
+    builtin = _lines(sysroot.read_text(f"{moddir}/modules.builtin"))
+    db.builtin = {module_name(line) for line in builtin}
     return db
 
 
