@@ -256,8 +256,7 @@ def cached_image_index(
         files = image_index(sysroot, kver, relpaths)
         return {name: base64.b64encode(content).decode() for name, content in files.items()}
 
-    name = f"{sysroot.host_path(moddir)} {key}"
-    stored = cache.lookup("depmod", name, key, index)
+    stored = cache.lookup_file("depmod", key, index)
     return {name: base64.b64decode(content) for name, content in stored.items()}
 
 

@@ -33,10 +33,12 @@ log = logging.getLogger(__name__)
 
 # Bumped whenever a table's layout or the meaning of a result changes.
 FORMAT = 1
-# A table that grew past its limit keeps only the entries the last build used, so
-# files long gone from the sysroot do not pile up. depmod entries are whole indexes.
-MAX_ENTRIES = {"elf": 20_000, "modinfo": 20_000, "depmod": 16}
-DEFAULT_MAX_ENTRIES = 1_000
+# A table that grew past this many entries keeps only those the last build used, so
+# files long gone from the sysroot do not pile up.
+MAX_ENTRIES = 20_000
+# Big results (a depmod index is up to 2 MB) are one file each, read only when wanted;
+# a directory of them keeps the most recently used.
+MAX_FILES = 16
 
 Stamp = list[int]  # size, mtime_ns, ctime_ns, inode, device
 
@@ -65,6 +67,7 @@ class ScanCache:
         self._tables: dict[str, dict[str, list[Any]]] = {}
         self._used: dict[str, set[str]] = {}
         self._changed: set[str] = set()
+        self._new_files: dict[Path, bytes] = {}
         self.memory: dict[object, object] = {}  # results shared within this build only
 
     def lookup(self, table: str, name: str, key: Stamp | str, compute: Callable[[], Any]) -> Any:
@@ -82,20 +85,46 @@ class ScanCache:
         self._changed.add(table)
         return value
 
+    def lookup_file(self, kind: str, digest: str, compute: Callable[[], Any]) -> Any:
+        """The result stored for digest (a hash of all its inputs), or compute()'s.
+
+        For results too big to load with every build: each is a file of its own.
+        """
+        if ("file", kind, digest) in self.memory:
+            return self.memory[("file", kind, digest)]
+        path = None if self.directory is None else self.directory / kind / f"{digest}.json"
+        value = _read_file(path) if path else None
+        if value is None:
+            value = {"format": FORMAT, "bookend": __version__, "value": compute()}
+            if path:
+                self._new_files[path] = json.dumps(value, separators=(",", ":")).encode()
+        elif path:
+            with contextlib.suppress(OSError):
+                os.utime(path)  # recently used: kept when the directory is pruned
+        self.memory[("file", kind, digest)] = value
+        return value["value"]
+
     def save(self) -> None:
-        """Write back the tables that changed; a cache that cannot be written is skipped."""
+        """Write back what changed; a cache that cannot be written is skipped."""
         if self.directory is None:
             return
         for table in sorted(self._changed):
             entries = self._tables[table]
-            if len(entries) > MAX_ENTRIES.get(table, DEFAULT_MAX_ENTRIES):
+            if len(entries) > MAX_ENTRIES:
                 entries = {k: v for k, v in entries.items() if k in self._used[table]}
             document = {"format": FORMAT, "bookend": __version__, "entries": entries}
-            try:
-                self._write(table, json.dumps(document, separators=(",", ":")).encode())
-            except OSError as exc:
-                log.info("scan cache %s not saved: %s", self._path(table), exc.strerror)
+            self._save(self._path(table), json.dumps(document, separators=(",", ":")).encode())
+        for path, data in self._new_files.items():
+            self._save(path, data)
+            _prune(path.parent, keep=MAX_FILES)
         self._changed.clear()
+        self._new_files.clear()
+
+    def _save(self, path: Path, data: bytes) -> None:
+        try:
+            _write(path, data)
+        except OSError as exc:
+            log.info("scan cache %s not saved: %s", path, exc.strerror)
 
     def _table(self, table: str) -> dict[str, list[Any]]:
         if table not in self._tables:
@@ -123,18 +152,41 @@ class ScanCache:
         entries: dict[str, list[Any]] = document["entries"]
         return entries
 
-    def _write(self, table: str, data: bytes) -> None:
-        assert self.directory is not None
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(prefix=f".{table}.", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-            os.replace(temporary, self._path(table))
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+
+def _write(path: Path, data: bytes) -> None:
+    """path holds data or what it held before, never part of it (another build may read)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _read_file(path: Path) -> dict[str, Any] | None:
+    try:
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None  # missing, unreadable or corrupt: computed again
+    if not isinstance(document, dict) or "value" not in document:
+        return None
+    if document.get("format") != FORMAT or document.get("bookend") != __version__:
+        return None
+    return document
+
+
+def _prune(directory: Path, keep: int) -> None:
+    """Remove all but the keep most recently used files of directory."""
+    try:
+        files = sorted(directory.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in files[keep:]:
+            old.unlink()
+    except OSError:
+        pass  # another build pruned too; the next prune finishes the job
 
 
 def _well_formed(document: object) -> bool:

@@ -12,7 +12,7 @@ import pytest
 
 from bookend import elf, kmodules
 from bookend.libsearch import LibrarySearch
-from bookend.scancache import ScanCache, default_directory, stamp
+from bookend.scancache import MAX_FILES, ScanCache, default_directory, stamp
 from bookend.sysroot import Sysroot
 
 TRUE = Path("/usr/bin/true")  # needs libc.so.6 only
@@ -224,3 +224,31 @@ def test_depmod_index_is_reused_until_a_module_or_depmod_input_changes(
     assert index() == {"modules.dep": b"run 3"}
     assert index() == {"modules.dep": b"run 3"}
     assert len(runs) == 3
+
+
+def test_a_big_result_is_a_file_of_its_own_and_a_corrupt_one_is_recomputed(
+    tmp_path: Path,
+) -> None:
+    cache = ScanCache(tmp_path)
+    assert cache.lookup_file("depmod", "ab12", Counter({"modules.dep": "x"})) == {
+        "modules.dep": "x"
+    }
+    cache.save()
+    stored = tmp_path / "depmod/ab12.json"
+    again = Counter("unused")
+    assert ScanCache(tmp_path).lookup_file("depmod", "ab12", again) == {"modules.dep": "x"}
+    assert again.calls == 0
+    stored.write_bytes(stored.read_bytes()[:-3])
+    recompute = Counter({"modules.dep": "y"})
+    assert ScanCache(tmp_path).lookup_file("depmod", "ab12", recompute) == {"modules.dep": "y"}
+    assert recompute.calls == 1
+
+
+def test_only_the_most_recently_used_big_results_are_kept(tmp_path: Path) -> None:
+    for number in range(MAX_FILES + 3):
+        cache = ScanCache(tmp_path)
+        cache.lookup_file("depmod", f"key{number}", Counter(number))
+        cache.save()
+        os.utime(tmp_path / f"depmod/key{number}.json", (number, number))  # in this order
+    kept = sorted(p.stem for p in (tmp_path / "depmod").iterdir())
+    assert kept == sorted(f"key{n}" for n in range(3, MAX_FILES + 3))
