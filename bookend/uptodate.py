@@ -9,11 +9,12 @@ can have. The closures are computed anyway (with the scan cache that is cheap), 
 file that appeared or vanished in the sysroot and changes what is pulled in changes
 the inputs too.
 
-Their digest is recorded with the SHA-256 of every file the build wrote, in the scan
-cache's directory under the initrd's path (not beside it: /boot holds images, and
-whatever reads it expects nothing else there). A build is skipped only when the digest
-is the same and every one of those files still has its recorded SHA-256: never a
-stale, damaged or hand-edited image. Without a cache directory nothing is skipped.
+Their digest is recorded with the SHA-256 and mode of every file the build wrote, in
+the scan cache's directory under the initrd's path (not beside it: /boot holds
+images, and whatever reads it expects nothing else there). A build is skipped only
+when the digest is the same and every one of those files still has its recorded
+SHA-256 and mode: never a stale, damaged or hand-edited image. Without a cache
+directory nothing is skipped.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import stat
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -85,16 +87,14 @@ def is_up_to_date(cache_directory: Path | None, outputs: list[Path], inputs: str
         return False
     if sorted(files) != sorted(str(path.absolute()) for path in outputs):
         return False
-    return all(
-        isinstance(digest, str) and _sha256(Path(path)) == digest for path, digest in files.items()
-    )
+    return all(_identity(Path(path)) == recorded for path, recorded in files.items())
 
 
 def record_inputs(cache_directory: Path | None, outputs: list[Path], inputs: str) -> None:
     """Record inputs and the outputs' digests; a failure only costs the next skip."""
     if cache_directory is None:
         return
-    files = {str(path.absolute()): _sha256(path) for path in outputs}
+    files = {str(path.absolute()): _identity(path) for path in outputs}
     text = json.dumps({"format": FORMAT, "inputs": inputs, "files": files}, indent=1)
     record = record_path(cache_directory, outputs[0])
 
@@ -166,9 +166,11 @@ def _entry_inputs(entry: ArchiveEntry) -> list[object]:
     ]
 
 
-def _sha256(path: Path) -> str | None:
+def _identity(path: Path) -> list[object]:
+    """An output's SHA-256 and mode (a key file's initrd must stay 0600); [] if unreadable."""
     try:
         with path.open("rb") as stream:
-            return hashlib.file_digest(stream, "sha256").hexdigest()
+            mode = stat.S_IMODE(os.fstat(stream.fileno()).st_mode)
+            return [hashlib.file_digest(stream, "sha256").hexdigest(), mode]
     except OSError:
-        return None
+        return []

@@ -127,6 +127,7 @@ CHANGES: dict[str, Callable[[Path, Path], None]] = {
     "the initrd corrupted": lambda root, out: _flip_a_byte(out),
     "the exitrd corrupted": lambda root, out: _flip_a_byte(out.with_name("exitrd.img")),
     "the exitrd's digest removed": lambda root, out: out.with_name("exitrd.img.sha256").unlink(),
+    "the initrd's mode changed": lambda root, out: out.chmod(0o600),
     "the record removed": lambda root, out: _record(out).unlink(),
     "the record corrupted": lambda root, out: _record(out).write_text("{"),
 }
