@@ -17,8 +17,9 @@ import re
 import shutil
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bookend.config import did_you_mean
 from bookend.errors import ConfigError, SysrootError
@@ -135,14 +136,51 @@ def _lines(text: str | None) -> list[str]:
     return [line for line in stripped if line]
 
 
+# The text databases load_database reads.
+DATABASE_FILES = ("modules.dep", "modules.alias", "modules.softdep", "modules.weakdep",
+                  "modules.builtin")  # fmt: skip
+
+
 def shared_database(sysroot: Sysroot, kver: str, cache: ScanCache) -> ModuleDatabase:
-    """load_database, once per build: the plan and the closure both need it."""
+    """load_database, once per build (the plan and the closure both need it), and from
+    the scan cache while the text databases are unchanged: reading the cached tables
+    takes a third of the time parsing ~50,000 lines does."""
     key = ("module database", str(sysroot.root), kver)
     if key not in cache.memory:
-        cache.memory[key] = load_database(sysroot, kver)
+        moddir = f"/lib/modules/{kver}"
+        stamps = [[name, _stamp_or_none(sysroot, f"{moddir}/{name}")] for name in DATABASE_FILES]
+        digest = hashlib.sha256(json.dumps([moddir, stamps]).encode()).hexdigest()
+
+        def parsed() -> dict[str, object]:
+            return _database_to_json(load_database(sysroot, kver))
+
+        cache.memory[key] = _database_from_json(cache.lookup_file("moddb", digest, parsed))
     db = cache.memory[key]
     assert isinstance(db, ModuleDatabase)
     return db
+
+
+def _database_to_json(db: ModuleDatabase) -> dict[str, object]:
+    data = asdict(db)
+    data["builtin"] = sorted(db.builtin)
+    return data
+
+
+def _database_from_json(data: dict[str, Any]) -> ModuleDatabase:
+    globs = {
+        prefix: [(pattern, name) for pattern, name in entries]
+        for prefix, entries in data["glob_aliases"].items()
+    }
+    return ModuleDatabase(
+        moddir=data["moddir"],
+        paths=data["paths"],
+        deps=data["deps"],
+        exact_aliases=data["exact_aliases"],
+        glob_aliases=globs,
+        softdeps=data["softdeps"],
+        weakdeps=data["weakdeps"],
+        builtin=set(data["builtin"]),
+    )
 
 
 def load_database(sysroot: Sysroot, kver: str) -> ModuleDatabase:
