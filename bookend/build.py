@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from bookend import uptodate
 from bookend.archive import (
     Compression,
     open_compressor,
@@ -28,6 +29,7 @@ from bookend.exitrd_load import digest_path
 from bookend.hostonly import format_detection
 from bookend.manifest import with_manifest
 from bookend.plan import Plan, make_plan
+from bookend.scancache import ScanCache, default_directory
 from bookend.uki import UkiTools, find_uki_tools, staged_uki
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ class ImageResult:
 class BuildResult:
     initrd: ImageResult
     exitrd: ImageResult | None
+    up_to_date: bool = False  # nothing written: the images were built from the same inputs
 
 
 def write_image(config: Config, closure: Closure, output: Path | None = None) -> None:
@@ -135,14 +138,39 @@ def build_initrd(config: Config) -> BuildResult:
 
 
 def _build_locked(config: Config, uki_tools: UkiTools | None) -> BuildResult:
-    plan = make_plan(config)
+    cache = ScanCache(default_directory(os.environ))
+    plan = make_plan(config, cache)
     if plan.detection is not None:
         log.info("hostonly detection:\n%s", format_detection(plan.detection).rstrip())
-    closure = with_manifest(build_closure(config, plan))
+    closure = with_manifest(build_closure(config, plan, cache))
     for warning in closure.warnings:
         log.warning("%s", warning)
     # Both closures are made, and so every input error found, before either is written.
-    exitrd = _exitrd_closure(config, plan) if config.exitrd else None
+    exitrd = _exitrd_closure(config, plan, cache) if config.exitrd else None
+    cache.save()
+    outputs = [config.output]
+    if exitrd is not None:
+        outputs += [config.exitrd_output, digest_path(config.exitrd_output)]
+    inputs = uptodate.inputs_digest(config, [closure, *([exitrd[1]] if exitrd else [])])
+    # A UKI also holds the sysroot's kernel and stub, which the closures do not fingerprint.
+    up_to_date = (
+        not config.rebuild
+        and uki_tools is None
+        and uptodate.is_up_to_date(cache.directory, outputs, inputs)
+    )
+    if not up_to_date:
+        _write_pair(config, closure, exitrd[1] if exitrd else None, uki_tools)
+        uptodate.record_inputs(cache.directory, outputs, inputs)
+    initrd = _image_result(config.output, plan, closure)
+    if exitrd is None:
+        return BuildResult(initrd, None, up_to_date)
+    return BuildResult(initrd, _image_result(config.exitrd_output, *exitrd), up_to_date)
+
+
+def _write_pair(
+    config: Config, closure: Closure, exitrd: Closure | None, uki_tools: UkiTools | None
+) -> None:
+    """Both images complete beside their targets, then renamed into place together."""
     with ExitStack() as staged:
         initrd_file = staged.enter_context(
             staged_image(config, closure) if uki_tools is None
@@ -150,15 +178,12 @@ def _build_locked(config: Config, uki_tools: UkiTools | None) -> BuildResult:
         )  # fmt: skip
         exitrd_file = None
         if exitrd is not None:
-            exitrd_file = staged.enter_context(
-                staged_image(config, exitrd[1], config.exitrd_output)
-            )
+            exitrd_file = staged.enter_context(staged_image(config, exitrd, config.exitrd_output))
         _replace_pair(initrd_file, exitrd_file)
-    initrd = ImageResult(config.output, plan, closure, config.output.stat().st_size)
-    if exitrd is None:
-        return BuildResult(initrd, None)
-    output = config.exitrd_output
-    return BuildResult(initrd, ImageResult(output, *exitrd, output.stat().st_size))
+
+
+def _image_result(output: Path, plan: Plan, closure: Closure) -> ImageResult:
+    return ImageResult(output, plan, closure, output.stat().st_size)
 
 
 def _staged_uki(config: Config, closure: Closure, tools: UkiTools) -> ContextManager[Staged]:
@@ -178,10 +203,10 @@ def _staged_uki(config: Config, closure: Closure, tools: UkiTools) -> ContextMan
 def _replace_pair(initrd: Staged, exitrd: Staged | None) -> None:
     """Rename both complete images into place: old digest out first, new digest in last.
 
-    The digest is what makes an exitrd loadable, so the old one goes first: a build killed between
-    the renames leaves a new initrd beside an exitrd without a digest, which the loader
-    refuses (shutdown then powers off the normal way), never an old exitrd that looks
-    like the new initrd's partner. The next build writes all three again.
+    The digest is what makes an exitrd loadable, so the old one goes first: a build killed
+    between the renames leaves a new initrd beside an exitrd without a digest, which the
+    loader refuses (shutdown then powers off the normal way), never an old exitrd that
+    looks like the new initrd's partner. The next build writes all three again.
     """
     if exitrd is not None:
         digest_path(exitrd.target).unlink(missing_ok=True)
@@ -191,8 +216,8 @@ def _replace_pair(initrd: Staged, exitrd: Staged | None) -> None:
         write_digest(exitrd.target)
 
 
-def _exitrd_closure(config: Config, initrd_plan: Plan) -> tuple[Plan, Closure]:
+def _exitrd_closure(config: Config, initrd_plan: Plan, cache: ScanCache) -> tuple[Plan, Closure]:
     from bookend.exitrd import make_exitrd_plan
 
     plan = make_exitrd_plan(config, initrd_plan)
-    return plan, with_manifest(build_closure(config, plan))
+    return plan, with_manifest(build_closure(config, plan, cache))

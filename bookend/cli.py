@@ -171,7 +171,7 @@ IMAGE_HELP = (
 
 def _add_inspect_commands(commands: Any) -> None:
     """ls, extract, diff, why, check and size: they read any image, not only bookend's."""
-    from bookend.inspect.listing import SORTS
+    from bookend.inspect import SORTS
 
     json_help = "print JSON, for scripts"
     ls = commands.add_parser(
@@ -245,11 +245,12 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     config = _config(args)
     result = build_initrd(config)
+    state = "up to date, not rewritten: " if result.up_to_date else ""
     for image in (result.initrd, result.exitrd):
         if image is not None:
             uki = " in a UKI" if config.uki and image is result.initrd else ""
             print(
-                f"{image.path}: {len(image.closure.entries)} entries{uki}, "
+                f"{image.path}: {state}{len(image.closure.entries)} entries{uki}, "
                 f"{image.size / 1e6:.1f} MB ({config.compress.value}), kernel {config.kver}"
             )
     return 0

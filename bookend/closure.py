@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from bookend import elf, firmware, kmodules, microcode, modinfo, udevrules, units
+from bookend import firmware, kmodules, microcode, modinfo, udevrules, units
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.archive.cpio import MAX_FILE_SIZE, too_big
 from bookend.config import Config
@@ -26,6 +26,7 @@ from bookend.errors import ConfigError, ElfError, SysrootError
 from bookend.features.base import Request, RequestKind
 from bookend.libsearch import LibrarySearch
 from bookend.plan import Plan
+from bookend.scancache import ScanCache, stamp
 from bookend.secrets import Secrets
 from bookend.sysroot import Sysroot
 
@@ -81,6 +82,7 @@ class Closure:
 class _Builder:
     sysroot: Sysroot
     config: Config
+    cache: ScanCache
     entries: dict[str, ClosureEntry] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     scan_queue: deque[str] = field(default_factory=deque)
@@ -89,7 +91,7 @@ class _Builder:
     unresolved: list[tuple[str, str]] = field(default_factory=list)  # (ELF, soname)
 
     def __post_init__(self) -> None:
-        self.libraries = LibrarySearch(self.sysroot)
+        self.libraries = LibrarySearch(self.sysroot, self.cache)
         self.secrets = Secrets(self.sysroot)
         # Secrets go in only when named exactly (or through a link named exactly); key
         # files named for LUKS are secret whatever their path.
@@ -178,8 +180,7 @@ class _Builder:
     # --- what files need -----------------------------------------------------
 
     def scan(self, path: str) -> None:
-        host = self.sysroot.host_path(path)
-        if elf.is_elf(host):
+        if self.libraries.info_if_elf(path) is not None:
             self._scan_elf(path)
             return
         st = self.entries[path].entry.mode
@@ -354,9 +355,15 @@ def _module_roots(db: kmodules.ModuleDatabase, plan: Plan) -> list[tuple[str, st
 
 def _add_firmware(builder: _Builder, module_path: str, module: str, dirs: list[str]) -> None:
     """The firmware files a module declares; missing ones are a warning, never silent."""
-    info = modinfo.module_info(builder.sysroot.host_path(module_path))
+    host = builder.sysroot.host_path(module_path)
+    st = builder.sysroot.lstat(module_path)
+    assert st is not None  # add_path found it
+
+    def declared() -> list[str]:
+        return modinfo.module_info(host).get("firmware", [])
+
     missing = []
-    for name in info.get("firmware", []):
+    for name in builder.cache.lookup("modinfo", str(host), stamp(st), declared):
         if firmware.is_pattern(name):
             found = firmware.expand_firmware_pattern(builder.sysroot, name, dirs)
         else:
@@ -376,7 +383,7 @@ def _add_modules(builder: _Builder, plan: Plan) -> None:
     config = builder.config
     if not any(r.kind in (RequestKind.MODULE, RequestKind.DRIVER_CLASS) for r in plan.requests):
         return  # an image without kernel modules (the exitrd) needs no module index either
-    db = kmodules.load_database(builder.sysroot, config.kver)
+    db = kmodules.shared_database(builder.sysroot, config.kver, builder.cache)
     chosen = kmodules.dependency_closure(db, _module_roots(db, plan), config.omit_modules)
     firmware_dirs = firmware.firmware_search_dirs(
         config.kver, firmware.host_firmware_class_path(config.sysfs)
@@ -388,15 +395,17 @@ def _add_modules(builder: _Builder, plan: Plan) -> None:
             f"{db.moddir}/{choice.relpath}", choice.reason, parent
         )
         _add_firmware(builder, paths[choice.name], choice.name, firmware_dirs)
-    index = kmodules.image_index(builder.sysroot, config.kver, [c.relpath for c in chosen])
+    relpaths = [c.relpath for c in chosen]
+    index = kmodules.cached_image_index(builder.sysroot, config.kver, relpaths, builder.cache)
     moddir = builder.sysroot.resolve(db.moddir).path
     for name, content in index.items():
         entry = ArchiveEntry(f"{moddir}/{name}", EntryKind.FILE, 0o644, data=content)
         builder.put(entry, "module index of the included modules (depmod)", None)
 
 
-def build_closure(config: Config, plan: Plan) -> Closure:
-    builder = _Builder(Sysroot(config.sysroot), config)
+def build_closure(config: Config, plan: Plan, cache: ScanCache | None = None) -> Closure:
+    """Every entry the plan needs; cache, if given, holds earlier scans of the same files."""
+    builder = _Builder(Sysroot(config.sysroot), config, cache or ScanCache(None))
     for item in plan.generated:
         builder.put(item.entry, item.reason, None, secret=item.secret)
         builder.add_parents(item.entry.path)

@@ -214,6 +214,14 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="CMDLINE",
     ),
     Setting(
+        "rebuild",
+        bool,
+        False,
+        "build even when the images beside the output were made from the same inputs",
+        "",
+        consts=(("--rebuild", True, "build even when the images are up to date"),),
+    ),
+    Setting(
         "exitrd_output",
         Path,
         None,
@@ -296,6 +304,7 @@ class Config:
     emergency_access: EmergencyAccess
     root_password_hash: str | None
     force: bool = False  # replace the initrd even if the new one fails its check
+    rebuild: bool = False  # build even when the images are up to date
     uki: bool = False  # output is a unified kernel image holding the initrd
     cmdline: str | None = None  # the UKI's .cmdline
     # key -> where its value came from: a file, "default" or "command line"; for a list,
@@ -771,6 +780,7 @@ def _config(
         emergency_access=emergency[0],
         root_password_hash=emergency[1],
         force=values["force"],
+        rebuild=values["rebuild"],
         uki=values["uki"],
         cmdline=values["cmdline"],
         origins=merged.origins,

@@ -19,6 +19,8 @@ escape as a traceback.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import posixpath
@@ -27,9 +29,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, NamedTuple
-
-from elftools.elf.enums import ENUM_E_MACHINE
+from typing import Any, BinaryIO, NamedTuple
 
 from bookend.errors import ElfError
 
@@ -47,10 +47,17 @@ _SHT_NOTE = 7
 _PN_XNUM = 0xFFFF  # e_phnum when the real count is in section 0's sh_info
 _NOTE_HEADER = 12  # n_namesz, n_descsz, n_type: three 32-bit words in both classes
 
-# e_machine numbers to the names pyelftools gives them ("EM_X86_64"), so ours match.
-_MACHINE_NAMES = {
-    number: name for name, number in ENUM_E_MACHINE.items() if isinstance(number, int)
-}
+
+@functools.cache
+def _machine_names() -> dict[int, str]:
+    """e_machine numbers to the names pyelftools gives them ("EM_X86_64"), so ours match.
+
+    Imported when first needed: pyelftools' import (it brings pdb along) took a fifth of
+    a build that finds every ELF file in the scan cache and reads none.
+    """
+    from elftools.elf.enums import ENUM_E_MACHINE
+
+    return {number: name for name, number in ENUM_E_MACHINE.items() if isinstance(number, int)}
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,28 @@ class ElfInfo:
     rpath: tuple[str, ...]  # DT_RPATH split on ":", unexpanded
     runpath: tuple[str, ...]  # DT_RUNPATH split on ":", unexpanded
     dlopen: tuple[DlopenNote, ...]
+
+
+def info_to_json(info: ElfInfo) -> dict[str, Any]:
+    """info as JSON data, for the scan cache."""
+    return dataclasses.asdict(info)
+
+
+def info_from_json(data: dict[str, Any]) -> ElfInfo:
+    """The ElfInfo info_to_json gave data for."""
+    notes = tuple(
+        DlopenNote(note["feature"], note["priority"], tuple(note["sonames"]))
+        for note in data["dlopen"]
+    )
+    return ElfInfo(
+        elf_class=data["elf_class"],
+        machine=data["machine"],
+        interpreter=data["interpreter"],
+        needed=tuple(data["needed"]),
+        rpath=tuple(data["rpath"]),
+        runpath=tuple(data["runpath"]),
+        dlopen=notes,
+    )
 
 
 def is_elf(path: Path) -> bool:
@@ -301,7 +330,7 @@ def _read_info(reader: _Reader) -> ElfInfo:
     needed, rpath, runpath = _read_dynamic(reader, segments)
     return ElfInfo(
         elf_class=reader.elf_class,
-        machine=_MACHINE_NAMES.get(header.machine, f"EM_{header.machine}"),
+        machine=_machine_names().get(header.machine, f"EM_{header.machine}"),
         interpreter=_read_interpreter(reader, segments),
         needed=needed,
         rpath=rpath,

@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 
 from bookend.errors import ArchiveError
-from bookend.inspect.extract import extract_image
 
 TARGET = Path("/run/initramfs")
 DIGEST_SUFFIX = ".sha256"
@@ -62,6 +61,9 @@ def _load(image: Path, target: Path) -> int:
         checked = staging / ".checked-image"
         checked.write_bytes(data)
         tree = staging / "root"
+        # Imported here: `bookend build` imports this module for digest_path only.
+        from bookend.inspect.extract import extract_image
+
         report = extract_image(checked, tree, devices=True, owners=True)
         if not report.ok:
             refused = "; ".join(f"{name}: {why}" for name, why in report.refused)

@@ -12,6 +12,8 @@ import posixpath
 import stat
 
 from bookend import elf
+from bookend.errors import ElfError
+from bookend.scancache import ScanCache, stamp
 from bookend.sysroot import Sysroot
 
 # Debian's multiarch triplets by ELF machine; their directories come first in the
@@ -40,16 +42,33 @@ def trusted_dirs(info: elf.ElfInfo) -> list[str]:
 class LibrarySearch:
     """Library lookups inside one sysroot, with the ELF headers read once per file."""
 
-    def __init__(self, sysroot: Sysroot) -> None:
+    def __init__(self, sysroot: Sysroot, cache: ScanCache | None = None) -> None:
         self.sysroot = sysroot
-        self._info: dict[str, elf.ElfInfo] = {}
+        self.cache = cache or ScanCache(None)
+        self._info: dict[str, elf.ElfInfo | None] = {}
         self._ld_so_conf: list[str] | None = None
         self.used_ld_so_cache = False
 
     def info(self, path: str) -> elf.ElfInfo:
-        canonical = self.sysroot.resolve(path).path
+        found = self.info_if_elf(path)
+        if found is None:
+            raise ElfError(f"{self.sysroot.host_path(path)}: not an ELF file")
+        return found
+
+    def info_if_elf(self, path: str) -> elf.ElfInfo | None:
+        """The ELF needs of the regular file at path; None when it is no ELF file."""
+        resolved = self.sysroot.resolve(path)
+        canonical = resolved.path
         if canonical not in self._info:
-            self._info[canonical] = elf.read_elf(self.sysroot.host_path(canonical))
+            if resolved.st is None:
+                raise ElfError(f"{self.sysroot.host_path(path)}: missing")
+            host = self.sysroot.host_path(canonical)
+
+            def scan() -> dict[str, object] | None:
+                return elf.info_to_json(elf.read_elf(host)) if elf.is_elf(host) else None
+
+            data = self.cache.lookup("elf", str(host), stamp(resolved.st), scan)
+            self._info[canonical] = None if data is None else elf.info_from_json(data)
         return self._info[canonical]
 
     def ld_so_conf(self) -> list[str]:
@@ -78,6 +97,5 @@ class LibrarySearch:
         resolved = self.sysroot.resolve(candidate)
         if resolved.st is None or not stat.S_ISREG(resolved.st.st_mode):
             return False
-        if not elf.is_elf(self.sysroot.host_path(resolved.path)):
-            return False
-        return elf.compatible(self.info(resolved.path), wanted)
+        info = self.info_if_elf(resolved.path)
+        return info is not None and elf.compatible(info, wanted)

@@ -18,6 +18,7 @@ from bookend.drivers import GENERIC_CLASSES, GENERIC_FILESYSTEMS
 from bookend.errors import ConfigError
 from bookend.features import ALL, DEFAULT, STORAGE, filesystems, luks
 from bookend.features.base import Feature, Generated, Request, RequestKind
+from bookend.scancache import ScanCache
 from bookend.sysroot import Sysroot
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ def config_requests(config: Config) -> list[Request]:
 
 
 def module_mode_requests(
-    config: Config,
+    config: Config, cache: ScanCache
 ) -> tuple[Config, list[Request | Generated], hostonly.HostDetection | None]:
     """Generic: every driver class. Hostonly: what this machine's root and /usr sit on.
 
@@ -95,7 +96,7 @@ def module_mode_requests(
     items: list[Request | Generated] = [
         _class_request(name, f"driver_classes ({origin})") for name in classes
     ]
-    db = kmodules.load_database(sysroot, config.kver)
+    db = kmodules.shared_database(sysroot, config.kver, cache)
     points = ("/", "/usr", *(point for point, _ in initrd_mounts))
     found = hostonly.detect_host(config.sysfs, config.procfs, db, points)
     items += [
@@ -153,8 +154,9 @@ def microcode_vendors(config: Config) -> tuple[str, ...]:
     return (vendor,) if vendor in microcode.SOURCES else ()
 
 
-def make_plan(config: Config) -> Plan:
-    config, mode_items, detection = module_mode_requests(config)
+def make_plan(config: Config, cache: ScanCache | None = None) -> Plan:
+    """The plan for config; cache, if given, is shared with the closure built from it."""
+    config, mode_items, detection = module_mode_requests(config, cache or ScanCache(None))
     # Configuring an activation, hooks or daemons is asking for the feature that runs them.
     wanted = (
         ("activation", config.activation),

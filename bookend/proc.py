@@ -1,19 +1,25 @@
 """The one door for subprocesses: argv lists, no shell, a scrubbed environment."""
 
+from __future__ import annotations
+
 import logging
 import os
 import shlex
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bookend.errors import CommandError
+
+if TYPE_CHECKING:
+    import subprocess
 
 log = logging.getLogger(__name__)
 
 # Only what a tool needs to behave predictably; the caller's locale and
 # tool-specific variables (e.g. ZSTD_CLEVEL) must not change our output.
-_SCRUBBED_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+SCRUBBED_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+_SCRUBBED_ENV = {"PATH": SCRUBBED_PATH, "LC_ALL": "C.UTF-8"}
 
 
 def run(
@@ -24,6 +30,8 @@ def run(
     input_bytes: bytes | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run argv and return its result; raise CommandError with the stderr tail on failure."""
+    import subprocess  # here: a build that finds depmod's index in the scan cache runs nothing
+
     args = [os.fspath(a) for a in argv]
     log.debug("+ %s", shlex.join(args))
     try:

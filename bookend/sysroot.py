@@ -11,7 +11,7 @@ import fnmatch
 import os
 import stat
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from bookend.errors import SysrootError
 
@@ -37,30 +37,58 @@ class Resolved:
 
 
 class Sysroot:
+    """One tree, read as it is when first looked at.
+
+    lstat, readlink and resolve answers are remembered: resolving a path stats every component,
+    and a build resolves thousands of paths under the same few directories. A tree that
+    changes while one build reads it gives an inconsistent image either way.
+    """
+
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Strings, not Paths: joining Paths cost more than the lstat calls themselves.
+        self._prefix = str(root).rstrip("/")
+        self._lstats: dict[str, os.stat_result | None] = {}
+        self._links: dict[str, str] = {}
+        self._resolved: dict[str, Resolved] = {}
 
     def host_path(self, path: str) -> Path:
         """The build host's path for an absolute image path."""
         return self.root / path.lstrip("/")
 
+    def host_str(self, path: str) -> str:
+        """host_path as a string, for the calls made for every path."""
+        return f"{self._prefix}/{path.lstrip('/')}"
+
     def lstat(self, path: str) -> os.stat_result | None:
+        if path in self._lstats:
+            return self._lstats[path]
         try:
-            return os.lstat(self.host_path(path))
-        except FileNotFoundError:
-            return None
-        except NotADirectoryError:
-            return None
+            st: os.stat_result | None = os.lstat(self.host_str(path))
+        except (FileNotFoundError, NotADirectoryError):
+            st = None
         except OSError as exc:
             raise SysrootError(f"{self.host_path(path)}: cannot stat: {exc.strerror}") from None
+        self._lstats[path] = st
+        return st
+
+    def readlink(self, path: str) -> str:
+        if path not in self._links:
+            self._links[path] = os.readlink(self.host_str(path))
+        return self._links[path]
 
     def resolve(self, path: str) -> Resolved:
         """Follow every symlink in path, staying inside the sysroot."""
+        if path not in self._resolved:
+            self._resolved[path] = self._resolve(path)
+        return self._resolved[path]
+
+    def _resolve(self, path: str) -> Resolved:
         if not path.startswith("/"):
             raise SysrootError(f"{path}: not an absolute path")
         links: list[Link] = []
         done: list[str] = []  # canonical components resolved so far
-        pending = [c for c in PurePosixPath(path).parts[1:]]
+        pending = path.split("/")  # "" and "." parts are skipped below
         while pending:
             name = pending.pop(0)
             if name in ("", "."):
@@ -72,19 +100,18 @@ class Sysroot:
             current = "/" + "/".join([*done, name])
             st = self.lstat(current)
             if st is None:
-                return Resolved("/" + "/".join([*done, name, *pending]), tuple(links), None)
+                rest = [part for part in pending if part not in ("", ".")]
+                return Resolved("/" + "/".join([*done, name, *rest]), tuple(links), None)
             if not stat.S_ISLNK(st.st_mode):
                 done.append(name)
                 continue
             if len(links) >= MAX_SYMLINKS:
                 raise SysrootError(f"{self.host_path(path)}: too many levels of symbolic links")
-            target = os.readlink(self.host_path(current))
+            target = self.readlink(current)
             links.append(Link(current, target))
-            target_parts = list(PurePosixPath(target).parts)
             if target.startswith("/"):
                 done = []
-                target_parts = target_parts[1:]
-            pending = target_parts + pending
+            pending = target.split("/") + pending
         final = "/" + "/".join(done)
         return Resolved(final, tuple(links), self.lstat(final) if done else self.lstat("/"))
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from bookend.inspect.image import Entry, Scan, printable
 
-SORTS = ("name", "size")
 _TYPE_BITS = {
     "file": stat.S_IFREG,
     "dir": stat.S_IFDIR,

@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 import pytest
 
 from bookend.errors import ConfigError, SysrootError
-from bookend.kmodules import dependency_closure, load_database, modules_under, resolve_request
+from bookend.kmodules import (
+    ModuleDatabase,
+    _glob_matches,
+    dependency_closure,
+    load_database,
+    modules_under,
+    resolve_request,
+    shared_database,
+)
+from bookend.scancache import ScanCache
 from bookend.sysroot import Sysroot
 
 KVER = "6.1.0-test"
@@ -104,3 +114,32 @@ def test_modules_under_directories(moddb_root: Path) -> None:
         "ext4", "jbd2", "mbcache", "virtio_ring"
     ]  # fmt: skip
     assert modules_under(db, ["kernel/drivers/nvme/"]) == []
+
+
+GLOBS = ("a*", "*", "**", "abc", "a?c", "[ab]*", "a*c", "*c", "a*b*c", "ab*bc", "a*a", "*b*",
+         "x*", "a*c*", "abcd*", "ab*c*bc", "*abc*abc")  # fmt: skip
+
+
+@pytest.mark.parametrize("pattern", GLOBS)
+@pytest.mark.parametrize("name", ["", "a", "abc", "abbc", "aXbYc", "aa", "abcabc", "cba"])
+def test_alias_globs_match_as_fnmatch_does(name: str, pattern: str) -> None:
+    assert _glob_matches(name, pattern) == fnmatch.fnmatchcase(name, pattern)
+
+
+def test_the_shared_database_comes_from_the_scan_cache_until_a_table_changes(
+    moddb_root: Path, tmp_path: Path
+) -> None:
+    def shared() -> ModuleDatabase:
+        cache = ScanCache(tmp_path / "cache")
+        db = shared_database(Sysroot(moddb_root), KVER, cache)
+        cache.save()
+        return db
+
+    parsed = load_database(Sysroot(moddb_root), KVER)
+    assert shared() == parsed  # parsed, then stored
+    assert list((tmp_path / "cache/moddb").iterdir())
+    assert shared() == parsed  # read back from the cache: the same tables
+    assert shared().lookup("virtio:d00000002v00001AF4") == ["virtio_blk"]
+    alias = moddb_root / "usr/lib/modules" / KVER / "modules.alias"
+    alias.write_text(alias.read_text() + "alias fs-ext3 ext4\n")
+    assert shared().lookup("fs-ext3") == ["ext4"]
