@@ -152,7 +152,7 @@ def test_a_full_output_file_system_is_one_line_and_changes_nothing(small_fs: Pat
             "-o", str(output))  # fmt: skip
     assert bookend(*args).returncode == 0
     before = hashlib.sha256(output.read_bytes()).hexdigest()
-    result = bookend(*args, check=False)
+    result = bookend(*args, "--rebuild", check=False)  # not "up to date": build again
     assert result.returncode == 1
     message = re.fullmatch(
         rf"bookend: no space left on device writing {output} \(needs ~(\d+) MB\)\n", result.stderr
@@ -166,7 +166,12 @@ def test_a_full_output_file_system_is_one_line_and_changes_nothing(small_fs: Pat
 def test_two_builds_of_one_output_take_turns_and_agree(tmp_path: Path) -> None:
     argv = build_argv(tmp_path)
     first = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # well inside the first build, which holds the lock from its start
+    # The second starts once the first holds the lock (its file exists only while held).
+    lock = tmp_path / ".initrd.img.bookend-lock"
+    deadline = time.monotonic() + 60
+    while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert lock.exists(), "the first build never took the lock"
     second = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
     errors = [process.communicate(timeout=300)[1] for process in (first, second)]
     assert (first.returncode, second.returncode) == (0, 0), errors
