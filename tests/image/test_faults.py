@@ -24,6 +24,7 @@ import pytest
 from bookend.errors import ArchiveError
 from bookend.exitrd_load import load_exitrd
 from tests.imagebuild import bookend
+from tests.tmpfs import small_tmpfs
 
 KVER = max(os.listdir("/lib/modules"), default="") if os.path.isdir("/lib/modules") else ""
 pytestmark = pytest.mark.skipif(not KVER, reason="no kernel modules installed under /lib/modules")
@@ -133,16 +134,8 @@ def test_sigkill_anywhere_leaves_old_or_new_never_a_mixed_pair(
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mountpoint)],
-                   check=True)  # fmt: skip
-    try:
+    with small_tmpfs(tmp_path, "40m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 def test_a_full_output_file_system_is_one_line_and_changes_nothing(small_fs: Path) -> None:

@@ -34,6 +34,7 @@ from bookend.config import Config, load_config
 from bookend.errors import ArchiveError
 from bookend.features.base import Request, RequestKind
 from bookend.plan import Plan
+from tests.tmpfs import small_tmpfs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -89,16 +90,8 @@ def test_only_names_of_the_exact_form_are_removed(tmp_path: Path) -> None:
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A 2 MiB tmpfs: a real ENOSPC from the kernel, not a mock."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mountpoint = tmp_path / "small"
-    mountpoint.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)],
-                   check=True)  # fmt: skip
-    try:
+    with small_tmpfs(tmp_path, "2m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 @pytest.mark.parametrize("compression", list(Compression))
