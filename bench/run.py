@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Benchmark bookend against dracut and initramfs-tools on this machine (issue 7).
+
+    python3 bench/run.py [--runs 5] [--boots 3] [--quick] [--out FILE.md]
+
+Builds an image for the installed kernel with every generator, for each feature
+set, measures the builds and the images, boots the plain-ext4 images in QEMU
+and writes a markdown report (default: bench/results/<date>.md). Progress goes
+to stderr. Never writes /boot; everything else goes under --work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: make the checkout importable (bench, bookend, tests).
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import notes
+from bench.guest import GuestTimes, boot_once, make_bench_job_disk
+from bench.measure import (
+    BuildFailed,
+    Sample,
+    missing_paths,
+    read_image_facts,
+    run_again,
+    run_build,
+)
+from bench.report import BootStats, BuildStats, Spread
+from bench.tools import (
+    DEFAULT_CACHE,
+    FEATURE_SETS,
+    GENERATORS,
+    ROOT,
+    FeatureSet,
+    Setup,
+    command_for,
+    unpack_debs,
+)
+from tests.vm.qemu import installed_kernels
+from tests.vm.rootdisk import ensure_root_disk
+
+DEFAULT_LEVEL = 15  # bookend's own zstd default, given to every tool
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description="Measure bookend, dracut and mkinitramfs builds and boots on this machine.",
+    )
+    parser.add_argument("--runs", type=int, default=5, help="builds per image (default 5)")
+    parser.add_argument("--boots", type=int, default=3, help="QEMU boots per image (default 3)")
+    parser.add_argument("--quick", action="store_true", help="1 run and 1 boot, for trying out")
+    parser.add_argument("--out", type=Path, help="report file (default bench/results/DATE.md)")
+    parser.add_argument(
+        "--zstd-level",
+        type=int,
+        default=DEFAULT_LEVEL,
+        help=f"zstd level for every tool (default {DEFAULT_LEVEL})",
+    )
+    parser.add_argument(
+        "--generator",
+        action="append",
+        choices=[g.key for g in GENERATORS],
+        help="only this generator (repeatable; default all)",
+    )
+    parser.add_argument(
+        "--feature-set",
+        action="append",
+        choices=[f.key for f in FEATURE_SETS],
+        help="only this feature set (repeatable; default all)",
+    )
+    parser.add_argument("--work", type=Path, help="work directory (default: a new one in /var/tmp)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help=f"where the unpacked dracut stays (default {DEFAULT_CACHE})",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.runs, args.boots = 1, 1
+    if args.runs < 1 or args.boots < 0:
+        parser.error("--runs must be at least 1 and --boots at least 0")
+    return args
+
+
+def build_series(generator: str, features: FeatureSet, setup: Setup, runs: int) -> list[Sample]:
+    """runs timed builds (at least two, to compare their bytes); the last image stays."""
+    name = f"{generator}-{features.key}"
+    command = command_for(generator, features, setup.work / "images" / f"initrd-{name}.img", setup)
+    samples = []
+    for index in range(max(runs, 2)):
+        sample = run_build(command, setup.work / "logs" / f"{name}-{index}.log")
+        progress(f"  {name} build {index + 1}: {sample.wall:.2f} s")
+        samples.append(sample)
+    return samples
+
+
+def build_stats(generator: str, features: FeatureSet, setup: Setup, runs: int) -> BuildStats:
+    samples = build_series(generator, features, setup, runs)
+    image = setup.work / "images" / f"initrd-{generator}-{features.key}.img"
+    facts = read_image_facts(image)
+    expected = features.expect_systemd
+    if generator.startswith("mkinitramfs"):
+        expected = features.expect_initramfs_tools
+    missing = missing_paths(facts.paths, expected)
+    if missing:
+        raise BuildFailed(f"{image}: lacks {', '.join(missing)}: not the feature set asked for")
+    return BuildStats(
+        wall=Spread.of([s.wall for s in samples]),
+        cpu=Spread.of([s.cpu for s in samples]),
+        peak_rss_kib=Spread.of([s.peak_rss_kib for s in samples]),
+        compressed=facts.compressed,
+        uncompressed=facts.uncompressed,
+        entries=facts.entries,
+        identical=samples[0].sha256 == samples[1].sha256,
+    )
+
+
+def rebuild_spread(features: FeatureSet, setup: Setup, runs: int) -> Spread:
+    """bookend hostonly built again onto its existing image, nothing changed."""
+    command = command_for(
+        "bookend-hostonly", features, setup.work / "images" / "rebuild.img", setup
+    )
+    run_build(command, setup.work / "logs" / "rebuild-first.log")
+    walls = []
+    for index in range(runs):
+        sample = run_again(command, setup.work / "logs" / f"rebuild-{index}.log")
+        progress(f"  bookend-hostonly rebuild {index + 1}: {sample.wall:.2f} s")
+        walls.append(sample.wall)
+    return Spread.of(walls)
+
+
+def boot_stats(generator: str, features: FeatureSet, setup: Setup, boots: int) -> BootStats:
+    kernel = Path("/boot") / f"vmlinuz-{setup.kver}"
+    image = setup.work / "images" / f"initrd-{generator}-{features.key}.img"
+    root = ensure_root_disk()
+    job = make_bench_job_disk(setup.work / "job.img", setup.work)
+    times: list[GuestTimes] = []
+    for index in range(boots):
+        log = setup.work / "logs" / f"boot-{generator}-{features.key}-{index}.log"
+        found = boot_once(kernel, image, root, job, log)
+        progress(
+            f"  {generator} boot {index + 1}: switch-root {found.switch_root:.2f} s, "
+            f"default target {found.default_target:.2f} s"
+        )
+        times.append(found)
+    return BootStats(
+        switch_root=Spread.of([t.switch_root for t in times]),
+        default_target=Spread.of([t.default_target for t in times]),
+    )
+
+
+def prepare(args: argparse.Namespace, work: Path) -> tuple[Setup, dict[str, list[str]]]:
+    kernels = installed_kernels()
+    if not kernels:
+        sys.exit("bench: no kernel in /boot (install linux-image-amd64)")
+    for directory in ("tmp", "images", "logs"):
+        (work / directory).mkdir(parents=True, exist_ok=True)
+    progress("unpacking dracut and the cryptsetup initramfs hooks (apt-get download)")
+    debs = {
+        "dracut": unpack_debs(("dracut-core", "dracut"), args.cache, args.cache / "dracut"),
+        "cryptsetup": unpack_debs(
+            ("cryptsetup-initramfs", "cryptsetup"), args.cache, args.cache / "cryptsetup"
+        ),
+    }
+    setup = Setup(
+        kver=kernels[-1].version,
+        zstd_level=args.zstd_level,
+        work=work,
+        dracut_root=args.cache / "dracut",
+        crypt_root=args.cache / "cryptsetup",
+    )
+    return setup, debs
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bookend-bench-", dir="/var/tmp"))
+    machine_before = notes.machine_state()
+    setup, debs = prepare(args, work)
+    generators = [g for g in GENERATORS if not args.generator or g.key in args.generator]
+    feature_sets = [f for f in FEATURE_SETS if not args.feature_set or f.key in args.feature_set]
+    results: list[notes.SetResults] = []
+    rebuild = None
+    for features in feature_sets:
+        builds, boots = {}, {}
+        for generator in generators:
+            progress(f"building {generator.key} ({features.label})")
+            builds[generator.key] = build_stats(generator.key, features, setup, args.runs)
+        if features.key == "ext4" and any(g.key == "bookend-hostonly" for g in generators):
+            progress("rebuilding bookend hostonly with nothing changed")
+            rebuild = rebuild_spread(features, setup, args.runs)
+        for generator in generators if features.boot and args.boots else []:
+            progress(f"booting {generator.key} ({features.label})")
+            boots[generator.key] = boot_stats(generator.key, features, setup, args.boots)
+        results.append(notes.SetResults(features, builds, boots))
+    text = notes.render_report(
+        args, setup, generators, results, rebuild, debs, machine_before, notes.machine_state()
+    )
+    out = args.out or ROOT / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    progress(f"report written to {out} (work directory {work})")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
