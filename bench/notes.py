@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import subprocess
@@ -78,6 +77,16 @@ def machine_notes(setup: Setup, debs: dict[str, list[str]], before: MachineState
     ]
 
 
+FALLBACK_SEEN = """\
+- **dracut --hostonly on this host**: the running kernel has no loadable modules
+  (`/proc/modules` is missing), so `dracut-install` said "Switching to non-hostonly mode"
+  for kernel modules: its hostonly image selects dracut modules as hostonly but carries
+  its generic driver set. bookend's hostonly reads `/sys` and `/proc/self/mountinfo`
+  instead."""
+FALLBACK_NOT_SEEN = """\
+- **dracut --hostonly**: its kernel modules were chosen hostonly (no fallback to its
+  generic set was logged)."""
+
 METHOD = """\
 - **How dracut ran**: the packages `dracut-core` and `dracut` are conflicting with
   `initramfs-tools` in Debian, and this host keeps `initramfs-tools`. So dracut was *not
@@ -107,11 +116,7 @@ METHOD = """\
   runs for every mkinitramfs image, so even the plain ext4 ones carry lvm. Images checked
   for `systemd-cryptsetup` and `lvm` (bookend, dracut) or `cryptsetup`, `lvm` and the
   `cryptroot` script (mkinitramfs). Not booted.
-- **dracut --hostonly on this host**: the running kernel has no loadable modules
-  (`/proc/modules` is missing), so `dracut-install` says "Switching to non-hostonly mode"
-  for kernel modules: its hostonly image selects dracut modules as hostonly but carries
-  its generic driver set. bookend's hostonly reads `/sys` and `/proc/self/mountinfo`
-  instead.
+{fallback}
 - **Build numbers**: wall time is the median (min-max) of the runs; CPU time
   (user+system) and peak memory (`ru_maxrss`) come from `os.wait4` on the tool, which
   covers every child it waited for (dracut's cpio and zstd, mkinitramfs' hooks). bookend
@@ -136,39 +141,65 @@ METHOD = """\
   the root disk's report unit prints."""
 
 
-def render_report(
-    args: argparse.Namespace,
-    setup: Setup,
-    generators: Sequence[Generator],
-    results: Sequence[SetResults],
-    rebuild: Spread | None,
-    debs: dict[str, list[str]],
-    before: MachineState,
-    after: MachineState,
-) -> str:
+@dataclass(frozen=True)
+class Report:
+    """Everything one run measured, and how it was asked for."""
+
+    runs: int
+    boots: int
+    setup: Setup
+    generators: Sequence[Generator]
+    results: Sequence[SetResults]
+    rebuild: Spread | None
+    debs: dict[str, list[str]]
+    failures: Sequence[str]
+    dracut_fell_back: bool  # dracut --hostonly took its generic module set
+
+
+FALLBACK = "Switching to non-hostonly mode"
+
+
+def dracut_fell_back(logs: Path) -> bool:
+    """Whether a dracut --hostonly build said it could not be hostonly for modules."""
+    return any(FALLBACK in log.read_text(errors="replace")
+               for log in logs.glob("dracut-hostonly-*.log"))  # fmt: skip
+
+
+def render_report(report: Report, before: MachineState, after: MachineState) -> str:
     parts = [
         "# bookend benchmark\n",
-        f"`python3 bench/run.py --runs {args.runs} --boots {args.boots}`: {args.runs} build(s) "
-        f"per image (at least 2, to compare bytes), {args.boots} boot(s) per plain-ext4 image.\n",
+        f"`python3 bench/run.py --runs {report.runs} --boots {report.boots}`: {report.runs} "
+        "build(s) per image (at least 2, to compare bytes), "
+        f"{report.boots} boot(s) per plain-ext4 image.\n",
     ]
-    wanted = {g.key for g in generators}
+    wanted = {g.key for g in report.generators}
     comparisons = [c for c in HOSTONLY_COMPARISONS if {c.numerator, c.denominator} <= wanted]
-    for result in results:
+    for result in report.results:
         parts.append(f"## {result.features.label}\n")
-        parts.append(render_table(generators, comparisons, result.builds, result.boots))
-        if result.features.key == "ext4" and rebuild is not None:
+        parts.append(render_table(report.generators, comparisons, result.builds, result.boots))
+        if result.features.key == "ext4" and report.rebuild is not None:
+            rebuild = report.rebuild
             parts.append(
                 f"Rebuild with nothing changed (bookend hostonly): {rebuild.median:.2f} s "
                 f"median ({rebuild.low:.2f}-{rebuild.high:.2f}).\n"
             )
-    plain = next((r for r in results if r.features.key == "ext4"), None)
+    plain = next((r for r in report.results if r.features.key == "ext4"), None)
     if plain is not None:
         parts.append("## Targets of issue 7 (plain ext4, ratios of medians from this run)\n")
-        parts.append(render_targets(issue_targets(plain.builds, plain.boots, rebuild)))
+        parts.append(render_targets(issue_targets(plain.builds, plain.boots, report.rebuild)))
+    if report.failures:
+        parts.append("## Failures (their cells say -)\n")
+        parts.append("".join(f"- {failure}\n" for failure in report.failures))
     parts.append("## Notes\n")
-    parts.append("\n".join(machine_notes(setup, debs, before, after)))
-    parts.append(
-        METHOD.format(dracut=setup.dracut_root, level=setup.zstd_level, epoch=SOURCE_DATE_EPOCH)
-        + "\n"
-    )
+    parts.append("\n".join(machine_notes(report.setup, report.debs, before, after)))
+    parts.append(_method(report) + "\n")
     return "\n".join(parts)
+
+
+def _method(report: Report) -> str:
+    setup = report.setup
+    fallback = FALLBACK_SEEN if report.dracut_fell_back else FALLBACK_NOT_SEEN
+    return METHOD.format(
+        dracut=setup.dracut_root, level=setup.zstd_level, epoch=SOURCE_DATE_EPOCH,
+        fallback=fallback,
+    )  # fmt: skip

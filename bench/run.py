@@ -31,7 +31,7 @@ from bench.measure import (
     run_again,
     run_build,
 )
-from bench.report import BootStats, BuildStats, Spread
+from bench.report import BootStats, BuildStats, Generator, Spread
 from bench.tools import (
     DEFAULT_CACHE,
     FEATURE_SETS,
@@ -184,30 +184,60 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Setup, dict[str, list
     return setup, debs
 
 
+def build_all(
+    features: FeatureSet, generators: list[Generator], setup: Setup, runs: int, failures: list[str]
+) -> dict[str, BuildStats]:
+    builds = {}
+    for generator in generators:
+        progress(f"building {generator.key} ({features.label})")
+        try:
+            builds[generator.key] = build_stats(generator.key, features, setup, runs)
+        except BuildFailed as failure:
+            failures.append(f"{generator.key} ({features.key}): {failure}")
+            progress(f"  FAILED: {failure}")
+    return builds
+
+
+def boot_all(
+    features: FeatureSet, built: list[str], setup: Setup, boots: int, failures: list[str]
+) -> dict[str, BootStats]:
+    results = {}
+    for generator in built:
+        progress(f"booting {generator} ({features.label})")
+        try:
+            results[generator] = boot_stats(generator, features, setup, boots)
+        except AssertionError as failure:
+            # The console's tail is in the log the message names.
+            first_line = str(failure).splitlines()[0]
+            failures.append(f"{generator} ({features.key}) boot: {first_line}")
+            progress(f"  FAILED: {first_line}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="bookend-bench-", dir="/var/tmp"))
-    machine_before = notes.machine_state()
+    before = notes.machine_state()
     setup, debs = prepare(args, work)
     generators = [g for g in GENERATORS if not args.generator or g.key in args.generator]
     feature_sets = [f for f in FEATURE_SETS if not args.feature_set or f.key in args.feature_set]
     results: list[notes.SetResults] = []
+    failures: list[str] = []
     rebuild = None
     for features in feature_sets:
-        builds, boots = {}, {}
-        for generator in generators:
-            progress(f"building {generator.key} ({features.label})")
-            builds[generator.key] = build_stats(generator.key, features, setup, args.runs)
-        if features.key == "ext4" and any(g.key == "bookend-hostonly" for g in generators):
+        builds = build_all(features, generators, setup, args.runs, failures)
+        if features.key == "ext4" and "bookend-hostonly" in builds:
             progress("rebuilding bookend hostonly with nothing changed")
             rebuild = rebuild_spread(features, setup, args.runs)
-        for generator in generators if features.boot and args.boots else []:
-            progress(f"booting {generator.key} ({features.label})")
-            boots[generator.key] = boot_stats(generator.key, features, setup, args.boots)
+        boots = {}
+        if features.boot and args.boots:
+            boots = boot_all(features, list(builds), setup, args.boots, failures)
         results.append(notes.SetResults(features, builds, boots))
-    text = notes.render_report(
-        args, setup, generators, results, rebuild, debs, machine_before, notes.machine_state()
-    )
+    report = notes.Report(
+        args.runs, args.boots, setup, generators, results, rebuild, debs, failures,
+        notes.dracut_fell_back(work / "logs"),
+    )  # fmt: skip
+    text = notes.render_report(report, before, notes.machine_state())
     out = args.out or ROOT / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)

@@ -210,7 +210,7 @@ def add_crypt_hooks(conf: Path, crypt_root: Path) -> None:
 def unpack_debs(packages: tuple[str, ...], cache: Path, target: Path) -> list[str]:
     """apt-get download packages into cache/debs and unpack them into target, once.
 
-    Returns the names of the .deb files, which carry the versions.
+    Returns "package version" for each.
     """
     debs = cache / "debs"
     debs.mkdir(parents=True, exist_ok=True)
@@ -226,4 +226,7 @@ def unpack_debs(packages: tuple[str, ...], cache: Path, target: Path) -> list[st
         for deb in found:
             subprocess.run(["dpkg-deb", "-x", str(deb), str(partial)], check=True)
         partial.rename(target)
-    return [deb.name for deb in found if deb is not None]
+    # "cryptsetup_2%3a2.6.1-4_amd64.deb" -> "cryptsetup 2:2.6.1-4"
+    return [
+        " ".join(deb.name.replace("%3a", ":").split("_")[:2]) for deb in found if deb is not None
+    ]
