@@ -83,9 +83,7 @@ def test_table_has_a_row_per_metric_a_column_per_generator_and_the_ratios() -> N
     assert rows["peak memory, MiB: median"].endswith("| 200.0 | 200.0 | 1.00 |")
     assert rows["byte-identical across two builds"].endswith("| yes | no | - |")
     # dracut was not booted: its cell and the ratio say so rather than inventing a number.
-    assert rows["guest: switch-root, s: median (min-max)"].endswith(
-        "| 6.00 (5.00-7.00) | - | - |"
-    )
+    assert rows["guest: switch-root, s: median (min-max)"].endswith("| 6.00 (5.00-7.00) | - | - |")
 
 
 def test_targets_say_whether_each_goal_was_met() -> None:
