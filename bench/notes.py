@@ -117,16 +117,17 @@ METHOD = """\
   for `systemd-cryptsetup` and `lvm` (bookend, dracut) or `cryptsetup`, `lvm` and the
   `cryptroot` script (mkinitramfs). Not booted.
 {fallback}
-- **Build numbers**: wall time is the median (min-max) of the runs; CPU time
-  (user+system) and peak memory (`ru_maxrss`) come from `os.wait4` on the tool, which
-  covers every child it waited for (dracut's cpio and zstd, mkinitramfs' hooks). bookend
-  runs with its defaults otherwise, so its time includes writing the exitrd beside the
-  initrd, which the other tools do not make.
+- **Build numbers**: the builds go in rounds, one build of every image per round, so a
+  change of the machine's load reaches all generators alike; wall time is the median
+  (min-max) of the runs; CPU time (user+system) and peak memory (`ru_maxrss`) come from
+  `os.wait4` on the tool, which covers every child it waited for (dracut's cpio and zstd,
+  mkinitramfs' hooks). bookend runs with its defaults otherwise, so its time includes
+  writing the exitrd beside the initrd, which the other tools do not make.
 - **Image numbers** (read back with bookend's own reader, all segments): compressed = the
   image file's size; uncompressed = the bytes of file content in the image (each hard
   link once); entries = every cpio member, directories and links included.
-- **Byte-identical**: two builds in a row with `SOURCE_DATE_EPOCH={epoch}` (dracut also
-  `--reproducible`), compared by SHA-256.
+- **Byte-identical**: the builds of rounds 1 and 2, both with
+  `SOURCE_DATE_EPOCH={epoch}` (dracut also `--reproducible`), compared by SHA-256.
 - **Rebuild**: `bookend build` again onto its existing image with nothing changed; the
   median (min-max) of the runs.
 - **Guest times** (QEMU `-accel tcg`, 2 vCPUs, 1 GiB, the shared cached Debian root disk
@@ -137,8 +138,9 @@ METHOD = """\
   the switch-root of a systemd initrd, and for initramfs-tools (no systemd in its initrd)
   when its `/init` exec'd the root's systemd. *default target* =
   `multi-user.target`'s `ActiveEnterTimestampMonotonic` less the run time of the bench's
-  own job unit, which the target waits for. Every boot proved itself with the random token
-  the root disk's report unit prints."""
+  own job unit, which the target waits for. The boots go in rounds, one boot of every
+  image per round, so a change of the machine's load reaches all generators alike. Every
+  boot proved itself with the random token the root disk's report unit prints."""
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from bench.tools import (
     command_for,
     unpack_debs,
 )
-from tests.vm.qemu import installed_kernels
+from tests.vm.qemu import Disk, installed_kernels
 from tests.vm.rootdisk import ensure_root_disk
 
 DEFAULT_LEVEL = 15  # bookend's own zstd default, given to every tool
@@ -94,21 +94,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_series(generator: str, features: FeatureSet, setup: Setup, runs: int) -> list[Sample]:
-    """runs timed builds (at least two, to compare their bytes); the last image stays."""
+def image_path(generator: str, features: FeatureSet, setup: Setup) -> Path:
+    return setup.work / "images" / f"initrd-{generator}-{features.key}.img"
+
+
+def build_once(generator: str, features: FeatureSet, setup: Setup, index: int) -> Sample:
+    command = command_for(generator, features, image_path(generator, features, setup), setup)
     name = f"{generator}-{features.key}"
-    command = command_for(generator, features, setup.work / "images" / f"initrd-{name}.img", setup)
-    samples = []
-    for index in range(max(runs, 2)):
-        sample = run_build(command, setup.work / "logs" / f"{name}-{index}.log")
-        progress(f"  {name} build {index + 1}: {sample.wall:.2f} s")
-        samples.append(sample)
-    return samples
+    sample = run_build(command, setup.work / "logs" / f"{name}-{index}.log")
+    progress(f"  {name} build {index + 1}: {sample.wall:.2f} s")
+    return sample
 
 
-def build_stats(generator: str, features: FeatureSet, setup: Setup, runs: int) -> BuildStats:
-    samples = build_series(generator, features, setup, runs)
-    image = setup.work / "images" / f"initrd-{generator}-{features.key}.img"
+def build_stats(
+    generator: str, features: FeatureSet, setup: Setup, samples: list[Sample]
+) -> BuildStats:
+    """The builds' numbers and the last image's, once it proved to hold the feature set."""
+    image = image_path(generator, features, setup)
     facts = read_image_facts(image)
     expected = features.expect_systemd
     if generator.startswith("mkinitramfs"):
@@ -141,24 +143,18 @@ def rebuild_spread(features: FeatureSet, setup: Setup, runs: int) -> Spread:
     return Spread.of(walls)
 
 
-def boot_stats(generator: str, features: FeatureSet, setup: Setup, boots: int) -> BootStats:
-    kernel = Path("/boot") / f"vmlinuz-{setup.kver}"
+def boot_one(
+    generator: str, features: FeatureSet, setup: Setup, job: Disk, index: int
+) -> GuestTimes:
     image = setup.work / "images" / f"initrd-{generator}-{features.key}.img"
-    root = ensure_root_disk()
-    job = make_bench_job_disk(setup.work / "job.img", setup.work)
-    times: list[GuestTimes] = []
-    for index in range(boots):
-        log = setup.work / "logs" / f"boot-{generator}-{features.key}-{index}.log"
-        found = boot_once(kernel, image, root, job, log)
-        progress(
-            f"  {generator} boot {index + 1}: switch-root {found.switch_root:.2f} s, "
-            f"default target {found.default_target:.2f} s"
-        )
-        times.append(found)
-    return BootStats(
-        switch_root=Spread.of([t.switch_root for t in times]),
-        default_target=Spread.of([t.default_target for t in times]),
+    log = setup.work / "logs" / f"boot-{generator}-{features.key}-{index}.log"
+    kernel = Path("/boot") / f"vmlinuz-{setup.kver}"
+    found = boot_once(kernel, image, ensure_root_disk(), job, log)
+    progress(
+        f"  {generator} boot {index + 1}: switch-root {found.switch_root:.2f} s, "
+        f"default target {found.default_target:.2f} s"
     )
+    return found
 
 
 def prepare(args: argparse.Namespace, work: Path) -> tuple[Setup, dict[str, list[str]]]:
@@ -187,31 +183,56 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Setup, dict[str, list
 def build_all(
     features: FeatureSet, generators: list[Generator], setup: Setup, runs: int, failures: list[str]
 ) -> dict[str, BuildStats]:
+    """Rounds of one build per generator (at least two rounds, to compare bytes): a
+    change in the shared machine's load then reaches every generator alike. A
+    generator whose build failed is built no more."""
+    samples: dict[str, list[Sample]] = {g.key: [] for g in generators}
+    for index in range(max(runs, 2)):
+        progress(f"build round {index + 1} of {max(runs, 2)} ({features.label})")
+        for generator in list(samples):
+            try:
+                samples[generator].append(build_once(generator, features, setup, index))
+            except BuildFailed as failure:
+                record_failure(failures, generator, features, str(failure))
+                del samples[generator]
     builds = {}
-    for generator in generators:
-        progress(f"building {generator.key} ({features.label})")
+    for generator, found in samples.items():
         try:
-            builds[generator.key] = build_stats(generator.key, features, setup, runs)
+            builds[generator] = build_stats(generator, features, setup, found)
         except BuildFailed as failure:
-            failures.append(f"{generator.key} ({features.key}): {failure}")
-            progress(f"  FAILED: {failure}")
+            record_failure(failures, generator, features, str(failure))
     return builds
+
+
+def record_failure(failures: list[str], generator: str, features: FeatureSet, why: str) -> None:
+    failures.append(f"{generator} ({features.key}): {why}")
+    progress(f"  FAILED: {why}")
 
 
 def boot_all(
     features: FeatureSet, built: list[str], setup: Setup, boots: int, failures: list[str]
 ) -> dict[str, BootStats]:
-    results = {}
-    for generator in built:
-        progress(f"booting {generator} ({features.label})")
-        try:
-            results[generator] = boot_stats(generator, features, setup, boots)
-        except AssertionError as failure:
-            # The console's tail is in the log the message names.
-            first_line = str(failure).splitlines()[0]
-            failures.append(f"{generator} ({features.key}) boot: {first_line}")
-            progress(f"  FAILED: {first_line}")
-    return results
+    """boots rounds of one boot per image: a change in the shared machine's load
+    during the boots then reaches every generator alike, not only the last ones."""
+    job = make_bench_job_disk(setup.work / "job.img", setup.work)
+    times: dict[str, list[GuestTimes]] = {generator: [] for generator in built}
+    for index in range(boots):
+        progress(f"boot round {index + 1} of {boots} ({features.label})")
+        for generator in [g for g in built if g in times]:
+            try:
+                times[generator].append(boot_one(generator, features, setup, job, index))
+            except AssertionError as failure:
+                # The console's tail is in the log the message names; a generator
+                # that failed once is booted no more.
+                record_failure(failures, generator, features, str(failure).splitlines()[0])
+                del times[generator]
+    return {
+        generator: BootStats(
+            switch_root=Spread.of([t.switch_root for t in found]),
+            default_target=Spread.of([t.default_target for t in found]),
+        )
+        for generator, found in times.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
