@@ -79,16 +79,16 @@ def machine_notes(setup: Setup, debs: dict[str, list[str]], before: MachineState
 
 FALLBACK_SEEN = """\
 - **dracut --hostonly on this host**: the running kernel has no loadable modules
-  (`/proc/modules` is missing), so `dracut-install` said "Switching to non-hostonly mode"
-  for kernel modules: its hostonly image selects dracut modules as hostonly but carries
-  its generic driver set. bookend's hostonly reads `/sys` and `/proc/self/mountinfo`
-  instead."""
+  (`/proc/modules` is missing), so `dracut-install` could not keep to the modules
+  loaded here and said "Switching to non-hostonly mode": its hostonly image holds every
+  kernel module its (hostonly-chosen) dracut modules ask for, not only those this machine
+  uses. bookend's hostonly reads `/sys` and `/proc/self/mountinfo` instead."""
 FALLBACK_NOT_SEEN = """\
 - **dracut --hostonly**: its kernel modules were chosen hostonly (no fallback to its
   generic set was logged)."""
 
 METHOD = """\
-- **How dracut ran**: the packages `dracut-core` and `dracut` are conflicting with
+- **How dracut ran**: the packages `dracut-core` and `dracut` conflict with
   `initramfs-tools` in Debian, and this host keeps `initramfs-tools`. So dracut was *not
   installed*: `apt-get download` fetched its .debs, `dpkg-deb -x` unpacked them into
   `{dracut}`, and `usr/bin/dracut` ran from there with `dracutbasedir=` pointing at the
