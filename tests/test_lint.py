@@ -16,15 +16,15 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_check() -> None:
-    result = run("ruff", "check", "bookend", "tests")
+    result = run("ruff", "check", "bookend", "bench", "tests")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ruff_format() -> None:
-    result = run("ruff", "format", "--check", "bookend", "tests")
+    result = run("ruff", "format", "--check", "bookend", "bench", "tests")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_mypy_strict() -> None:
-    result = run("mypy", "--strict", "bookend")
+    result = run("mypy", "--strict", "bookend", "bench")
     assert result.returncode == 0, result.stdout + result.stderr
