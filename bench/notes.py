@@ -21,6 +21,7 @@ from bench.report import (
     render_targets,
 )
 from bench.tools import ROOT, SOURCE_DATE_EPOCH, FeatureSet, Setup
+from bookend.archive.compress import DEFAULT_LEVELS, Compression
 
 
 @dataclass(frozen=True)
@@ -99,7 +100,7 @@ METHOD = """\
 - **Same compressor and level**: every image is zstd level {level}: bookend
   `--compress zstd --compress-level {level}`, dracut `--compress "zstd -{level} -q -T0"`,
   mkinitramfs `-c zstd -l {level}` (zstd without `-T0`: mkinitramfs gives no way to add it).
-  The tools' defaults differ: bookend zstd 15 (multithreaded); dracut 059 gzip -9 (pigz
+  The tools' defaults differ: bookend zstd {bookend_level} (multithreaded); dracut 059 gzip -9 (pigz
   when installed); Debian's initramfs-tools zstd -9 (single thread).
 - **Same feature set**: each tool is told the guest's modules (`virtio_blk virtio_pci
   ext4`: bookend `--add-module`/`--filesystem`, dracut `--add-drivers`/`--filesystems`,
@@ -203,5 +204,5 @@ def _method(report: Report) -> str:
     fallback = FALLBACK_SEEN if report.dracut_fell_back else FALLBACK_NOT_SEEN
     return METHOD.format(
         dracut=setup.dracut_root, level=setup.zstd_level, epoch=SOURCE_DATE_EPOCH,
-        fallback=fallback,
+        fallback=fallback, bookend_level=DEFAULT_LEVELS[Compression.ZSTD],
     )  # fmt: skip

@@ -42,10 +42,11 @@ from bench.tools import (
     command_for,
     unpack_debs,
 )
+from bookend.archive.compress import DEFAULT_LEVELS, Compression
 from tests.vm.qemu import Disk, installed_kernels
 from tests.vm.rootdisk import ensure_root_disk
 
-DEFAULT_LEVEL = 15  # bookend's own zstd default, given to every tool
+DEFAULT_LEVEL = DEFAULT_LEVELS[Compression.ZSTD]  # bookend's own zstd default, given to every tool
 
 
 def progress(message: str) -> None:
