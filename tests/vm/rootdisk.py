@@ -115,7 +115,9 @@ status=0
 echo "$status" > /job/out/status
 echo "BOOKEND-JOB-STATUS $status"
 sync
-[ "$modules" = no ] || umount /lib/modules
+# udev may still be loading a module the job's work announced (a uevent's modprobe
+# holds its file open): then detach the bind mount now and let it go when they finish.
+[ "$modules" = no ] || umount /lib/modules || umount --lazy /lib/modules
 umount /job
 """
 
