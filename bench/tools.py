@@ -129,12 +129,21 @@ def bookend_command(mode: str, features: FeatureSet, output: Path, setup: Setup)
     return Command(argv, base_env(setup.work), output)
 
 
+def unpacked_dracut(root: Path) -> tuple[list[str], dict[str, str]]:
+    """How to run dracut unpacked at root (unpack_debs): its argv start and environment.
+
+    dracut finds its modules and dracut-install through dracutbasedir, and its own
+    configuration through --conf/--confdir, so none of it is read from the host's /usr.
+    """
+    argv = [str(root / "usr/bin/dracut"), "--conf", str(root / "etc/dracut.conf"),
+            "--confdir", str(root / "etc/dracut.conf.d")]  # fmt: skip
+    return argv, {"dracutbasedir": str(root / "usr/lib/dracut")}
+
+
 def dracut_command(mode: str, features: FeatureSet, output: Path, setup: Setup) -> Command:
-    dracut = setup.dracut_root
+    dracut, dracut_env = unpacked_dracut(setup.dracut_root)
     argv = (
-        str(dracut / "usr/bin/dracut"),
-        "--conf", str(dracut / "etc/dracut.conf"),
-        "--confdir", str(dracut / "etc/dracut.conf.d"),
+        *dracut,
         "--hostonly" if mode == "hostonly" else "--no-hostonly",
         # The host's own root options (this machine's vda) must not be baked into
         # an image that boots the test disk; root= comes from the command line.
@@ -145,8 +154,7 @@ def dracut_command(mode: str, features: FeatureSet, output: Path, setup: Setup) 
         *features.dracut_args,
         str(output), setup.kver,
     )  # fmt: skip
-    env = {**base_env(setup.work), "dracutbasedir": str(dracut / "usr/lib/dracut")}
-    return Command(argv, env, output)
+    return Command(argv, {**base_env(setup.work), **dracut_env}, output)
 
 
 def mkinitramfs_command(mode: str, features: FeatureSet, output: Path, setup: Setup) -> Command:

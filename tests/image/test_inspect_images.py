@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from bench.tools import unpack_debs
+from bench.tools import unpack_debs, unpacked_dracut
 from bookend.config import newest_kernel
 from tests.imagebuild import QEMU_VIRTIO_EXT4, bookend, build_image
 from tests.vm.rootdisk import CACHE_ENV, DEFAULT_CACHE
@@ -58,11 +58,9 @@ def dracut(output: Path) -> None:
         unpack_debs(("dracut-core", "dracut"), cache, cache / "dracut")
     except subprocess.CalledProcessError as exc:
         pytest.skip(f"dracut is not installed and its packages can't be fetched: {exc}")
-    root = cache / "dracut"
-    config = ["--conf", str(root / "etc/dracut.conf"), "--confdir", str(root / "etc/dracut.conf.d")]
-    subprocess.run([str(root / "usr/bin/dracut"), *config, *options], check=True,
-                   capture_output=True, env={**os.environ,
-                   "dracutbasedir": str(root / "usr/lib/dracut")})  # fmt: skip
+    dracut_argv, dracut_env = unpacked_dracut(cache / "dracut")
+    subprocess.run([*dracut_argv, *options], check=True, capture_output=True,
+                   env={**os.environ, **dracut_env})  # fmt: skip
 
 
 FOREIGN: dict[str, Callable[[Path], None]] = {"mkinitramfs": mkinitramfs, "dracut": dracut}
