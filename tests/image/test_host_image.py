@@ -63,7 +63,9 @@ def test_systemd_is_init_and_layout_keeps_debian_links(image: Path) -> None:
 def test_initrd_release_names_the_sysroot_and_bookend(tree: Path) -> None:
     # /etc/initrd-release is what makes systemd run in initrd mode.
     release = parse_os_release((tree / "etc/initrd-release").read_text())
-    host = parse_os_release(Sysroot(Path("/")).read_text("/etc/os-release"))
+    host_os_release = Sysroot(Path("/")).read_text("/etc/os-release")
+    assert host_os_release is not None, "the host has no /etc/os-release"
+    host = parse_os_release(host_os_release)
     assert release["VARIANT_ID"] == "bookend-initrd"
     assert release["ID"] == host["ID"] and release["VERSION_ID"] == host["VERSION_ID"]
     assert os.readlink(tree / "etc/os-release") == "initrd-release"

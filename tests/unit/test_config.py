@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from bookend.archive.compress import Compression
 from bookend.cli import make_parser
-from bookend.config import SETTINGS, Compression, EmergencyAccess, ModuleMode, load_config
+from bookend.config import SETTINGS, EmergencyAccess, ModuleMode, load_config
 from bookend.errors import ConfigError
 
 
