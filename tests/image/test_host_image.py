@@ -134,11 +134,38 @@ def test_modules_outside_the_request_are_not_in_the_index(tree: Path) -> None:
     assert result.returncode != 0
 
 
-def test_two_builds_are_identical_byte_for_byte(tmp_path: Path) -> None:
-    first = build_image(tmp_path / "a.img", KVER, *QEMU_VIRTIO_EXT4)
-    second = build_image(tmp_path / "b.img", KVER, *QEMU_VIRTIO_EXT4)
+EPOCH = 1_700_000_000  # November 2023: before the files this test writes, after "old"
+BEFORE_EPOCH = EPOCH - 86_400
+
+
+def test_two_builds_are_identical_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two sources of our own go in with --add-file: "touched" gets a new mtime between
+    # the builds, which the clamp to SOURCE_DATE_EPOCH must hide; "old" is older than
+    # the epoch and keeps its own time, since clamping is not overwriting.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(EPOCH))
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    touched, old = sources / "touched.conf", sources / "old.conf"
+    touched.write_text("touched between the builds\n")
+    old.write_text("older than the epoch\n")
+    os.utime(old, (BEFORE_EPOCH, BEFORE_EPOCH))
+    args = (*QEMU_VIRTIO_EXT4, "--add-file", str(touched), "--add-file", str(old))
+    first = build_image(tmp_path / "a.img", KVER, *args)
+    mtime_in_first_build = touched.stat().st_mtime
+    os.utime(touched, (EPOCH + 1, EPOCH + 1))
+    assert touched.stat().st_mtime != mtime_in_first_build
+    second = build_image(tmp_path / "b.img", KVER, *args)
     assert first.read_bytes() == second.read_bytes()
     assert first.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"  # zstd by default
+    # bsdtar, another reader, restores each member's mtime as it unpacks it.
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    members = [str(path.relative_to("/")) for path in (touched, old)]
+    subprocess.run(["bsdtar", "-xf", str(second), "-C", str(unpacked), *members], check=True)
+    assert (unpacked / members[0]).stat().st_mtime == EPOCH
+    assert (unpacked / members[1]).stat().st_mtime == BEFORE_EPOCH
 
 
 def test_bad_module_fails_in_one_line_and_keeps_the_old_image(tmp_path: Path) -> None:
