@@ -241,8 +241,10 @@ def test_atomic_write_replaces_only_when_complete(tmp_path: Path) -> None:
         out.write(b"half a new ima")
         raise ArchiveError("/usr/bin/tool: changed size while it was being archived")
 
-    with pytest.raises(ArchiveError):
+    # The writer's own error comes through as it was raised.
+    with pytest.raises(ArchiveError) as error:
         write_atomically(target, fail_halfway)
+    assert str(error.value) == "/usr/bin/tool: changed size while it was being archived"
     assert target.read_bytes() == b"old image"
     assert os.listdir(tmp_path) == ["initrd.img"]  # no temporary left behind
 
