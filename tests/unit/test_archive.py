@@ -241,12 +241,17 @@ def test_atomic_write_replaces_only_when_complete(tmp_path: Path) -> None:
         out.write(b"half a new ima")
         raise ArchiveError("/usr/bin/tool: changed size while it was being archived")
 
-    with pytest.raises(ArchiveError):
+    # The writer's own error comes through as it was raised.
+    with pytest.raises(ArchiveError) as error:
         write_atomically(target, fail_halfway)
+    assert str(error.value) == "/usr/bin/tool: changed size while it was being archived"
     assert target.read_bytes() == b"old image"
     assert os.listdir(tmp_path) == ["initrd.img"]  # no temporary left behind
 
-    write_atomically(target, lambda out: out.write(b"new image") and None, mode=0o600)
+    def write_new_image(out: BinaryIO) -> None:
+        out.write(b"new image")
+
+    write_atomically(target, write_new_image, mode=0o600)
     assert target.read_bytes() == b"new image"
     assert target.stat().st_mode & 0o777 == 0o600
     assert os.listdir(tmp_path) == ["initrd.img"]

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from bookend.archive.compress import Compression
 from bookend.cli import make_parser
-from bookend.config import SETTINGS, Compression, EmergencyAccess, ModuleMode, load_config
+from bookend.config import SETTINGS, EmergencyAccess, ModuleMode, load_config
 from bookend.errors import ConfigError
 
 
@@ -141,13 +142,27 @@ def test_unknown_driver_class_suggests(root_tree: Path) -> None:
     )
 
 
-def test_mode_and_microcode_flags_are_exclusive_pairs() -> None:
+@pytest.mark.parametrize(
+    ("flags", "refusal"),
+    [
+        (["--generic", "--hostonly"], "argument --hostonly: not allowed with argument --generic"),
+        (
+            ["--no-microcode", "--microcode"],
+            "argument --microcode: not allowed with argument --no-microcode",
+        ),
+    ],
+)
+def test_mode_and_microcode_flags_are_exclusive_pairs(
+    flags: list[str], refusal: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     parser = make_parser()
     args = parser.parse_args(["build", "--generic", "--no-microcode"])
     assert (args.mode, args.microcode) == ("generic", False)
     assert parser.parse_args(["build"]).mode is None  # the config file or default decides
-    with pytest.raises(SystemExit):
-        parser.parse_args(["build", "--generic", "--hostonly"])
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["build", *flags])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"bookend build: error: {refusal}"
 
 
 # --- drop-in directories -----------------------------------------------------------

@@ -242,3 +242,12 @@ def test_cli_never_shows_a_traceback(
         event(f"exit status {result.returncode}")
         assert "Traceback" not in result.stderr, result.stderr
         assert result.returncode in (0, 2), result.stderr
+        if result.returncode == 2:
+            # The reason: bookend's, naming where the bad value was given, or argparse's
+            # for a flag it refuses itself (after its usage lines).
+            named = (f"bookend: {config_file}: ", "bookend: command line: ")
+            refused_flag = "\nbookend config show: error: argument "
+            assert result.stderr.startswith(named) or (
+                result.stderr.startswith("usage: ") and refused_flag in result.stderr
+            ), result.stderr
+            assert result.stdout == "", result.stdout

@@ -72,7 +72,7 @@ def newc_members(data: bytes) -> list[tuple[str, int, int, int]]:
     """(name, mode, data offset, size) of each member up to the trailer; written here,
     apart from bookend's writer, from the newc layout: a 110-byte header of hex fields,
     the name, then the data, each padded to 4 bytes."""
-    members = []
+    members: list[tuple[str, int, int, int]] = []
     at = 0
     while True:
         assert data[at : at + 6] == b"070701", f"no newc header at {at}"
