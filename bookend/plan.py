@@ -45,7 +45,7 @@ def enabled_features(names: Iterable[str], source: str = "features") -> list[Fea
             return
         feature = ALL.get(name)
         if feature is None:
-            from bookend.config import did_you_mean
+            from bookend.suggest import did_you_mean
 
             raise ConfigError(
                 f"{wanted_by}: unknown feature '{name}'" + did_you_mean(name, list(ALL))

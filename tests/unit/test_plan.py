@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from bookend.archive import EntryKind
-from bookend.config import load_config
 from bookend.errors import ConfigError
 from bookend.features.base import RequestKind
 from bookend.plan import Plan, enabled_features, make_plan
+from tests.unit.conftest import load_config
 
 
 def plan_for(sysroot: Path, **values: object) -> Plan:
