@@ -76,12 +76,12 @@ def load_settings(
 
 def _checked_value(setting: Setting, merged: Merged, problems: Problems) -> Any:
     value = merged.values[setting.key]
-    if value is None or setting.kind is not str:
-        return value
+    if value is None:
+        return None
     problem = setting.check(value) if setting.check else None
     if problem:
         problems.add(merged.origins[setting.key], setting.key, problem)
-    return setting.convert(value)
+    return setting.convert(value) if setting.kind is str else value
 
 
 def _checked_items(

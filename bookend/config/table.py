@@ -41,8 +41,9 @@ class EmergencyAccess(enum.Enum):
 # The points dracut users know hooks by, in boot order.
 HOOK_POINTS = ("cmdline", "pre-udev", "pre-trigger", "pre-mount", "mount", "pre-pivot")
 
-# A problem with one string value (each item, for a list), or None when it is good.
-FormCheck = Callable[[str], str | None]
+# A problem with one value (each item, for a list), or None when it is good; it is
+# called with a value of the setting's TOML type.
+FormCheck = Callable[[Any], str | None]
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Setting:
     metavar: str = "VALUE"
     off_help: str = ""  # a bool: the help of --no-FLAG
     choice_flags: Mapping[str, str] = field(default_factory=dict)  # value -> help of --VALUE
-    check: FormCheck | None = None  # the form of a string, or of each item of a list
+    check: FormCheck | None = None  # the form of the value, or of each item of a list
     parse_item: Callable[[str], Any] | None = None  # a list item, once its form is good
     unique: bool = True  # a list keeps each item once, as first given
     vocabulary: str = ""  # items must be names the caller knows, e.g. "feature"
