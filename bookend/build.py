@@ -64,7 +64,9 @@ def staged_image(config: Config, closure: Closure, output: Path | None = None) -
         if closure.early:
             # The kernel finds early microcode only in an uncompressed archive at the start.
             write_cpio(list(closure.early), out, epoch=0)
-        with open_compressor(config.compress, out, config.compress_level) as stream:
+        with open_compressor(
+            config.compress, out, config.compress_level, config.compress_threads
+        ) as stream:
             write_cpio(closure.archive_entries(), stream, epoch=epoch)
 
     target = output or config.output

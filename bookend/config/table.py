@@ -150,6 +150,16 @@ class Config:
             else config.compress_level
         ),
     )
+    compress_threads: int = setting(
+        "zstd's worker threads, 0 for one per CPU core (xz, gzip and lz4 use one)",
+        0,
+        metavar="N",
+        check=lambda threads: (
+            None if 0 <= threads <= 256 else f"{threads} is not a number of threads (0..256)"
+        ),
+        # zstd writes the same bytes whatever the number of workers: not an input.
+        image_input=False,
+    )
     features: tuple[str, ...] = setting(
         "extra features to enable (see `bookend features`)",
         [],

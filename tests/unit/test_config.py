@@ -383,3 +383,18 @@ def test_the_module_database_is_parsed_once_for_resolve_plan_and_closure(
     # What the plan (hostonly detection) and the closure call for it, with that cache:
     db = kmodules.shared_database(Sysroot(config.sysroot), config.kver, cache)
     assert parsed == ["6.1.0-test"] and "virtio_blk" in db.paths
+
+
+def test_compress_threads_from_flag_and_file_within_range(root_tree: Path, tmp_path: Path) -> None:
+    args = make_parser().parse_args(["build", "--compress-threads", "4"])
+    assert (
+        load_config(
+            None, {"sysroot": str(root_tree), "compress_threads": args.compress_threads}
+        ).compress_threads
+        == 4
+    )
+    assert load_config(None, {"sysroot": str(root_tree)}).compress_threads == 0  # per core
+    toml = write(tmp_path / "b.toml", f'sysroot = "{root_tree}"\ncompress_threads = -1\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(toml, {})
+    assert str(error.value) == f"{toml}: compress_threads: -1 is not a number of threads (0..256)"
