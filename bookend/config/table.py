@@ -330,6 +330,8 @@ def _declared() -> tuple[Setting, ...]:
 
 
 def _completed(declared: Setting, key: str, hint: Any) -> Setting:
+    """What TOML holds for a field of type hint: bool and int as they are, a tuple as a
+    list of strings, anything else as a string converted to it (a Path, an enum's value)."""
     kind: type = hint if hint in (bool, int) else str
     choices: tuple[str, ...] = ()
     convert: Callable[[str], Any] = str
