@@ -7,10 +7,11 @@ import pytest
 
 from bookend.archive import EntryKind
 from bookend.closure import Closure, build_closure
-from bookend.config import Config, load_config
+from bookend.config import Config
 from bookend.errors import ElfError, SysrootError
 from bookend.features.base import Request, RequestKind
 from bookend.plan import Plan
+from tests.unit.conftest import load_config
 
 from .elftree import compile_c, dlopen_note_c, install_libc, shared_library
 

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from bookend.config import load_config
 from bookend.drivers import GENERIC_CLASSES
 from bookend.errors import SysrootError
 from bookend.features.base import RequestKind
@@ -13,6 +12,7 @@ from bookend.hostonly import HostDetection, detect_host, format_detection, parse
 from bookend.kmodules import ModuleDatabase, load_database
 from bookend.plan import HOSTONLY_RECORD, make_plan
 from bookend.sysroot import Sysroot
+from tests.unit.conftest import load_config
 from tests.unit.sysfstree import FakeHost
 
 KVER = "6.1.0-test"

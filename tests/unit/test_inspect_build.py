@@ -12,9 +12,8 @@ import pytest
 
 from bookend.archive import write_atomically
 from bookend.build import _check_before_replacing
-from bookend.config import load_config
 from bookend.errors import ArchiveError
-from tests.unit.conftest import make_root_tree
+from tests.unit.conftest import load_config, make_root_tree
 from tests.unit.test_inspect_reader import S_IFLNK, archive, newc
 
 

@@ -14,9 +14,9 @@ from bookend.archive.compress import Compression, open_compressor
 from bookend.archive.cpio import TRAILER, ArchiveEntry, EntryKind, write_cpio
 from bookend.build import write_image
 from bookend.closure import Closure, ClosureEntry
-from bookend.config import load_config
 from bookend.microcode import AMD, INTEL, cpu_vendor, microcode_blob, microcode_entries
 from bookend.sysroot import Sysroot
+from tests.unit.conftest import load_config
 
 from .conftest import make_root_tree
 
