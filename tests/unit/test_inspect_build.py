@@ -15,7 +15,7 @@ from bookend.build import _check_before_replacing
 from bookend.config import load_config
 from bookend.errors import ArchiveError
 from tests.unit.conftest import make_root_tree
-from tests.unit.test_inspect_reader import S_IFLNK, archive, newc
+from tests.unit.newcfile import S_IFLNK, archive, newc
 
 
 def test_verify_sees_the_complete_file_before_the_rename(tmp_path: Path) -> None:
