@@ -14,12 +14,12 @@ from harness.suite import Phase, disk_needs, tier_of, time_summary
 from harness.timings import Timing
 
 # What `apt-get indextargets` prints, shortened, for a machine whose suite is served by
-# one mirror and whose security updates come from another. (example.org: no real mirror.)
+# one mirror and whose security updates come from another. (example.org is reserved: no real host.)
 INDEXTARGETS = """\
 MetaKey: main/binary-amd64/Packages
-URI: http://mirror.example.org/debian/dists/bookworm-updates/main/binary-amd64/Packages
+URI: http://near.example.org/debian/dists/bookworm-updates/main/binary-amd64/Packages
 Release: bookworm-updates
-Repo-URI: http://mirror.example.org/debian/
+Repo-URI: http://near.example.org/debian/
 Component: main
 Target-Of: deb
 
@@ -37,7 +37,7 @@ Target-Of: deb
 
 MetaKey: main/binary-amd64/Packages
 Release: bookworm
-Repo-URI: http://mirror.example.org/debian/
+Repo-URI: http://near.example.org/debian/
 Component: main
 Target-Of: deb
 
@@ -52,7 +52,7 @@ Target-Of: deb
 def test_the_mirror_is_the_one_serving_the_suites_main_packages() -> None:
     records = parse_records(INDEXTARGETS)
     assert len(records) == 5
-    assert archive_for(records, "bookworm") == "http://mirror.example.org/debian"
+    assert archive_for(records, "bookworm") == "http://near.example.org/debian"
     assert (
         archive_for(records, "bookworm-security") == "http://security.example.org/debian-security"
     )
