@@ -143,6 +143,8 @@ class BootOptions:
     qmp_socket: Path | None = None
     # QEMU arguments for network devices (harness/network.py makes them); none: no NIC.
     network: tuple[str, ...] = ()
+    # Descriptors QEMU inherits, e.g. the sockets of a network link between guests.
+    pass_fds: tuple[int, ...] = ()
     # Seconds after which QEMU is killed, whatever the test still waits for.
     timeout: float = 600
     # Where the console goes as well, for a post-mortem.
@@ -224,7 +226,7 @@ def plug_virtio_disk(qmp: Qmp, index: int) -> None:
 def boot(options: BootOptions) -> Boot:
     """Start a guest; use as a with-block, which kills QEMU at its end."""
     return Boot(qemu_argv(options), timeout=options.timeout, log_path=options.log_path,
-                echo=options.echo)  # fmt: skip
+                echo=options.echo, pass_fds=options.pass_fds)  # fmt: skip
 
 
 class Boot:
@@ -237,6 +239,7 @@ class Boot:
         timeout: float,
         log_path: Path | None = None,
         echo: Callable[[str], None] | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.argv = list(argv)
         self.log_path = log_path
@@ -249,7 +252,11 @@ class Boot:
         self._expired = False
         self._changed = threading.Condition()
         self._proc = subprocess.Popen(
-            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=tuple(pass_fds),
         )
         self._log = log_path.open("w", encoding="utf-8") if log_path else None
         if self._log:

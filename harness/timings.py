@@ -8,8 +8,10 @@ another process making it, or found it cached. Without the variable nothing is w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,8 @@ class Timing:
     what: str  # e.g. "root disk"
     seconds: float
     how: str  # "made", "waited" or "cached"
+    # The test that needed it ("" outside a test, e.g. in a thread making disks early).
+    nodeid: str = ""
 
 
 class Outcome:
@@ -40,14 +44,17 @@ def timed(what: str) -> Iterator[Outcome]:
     try:
         yield outcome
     finally:
-        record(Timing(what, time.monotonic() - started, outcome.how))
+        # pytest names the running test in the environment: "NODEID (setup)".
+        current = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+        nodeid = current if threading.current_thread() is threading.main_thread() else ""
+        record(Timing(what, time.monotonic() - started, outcome.how, nodeid))
 
 
 def record(timing: Timing) -> None:
     path = os.environ.get(TIMINGS_ENV)
     if not path:
         return
-    line = json.dumps({"what": timing.what, "seconds": timing.seconds, "how": timing.how})
+    line = json.dumps(dataclasses.asdict(timing))
     # One short write in append mode: lines from several processes do not interleave.
     with open(path, "a", encoding="utf-8") as out:
         out.write(line + "\n")
@@ -58,6 +65,5 @@ def read_timings(path: Path) -> list[Timing]:
         return []
     timings = []
     for line in path.read_text(encoding="utf-8").splitlines():
-        fields = json.loads(line)
-        timings.append(Timing(fields["what"], float(fields["seconds"]), fields["how"]))
+        timings.append(Timing(**json.loads(line)))
     return timings

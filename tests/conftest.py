@@ -10,13 +10,23 @@ from pathlib import Path
 
 import pytest
 
-from harness.suite import EarlyBuilds, Phase, disk_needs, start_early_builds, tier_of, time_summary
+from harness.suite import (
+    EarlyBuilds,
+    Phase,
+    disk_needs,
+    run_order,
+    start_early_builds,
+    tier_of,
+    time_summary,
+)
 from harness.timings import TIMINGS_ENV, read_timings
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         item.add_marker(getattr(pytest.mark, tier_of(item.nodeid)))
+    # Stable, and the same in every xdist worker, as xdist requires.
+    items.sort(key=lambda item: run_order(item.nodeid))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -56,6 +66,8 @@ class RunSummary:
         self.phases.append(Phase(report.nodeid, report.start, report.stop, report.duration))
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        if self.config.option.collectonly:
+            return
         if self.builds is not None:
             # Never leave a maker guest running behind the run.
             self.builds.wait()

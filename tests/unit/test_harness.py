@@ -10,7 +10,7 @@ import pytest
 from bookend.errors import BookendError
 from harness.mirror import MIRROR_ENV, archive_for, debian_mirror, host_suite, parse_records
 from harness.qemu import BootOptions, Disk, qemu_argv
-from harness.suite import Phase, disk_needs, tier_of, time_summary
+from harness.suite import Phase, disk_needs, run_order, tier_of, time_summary
 from harness.timings import Timing
 
 # What `apt-get indextargets` prints, shortened, for a machine whose suite is served by
@@ -79,6 +79,18 @@ def test_tiers_follow_the_directories() -> None:
     assert tier_of("tests/test_lint.py::test_ruff_check") == "unit"
 
 
+def test_quick_tiers_run_first_and_boots_waiting_for_slow_disks_last() -> None:
+    nodeids = [
+        "tests/vm/test_storage.py::a",
+        "tests/vm/test_boot.py::b",
+        "tests/image/test_host_image.py::c",
+        "tests/test_lint.py::d",
+        "tests/vm/test_uki.py::e",
+        "tests/unit/test_elf.py::f",
+    ]
+    assert [n[-1] for n in sorted(nodeids, key=run_order)] == ["d", "f", "c", "b", "a", "e"]
+
+
 def test_early_builds_are_only_what_the_selected_tests_need() -> None:
     assert not disk_needs(["tests/unit/test_elf.py::test_x"]).any
     needs = disk_needs(["tests/vm/test_boot.py::a", "tests/image/test_inspect_images.py::b"])
@@ -106,7 +118,7 @@ def test_time_summary_compares_vm_tests_in_a_row_with_the_wall_time() -> None:
     ]
     timings = [
         Timing("root disk", 300, "made"),
-        Timing("root disk", 200, "waited"),
+        Timing("root disk", 41, "waited", "tests/vm/test_b.py::two"),
         Timing("root disk", 0.1, "cached"),
         Timing("UKI tree (Debian 13)", 0.1, "cached"),
     ]
@@ -114,10 +126,11 @@ def test_time_summary_compares_vm_tests_in_a_row_with_the_wall_time() -> None:
     assert lines == [
         "whole run: 400 s wall time",
         "UKI tree (Debian 13): cached",
-        "root disk: made in 300 s, 1 waits for it, 200 s in all",
+        "root disk: made in 300 s, 1 waits for it, 41 s in all",
         "unit: 1 tests, 1 s wall (first start to last end), 1 s summed over tests",
         "vm: 2 tests, 82 s wall (first start to last end), 141 s summed over tests",
-        "vm: one guest at a time would have taken 141 s; side by side they took 82 s (1.7x)",
+        "vm: one guest at a time would have taken 100 s (141 s less 41 s spent waiting for "
+        "disks); side by side they took 82 s (1.2x)",
     ]
 
 
