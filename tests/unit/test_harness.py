@@ -11,7 +11,7 @@ from bookend.errors import BookendError
 from harness.mirror import MIRROR_ENV, archive_for, debian_mirror, host_suite, parse_records
 from harness.qemu import BootOptions, Disk, qemu_argv
 from harness.suite import Phase, disk_needs, run_order, tier_of, time_summary
-from harness.timings import Timing
+from harness.timings import TIMINGS_ENV, Timing, read_timings, timed
 
 # What `apt-get indextargets` prints, shortened, for a machine whose suite is served by
 # one mirror and whose security updates come from another. (example.org is reserved: no real host.)
@@ -151,3 +151,21 @@ def test_boot_options_make_qemus_command_line(tmp_path: Path) -> None:
         qemu_argv(BootOptions(kernel=kernel, esp=tmp_path / "esp"))
     with pytest.raises(ValueError, match="kernel or an ESP"):
         qemu_argv(BootOptions())
+
+
+def test_disk_timings_name_the_test_that_needed_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    monkeypatch.setenv(TIMINGS_ENV, str(tmp_path / "timings.jsonl"))
+    with timed("root disk") as outcome:
+        outcome.how = "waited"
+    with timed("UKI tree"):
+        pass
+    made, cached = read_timings(tmp_path / "timings.jsonl")
+    assert (made.what, made.how, made.nodeid) == ("root disk", "waited", request.node.nodeid)
+    assert (cached.what, cached.how) == ("UKI tree", "cached")
+    assert 0 <= made.seconds < 5
+    monkeypatch.delenv(TIMINGS_ENV)
+    with timed("not recorded"):
+        pass
+    assert len(read_timings(tmp_path / "timings.jsonl")) == 2
