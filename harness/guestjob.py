@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 from bookend.proc import run
 from harness.qemu import Boot, BootOptions, Disk, boot
 from harness.rootdisk import JOB_LABEL
-from harness.token import expect_token, new_token, with_token
+from harness.token import EXIT_LIMIT, expect_token, new_token, with_token
 
 MODULES_DIR = Path("/lib/modules")
 # Room left free for what the job writes (images of tens of MB); the image
@@ -182,11 +182,17 @@ class JobRun:
     seconds: float
 
 
-def run_job(options: BootOptions, *, on_the_way: Callable[[Boot], None] | None = None) -> JobRun:
+def run_job(
+    options: BootOptions,
+    *,
+    on_the_way: Callable[[Boot], None] | None = None,
+    exit_timeout: float = EXIT_LIMIT,
+) -> JobRun:
     """Boot with `bookend.job` and a new token: the job runs, the root reports, QEMU exits 0.
 
     options.disks must hold the job disk (make_job_disk). on_the_way runs first with the
-    running guest (e.g. to type a passphrase).
+    running guest (e.g. to type a passphrase). exit_timeout: seconds from the token to
+    QEMU's exit, longer for a shutdown that has work to do (an exitrd).
     """
     token = new_token()
     job_options = with_token(replace(options, append=f"{options.append} bookend.job"), token)
@@ -195,5 +201,5 @@ def run_job(options: BootOptions, *, on_the_way: Callable[[Boot], None] | None =
             on_the_way(vm)
         printed = vm.expect(r"BOOKEND-JOB-STATUS (\d+)", timeout=options.timeout)
         # Searched only after the job's line: the report waits for the job.
-        expect_token(vm, token, options.timeout)
+        expect_token(vm, token, options.timeout, exit_timeout=exit_timeout)
         return JobRun(status=int(printed.group(1)), text=vm.text, seconds=vm.elapsed)

@@ -21,6 +21,8 @@ from harness.rootdisk import RootDisk
 from harness.stackdisks import StackDisks
 
 BOOT_LIMIT = 900
+# From the token to QEMU's exit: unpacking the exitrd, pivoting, detaching the storage.
+SHUTDOWN_LIMIT = 300
 PROMPT = r"Please enter passphrase for disk"
 
 INSTALL_JOB = """\
@@ -65,7 +67,8 @@ def shutdown_through(options: BootOptions, passphrase: str | None = None) -> str
             vm.expect(PROMPT, timeout=300)
             vm.send(passphrase + "\n")
 
-    done = run_job(replace(options, timeout=BOOT_LIMIT), on_the_way=unlock)
+    done = run_job(replace(options, timeout=BOOT_LIMIT), on_the_way=unlock,
+                   exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
     assert done.status == 0, f"the install job failed; see {options.log_path}"
     return done.text
 
@@ -135,7 +138,8 @@ def test_exitrd_detaches_lvm_on_luks_and_leaves_ext4_clean(
                                  "device": _write(tmp_path / "dev",
                                                   "/dev/disk/by-id/virtio-bookend1")})  # fmt: skip
     disks = (Disk(root_disk.image), Disk(disk, snapshot=False), check)
-    run_job(replace(root_boot, disks=disks, log_path=tmp_path / "check-console.log"))
+    run_job(replace(root_boot, disks=disks, log_path=tmp_path / "check-console.log"),
+            exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
     fsck = read_job_output(check.path, "fsck.log", tmp_path / "fsck.log").read_text()
     status = read_job_output(check.path, "fsck-status", tmp_path / "status").read_text()
     header = read_job_output(check.path, "dumpe2fs.txt", tmp_path / "dumpe2fs").read_text()

@@ -21,6 +21,8 @@ from harness.qemu import BootOptions, Disk, Kernel
 from harness.rootdisk import RootDisk
 
 BOOT_LIMIT = 900
+# From the token to QEMU's exit, through the exitrd.
+SHUTDOWN_LIMIT = 300
 DAEMON = "bookend-test-storaged.service"
 
 BUILD_JOB = f"""\
@@ -65,12 +67,14 @@ def test_storage_daemon_lives_from_initrd_to_exitrd(
     build = make_job_disk(tmp_path / "build.img", BUILD_JOB, files={"src/bookend": source},
                           modules_kver=kernel.version)  # fmt: skip
     built = run_job(replace(root_boot, initrd=host_initrd, disks=(root, build), timeout=BOOT_LIMIT,
-                            log_path=tmp_path / "build-console.log"))  # fmt: skip
+                            log_path=tmp_path / "build-console.log"),
+                    exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
     assert built.status == 0, f"the build in the guest failed; see {tmp_path}/build-console.log"
     initrd = read_job_output(build.path, "initrd.img", tmp_path / "initrd.img")
 
     check = make_job_disk(tmp_path / "check.img", CHECK_JOB)
-    checked = run_job(replace(root_boot, initrd=initrd, disks=(root, check), timeout=BOOT_LIMIT))
+    options = replace(root_boot, initrd=initrd, disks=(root, check), timeout=BOOT_LIMIT)
+    checked = run_job(options, exit_timeout=SHUTDOWN_LIMIT)
     assert checked.status == 0, f"the check in the guest failed; see {root_boot.log_path}"
     text = checked.text
     daemon = read_job_output(check.path, "daemon", tmp_path / "daemon").read_text()
