@@ -46,8 +46,9 @@ def expect_token(
     The report must say the root was entered through an initrd, and (unless
     systemd_initrd is False, for other generators' images) through systemd in one.
     """
+    # The line's end must have arrived too: the console may have shown only "=y" so far.
     report = vm.expect(
-        rf"BOOKEND-TOKEN {token} booted-with-initrd=(\w+) systemd-initrd=(\w+)", timeout
+        rf"BOOKEND-TOKEN {token} booted-with-initrd=(\w+) systemd-initrd=(\w+)(?=\s)", timeout
     )
     wanted = ("yes", "yes") if systemd_initrd else ("yes", report.group(2))
     assert report.groups() == wanted, f"the root reported {report.group(0)!r}"
