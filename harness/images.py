@@ -15,10 +15,16 @@ QEMU_VIRTIO_EXT4 = ("--add-module", "virtio_blk", "--add-module", "virtio_pci",
                     "--filesystem", "ext4")  # fmt: skip
 
 
+# The checkout this harness belongs to: its bookend is the one under test.
+CHECKOUT = Path(__file__).resolve().parent.parent
+
+
 def bookend(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "bookend", *args], capture_output=True, text=True, check=check
-    )
+    """Run this checkout's `bookend`, never an installed one, whatever the cwd."""
+    path = os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
+    argv = [sys.executable, "-m", "bookend", *args]
+    return subprocess.run(argv, capture_output=True, text=True, check=check, env=env)
 
 
 def build_image(output: Path, kver: str, *args: str) -> Path:
