@@ -1,6 +1,6 @@
 """Boot an image in QEMU (TCG) into the shared test root disk and read the guest's times.
 
-The root disk (tests/vm/rootdisk.py) runs `/job/run` from a disk labelled
+The root disk (harness/rootdisk.py) runs `/job/run` from a disk labelled
 BOOKEND-JOB during its boot, then reports the test token and powers off. Our job
 only queues a transient unit ordered after multi-user.target (the disk's default
 target) and before that report; the unit prints the manager's timestamps on the
@@ -19,13 +19,13 @@ started, as systemd records them:
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.vm.guestjob import make_job_disk
-from tests.vm.qemu import Disk, boot
-from tests.vm.rootdisk import RootDisk
+from harness.guestjob import make_job_disk
+from harness.qemu import BootOptions, Disk, boot
+from harness.rootdisk import RootDisk
+from harness.token import expect_token, new_token, with_token
 
 BOOT_LIMIT = 600  # seconds for the whole boot; TCG on a busy host is slow
 
@@ -85,12 +85,13 @@ def boot_once(
     kernel: Path, image: Path, root: RootDisk, job_disk: Disk, log_path: Path
 ) -> GuestTimes:
     """Boot image into the root disk; raise AssertionError if the boot is not proven."""
-    token = secrets.token_hex(8)
-    append = f"root=UUID={root.uuid} rw bookend.token={token} bookend.job"
-    with boot(kernel, image, [root.image, job_disk], append, BOOT_LIMIT,
-              log_path=log_path) as vm:  # fmt: skip
+    token = new_token()
+    options = BootOptions(kernel=kernel, initrd=image, disks=(root.image, job_disk),
+                          append=f"root=UUID={root.uuid} rw bookend.job", timeout=BOOT_LIMIT,
+                          log_path=log_path)  # fmt: skip
+    with boot(with_token(options, token)) as vm:
         times = vm.expect(TIMES_LINE, timeout=BOOT_LIMIT)
-        # Positive proof that the boot reached the real root and finished.
-        vm.expect(rf"BOOKEND-TOKEN {token} booted-with-initrd=yes", timeout=120)
-        vm.wait_exit(timeout=120)
+        # Positive proof that the boot reached the real root and finished; mkinitramfs'
+        # images are initrds, but not systemd ones.
+        expect_token(vm, token, timeout=120, systemd_initrd=False)
     return parse_times(times.group(0))

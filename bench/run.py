@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 if __package__ in (None, ""):
-    # Run as a script: make the checkout importable (bench, bookend, tests).
+    # Run as a script: make the checkout importable (bench, bookend, harness).
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import notes
@@ -40,11 +40,11 @@ from bench.tools import (
     FeatureSet,
     Setup,
     command_for,
-    unpack_debs,
 )
 from bookend.archive.compress import DEFAULT_LEVELS, Compression
-from tests.vm.qemu import Disk, installed_kernels
-from tests.vm.rootdisk import ensure_root_disk
+from harness.foreign import ensure_dracut, unpack_debs
+from harness.qemu import Disk, installed_kernels
+from harness.rootdisk import ensure_root_disk
 
 DEFAULT_LEVEL = DEFAULT_LEVELS[Compression.ZSTD]  # bookend's own zstd default, given to every tool
 
@@ -165,8 +165,9 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Setup, dict[str, list
     for directory in ("tmp", "images", "logs"):
         (work / directory).mkdir(parents=True, exist_ok=True)
     progress("unpacking dracut and the cryptsetup initramfs hooks (apt-get download)")
+    dracut_root, dracut_versions = ensure_dracut(args.cache)
     debs = {
-        "dracut": unpack_debs(("dracut-core", "dracut"), args.cache, args.cache / "dracut"),
+        "dracut": dracut_versions,
         "cryptsetup": unpack_debs(
             ("cryptsetup-initramfs", "cryptsetup"), args.cache, args.cache / "cryptsetup"
         ),
@@ -175,7 +176,7 @@ def prepare(args: argparse.Namespace, work: Path) -> tuple[Setup, dict[str, list
         kver=kernels[-1].version,
         zstd_level=args.zstd_level,
         work=work,
-        dracut_root=args.cache / "dracut",
+        dracut_root=dracut_root,
         crypt_root=args.cache / "cryptsetup",
     )
     return setup, debs

@@ -3,7 +3,7 @@
 dracut and initramfs-tools conflict as Debian packages, and the host keeps
 initramfs-tools (the tests use it). So dracut is not installed: its Debian
 package is unpacked into a cache directory and run from there with
-`dracutbasedir`, reading the host's own files like the other two. The
+`dracutbasedir` (harness/foreign.py), reading the host's own files like the other two. The
 cryptsetup hooks of initramfs-tools come the same way (installing
 cryptsetup-initramfs would rebuild /boot/initrd.img for everyone).
 """
@@ -11,12 +11,12 @@ cryptsetup-initramfs would rebuild /boot/initrd.img for everyone).
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.report import Generator
+from harness.foreign import unpacked_dracut
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CACHE = Path("/var/cache/bookend-bench")
@@ -129,17 +129,6 @@ def bookend_command(mode: str, features: FeatureSet, output: Path, setup: Setup)
     return Command(argv, base_env(setup.work), output)
 
 
-def unpacked_dracut(root: Path) -> tuple[list[str], dict[str, str]]:
-    """How to run dracut unpacked at root (unpack_debs): its argv start and environment.
-
-    dracut finds its modules and dracut-install through dracutbasedir, and its own
-    configuration through --conf/--confdir, so none of it is read from the host's /usr.
-    """
-    argv = [str(root / "usr/bin/dracut"), "--conf", str(root / "etc/dracut.conf"),
-            "--confdir", str(root / "etc/dracut.conf.d")]  # fmt: skip
-    return argv, {"dracutbasedir": str(root / "usr/lib/dracut")}
-
-
 def dracut_command(mode: str, features: FeatureSet, output: Path, setup: Setup) -> Command:
     dracut, dracut_env = unpacked_dracut(setup.dracut_root)
     argv = (
@@ -213,28 +202,3 @@ def add_crypt_hooks(conf: Path, crypt_root: Path) -> None:
         target = conf / "scripts" / script
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(share / "scripts" / script, target)
-
-
-def unpack_debs(packages: tuple[str, ...], cache: Path, target: Path) -> list[str]:
-    """apt-get download packages into cache/debs and unpack them into target, once.
-
-    Returns "package version" for each.
-    """
-    debs = cache / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    found = [next(iter(sorted(debs.glob(f"{name}_*.deb"))), None) for name in packages]
-    missing = [name for name, deb in zip(packages, found, strict=True) if deb is None]
-    if missing:
-        subprocess.run(["apt-get", "download", *missing], cwd=debs, check=True,
-                       capture_output=True)  # fmt: skip
-        found = [next(iter(sorted(debs.glob(f"{name}_*.deb")))) for name in packages]
-    if not target.exists():
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        for deb in found:
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(partial)], check=True)
-        partial.rename(target)
-    # "cryptsetup_2%3a2.6.1-4_amd64.deb" -> "cryptsetup 2:2.6.1-4"
-    return [
-        " ".join(deb.name.replace("%3a", ":").split("_")[:2]) for deb in found if deb is not None
-    ]

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tests and their harness are held to the same standard as bookend.
+TYPED = ("bookend", "bench", "harness", "tests")
 
 
 def run(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -16,15 +18,15 @@ def run(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_check() -> None:
-    result = run("ruff", "check", "bookend", "bench", "tests")
+    result = run("ruff", "check", "bookend", "bench", "harness", "tests")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ruff_format() -> None:
-    result = run("ruff", "format", "--check", "bookend", "bench", "tests")
+    result = run("ruff", "format", "--check", "bookend", "bench", "harness", "tests")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_mypy_strict() -> None:
-    result = run("mypy", "--strict", "bookend", "bench", "tests")
+    result = run("mypy", "--strict", *TYPED)
     assert result.returncode == 0, result.stdout + result.stderr

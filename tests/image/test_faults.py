@@ -23,7 +23,7 @@ import pytest
 
 from bookend.errors import ArchiveError
 from bookend.exitrd_load import load_exitrd
-from tests.imagebuild import bookend
+from harness.images import bookend
 from tests.tmpfs import small_tmpfs
 
 KVER = max(os.listdir("/lib/modules"), default="") if os.path.isdir("/lib/modules") else ""

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bookend.sysroot import Sysroot, parse_os_release
-from tests.imagebuild import QEMU_VIRTIO_EXT4, bookend, build_image
+from harness.images import QEMU_VIRTIO_EXT4, bookend, build_image
 
 KVER = max(os.listdir("/lib/modules"), default="") if os.path.isdir("/lib/modules") else ""
 pytestmark = pytest.mark.skipif(not KVER, reason="no kernel modules installed under /lib/modules")

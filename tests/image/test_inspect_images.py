@@ -1,6 +1,6 @@
 """ls, extract, diff and check on real images: bookend's own, built from this machine,
 and foreign ones built here by initramfs-tools' mkinitramfs and by dracut (installed, or
-else run from its unpacked Debian packages, as bench/ does: it conflicts with
+else run from its unpacked Debian packages, harness/foreign.py: it conflicts with
 initramfs-tools).
 
 Independent readers (bsdtar, and initramfs-tools' lsinitramfs for several segments)
@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from bench.tools import unpack_debs, unpacked_dracut
 from bookend.resolve import newest_kernel
-from tests.imagebuild import QEMU_VIRTIO_EXT4, bookend, build_image
-from tests.vm.rootdisk import CACHE_ENV, DEFAULT_CACHE
+from harness.foreign import ensure_dracut, unpacked_dracut
+from harness.images import QEMU_VIRTIO_EXT4, bookend, build_image, content_by_bsdtar, leaves
+from harness.rootdisk import cache_dir_default
 
 KVER = newest_kernel(Path("/")) or ""
 pytestmark = pytest.mark.skipif(not KVER, reason="no kernel modules installed under /lib/modules")
@@ -53,12 +53,11 @@ def dracut(output: Path) -> None:
         return
     # Not installed (it would remove initramfs-tools): its packages, unpacked, run on this
     # machine's own files.
-    cache = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
     try:
-        unpack_debs(("dracut-core", "dracut"), cache, cache / "dracut")
+        root, _ = ensure_dracut(cache_dir_default())
     except subprocess.CalledProcessError as exc:
         pytest.skip(f"dracut is not installed and its packages can't be fetched: {exc}")
-    dracut_argv, dracut_env = unpacked_dracut(cache / "dracut")
+    dracut_argv, dracut_env = unpacked_dracut(root)
     subprocess.run([*dracut_argv, *options], check=True, capture_output=True,
                    env={**os.environ, **dracut_env})  # fmt: skip
 
@@ -244,8 +243,6 @@ def test_check_a_foreign_image(foreign: Path) -> None:
 
 
 def test_size_of_a_foreign_image(foreign: Path, tmp_path: Path) -> None:
-    from tests.image.test_size_image import content_by_bsdtar, leaves
-
     report = json.loads(run("size", "--json", str(foreign)).stdout)
     # bsdtar reads the first segment only: the main one is summed on its own.
     main = content_by_bsdtar(foreign.with_name("main.img"), tmp_path)

@@ -17,7 +17,7 @@ import pytest
 
 from bookend.inspect.check import check_image
 from bookend.inspect.image import scan_image
-from tests.imagebuild import bookend
+from harness.images import bookend
 
 KVER = max(os.listdir("/lib/modules"), default="") if os.path.isdir("/lib/modules") else ""
 KERNEL = Path(f"/boot/vmlinuz-{KVER}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 
 from bookend.inspect.size import NO_PACKAGE, NOT_IN_MANIFEST
 from bookend.resolve import newest_kernel
-from tests.imagebuild import QEMU_VIRTIO_EXT4, bookend, build_image
+from harness.images import QEMU_VIRTIO_EXT4, bookend, build_image, content_by_bsdtar, leaves
 from tests.pngfile import read_png
 
 KVER = newest_kernel(Path("/")) or ""
@@ -40,31 +39,6 @@ def report(image: Path) -> Any:
     result = bookend("size", "--json", str(image))
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def content_by_bsdtar(image: Path, tree: Path) -> int:
-    """Content bytes as another reader unpacks them: files (each inode once), link targets."""
-    subprocess.run(["bsdtar", "-xf", str(image), "-C", str(tree)], check=True)
-    total = 0
-    inodes = set()
-    for directory, dirs, files in os.walk(tree):
-        for name in files + dirs:  # os.walk puts a symlink to a directory among the dirs
-            path = Path(directory, name)
-            st = path.lstat()
-            if path.is_symlink():
-                total += len(os.fsencode(os.readlink(path)))
-            elif path.is_file() and st.st_ino not in inodes:
-                inodes.add(st.st_ino)
-                total += st.st_size
-    return total
-
-
-def leaves(node: dict[str, Any], path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], int]]:
-    """(names from the root, size) of every file in a tree."""
-    here = (*path, node["name"])
-    if "children" not in node:
-        return [(here, node["size"])]
-    return [leaf for child in node["children"] for leaf in leaves(child, here)]
 
 
 def test_sizes_add_up_to_what_another_reader_unpacks(

@@ -14,7 +14,7 @@ from bookend.archive import write_atomically
 from bookend.build import _check_before_replacing
 from bookend.errors import ArchiveError
 from tests.unit.conftest import load_config, make_root_tree
-from tests.unit.test_inspect_reader import S_IFLNK, archive, newc
+from tests.unit.newcfile import S_IFLNK, archive, newc
 
 
 def test_verify_sees_the_complete_file_before_the_rename(tmp_path: Path) -> None:

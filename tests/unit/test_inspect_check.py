@@ -16,6 +16,8 @@ import pytest
 from bookend.archive import ArchiveEntry, Compression, EntryKind, open_compressor, write_cpio
 from bookend.inspect.check import check_image
 from tests.unit.elftree import compile_c, install_libc, shared_library
+from tests.unit.newcfile import archive, newc
+from tests.unit.nobody import as_nobody, shared_directory
 
 ROOT = Path(__file__).resolve().parents[2]
 KVER = "6.1.0-test"
@@ -299,8 +301,6 @@ def test_cli_ok_and_problems(tree: Path, tmp_path: Path) -> None:
 
 
 def test_cli_a_refused_entry_is_a_problem(tmp_path: Path) -> None:
-    from tests.unit.test_inspect_reader import archive, newc
-
     image = tmp_path / "hostile.img"
     image.write_bytes(archive(newc("../escape", data=b"x")))
     result = bookend("check", str(image))
@@ -312,8 +312,6 @@ def test_cli_a_refused_entry_is_a_problem(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become an ordinary user")
 def test_as_an_ordinary_user_unreadable_directories_are_still_checked(tree: Path) -> None:
-    from tests.unit.test_inspect_extract import as_nobody, shared_directory
-
     (tree / "usr/bin").chmod(0o000)  # nobody could not look in, were it not for check
     with shared_directory() as shared:
         image = pack(tree, shared / "image.img", ["/usr/bin/tool"])

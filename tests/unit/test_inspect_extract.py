@@ -6,13 +6,12 @@ import contextlib
 import io
 import json
 import os
-import pickle
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,14 +21,8 @@ from hypothesis import strategies as st
 
 from bookend.errors import ArchiveError
 from bookend.inspect.extract import ExtractReport, extract_image
-from tests.unit.test_inspect_reader import (
-    S_IFCHR,
-    S_IFDIR,
-    S_IFLNK,
-    S_IFREG,
-    archive,
-    newc,
-)
+from tests.unit.newcfile import S_IFCHR, S_IFDIR, S_IFLNK, S_IFREG, archive, newc
+from tests.unit.nobody import NOBODY, as_nobody, shared_directory
 
 ROOT = Path(__file__).resolve().parents[2]
 CANARY = "zz-bookend-extract-canary"  # a name no honest path on this machine has
@@ -165,45 +158,6 @@ def test_device_nodes_as_root_and_skipped_when_asked(sandbox: Path) -> None:
     report = extract_image(sandbox / "image.img", sandbox / "other", devices=False)
     assert report.skipped == [("dev/null", "device node: only root can create one")]
     assert not (sandbox / "other/dev/null").exists()
-
-
-NOBODY = 65534
-
-
-def as_nobody(function: Callable[[], object]) -> object:
-    """function's result, computed in a child process that has dropped root.
-
-    A fork rather than a new interpreter: the modules are already loaded, and the
-    interpreter itself may live where nobody cannot read it.
-    """
-    reader, writer = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never return into pytest
-        status = 1
-        try:
-            os.close(reader)
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            with os.fdopen(writer, "wb") as out:
-                pickle.dump(function(), out)
-            status = 0
-        finally:
-            os._exit(status)
-    os.close(writer)
-    with os.fdopen(reader, "rb") as source:
-        data = source.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the child failed"
-    return pickle.loads(data)
-
-
-@contextmanager
-def shared_directory() -> Iterator[Path]:
-    """A directory nobody may write in, as pytest's own are root's alone."""
-    with tempfile.TemporaryDirectory(prefix="bookend-nobody-") as scratch:
-        os.chmod(scratch, 0o777)
-        yield Path(scratch)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 from bookend.archive import ArchiveEntry, Compression, EntryKind, open_compressor, write_cpio
 from bookend.inspect.image import scan_image
 from bookend.inspect.listing import format_listing
-from tests.unit.test_inspect_reader import S_IFREG, archive, newc
+from tests.unit.newcfile import S_IFREG, archive, newc
 
 ROOT = Path(__file__).resolve().parents[2]
 

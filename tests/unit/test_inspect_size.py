@@ -30,7 +30,7 @@ from bookend.inspect.size import (
 )
 from bookend.inspect.size_html import DATA_MARK, page_data, render_html
 from bookend.manifest import with_manifest
-from tests.unit.test_inspect_reader import S_IFLNK, S_IFREG, archive, newc
+from tests.unit.newcfile import S_IFLNK, S_IFREG, archive, newc
 
 ROOT = Path(__file__).resolve().parents[2]
 MODS = "/usr/lib/modules/6.1.0-test/kernel"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bookend.install import initramfs_tools_note
-from tests.imagebuild import bookend
+from harness.images import bookend
 
 PLUGIN = "etc/kernel/install.d/50-bookend.install"
 POSTINST = "etc/kernel/postinst.d/zz-bookend"

@@ -8,7 +8,7 @@ import pytest
 
 from bookend.errors import ConfigError
 from bookend.uki import STUB_PATH, UkiTools, find_uki_tools, ukify_argv
-from tests.imagebuild import bookend
+from harness.images import bookend
 from tests.unit.conftest import load_config, make_root_tree
 
 KVER = "6.12.0-test"

@@ -1,4 +1,6 @@
-"""Fixtures for the VM tests, and the `vm` mark on every test collected here."""
+"""Fixtures the VM tests share: the kernel, the cached disks, the common images, and the
+options for a boot of the root disk. Session-scoped ones are made once per test process
+(each pytest-xdist worker); the disks themselves once per machine, in the cache."""
 
 from __future__ import annotations
 
@@ -6,17 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.qemu import Kernel, installed_kernels
-from tests.vm.rootdisk import RootDisk, ensure_root_disk
+from harness.images import QEMU_VIRTIO_EXT4, build_image
+from harness.qemu import BootOptions, Kernel, installed_kernels
+from harness.rootdisk import RootDisk, ensure_root_disk
+from harness.stackdisks import StackDisks, ensure_stack_disks
 
-HERE = Path(__file__).resolve().parent
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    # This hook sees every collected test, not only those below this directory.
-    for item in items:
-        if HERE in item.path.resolve().parents:
-            item.add_marker(pytest.mark.vm)
+# Under TCG a boot takes 30-60 s alone, more with other guests beside it.
+BOOT_LIMIT = 600
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +31,42 @@ def root_disk() -> RootDisk:
     return ensure_root_disk()
 
 
+@pytest.fixture(scope="session")
+def stacks(kernel: Kernel, root_disk: RootDisk) -> dict[str, StackDisks]:
+    """The LUKS, LVM-on-LUKS, MD RAID1 and btrfs RAID1 disk sets (harness/stackdisks.py)."""
+    return ensure_stack_disks(kernel, root_disk)
+
+
+@pytest.fixture(scope="session")
+def host_initrd(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initrd for a virtio disk with an ext4 root, and its exitrd beside it."""
+    output = tmp_path_factory.mktemp("host") / "initrd.img"
+    return build_image(output, kernel.version, *QEMU_VIRTIO_EXT4)
+
+
+@pytest.fixture(scope="session")
+def generic_initrd(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generic initrd (every storage driver and feature), and its exitrd beside it."""
+    output = tmp_path_factory.mktemp("generic") / "initrd.img"
+    return build_image(output, kernel.version, "--generic")
+
+
 @pytest.fixture
 def console_log(tmp_path: Path) -> Path:
     """Where a test's guest console goes; pytest keeps recent tmp_paths for a post-mortem."""
     return tmp_path / "console.log"
+
+
+@pytest.fixture
+def root_boot(
+    kernel: Kernel, host_initrd: Path, root_disk: RootDisk, console_log: Path
+) -> BootOptions:
+    """A boot of the root disk through host_initrd; change what a test needs with replace()."""
+    return BootOptions(
+        kernel=kernel.path,
+        initrd=host_initrd,
+        disks=(root_disk.image,),
+        append=f"root=UUID={root_disk.uuid} rw",
+        timeout=BOOT_LIMIT,
+        log_path=console_log,
+    )

@@ -10,18 +10,17 @@ Run with `-rP` to see each boot's time.
 from __future__ import annotations
 
 import re
-import secrets
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.imagebuild import QEMU_VIRTIO_EXT4, build_image
-from tests.vm.guestjob import job_status, make_job_disk, read_job_output
-from tests.vm.qemu import Boot, Kernel, boot
-from tests.vm.rootdisk import RootDisk
+from harness.guestjob import job_status, make_job_disk, read_job_output, run_job
+from harness.images import QEMU_VIRTIO_EXT4, build_image
+from harness.qemu import Boot, BootOptions, Kernel, boot
+from harness.rootdisk import RootDisk
+from harness.token import boot_to_token
 
-# Under TCG a boot takes 30-60 s alone, and other tests' guests may share the CPUs.
-BOOT_LIMIT = 600
 # How long a failed activation is watched for a switch-root that must not come.
 NO_SWITCH_WATCH = 30
 
@@ -105,11 +104,9 @@ def hook_args(root_uuid: str) -> list[str]:
     return [arg for hook in hooks(root_uuid) for arg in ("--hook", hook)]
 
 
-def expect_switch_and_report(vm: Boot, token: str) -> None:
+def expect_switch(vm: Boot) -> None:
     vm.expect(r"Starting .*initrd-switch-root\.service", timeout=300)
     vm.expect(r"Welcome to Debian GNU/Linux [^\n]*!", timeout=120)
-    vm.expect(rf"BOOKEND-TOKEN {token} booted-with-initrd=yes systemd-initrd=yes", timeout=300)
-    assert vm.wait_exit(timeout=120) == 0
 
 
 def position(text: str, pattern: str) -> int:
@@ -120,41 +117,39 @@ def position(text: str, pattern: str) -> int:
 
 
 def test_activation_runs_once_in_the_real_root_before_switch_root(
-    kernel: Kernel, root_disk: RootDisk, console_log: Path, tmp_path: Path
+    kernel: Kernel, root_boot: BootOptions, tmp_path: Path
 ) -> None:
     initrd = build_with(
         kernel, tmp_path, "--activation", ACTIVATION, "--hook", f"pre-pivot={PRE_PIVOT_READS_RUN}"
     )
     job = make_job_disk(tmp_path / "job.img", JOB_READS_RUN)
-    token = secrets.token_hex(8)
-    append = f"root=UUID={root_disk.uuid} rw bookend.token={token} bookend.job"
-    with boot(kernel.path, initrd, [root_disk.image, job], append, BOOT_LIMIT,
-              log_path=console_log) as vm:  # fmt: skip
+
+    def activation_then_pre_pivot(vm: Boot) -> None:
         vm.expect(r"Welcome to .*\(bookend initrd\)", timeout=300)
         vm.expect(r"Mounted .*sysroot\.mount", timeout=300)
         vm.expect(r"BOOKEND-ACTIVATION ran in=real", timeout=300)
         # The pre-pivot hook comes after it and reads its line in the initrd's /run.
         vm.expect(r"BOOKEND-PRE-PIVOT saw=ran\b", timeout=120)
-        expect_switch_and_report(vm, token)
-        seconds = vm.elapsed
-    text = console_log.read_text(errors="replace")
-    assert len(re.findall(r"BOOKEND-ACTIVATION ran", text)) == 1, "the activation ran again"
+        expect_switch(vm)
+
+    options = replace(root_boot, initrd=initrd, disks=(*root_boot.disks, job))
+    done = run_job(options, on_the_way=activation_then_pre_pivot)
+    assert len(re.findall(r"BOOKEND-ACTIVATION ran", done.text)) == 1, "the activation ran again"
     # The real root finds exactly the one line the activation left in /run.
-    assert job_status(job.path) == 0
+    assert done.status == 0 == job_status(job.path)
     seen = read_job_output(job.path, "activation", tmp_path / "activation").read_text()
     assert seen == "ran\n"
-    assert "FAILED" not in text, "a unit failed during boot; see " + str(console_log)
-    print(f"activation boot: {seconds:.0f} s")
+    assert [line for line in done.text.splitlines() if "FAILED" in line] == []
+    print(f"activation boot: {done.seconds:.0f} s")
 
 
 def test_failing_activation_stops_in_emergency_mode(
-    kernel: Kernel, root_disk: RootDisk, console_log: Path, tmp_path: Path
+    kernel: Kernel, root_boot: BootOptions, console_log: Path, tmp_path: Path
 ) -> None:
     initrd = build_with(kernel, tmp_path, "--activation", FAILING_ACTIVATION)
-    token = secrets.token_hex(8)
-    append = f"root=UUID={root_disk.uuid} rw bookend.token={token}"
-    with boot(kernel.path, initrd, [root_disk.image], append, BOOT_LIMIT,
-              log_path=console_log) as vm:  # fmt: skip
+    # A token on the command line, which the real root would report if it were reached.
+    append = f"{root_boot.append} bookend.token=not-reached"
+    with boot(replace(root_boot, initrd=initrd, append=append)) as vm:
         vm.expect(r"Welcome to .*\(bookend initrd\)", timeout=300)
         # The command's own output reaches the console (and the journal).
         vm.expect(r"BOOKEND-ACTIVATION-FAILING", timeout=300)
@@ -174,20 +169,19 @@ def test_failing_activation_stops_in_emergency_mode(
 
 
 def test_hooks_run_at_their_points_in_order(
-    kernel: Kernel, root_disk: RootDisk, console_log: Path, tmp_path: Path
+    kernel: Kernel, root_disk: RootDisk, root_boot: BootOptions, tmp_path: Path
 ) -> None:
     initrd = build_with(kernel, tmp_path, *hook_args(root_disk.uuid))
-    token = secrets.token_hex(8)
-    append = f"root=UUID={root_disk.uuid} rw bookend.token={token}"
-    with boot(kernel.path, initrd, [root_disk.image], append, BOOT_LIMIT,
-              log_path=console_log) as vm:  # fmt: skip
+
+    def hooks_in_order(vm: Boot) -> None:
         vm.expect(r"Welcome to .*\(bookend initrd\)", timeout=300)
         # Each hook's report, in order: what it found says where it ran.
         for report in EXPECTED_HOOKS:
             vm.expect(rf"BOOKEND-HOOK {report}\n", timeout=300)
-        expect_switch_and_report(vm, token)
-        seconds = vm.elapsed
-    text = console_log.read_text(errors="replace")
+        expect_switch(vm)
+
+    booted = boot_to_token(replace(root_boot, initrd=initrd), on_the_way=hooks_in_order)
+    text = booted.text
     for report in EXPECTED_HOOKS:
         name = report.split()[0]
         assert len(re.findall(rf"BOOKEND-HOOK {name} ", text)) == 1, f"{name} ran again"
@@ -200,5 +194,5 @@ def test_hooks_run_at_their_points_in_order(
     assert position(text, r"BOOKEND-HOOK pre-pivot ") < position(
         text, r"Starting .*initrd-switch-root\.service"
     )
-    assert "FAILED" not in text, "a unit failed during boot; see " + str(console_log)
-    print(f"hooks boot: {seconds:.0f} s")
+    assert not booted.failed_units, f"units failed; see {root_boot.log_path}"
+    print(f"hooks boot: {booted.seconds:.0f} s")

@@ -10,20 +10,19 @@ Run with `-rP` to see the measured figures.
 from __future__ import annotations
 
 import re
-import secrets
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
-import pytest
-
 import bookend
-from tests.imagebuild import QEMU_VIRTIO_EXT4, build_image
-from tests.vm.guestjob import make_job_disk, read_job_output
-from tests.vm.qemu import Disk, Kernel, boot
-from tests.vm.rootdisk import RootDisk
-from tests.vm.stackdisks import StackDisks, ensure_stack_disks
+from harness.guestjob import make_job_disk, read_job_output, run_job
+from harness.qemu import Boot, BootOptions, Disk, Kernel
+from harness.rootdisk import RootDisk
+from harness.stackdisks import StackDisks
 
 BOOT_LIMIT = 900
+# From the token to QEMU's exit: unpacking the exitrd, pivoting, detaching the storage.
+SHUTDOWN_LIMIT = 300
 PROMPT = r"Please enter passphrase for disk"
 
 INSTALL_JOB = """\
@@ -55,47 +54,23 @@ cryptsetup close check
 """
 
 
-@pytest.fixture(scope="module")
-def images(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A generic initrd and its exitrd, built in one run."""
-    directory = tmp_path_factory.mktemp("images")
-    initrd = build_image(directory / "initrd.img", kernel.version, "--generic")
-    exitrd = directory / "exitrd.img"
-    assert exitrd.exists() and (directory / "exitrd.img.sha256").exists()
-    return initrd, exitrd
-
-
-@pytest.fixture(scope="module")
-def plain_images(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    directory = tmp_path_factory.mktemp("plain")
-    initrd = build_image(directory / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4)
-    return initrd, directory / "exitrd.img"
-
-
 def install_job(path: Path, exitrd_dir: Path) -> Disk:
     files = {"src/bookend": Path(bookend.__file__).parent, "exitrd": exitrd_dir}
     return make_job_disk(path, INSTALL_JOB, files=files)
 
 
-def shutdown_through(
-    kernel: Kernel,
-    initrd: Path,
-    disks: list[Disk],
-    append: str,
-    console_log: Path,
-    passphrase: str | None = None,
-) -> str:
+def shutdown_through(options: BootOptions, passphrase: str | None = None) -> str:
     """Boot with the install job, let the root power off, return the console text."""
-    token = secrets.token_hex(8)
-    append = f"{append} rw bookend.token={token} bookend.job"
-    with boot(kernel.path, initrd, disks, append, BOOT_LIMIT, log_path=console_log) as vm:
+
+    def unlock(vm: Boot) -> None:
         if passphrase is not None:
             vm.expect(PROMPT, timeout=300)
             vm.send(passphrase + "\n")
-        vm.expect(r"BOOKEND-JOB-STATUS 0", timeout=BOOT_LIMIT)
-        vm.expect(rf"BOOKEND-TOKEN {token} booted-with-initrd=yes", timeout=300)
-        assert vm.wait_exit(timeout=300) == 0
-    return console_log.read_text(errors="replace")
+
+    done = run_job(replace(options, timeout=BOOT_LIMIT), on_the_way=unlock,
+                   exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
+    assert done.status == 0, f"the install job failed; see {options.log_path}"
+    return done.text
 
 
 def after(text: str, marker: str) -> str:
@@ -104,16 +79,11 @@ def after(text: str, marker: str) -> str:
 
 
 def test_exitrd_takes_down_plain_root(
-    kernel: Kernel,
-    root_disk: RootDisk,
-    plain_images: tuple[Path, Path],
-    console_log: Path,
-    tmp_path: Path,
+    root_boot: BootOptions, host_initrd: Path, tmp_path: Path
 ) -> None:
-    initrd, exitrd = plain_images
+    exitrd = host_initrd.with_name("exitrd.img")
     job = install_job(tmp_path / "job.img", exitrd.parent)
-    text = shutdown_through(kernel, initrd, [Disk(root_disk.image), job],
-                            f"root=UUID={root_disk.uuid}", console_log)  # fmt: skip
+    text = shutdown_through(replace(root_boot, disks=(*root_boot.disks, job)))
     unpacked = re.search(r"exitrd /boot/exitrd.img: (\d+) entries unpacked .* in ([\d.]+) s", text)
     assert unpacked, "the unit did not unpack the exitrd at shutdown"
     pivoted = after(text, "Returning to initrd...")
@@ -125,13 +95,9 @@ def test_exitrd_takes_down_plain_root(
 
 
 def test_corrupted_exitrd_is_refused_and_poweroff_goes_on(
-    kernel: Kernel,
-    root_disk: RootDisk,
-    plain_images: tuple[Path, Path],
-    console_log: Path,
-    tmp_path: Path,
+    root_boot: BootOptions, host_initrd: Path, tmp_path: Path
 ) -> None:
-    _, exitrd = plain_images
+    exitrd = host_initrd.with_name("exitrd.img")
     corrupt_dir = tmp_path / "exitrd"
     corrupt_dir.mkdir()
     data = bytearray(exitrd.read_bytes())
@@ -139,24 +105,17 @@ def test_corrupted_exitrd_is_refused_and_poweroff_goes_on(
     (corrupt_dir / "exitrd.img").write_bytes(data)
     shutil.copy(exitrd.with_name("exitrd.img.sha256"), corrupt_dir)
     job = install_job(tmp_path / "job.img", corrupt_dir)
-    text = shutdown_through(kernel, plain_images[0], [Disk(root_disk.image), job],
-                            f"root=UUID={root_disk.uuid}", console_log)  # fmt: skip
+    text = shutdown_through(replace(root_boot, disks=(*root_boot.disks, job)))
     assert re.search(r"exitrd /boot/exitrd.img: SHA-256 \w+ does not match", text), text[-3000:]
     assert "Returning to initrd" not in text  # nothing to pivot into: the normal power-off
-
-
-@pytest.fixture(scope="module")
-def stacks(kernel: Kernel, root_disk: RootDisk) -> dict[str, StackDisks]:
-    return ensure_stack_disks(kernel, root_disk)
 
 
 def test_exitrd_detaches_lvm_on_luks_and_leaves_ext4_clean(
     kernel: Kernel,
     root_disk: RootDisk,
+    root_boot: BootOptions,
     stacks: dict[str, StackDisks],
-    images: tuple[Path, Path],
-    plain_images: tuple[Path, Path],
-    console_log: Path,
+    generic_initrd: Path,
     tmp_path: Path,
 ) -> None:
     stack = stacks["lvm-on-luks"]
@@ -164,11 +123,12 @@ def test_exitrd_detaches_lvm_on_luks_and_leaves_ext4_clean(
     # The shutdown writes to the disk, so it gets its own copy of the cached one.
     disk = tmp_path / "stack.img"
     shutil.copyfile(stack.disks[0], disk)
-    initrd, exitrd = images
+    exitrd = generic_initrd.with_name("exitrd.img")
     job = install_job(tmp_path / "job.img", exitrd.parent)
-    append = f"root=UUID={stack.root_uuid} rd.luks.name={stack.luks_uuid}={stack.luks_name}"
-    text = shutdown_through(kernel, initrd, [Disk(disk, snapshot=False), job], append,
-                            console_log, stack.passphrase)  # fmt: skip
+    append = f"root=UUID={stack.root_uuid} rd.luks.name={stack.luks_uuid}={stack.luks_name} rw"
+    text = shutdown_through(replace(root_boot, initrd=generic_initrd, append=append,
+                                    disks=(Disk(disk, snapshot=False), job)),
+                            stack.passphrase)  # fmt: skip
     pivoted = after(text, "Returning to initrd...")
     assert "shutdown[1]: All DM devices detached." in pivoted, pivoted[-3000:]
 
@@ -177,13 +137,9 @@ def test_exitrd_detaches_lvm_on_luks_and_leaves_ext4_clean(
                           files={"passphrase": _write(tmp_path / "pass", stack.passphrase),
                                  "device": _write(tmp_path / "dev",
                                                   "/dev/disk/by-id/virtio-bookend1")})  # fmt: skip
-    token = secrets.token_hex(8)
-    append = f"root=UUID={root_disk.uuid} rw bookend.token={token} bookend.job"
-    disks = [Disk(root_disk.image), Disk(disk, snapshot=False), check]
-    with boot(kernel.path, plain_images[0], disks, append, BOOT_LIMIT,
-              log_path=tmp_path / "check-console.log") as vm:  # fmt: skip
-        vm.expect(r"BOOKEND-JOB-STATUS \d+", timeout=BOOT_LIMIT)
-        assert vm.wait_exit(timeout=300) == 0
+    disks = (Disk(root_disk.image), Disk(disk, snapshot=False), check)
+    run_job(replace(root_boot, disks=disks, log_path=tmp_path / "check-console.log"),
+            exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
     fsck = read_job_output(check.path, "fsck.log", tmp_path / "fsck.log").read_text()
     status = read_job_output(check.path, "fsck-status", tmp_path / "status").read_text()
     header = read_job_output(check.path, "dumpe2fs.txt", tmp_path / "dumpe2fs").read_text()

@@ -18,14 +18,16 @@ import secrets
 import subprocess
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from tests.imagebuild import QEMU_VIRTIO_EXT4, build_image
-from tests.vm.qemu import Boot, Disk, Kernel, boot, plug_virtio_disk
-from tests.vm.qmp import Qmp
-from tests.vm.rootdisk import RootDisk
+from harness.images import QEMU_VIRTIO_EXT4, build_image
+from harness.qemu import Boot, BootOptions, Disk, Kernel, boot, plug_virtio_disk
+from harness.qmp import Qmp
+from harness.rootdisk import RootDisk
+from harness.token import boot_to_token
 
 BOOT_LIMIT = 420
 # Seconds the initrd waits for the absent root; short, so each test stays short.
@@ -64,10 +66,10 @@ def absent_root(absent_uuid: str) -> str:
     return f"root=UUID={absent_uuid} rw rootflags=x-systemd.device-timeout={DEVICE_TIMEOUT}s"
 
 
-def boot_absent_root(kernel: Kernel, initrd: Path, root_disk: RootDisk, console_log: Path) -> Boot:
+def boot_absent_root(root_boot: BootOptions, initrd: Path) -> Boot:
     """Boot with the real root disk attached but root= naming a UUID no disk has."""
     append = absent_root(str(uuid.uuid4()))
-    return boot(kernel.path, initrd, [root_disk.image], append, BOOT_LIMIT, log_path=console_log)
+    return boot(replace(root_boot, initrd=initrd, append=append, timeout=BOOT_LIMIT))
 
 
 def ask_shell_command(word: str) -> str:
@@ -99,11 +101,12 @@ def password_hash(password: str) -> str:
 
 
 def test_absent_root_reaches_emergency_mode_within_the_device_timeout(
-    kernel: Kernel, root_disk: RootDisk, locked_initrd: Path, console_log: Path
+    root_boot: BootOptions, locked_initrd: Path, console_log: Path
 ) -> None:
     absent_uuid = str(uuid.uuid4())
-    with boot(kernel.path, locked_initrd, [root_disk.image], absent_root(absent_uuid),
-              BOOT_LIMIT, log_path=console_log) as vm:  # fmt: skip
+    options = replace(root_boot, initrd=locked_initrd, append=absent_root(absent_uuid),
+                      timeout=BOOT_LIMIT)  # fmt: skip
+    with boot(options) as vm:
         vm.expect(r"Welcome to .*\(bookend initrd\)", timeout=240)
         started = vm.elapsed
         vm.expect(EMERGENCY, timeout=DEVICE_TIMEOUT + EMERGENCY_SLACK)
@@ -124,10 +127,10 @@ def test_absent_root_reaches_emergency_mode_within_the_device_timeout(
 
 
 def test_locked_emergency_shell_gives_no_shell_and_enter_retries_the_boot(
-    kernel: Kernel, root_disk: RootDisk, locked_initrd: Path, console_log: Path
+    root_boot: BootOptions, locked_initrd: Path, console_log: Path
 ) -> None:
     word = secrets.token_hex(8)
-    with boot_absent_root(kernel, locked_initrd, root_disk, console_log) as vm:
+    with boot_absent_root(root_boot, locked_initrd) as vm:
         vm.expect(EMERGENCY, timeout=300)
         vm.expect(LOCKED, timeout=60)
         answer_prompt(vm, PRESS_ENTER, "")
@@ -149,12 +152,12 @@ def test_locked_emergency_shell_gives_no_shell_and_enter_retries_the_boot(
 
 
 def test_password_emergency_shell_refuses_an_empty_password_and_opens_for_the_right_one(
-    kernel: Kernel, root_disk: RootDisk, console_log: Path, tmp_path: Path
+    kernel: Kernel, root_boot: BootOptions, console_log: Path, tmp_path: Path
 ) -> None:
     password = secrets.token_hex(8)
     initrd = faults_image(kernel, tmp_path, "--emergency-shell", password_hash(password))
     refused, opened = secrets.token_hex(8), secrets.token_hex(8)
-    with boot_absent_root(kernel, initrd, root_disk, console_log) as vm:
+    with boot_absent_root(root_boot, initrd) as vm:
         vm.expect(EMERGENCY, timeout=300)
         answer_prompt(vm, PASSWORD_PROMPT, "")
         vm.expect(r"Login incorrect", timeout=60)
@@ -172,11 +175,11 @@ def test_password_emergency_shell_refuses_an_empty_password_and_opens_for_the_ri
 
 
 def test_unlocked_emergency_shell_opens_without_a_password(
-    kernel: Kernel, root_disk: RootDisk, console_log: Path, tmp_path: Path
+    kernel: Kernel, root_boot: BootOptions, tmp_path: Path
 ) -> None:
     initrd = faults_image(kernel, tmp_path, "--emergency-shell", "unlocked")
     word = secrets.token_hex(8)
-    with boot_absent_root(kernel, initrd, root_disk, console_log) as vm:
+    with boot_absent_root(root_boot, initrd) as vm:
         vm.expect(EMERGENCY, timeout=300)
         answer_prompt(vm, UNLOCKED_PROMPT, "")
         vm.expect(r"\n# ", timeout=60)
@@ -184,80 +187,74 @@ def test_unlocked_emergency_shell_opens_without_a_password(
         vm.kill()
 
 
+def late_root_boot(root_boot: BootOptions, initrd: Path, socket: Path, append: str) -> BootOptions:
+    """The root disk given to QEMU unplugged, to be plugged in through QMP at socket."""
+    late = Disk(root_boot.attached[0].path, plugged=False)
+    return replace(root_boot, initrd=initrd, disks=(late,), append=append, qmp_socket=socket,
+                   timeout=BOOT_LIMIT)  # fmt: skip
+
+
 def test_root_disk_plugged_in_late_is_waited_for(
-    kernel: Kernel, root_disk: RootDisk, locked_initrd: Path, console_log: Path, tmp_path: Path
+    root_boot: BootOptions, root_disk: RootDisk, locked_initrd: Path, tmp_path: Path
 ) -> None:
-    token = secrets.token_hex(8)
-    append = f"root=UUID={root_disk.uuid} rw bookend.token={token}"
     socket = tmp_path / "qmp.sock"
-    disks = [Disk(root_disk.image, plugged=False)]
-    with boot(kernel.path, locked_initrd, disks, append, BOOT_LIMIT, log_path=console_log,
-              qmp_socket=socket) as vm, Qmp(socket) as qmp:  # fmt: skip
-        vm.expect(r"Welcome to .*\(bookend initrd\)", timeout=240)
-        # systemd shows a start job that runs for a while: the initrd is waiting.
-        vm.expect(r"Job dev-disk-by\\x2duuid-.*start running", timeout=120)
-        time.sleep(LATE_SECONDS)
-        plug_virtio_disk(qmp, 0)
+    options = late_root_boot(root_boot, locked_initrd, socket, root_boot.append)
+    plugged = 0.0
+
+    def plug_in_late(vm: Boot) -> None:
+        nonlocal plugged
+        with Qmp(socket) as qmp:
+            vm.expect(r"Welcome to .*\(bookend initrd\)", timeout=240)
+            # systemd shows a start job that runs for a while: the initrd is waiting.
+            vm.expect(r"Job dev-disk-by\\x2duuid-.*start running", timeout=120)
+            time.sleep(LATE_SECONDS)
+            plug_virtio_disk(qmp, 0)
         plugged = vm.elapsed
         # The status line is cut to the terminal's width; the UUID's tail survives.
         vm.expect(rf"Found device .*{root_disk.uuid[-12:]}", timeout=120)
-        report = vm.expect(
-            rf"BOOKEND-TOKEN {token} booted-with-initrd=(\w+) systemd-initrd=(\w+)", timeout=300
-        )
-        assert report.groups() == ("yes", "yes")
-        booted = vm.elapsed - plugged
-        assert vm.wait_exit(timeout=120) == 0
-    text = console_log.read_text(errors="replace")
-    assert "Timed out waiting for device" not in text
-    assert "FAILED" not in text, "a unit failed during boot; see " + str(console_log)
-    print(f"late root disk: plugged in {plugged:.0f} s into the boot, token {booted:.0f} s later")
+
+    booted = boot_to_token(options, on_the_way=plug_in_late)
+    assert "Timed out waiting for device" not in booted.text
+    assert not booted.failed_units, f"units failed; see {root_boot.log_path}"
+    print(f"late root disk: plugged in {plugged:.0f} s into the boot, "
+          f"token {booted.seconds - plugged:.0f} s later")  # fmt: skip
 
 
 def test_module_that_fails_to_load_does_not_hang_the_boot(
-    kernel: Kernel, root_disk: RootDisk, console_log: Path, tmp_path: Path
+    kernel: Kernel, root_boot: BootOptions, tmp_path: Path
 ) -> None:
     initrd = faults_image(kernel, tmp_path, "--add-module", FAILING_MODULE)
-    token = secrets.token_hex(8)
     # kmod takes module options from the kernel command line as from modprobe.d; journald
     # forwards the initrd's log to the console, where systemd-modules-load's error shows.
-    append = (f"root=UUID={root_disk.uuid} rw bookend.token={token} {FAILING_OPTION} "
-              "rd.systemd.journald.forward_to_console=1")  # fmt: skip
-    with boot(kernel.path, initrd, [root_disk.image], append, BOOT_LIMIT,
-              log_path=console_log) as vm:  # fmt: skip
+    append = f"{root_boot.append} {FAILING_OPTION} rd.systemd.journald.forward_to_console=1"
+
+    def module_fails(vm: Boot) -> None:
         vm.expect(rf"{FAILING_MODULE}: `not-a-number' invalid for parameter `numdummies'",
                   timeout=240)  # fmt: skip
         vm.expect(rf"Failed to insert module '{FAILING_MODULE}': Invalid argument", timeout=60)
-        report = vm.expect(
-            rf"BOOKEND-TOKEN {token} booted-with-initrd=(\w+) systemd-initrd=(\w+)", timeout=300
-        )
-        assert report.groups() == ("yes", "yes")
-        assert vm.wait_exit(timeout=120) == 0
-        seconds = vm.elapsed
-    text = console_log.read_text(errors="replace")
-    assert "Failed to start systemd-modules-load.service" in text
-    print(f"failing module: boot to token in {seconds:.0f} s")
+
+    booted = boot_to_token(replace(root_boot, initrd=initrd, append=append, timeout=BOOT_LIMIT),
+                           on_the_way=module_fails)  # fmt: skip
+    assert "Failed to start systemd-modules-load.service" in booted.text
+    print(f"failing module: boot to token in {booted.seconds:.0f} s")
 
 
 def test_enter_at_the_locked_console_boots_a_root_disk_that_came_after_the_timeout(
-    kernel: Kernel, root_disk: RootDisk, locked_initrd: Path, console_log: Path, tmp_path: Path
+    root_boot: BootOptions, locked_initrd: Path, tmp_path: Path
 ) -> None:
-    token = secrets.token_hex(8)
-    append = (f"root=UUID={root_disk.uuid} rw bookend.token={token} "
-              f"rootflags=x-systemd.device-timeout={DEVICE_TIMEOUT}s")  # fmt: skip
     socket = tmp_path / "qmp.sock"
-    disks = [Disk(root_disk.image, plugged=False)]
-    with boot(kernel.path, locked_initrd, disks, append, BOOT_LIMIT, log_path=console_log,
-              qmp_socket=socket) as vm, Qmp(socket) as qmp:  # fmt: skip
-        vm.expect(EMERGENCY, timeout=300)
-        vm.expect(LOCKED, timeout=60)
-        vm.expect(PRESS_ENTER, timeout=60)
-        # The disk comes after systemd gave up on it; the kernel names it when it is there.
-        plug_virtio_disk(qmp, 0)
+    append = f"{root_boot.append} rootflags=x-systemd.device-timeout={DEVICE_TIMEOUT}s"
+
+    def plug_in_after_the_timeout(vm: Boot) -> None:
+        with Qmp(socket) as qmp:
+            vm.expect(EMERGENCY, timeout=300)
+            vm.expect(LOCKED, timeout=60)
+            vm.expect(PRESS_ENTER, timeout=60)
+            # The disk comes after systemd gave up on it; the kernel names it when it is there.
+            plug_virtio_disk(qmp, 0)
         vm.expect(r"virtio_blk virtio\d+: \[vd[a-z]\]", timeout=60)
         vm.send("\r")
         vm.expect(RESUMED, timeout=60)
-        report = vm.expect(
-            rf"BOOKEND-TOKEN {token} booted-with-initrd=(\w+) systemd-initrd=(\w+)", timeout=300
-        )
-        assert report.groups() == ("yes", "yes")
-        assert vm.wait_exit(timeout=120) == 0
+
+    boot_to_token(late_root_boot(root_boot, locked_initrd, socket, append),
+                  on_the_way=plug_in_after_the_timeout)  # fmt: skip

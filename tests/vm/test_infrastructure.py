@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.vm.qemu import Kernel, boot
+from harness.qemu import BootOptions, Kernel, boot
 
 
 def test_kernel_without_initrd_panics_and_qemu_exits(
@@ -15,7 +15,9 @@ def test_kernel_without_initrd_panics_and_qemu_exits(
     disk = tmp_path / "empty.img"
     with disk.open("wb") as sparse:
         sparse.truncate(1024 * 1024)
-    with boot(kernel.path, None, [disk], "root=/dev/vda", timeout=180, log_path=console_log) as vm:
+    options = BootOptions(kernel=kernel.path, disks=(disk,), append="root=/dev/vda",
+                          timeout=180, log_path=console_log)  # fmt: skip
+    with boot(options) as vm:
         vm.expect(r"Kernel panic - not syncing: VFS: Unable to mount root fs", timeout=150)
         assert vm.wait_exit(timeout=60) == 0
     assert "Kernel panic" in console_log.read_text()

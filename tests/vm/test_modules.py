@@ -6,19 +6,18 @@ No test here names a module: generic mode and hostonly detection must find them.
 
 from __future__ import annotations
 
-import secrets
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 import bookend
-from tests.imagebuild import build_image
-from tests.vm.guestjob import make_job_disk, read_job_output
-from tests.vm.qemu import Bus, Disk, Kernel, boot
-from tests.vm.rootdisk import RootDisk
+from harness.guestjob import make_job_disk, read_job_output, run_job
+from harness.qemu import BootOptions, Bus, Disk, Kernel
+from harness.rootdisk import RootDisk
+from harness.token import boot_to_token
 
-BOOT_LIMIT = 420
 # Booting, building an image under emulation, and powering off.
 JOB_LIMIT = 900
 MICROCODE_DIR = "kernel/x86/microcode"
@@ -35,41 +34,13 @@ test -s /job/out/hostonly.img
 """
 
 
-def boot_to_token(
-    kernel: Kernel,
-    initrd: Path,
-    disks: list[Disk],
-    root_disk: RootDisk,
-    console_log: Path,
-    *,
-    extra: str = "",
-    limit: float = BOOT_LIMIT,
-) -> str:
-    """Boot, wait for the root's report that systemd ran the initrd, and the power-off."""
-    token = secrets.token_hex(8)
-    append = f"root=UUID={root_disk.uuid} rw bookend.token={token} {extra}".strip()
-    with boot(kernel.path, initrd, disks, append, limit, log_path=console_log) as vm:
-        report = vm.expect(
-            rf"BOOKEND-TOKEN {token} booted-with-initrd=(\w+) systemd-initrd=(\w+)", timeout=limit
-        )
-        assert report.groups() == ("yes", "yes")
-        assert vm.wait_exit(timeout=120) == 0
-    return console_log.read_text(errors="replace")
-
-
-@pytest.fixture(scope="module")
-def generic_initrd(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_image(tmp_path_factory.mktemp("generic") / "initrd.img", kernel.version,
-                       "--generic")  # fmt: skip
-
-
 @pytest.mark.parametrize("bus", [Bus.VIRTIO, Bus.AHCI, Bus.NVME], ids=lambda b: b.value)
 def test_generic_image_boots_the_root_disk_on_any_bus(
-    kernel: Kernel, root_disk: RootDisk, generic_initrd: Path, console_log: Path, bus: Bus
+    root_boot: BootOptions, root_disk: RootDisk, generic_initrd: Path, bus: Bus
 ) -> None:
-    log = boot_to_token(kernel, generic_initrd, [Disk(root_disk.image, bus)], root_disk,
-                        console_log)  # fmt: skip
-    assert "FAILED" not in log, "a unit failed during boot; see " + str(console_log)
+    options = replace(root_boot, initrd=generic_initrd, disks=(Disk(root_disk.image, bus),))
+    booted = boot_to_token(options)
+    assert not booted.failed_units, f"units failed; see {root_boot.log_path}"
 
 
 def first_archive_names(image: Path) -> list[str]:
@@ -92,13 +63,16 @@ def main_archive_names(image: Path) -> set[str]:
 
 
 def test_hostonly_image_built_in_the_guest_boots_the_guest(
-    kernel: Kernel, root_disk: RootDisk, generic_initrd: Path, console_log: Path, tmp_path: Path
+    kernel: Kernel, root_boot: BootOptions, generic_initrd: Path, tmp_path: Path
 ) -> None:
     source = Path(bookend.__file__).parent
     job = make_job_disk(tmp_path / "job.img", HOSTONLY_JOB, files={"src/bookend": source},
                         modules_kver=kernel.version)  # fmt: skip
-    boot_to_token(kernel, generic_initrd, [Disk(root_disk.image), job], root_disk,
-                  tmp_path / "build-console.log", extra="bookend.job", limit=JOB_LIMIT)  # fmt: skip
+    build_log_path = tmp_path / "build-console.log"
+    options = replace(root_boot, initrd=generic_initrd, disks=(*root_boot.disks, job),
+                      timeout=JOB_LIMIT, log_path=build_log_path)  # fmt: skip
+    built = run_job(options)
+    assert built.status == 0, f"the build in the guest failed; see {build_log_path}"
     build_log = read_job_output(job.path, "build.log", tmp_path / "build.log").read_text()
     image = read_job_output(job.path, "hostonly.img", tmp_path / "hostonly.img")
     vendor = read_job_output(job.path, "vendor", tmp_path / "vendor").read_text().strip()
@@ -121,6 +95,6 @@ def test_hostonly_image_built_in_the_guest_boots_the_guest(
     assert not {"nvme", "ahci", "xfs", "btrfs"} & modules
     assert "usr/lib/bookend/hostonly-modules.txt" in names
 
-    log = boot_to_token(kernel, image, [Disk(root_disk.image)], root_disk, console_log)
-    assert "FAILED" not in log, "a unit failed during boot; see " + str(console_log)
+    booted = boot_to_token(replace(root_boot, initrd=image))
+    assert not booted.failed_units, f"units failed; see {root_boot.log_path}"
     print(f"hostonly image built in the guest: {image.stat().st_size} bytes")

@@ -8,33 +8,21 @@ offset: none of them needs the device-mapper the host kernel lacks.
 from __future__ import annotations
 
 import re
-import secrets
 import stat
+from dataclasses import replace
 from pathlib import Path
 
-import pytest
-
 from bookend.proc import run
-from tests.imagebuild import QEMU_VIRTIO_EXT4, build_image
-from tests.vm.qemu import Boot, Disk, Kernel, qemu_argv
-from tests.vm.rootdisk import RootDisk
-from tests.vm.stackdisks import (
+from harness.qemu import BootOptions, Disk
+from harness.stackdisks import (
     BTRFS_ROOT_UUID,
     LUKS_UUID,
     LVM_LUKS_UUID,
     MD_UUID,
     PASSPHRASE,
     StackDisks,
-    ensure_stack_disks,
 )
-
-# A boot takes 20-60 s under TCG.
-BOOT_LIMIT = 420
-
-
-@pytest.fixture(scope="module")
-def stacks(kernel: Kernel, root_disk: RootDisk) -> dict[str, StackDisks]:
-    return ensure_stack_disks(kernel, root_disk)
+from harness.token import boot_to_token
 
 
 def probe(disk: Path) -> dict[str, str]:
@@ -120,7 +108,7 @@ def test_stacks_are_made_with_their_fixed_identities(stacks: dict[str, StackDisk
 
 
 def test_a_root_copy_boots_to_multi_user(
-    stacks: dict[str, StackDisks], kernel: Kernel, console_log: Path, tmp_path: Path
+    stacks: dict[str, StackDisks], root_boot: BootOptions
 ) -> None:
     """The copied root, seen past an MD member's superblock, boots like the root disk.
 
@@ -128,15 +116,7 @@ def test_a_root_copy_boots_to_multi_user(
     that knows the stack, since the ext4 starts at a fixed offset of the member.
     """
     md = stacks["md-raid1"]
-    initrd = build_image(tmp_path / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4)
-    token = secrets.token_hex(8)
-    append = f"{md.cmdline} rw bookend.token={token}"
-    argv = qemu_argv(kernel.path, initrd, [Disk(md.disks[0])], append)
     # QEMU's raw driver can start a disk at an offset: the guest sees a bare ext4.
-    offset = md_data_offset(md.disks[0])
-    argv = [f"{arg},offset={offset}" if arg.startswith("file=") else arg for arg in argv]
-    with Boot(argv, timeout=BOOT_LIMIT, log_path=console_log) as vm:
-        vm.expect(rf"BOOKEND-TOKEN {token} booted-with-initrd=yes", timeout=BOOT_LIMIT)
-        assert vm.wait_exit(timeout=120) == 0
-    text = console_log.read_text(errors="replace")
-    assert "FAILED" not in text, "a unit failed during boot; see " + str(console_log)
+    member = Disk(md.disks[0], offset=md_data_offset(md.disks[0]))
+    booted = boot_to_token(replace(root_boot, disks=(member,), append=f"{md.cmdline} rw"))
+    assert not booted.failed_units, f"units failed; see {root_boot.log_path}"

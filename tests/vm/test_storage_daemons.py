@@ -10,17 +10,19 @@ through the exitrd.
 from __future__ import annotations
 
 import re
-import secrets
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import bookend
-from tests.imagebuild import QEMU_VIRTIO_EXT4, build_image
-from tests.vm.guestjob import make_job_disk, read_job_output
-from tests.vm.qemu import Disk, Kernel, boot
-from tests.vm.rootdisk import RootDisk
+from harness.guestjob import make_job_disk, read_job_output, run_job
+from harness.images import QEMU_VIRTIO_EXT4, build_image
+from harness.qemu import BootOptions, Disk, Kernel
+from harness.rootdisk import RootDisk
 
 BOOT_LIMIT = 900
+# From the token to QEMU's exit, through the exitrd.
+SHUTDOWN_LIMIT = 300
 DAEMON = "bookend-test-storaged.service"
 
 BUILD_JOB = f"""\
@@ -51,19 +53,8 @@ echo "$state $pid $argv0 $exe" > /job/out/daemon
 """
 
 
-def run_job(kernel: Kernel, initrd: Path, disks: list[Disk], root_disk: RootDisk,
-            log: Path) -> str:  # fmt: skip
-    token = secrets.token_hex(8)
-    append = f"root=UUID={root_disk.uuid} rw bookend.token={token} bookend.job"
-    with boot(kernel.path, initrd, disks, append, BOOT_LIMIT, log_path=log) as vm:
-        vm.expect(r"BOOKEND-JOB-STATUS 0", timeout=BOOT_LIMIT)
-        vm.expect(rf"BOOKEND-TOKEN {token} booted-with-initrd=yes", timeout=300)
-        assert vm.wait_exit(timeout=300) == 0
-    return log.read_text(errors="replace")
-
-
 def test_storage_daemon_lives_from_initrd_to_exitrd(
-    kernel: Kernel, root_disk: RootDisk, console_log: Path, tmp_path: Path
+    kernel: Kernel, root_disk: RootDisk, root_boot: BootOptions, tmp_path: Path
 ) -> None:
     source = Path(bookend.__file__).parent
     host_initrd = build_image(tmp_path / "host-initrd.img", kernel.version, *QEMU_VIRTIO_EXT4,
@@ -75,11 +66,17 @@ def test_storage_daemon_lives_from_initrd_to_exitrd(
     root = Disk(overlay, format="qcow2", snapshot=False)
     build = make_job_disk(tmp_path / "build.img", BUILD_JOB, files={"src/bookend": source},
                           modules_kver=kernel.version)  # fmt: skip
-    run_job(kernel, host_initrd, [root, build], root_disk, tmp_path / "build-console.log")
+    built = run_job(replace(root_boot, initrd=host_initrd, disks=(root, build), timeout=BOOT_LIMIT,
+                            log_path=tmp_path / "build-console.log"),
+                    exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
+    assert built.status == 0, f"the build in the guest failed; see {tmp_path}/build-console.log"
     initrd = read_job_output(build.path, "initrd.img", tmp_path / "initrd.img")
 
     check = make_job_disk(tmp_path / "check.img", CHECK_JOB)
-    text = run_job(kernel, initrd, [root, check], root_disk, console_log)
+    options = replace(root_boot, initrd=initrd, disks=(root, check), timeout=BOOT_LIMIT)
+    checked = run_job(options, exit_timeout=SHUTDOWN_LIMIT)
+    assert checked.status == 0, f"the check in the guest failed; see {root_boot.log_path}"
+    text = checked.text
     daemon = read_job_output(check.path, "daemon", tmp_path / "daemon").read_text()
     state, pid, argv0, exe = daemon.split(maxsplit=3)
     # Alive in the real root, spared by its "@", and running from the initrd's files,

@@ -30,16 +30,17 @@ from pathlib import Path
 from typing import Any
 
 from bookend.errors import BookendError
-from tests.imagebuild import QEMU_VIRTIO_EXT4, build_image
-from tests.vm.guestjob import job_status, make_job_disk, read_job_output
-from tests.vm.qemu import Disk, Kernel, boot
-from tests.vm.rootdisk import (
+from harness.guestjob import job_status, make_job_disk, read_job_output, run_job
+from harness.images import QEMU_VIRTIO_EXT4, build_image
+from harness.qemu import BootOptions, Disk, Kernel
+from harness.rootdisk import (
     RootDisk,
     cache_dir_default,
     locked,
     remove_stale_builds,
     remove_tree,
 )
+from harness.timings import timed
 
 PASSPHRASE = "bookend-test-passphrase"
 KEYFILE_BYTES = 64
@@ -183,7 +184,7 @@ def keyfile_name(scenario: Scenario) -> str:
 # The functions the generated part of the job calls, once per scenario with the
 # scenario's fields in shell variables (see scenario_call).
 MAKER_FUNCTIONS = r"""#!/bin/bash
-# Make the storage stacks of tests/vm/stackdisks.py on the blank disks attached
+# Make the storage stacks of harness/stackdisks.py on the blank disks attached
 # after the job disk, each with a copy of this root, and close them all cleanly.
 set -euxo pipefail
 report=/job/out/report
@@ -220,7 +221,7 @@ copy_root() {  # $1: the new root, mounted
 fill_root() {  # $1: the root device; $2: extra mount options
     mount ${2:+-o "$2"} "$1" "$new"
     copy_root "$new"
-    printf '# made by tests/vm/stackdisks.py\n%s\n' "$fstab" > "$new/etc/fstab"
+    printf '# made by harness/stackdisks.py\n%s\n' "$fstab" > "$new/etc/fstab"
     if [ -n "$crypttab" ]; then
         printf '# <target name> <source device> <key file> <options>\n%s\n' "$crypttab" \
             > "$new/etc/crypttab"
@@ -393,13 +394,16 @@ def ensure_stack_disks(
     stacks_dir.mkdir(parents=True, exist_ok=True)
     key = stacks_key(root_disk)
     directory = stacks_dir / key
-    if not directory.exists():
-        # Another pytest process may be making the same sets: wait for it.
-        with locked(stacks_dir / f"{key}.lock"):
-            if not directory.exists():
-                remove_stale_builds(stacks_dir, key)
-                log = console_log or stacks_dir / f"{key}.console.log"
-                build_stacks(kernel, root_disk, directory, key, log)
+    with timed("storage stacks (maker guest)") as outcome:
+        if not directory.exists():
+            # Another pytest process may be making the same sets: wait for it.
+            outcome.how = "waited"
+            with locked(stacks_dir / f"{key}.lock"):
+                if not directory.exists():
+                    outcome.how = "made"
+                    remove_stale_builds(stacks_dir, key)
+                    log = console_log or stacks_dir / f"{key}.console.log"
+                    build_stacks(kernel, root_disk, directory, key, log)
     return {s.name: StackDisks.made_from(s, directory) for s in SCENARIOS}
 
 
@@ -460,18 +464,20 @@ def run_maker(
     kernel: Kernel, root_disk: RootDisk, initrd: Path, disks: list[Disk], console_log: Path
 ) -> None:
     """Boot the root disk with the job and the blank disks; raise if the job failed."""
-    token = secrets.token_hex(8)
-    append = f"root=UUID={root_disk.uuid} rw bookend.token={token} bookend.job"
-    attached = [Disk(root_disk.image), *disks]
-    with boot(kernel.path, initrd, attached, append, MAKER_LIMIT, log_path=console_log,
-              memory_mib=MAKER_MEMORY_MIB) as vm:  # fmt: skip
-        vm.expect(r"BOOKEND-JOB-STATUS \d+", timeout=MAKER_LIMIT)
-        # The report waits for the job, and the power-off flushes the disks.
-        vm.expect(rf"BOOKEND-TOKEN {token} ", timeout=120)
-        exit_status = vm.wait_exit(timeout=120)
+    options = BootOptions(
+        kernel=kernel.path,
+        initrd=initrd,
+        disks=(Disk(root_disk.image), *disks),
+        append=f"root=UUID={root_disk.uuid} rw",
+        memory_mib=MAKER_MEMORY_MIB,
+        timeout=MAKER_LIMIT,
+        log_path=console_log,
+    )
+    # The report waits for the job, and the power-off flushes the disks.
+    printed = run_job(options).status
     status = job_status(disks[0].path)
-    if status != 0 or exit_status != 0:
+    if status != 0 or printed != 0:
         raise BookendError(
-            f"making the storage stacks failed (job status {status}, QEMU exit status "
-            f"{exit_status}); see the console log {console_log}"
+            f"making the storage stacks failed (job status {status}); "
+            f"see the console log {console_log}"
         )

@@ -5,12 +5,13 @@ turned into a filesystem by `mkfs.ext4 -d`, so building it needs neither loop
 devices nor mounts. A unit in it reports the token the test put on the kernel
 command line and powers the guest off, which is how a test proves a boot
 succeeded. Another runs a job the host put on a disk labelled BOOKEND-JOB when
-the command line has `bookend.job` (see tests/vm/guestjob.py), so a test can
+the command line has `bookend.job` (see harness/guestjob.py), so a test can
 use tools the host lacks (device-mapper, a booted kernel) and read the results
 back from that disk.
 
 Building takes minutes, so the image is cached outside the repository under a
-name derived from the recipe: changing the recipe builds a new disk.
+name derived from the recipe: changing the recipe builds a new disk. The Debian
+mirror it is fetched from (harness/mirror.py) is no part of the recipe.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from pathlib import Path
 
 from bookend.errors import BookendError
 from bookend.proc import run
+from harness.mirror import debian_mirror
+from harness.timings import timed
 
 CACHE_ENV = "BOOKEND_TEST_CACHE"
 DEFAULT_CACHE = Path("/var/cache/bookend-tests")
@@ -155,7 +158,6 @@ class Recipe:
     """Everything that decides the disk's content; its hash names the cached image."""
 
     suite: str
-    mirror: str
     components: tuple[str, ...]
     include: tuple[str, ...]
     uuid: str
@@ -182,7 +184,6 @@ def default_recipe() -> Recipe:
     hosts = "127.0.0.1\tlocalhost\n127.0.1.1\tbookend-test\n::1\tlocalhost ip6-localhost\n"
     return Recipe(
         suite="bookworm",
-        mirror="http://deb.debian.org/debian",
         # non-free-firmware holds the CPU microcode packages.
         components=("main", "non-free-firmware"),
         include=(
@@ -257,13 +258,16 @@ def ensure_root_disk(cache_dir: Path | None = None, recipe: Recipe | None = None
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = recipe.key()
     image = cache_dir / f"root-{key}.img"
-    if not image.exists():
-        # Another pytest process may be building the same disk: wait for it
-        # rather than build twice, then look again.
-        with locked(cache_dir / f"root-{key}.lock"):
-            if not image.exists():
-                remove_stale_builds(cache_dir, key)
-                build_root_disk(recipe, image, key)
+    with timed("root disk") as outcome:
+        if not image.exists():
+            # Another pytest process may be building the same disk: wait for it
+            # rather than build twice, then look again.
+            outcome.how = "waited"
+            with locked(cache_dir / f"root-{key}.lock"):
+                if not image.exists():
+                    outcome.how = "made"
+                    remove_stale_builds(cache_dir, key)
+                    build_root_disk(recipe, image, key)
     return RootDisk(image=image, uuid=recipe.uuid, label=recipe.label)
 
 
@@ -319,7 +323,7 @@ def bootstrap(recipe: Recipe, tree: Path) -> None:
     proxies = {k: v for k, v in os.environ.items() if k.lower() in ("http_proxy", "https_proxy")}
     argv: list[str | Path] = ["debootstrap", "--variant=minbase"]
     argv += [f"--components={','.join(recipe.components)}"]
-    argv += [f"--include={','.join(recipe.include)}", recipe.suite, tree, recipe.mirror]
+    argv += [f"--include={','.join(recipe.include)}", recipe.suite, tree, debian_mirror()]
     try:
         run(argv, env=proxies)
     except BookendError:

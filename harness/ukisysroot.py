@@ -4,7 +4,7 @@ Debian 12 (the host) has systemd 252, which has no ukify; trixie's systemd-ukify
 does. The tree is only built from (`bookend build --sysroot`), never booted as a
 root, so it stays a plain directory: debootstrap'ed into a private directory and
 renamed into place, cached under a name derived from its package list like the
-root disk (tests/vm/rootdisk.py), and built under the same kind of lock.
+root disk (harness/rootdisk.py), and built under the same kind of lock.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.vm.rootdisk import Recipe, bootstrap, cache_dir_default, locked, remove_tree
+from harness.rootdisk import Recipe, bootstrap, cache_dir_default, locked, remove_tree
+from harness.timings import timed
 
 UKI_PACKAGES = (
     *("systemd", "systemd-sysv", "udev", "kmod", "linux-image-amd64"),
@@ -28,7 +29,6 @@ UKI_PACKAGES = (
 def uki_recipe() -> Recipe:
     return Recipe(
         suite="trixie",
-        mirror="http://deb.debian.org/debian",
         components=("main",),
         include=UKI_PACKAGES,
         uuid="",
@@ -48,10 +48,13 @@ def ensure_uki_sysroot(cache_dir: Path | None = None) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = recipe.key()
     tree = cache_dir / f"sysroot-{recipe.suite}-{key}"
-    if not tree.is_dir():
-        with locked(cache_dir / f"sysroot-{key}.lock"):
-            if not tree.is_dir():
-                _build(recipe, tree, key)
+    with timed("UKI tree (Debian 13)") as outcome:
+        if not tree.is_dir():
+            outcome.how = "waited"
+            with locked(cache_dir / f"sysroot-{key}.lock"):
+                if not tree.is_dir():
+                    outcome.how = "made"
+                    _build(recipe, tree, key)
     return tree
 
 

@@ -1,4 +1,7 @@
-"""Boot a kernel in QEMU (software emulation) and talk to it over the serial console.
+r"""Boot a kernel in QEMU (software emulation) and talk to it over the serial console.
+
+    with boot(BootOptions(kernel=..., initrd=..., disks=(root.image,), append=...)) as vm:
+        vm.expect(r"Reached target .*initrd\.target", timeout=240)
 
 A `Boot` runs QEMU in the background; a reader thread collects the console text
 so a test can `expect()` lines, `send()` keystrokes and `wait_exit()`. QEMU is
@@ -16,13 +19,14 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from tests.vm.qmp import Qmp
+from harness.qmp import Qmp
 
 QEMU = "qemu-system-x86_64"
+GUEST_CPUS_ENV = "BOOKEND_TEST_GUEST_CPUS"
 TAIL_LINES = 60
 
 # CSI sequences (colours, cursor moves, "erase line") and the short escapes
@@ -53,6 +57,8 @@ class Disk:
     # False gives QEMU only the drive, with no device the guest could see: the test
     # plugs it in later with `plug_virtio_disk` (a disk that appears late).
     plugged: bool = True
+    # Bytes of the file before what the guest sees as the disk's start.
+    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,9 @@ def drive_args(disks: Sequence[Disk]) -> list[str]:
         # A drive's own snapshot=off overrides the global -snapshot (QEMU only
         # applies -snapshot to drives that say nothing).
         snapshot = "" if disk.snapshot else ",snapshot=off"
-        args += ["-drive", f"file={path},format={disk.format},if=none,id={drive}{snapshot}"]
+        # QEMU's raw driver can start a disk at an offset into its file.
+        offset = f",offset={disk.offset}" if disk.offset else ""
+        args += ["-drive", f"file={path},format={disk.format},if=none,id={drive}{snapshot}{offset}"]
         # A stable serial gives each disk a predictable /dev/disk/by-id name.
         serial = f"bookend{index}"
         if not disk.plugged:
@@ -102,13 +110,61 @@ def drive_args(disks: Sequence[Disk]) -> list[str]:
     return args
 
 
-def machine_argv(memory_mib: int, cpus: int) -> list[str]:
-    """The machine every test boots: emulated, serial console, no network, no reboot."""
+def default_cpus() -> int:
+    """Virtual CPUs per guest: BOOKEND_TEST_GUEST_CPUS, else one per guest under xdist.
+
+    Under TCG every virtual CPU is a host thread: with one guest per core (pytest-xdist
+    workers), a second CPU per guest only makes the guests take the cores from each other.
+    Measured on 2 cores, two workers, six boots: 142 s with one CPU per guest, 224 s with two.
+    """
+    chosen = os.environ.get(GUEST_CPUS_ENV, "")
+    if chosen:
+        return int(chosen)
+    return 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
+
+
+@dataclass(frozen=True)
+class BootOptions:
+    """Everything about one guest's boot; `boot(options)` starts it.
+
+    Either kernel (with initrd and append, the way a boot loader passes them) or esp (a
+    directory OVMF boots EFI/BOOT/BOOTX64.EFI from, with no command line from outside).
+    Plain paths in disks are attached as virtio disks.
+    """
+
+    kernel: Path | None = None
+    initrd: Path | None = None
+    disks: tuple[Disk | Path, ...] = ()
+    # More kernel command line, after the console and panic settings every boot has.
+    append: str = ""
+    esp: Path | None = None
+    memory_mib: int = 1024
+    cpus: int = field(default_factory=default_cpus)
+    # A second channel, apart from the console, for changing the hardware (qmp.py).
+    qmp_socket: Path | None = None
+    # QEMU arguments for network devices (harness/network.py makes them); none: no NIC.
+    network: tuple[str, ...] = ()
+    # Descriptors QEMU inherits, e.g. the sockets of a network link between guests.
+    pass_fds: tuple[int, ...] = ()
+    # Seconds after which QEMU is killed, whatever the test still waits for.
+    timeout: float = 600
+    # Where the console goes as well, for a post-mortem.
+    log_path: Path | None = None
+    echo: Callable[[str], None] | None = None
+
+    @property
+    def attached(self) -> list[Disk]:
+        return [d if isinstance(d, Disk) else Disk(d) for d in self.disks]
+
+
+def machine_argv(options: BootOptions) -> list[str]:
+    """The machine every test boots: emulated, serial console, no reboot."""
+    network = list(options.network) or ["-nic", "none"]
     return [
         QEMU,
         # KVM is not available (or hangs) where these tests run; TCG always works.
         "-accel", "tcg", "-cpu", "max",
-        "-m", str(memory_mib), "-smp", str(cpus),
+        "-m", str(options.memory_mib), "-smp", str(options.cpus),
         # The serial port is the guest's console, on our stdin/stdout; the
         # monitor goes nowhere so no byte we send is taken as a QEMU command.
         "-nographic", "-monitor", "none", "-serial", "stdio",
@@ -117,37 +173,33 @@ def machine_argv(memory_mib: int, cpus: int) -> list[str]:
         # Writes go to a throwaway overlay, unless a Disk says otherwise: the
         # cached disks are never modified.
         "-snapshot",
-        # No test needs a network, and a NIC is one more device to probe.
-        "-nic", "none",
+        # Most tests need no network, and a NIC is one more device to probe.
+        *network,
     ]  # fmt: skip
 
 
-def qemu_argv(
-    kernel: Path,
-    initrd: Path | None,
-    disks: Sequence[Disk],
-    append: str,
-    *,
-    memory_mib: int = 1024,
-    cpus: int = 2,
-    qmp_socket: Path | None = None,
-) -> list[str]:
-    argv = machine_argv(memory_mib, cpus)
-    argv += ["-kernel", os.fspath(kernel), "-append", f"console=ttyS0 panic=-1 {append}".strip()]
-    if initrd is not None:
-        argv += ["-initrd", os.fspath(initrd)]
-    if qmp_socket is not None:
-        # A second channel, apart from the console, for changing the hardware (qmp.py).
-        argv += ["-qmp", f"unix:{os.fspath(qmp_socket)},server=on,wait=off"]
-    return argv + drive_args(disks)
+def qemu_argv(options: BootOptions) -> list[str]:
+    """QEMU's command line for options."""
+    argv = machine_argv(options)
+    if (options.kernel is None) == (options.esp is None):
+        raise ValueError("boot options: give a kernel or an ESP, not both or neither")
+    if options.kernel is not None:
+        append = f"console=ttyS0 panic=-1 {options.append}".strip()
+        argv += ["-kernel", os.fspath(options.kernel), "-append", append]
+        if options.initrd is not None:
+            argv += ["-initrd", os.fspath(options.initrd)]
+    else:
+        assert options.esp is not None
+        argv += uefi_args(options.esp)
+    if options.qmp_socket is not None:
+        argv += ["-qmp", f"unix:{os.fspath(options.qmp_socket)},server=on,wait=off"]
+    return argv + drive_args(options.attached)
 
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
 
 
-def uefi_argv(
-    esp: Path, disks: Sequence[Disk], *, memory_mib: int = 1024, cpus: int = 2
-) -> list[str]:
+def uefi_args(esp: Path) -> list[str]:
     """Boot as a UEFI machine does: OVMF starts EFI/BOOT/BOOTX64.EFI from an ESP.
 
     The ESP is the directory esp, shown to the guest as a FAT disk (QEMU's vvfat),
@@ -155,10 +207,11 @@ def uefi_argv(
     what boots is only what the ESP holds.
     """
     path = os.fspath(esp).replace(",", ",,")
-    argv = [*machine_argv(memory_mib, cpus), "-bios", os.fspath(OVMF)]
-    argv += ["-drive", f"file=fat:{path},format=raw,if=none,id=esp,readonly=on,snapshot=off"]
-    argv += ["-device", "virtio-blk-pci,drive=esp,bootindex=0"]
-    return argv + drive_args(disks)
+    return [
+        "-bios", os.fspath(OVMF),
+        "-drive", f"file=fat:{path},format=raw,if=none,id=esp,readonly=on,snapshot=off",
+        "-device", "virtio-blk-pci,drive=esp,bootindex=0",
+    ]  # fmt: skip
 
 
 def plug_virtio_disk(qmp: Qmp, index: int) -> None:
@@ -171,6 +224,12 @@ def plug_virtio_disk(qmp: Qmp, index: int) -> None:
                 drive=f"disk{index}", serial=f"bookend{index}")  # fmt: skip
 
 
+def boot(options: BootOptions) -> Boot:
+    """Start a guest; use as a with-block, which kills QEMU at its end."""
+    return Boot(qemu_argv(options), timeout=options.timeout, log_path=options.log_path,
+                echo=options.echo, pass_fds=options.pass_fds)  # fmt: skip
+
+
 class Boot:
     """A running guest and everything it has printed on its console so far."""
 
@@ -181,6 +240,7 @@ class Boot:
         timeout: float,
         log_path: Path | None = None,
         echo: Callable[[str], None] | None = None,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.argv = list(argv)
         self.log_path = log_path
@@ -193,7 +253,11 @@ class Boot:
         self._expired = False
         self._changed = threading.Condition()
         self._proc = subprocess.Popen(
-            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=tuple(pass_fds),
         )
         self._log = log_path.open("w", encoding="utf-8") if log_path else None
         if self._log:
@@ -330,23 +394,3 @@ def console_text(raw: str, at_line_start: bool) -> str:
     text = re.sub(r"\r+\n", "\n", _ANSI.sub("", raw))
     text = re.sub(r"(^|\n)\r+" if at_line_start else r"(\n)\r+", r"\1", text)
     return text.replace("\r", "\n")
-
-
-def boot(
-    kernel: Path,
-    initrd: Path | None,
-    disks: Sequence[Path | Disk],
-    append: str,
-    timeout: float,
-    *,
-    log_path: Path | None = None,
-    echo: Callable[[str], None] | None = None,
-    memory_mib: int = 1024,
-    cpus: int = 2,
-    qmp_socket: Path | None = None,
-) -> Boot:
-    """Start a guest; plain paths are attached as virtio disks. Use as a with-block."""
-    attached = [d if isinstance(d, Disk) else Disk(d) for d in disks]
-    argv = qemu_argv(kernel, initrd, attached, append, memory_mib=memory_mib, cpus=cpus,
-                     qmp_socket=qmp_socket)  # fmt: skip
-    return Boot(argv, timeout=timeout, log_path=log_path, echo=echo)

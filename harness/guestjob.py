@@ -5,8 +5,8 @@ when the kernel command line has `bookend.job`, writes the job's exit status
 to `/job/out/status`, then reports the test token and powers off as usual:
 
     disk = make_job_disk(tmp_path / "job.img", "#!/bin/sh\\nuname -r > /job/out/uname\\n")
-    with boot(kernel, initrd, [root.image, disk], f"... bookend.job", ...) as vm: ...
-    assert job_status(disk.path) == 0
+    done = run_job(BootOptions(kernel=..., initrd=..., disks=(root.image, disk), append=...))
+    assert done.status == 0 == job_status(disk.path)
     read_job_output(disk.path, "uname", tmp_path / "uname")
 
 The job disk is ext4 made by `mkfs.ext4 -d` and read back by `debugfs`, so
@@ -19,12 +19,14 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from bookend.proc import run
-from tests.vm.qemu import Disk
-from tests.vm.rootdisk import JOB_LABEL
+from harness.qemu import Boot, BootOptions, Disk, boot
+from harness.rootdisk import JOB_LABEL
+from harness.token import EXIT_LIMIT, expect_token, new_token, with_token
 
 MODULES_DIR = Path("/lib/modules")
 # Room left free for what the job writes (images of tens of MB); the image
@@ -169,3 +171,35 @@ def debugfs(disk: Path, request: str) -> tuple[str, str]:
     # stderr opens with debugfs's version banner; the rest says what went wrong.
     messages = result.stderr.decode(errors="replace").strip().splitlines()[1:]
     return result.stdout.decode(errors="replace"), " | ".join(messages)
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """A boot that ran its job and then reported its token."""
+
+    status: int  # the job's exit status, as the guest printed it
+    text: str  # the whole console
+    seconds: float
+
+
+def run_job(
+    options: BootOptions,
+    *,
+    on_the_way: Callable[[Boot], None] | None = None,
+    exit_timeout: float = EXIT_LIMIT,
+) -> JobRun:
+    """Boot with `bookend.job` and a new token: the job runs, the root reports, QEMU exits 0.
+
+    options.disks must hold the job disk (make_job_disk). on_the_way runs first with the
+    running guest (e.g. to type a passphrase). exit_timeout: seconds from the token to
+    QEMU's exit, longer for a shutdown that has work to do (an exitrd).
+    """
+    token = new_token()
+    job_options = with_token(replace(options, append=f"{options.append} bookend.job"), token)
+    with boot(job_options) as vm:
+        if on_the_way is not None:
+            on_the_way(vm)
+        printed = vm.expect(r"BOOKEND-JOB-STATUS (\d+)", timeout=options.timeout)
+        # Searched only after the job's line: the report waits for the job.
+        expect_token(vm, token, options.timeout, exit_timeout=exit_timeout)
+        return JobRun(status=int(printed.group(1)), text=vm.text, seconds=vm.elapsed)

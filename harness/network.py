@@ -1,0 +1,108 @@
+"""Networks of guests, for tests of roots that come over the network.
+
+Only two kinds, so no test sends a packet anywhere but 127.0.0.1 and between guests:
+
+- `Link`: an Ethernet cable between two guests. It is a TCP connection on 127.0.0.1
+  that this process makes itself (the kernel picks a free port while listening, so no
+  two runs can collide) and hands to both QEMUs as connected sockets
+  (`-netdev socket,fd=N`); QEMU sends each frame over it with its length in front.
+- `user_network`: QEMU's user-mode network with `restrict=on`, so the guest reaches
+  nothing but what `hostfwd` (host 127.0.0.1 port to guest port) and `guestfwd`
+  (guest address and port to host 127.0.0.1 port) forward.
+
+A NIC's options go into `BootOptions(network=..., pass_fds=...)`.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+LOOPBACK = "127.0.0.1"
+# QEMU's user-mode network puts the guest at 10.0.2.15 and the host side at 10.0.2.2.
+USER_GUEST_ADDRESS = "10.0.2.15"
+
+
+def mac_address(index: int) -> str:
+    """A locally administered MAC in QEMU's 52:54:00 range, one per index."""
+    return f"52:54:00:12:34:{index:02x}"
+
+
+@dataclass(frozen=True)
+class Nic:
+    """What a guest's NIC needs: QEMU arguments and the descriptors QEMU must inherit."""
+
+    args: tuple[str, ...]
+    pass_fds: tuple[int, ...] = ()
+    mac: str = ""
+
+
+def nic_args(netdev: str, mac: str, index: int = 0) -> tuple[str, ...]:
+    return ("-netdev", f"{netdev},id=net{index}",
+            "-device", f"virtio-net-pci,netdev=net{index},mac={mac}")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Link:
+    """Both ends of one cable; give end(0) to one guest and end(1) to the other."""
+
+    sockets: tuple[socket.socket, socket.socket]
+
+    def end(self, which: int, *, mac: str | None = None) -> Nic:
+        fd = self.sockets[which].fileno()
+        address = mac or mac_address(which + 1)
+        return Nic(nic_args(f"socket,fd={fd}", address), pass_fds=(fd,), mac=address)
+
+
+@contextmanager
+def link() -> Iterator[Link]:
+    """A cable over a TCP connection on 127.0.0.1; closed (on the host's side) at the end.
+
+    The QEMUs hold their own copies of the ends, so closing here does not cut a cable
+    between guests that still run.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+        listener.bind((LOOPBACK, 0))
+        listener.listen(1)
+        one = socket.create_connection(listener.getsockname())
+        other, _ = listener.accept()
+    try:
+        for end in (one, other):
+            end.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        yield Link((one, other))
+    finally:
+        one.close()
+        other.close()
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 free at this moment, for a hostfwd QEMU binds itself.
+
+    There is a window until QEMU binds it; a collision makes QEMU fail to start, loudly.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def user_network(
+    *,
+    hostfwd: tuple[tuple[int, int], ...] = (),
+    guestfwd: tuple[tuple[str, int, int], ...] = (),
+    mac: str | None = None,
+) -> Nic:
+    """QEMU's user-mode network, restricted: nothing leaves but the forwards.
+
+    hostfwd: (host port on 127.0.0.1, guest port). guestfwd: (address the guest
+    connects to in 10.0.2.0/24, its port, host port on 127.0.0.1).
+    """
+    options = ["user", "restrict=on"]
+    options += [f"hostfwd=tcp:{LOOPBACK}:{host}-:{guest}" for host, guest in hostfwd]
+    options += [
+        f"guestfwd=tcp:{address}:{port}-tcp:{LOOPBACK}:{host}" for address, port, host in guestfwd
+    ]
+    address = mac or mac_address(1)
+    return Nic(nic_args(",".join(options), address), mac=address)

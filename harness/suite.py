@@ -1,0 +1,181 @@
+"""A whole test run: its tiers, the slow disks it starts making early, where its time went.
+
+tests/conftest.py calls these from pytest's hooks. With pytest-xdist the hooks that
+matter here run in the controller: it learns what the workers collected, makes the
+disks their tests need in a background thread while they run the quick tiers, and
+sums up the phase times of every report the workers send back.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from harness.timings import Timing
+
+TIERS = ("unit", "image", "vm")
+
+
+def tier_of(nodeid: str) -> str:
+    """The tier a test belongs to, from its directory (tests/unit, tests/image, tests/vm).
+
+    Tests directly under tests/ (the linters) count as unit tests.
+    """
+    parts = PurePosixPath(nodeid.split("::", 1)[0]).parts
+    if len(parts) >= 3 and parts[0] == "tests" and parts[1] in TIERS:
+        return parts[1]
+    return "unit"
+
+
+@dataclass(frozen=True)
+class DiskNeeds:
+    """Which of the slow cached things the selected tests need."""
+
+    root_disk: bool = False
+    stacks: bool = False
+    uki_tree: bool = False
+    dracut: bool = False
+
+    @property
+    def any(self) -> bool:
+        return self.root_disk or self.stacks or self.uki_tree or self.dracut
+
+
+# Test modules whose fixtures need the storage stacks, the UKI tree, or dracut.
+STACK_MODULES = ("test_storage.py", "test_exitrd.py", "test_stackdisks.py")
+UKI_MODULES = ("test_uki.py",)
+DRACUT_MODULES = ("test_inspect_images.py",)
+
+
+def run_order(nodeid: str) -> tuple[int, bool]:
+    """Sort key: quick tiers first, and last the boots that wait for the slowest disks
+    (the stacks, the UKI tree), so those are made while the other boots run."""
+    name = PurePosixPath(nodeid.split("::", 1)[0]).name
+    return TIERS.index(tier_of(nodeid)), name in STACK_MODULES + UKI_MODULES
+
+
+def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
+    root = stacks = uki = dracut = False
+    for nodeid in nodeids:
+        path = PurePosixPath(nodeid.split("::", 1)[0])
+        if tier_of(nodeid) == "vm":
+            root = True
+            stacks = stacks or path.name in STACK_MODULES
+            uki = uki or path.name in UKI_MODULES
+        dracut = dracut or path.name in DRACUT_MODULES
+    return DiskNeeds(root_disk=root, stacks=stacks, uki_tree=uki, dracut=dracut)
+
+
+@dataclass
+class EarlyBuilds:
+    """Disks made in background threads while the first tests run.
+
+    The tests still ask for each disk themselves; the cache's locks make them wait
+    for these builds instead of building again. A failure here is only reported:
+    the test that needs the disk tries again and fails with the real error.
+    """
+
+    threads: list[threading.Thread] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def start(self, name: str, steps: list[Callable[[], object]]) -> None:
+        thread = threading.Thread(target=self._run, args=(name, steps), name=name, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _run(self, name: str, steps: list[Callable[[], object]]) -> None:
+        for step in steps:
+            try:
+                step()
+            except Exception:
+                lines = traceback.format_exc().strip().splitlines()
+                self.errors.append(f"{name}: {lines[-1]}")
+                return
+
+    def wait(self) -> None:
+        for thread in self.threads:
+            thread.join()
+
+
+def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
+    """Start making what needs names: the root disk then the stacks in one thread (the
+    stacks are made by booting the root disk), the UKI tree and dracut in another."""
+    # Imported here: collecting the unit tier alone needs none of this.
+    from harness.foreign import ensure_dracut
+    from harness.qemu import installed_kernels
+    from harness.rootdisk import cache_dir_default, ensure_root_disk
+    from harness.stackdisks import ensure_stack_disks
+    from harness.ukisysroot import ensure_uki_sysroot
+
+    builds = EarlyBuilds()
+    kernels = installed_kernels()
+    guest_steps: list[Callable[[], object]] = []
+    if needs.root_disk or needs.stacks:
+        guest_steps.append(ensure_root_disk)
+    if needs.stacks and kernels:
+        guest_steps.append(lambda: ensure_stack_disks(kernels[-1], ensure_root_disk()))
+    if guest_steps:
+        builds.start("root disk and stacks", guest_steps)
+    tree_steps: list[Callable[[], object]] = []
+    if needs.uki_tree:
+        tree_steps.append(ensure_uki_sysroot)
+    if needs.dracut:
+        tree_steps.append(lambda: ensure_dracut(cache_dir_default()))
+    if tree_steps:
+        builds.start("UKI tree and dracut", tree_steps)
+    return builds
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase (setup, call or teardown) of one test, as its report gives it."""
+
+    nodeid: str
+    start: float  # time.time()
+    stop: float
+    duration: float
+
+
+def time_summary(phases: list[Phase], timings: list[Timing], wall: float) -> list[str]:
+    """Lines saying where a run's time went: disks, each tier, VM tests in a row."""
+    lines = [f"whole run: {wall:.0f} s wall time"]
+    lines += disk_lines(timings)
+    for tier in TIERS:
+        mine = [p for p in phases if tier_of(p.nodeid) == tier]
+        if not mine:
+            continue
+        tests = len({p.nodeid for p in mine})
+        span = max(p.stop for p in mine) - min(p.start for p in mine)
+        total = sum(p.duration for p in mine)
+        lines.append(f"{tier}: {tests} tests, {span:.0f} s wall (first start to last end), "
+                     f"{total:.0f} s summed over tests")  # fmt: skip
+        if tier == "vm" and span > 0:
+            lines.append(one_guest_at_a_time(total, span, timings))
+    return lines
+
+
+def one_guest_at_a_time(total: float, span: float, timings: list[Timing]) -> str:
+    """The VM tests one after another: their durations, less the time they spent waiting
+    for a disk another process was making (one at a time, a test would make it itself,
+    and that time is counted where it was made)."""
+    waited = sum(t.seconds for t in timings if t.how == "waited" and tier_of(t.nodeid) == "vm")
+    alone = total - waited
+    return (f"vm: one guest at a time would have taken {alone:.0f} s ({total:.0f} s less "
+            f"{waited:.0f} s spent waiting for disks); side by side they took {span:.0f} s "
+            f"({alone / span:.1f}x)")  # fmt: skip
+
+
+def disk_lines(timings: list[Timing]) -> list[str]:
+    lines = []
+    for what in sorted({t.what for t in timings}):
+        mine = [t for t in timings if t.what == what]
+        made = [t.seconds for t in mine if t.how == "made"]
+        waited = [t.seconds for t in mine if t.how == "waited"]
+        parts = [f"made in {sum(made):.0f} s" if made else "cached"]
+        if waited:
+            parts.append(f"{len(waited)} waits for it, {sum(waited):.0f} s in all")
+        lines.append(f"{what}: {', '.join(parts)}")
+    return lines

@@ -1,0 +1,171 @@
+"""The test harness's own logic that needs no guest: the mirror apt uses, the tiers, what
+a run must make early, the time summary, and QEMU's command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bookend.errors import BookendError
+from harness.mirror import MIRROR_ENV, archive_for, debian_mirror, host_suite, parse_records
+from harness.qemu import BootOptions, Disk, qemu_argv
+from harness.suite import Phase, disk_needs, run_order, tier_of, time_summary
+from harness.timings import TIMINGS_ENV, Timing, read_timings, timed
+
+# What `apt-get indextargets` prints, shortened, for a machine whose suite is served by
+# one mirror and whose security updates come from another. (example.org is reserved: no real host.)
+INDEXTARGETS = """\
+MetaKey: main/binary-amd64/Packages
+URI: http://near.example.org/debian/dists/bookworm-updates/main/binary-amd64/Packages
+Release: bookworm-updates
+Repo-URI: http://near.example.org/debian/
+Component: main
+Target-Of: deb
+
+MetaKey: main/source/Sources
+Release: bookworm
+Repo-URI: http://sources.example.org/debian/
+Component: main
+Target-Of: deb-src
+
+MetaKey: contrib/binary-amd64/Packages
+Release: bookworm
+Repo-URI: http://contrib.example.org/debian/
+Component: contrib
+Target-Of: deb
+
+MetaKey: main/binary-amd64/Packages
+Release: bookworm
+Repo-URI: http://near.example.org/debian/
+Component: main
+Target-Of: deb
+
+MetaKey: main/binary-amd64/Packages
+Release: bookworm-security
+Repo-URI: http://security.example.org/debian-security/
+Component: main
+Target-Of: deb
+"""
+
+
+def test_the_mirror_is_the_one_serving_the_suites_main_packages() -> None:
+    records = parse_records(INDEXTARGETS)
+    assert len(records) == 5
+    assert archive_for(records, "bookworm") == "http://near.example.org/debian"
+    assert (
+        archive_for(records, "bookworm-security") == "http://security.example.org/debian-security"
+    )
+    assert archive_for(records, "trixie") is None
+
+
+def test_host_suite_comes_from_os_release() -> None:
+    assert (
+        host_suite('PRETTY_NAME="Debian GNU/Linux 12"\nVERSION_CODENAME=bookworm\n') == "bookworm"
+    )
+    with pytest.raises(BookendError, match="VERSION_CODENAME"):
+        host_suite('ID=debian\nVERSION_CODENAME=""\n')
+
+
+def test_the_environment_overrides_the_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(MIRROR_ENV, "http://local.example.org/debian")
+    assert debian_mirror() == "http://local.example.org/debian"
+
+
+def test_tiers_follow_the_directories() -> None:
+    assert tier_of("tests/unit/test_elf.py::test_x") == "unit"
+    assert tier_of("tests/image/test_host_image.py::test_x[a/b]") == "image"
+    assert tier_of("tests/vm/test_boot.py::test_x") == "vm"
+    assert tier_of("tests/test_lint.py::test_ruff_check") == "unit"
+
+
+def test_quick_tiers_run_first_and_boots_waiting_for_slow_disks_last() -> None:
+    nodeids = [
+        "tests/vm/test_storage.py::a",
+        "tests/vm/test_boot.py::b",
+        "tests/image/test_host_image.py::c",
+        "tests/test_lint.py::d",
+        "tests/vm/test_uki.py::e",
+        "tests/unit/test_elf.py::f",
+    ]
+    assert [n[-1] for n in sorted(nodeids, key=run_order)] == ["d", "f", "c", "b", "a", "e"]
+
+
+def test_early_builds_are_only_what_the_selected_tests_need() -> None:
+    assert not disk_needs(["tests/unit/test_elf.py::test_x"]).any
+    needs = disk_needs(["tests/vm/test_boot.py::a", "tests/image/test_inspect_images.py::b"])
+    assert (needs.root_disk, needs.stacks, needs.uki_tree, needs.dracut) == (
+        True,
+        False,
+        False,
+        True,
+    )
+    needs = disk_needs(["tests/vm/test_storage.py::a", "tests/vm/test_uki.py::b"])
+    assert (needs.root_disk, needs.stacks, needs.uki_tree, needs.dracut) == (
+        True,
+        True,
+        True,
+        False,
+    )
+
+
+def test_time_summary_compares_vm_tests_in_a_row_with_the_wall_time() -> None:
+    phases = [
+        Phase("tests/unit/test_a.py::t", start=0, stop=1, duration=1),
+        Phase("tests/vm/test_b.py::one", start=10, stop=70, duration=60),
+        Phase("tests/vm/test_b.py::one", start=70, stop=71, duration=1),
+        Phase("tests/vm/test_b.py::two", start=12, stop=92, duration=80),
+    ]
+    timings = [
+        Timing("root disk", 300, "made"),
+        Timing("root disk", 41, "waited", "tests/vm/test_b.py::two"),
+        Timing("root disk", 0.1, "cached"),
+        Timing("UKI tree (Debian 13)", 0.1, "cached"),
+    ]
+    lines = time_summary(phases, timings, wall=400)
+    assert lines == [
+        "whole run: 400 s wall time",
+        "UKI tree (Debian 13): cached",
+        "root disk: made in 300 s, 1 waits for it, 41 s in all",
+        "unit: 1 tests, 1 s wall (first start to last end), 1 s summed over tests",
+        "vm: 2 tests, 82 s wall (first start to last end), 141 s summed over tests",
+        "vm: one guest at a time would have taken 100 s (141 s less 41 s spent waiting for "
+        "disks); side by side they took 82 s (1.2x)",
+    ]
+
+
+def test_boot_options_make_qemus_command_line(tmp_path: Path) -> None:
+    kernel = tmp_path / "vmlinuz"
+    member = Disk(tmp_path / "md.img", offset=4096)
+    options = BootOptions(kernel=kernel, disks=(member,), append="root=/dev/vda", cpus=1,
+                          network=("-nic", "user,restrict=on"))  # fmt: skip
+    argv = qemu_argv(options)
+    assert argv[argv.index("-append") + 1] == "console=ttyS0 panic=-1 root=/dev/vda"
+    assert argv[argv.index("-smp") + 1] == "1"
+    assert argv[argv.index("-nic") + 1] == "user,restrict=on" and argv.count("-nic") == 1
+    drive = argv[argv.index("-drive") + 1]
+    assert drive.endswith(",offset=4096") and "-initrd" not in argv
+    uefi = qemu_argv(BootOptions(esp=tmp_path / "esp"))
+    assert "-kernel" not in uefi and "-bios" in uefi
+    with pytest.raises(ValueError, match="kernel or an ESP"):
+        qemu_argv(BootOptions(kernel=kernel, esp=tmp_path / "esp"))
+    with pytest.raises(ValueError, match="kernel or an ESP"):
+        qemu_argv(BootOptions())
+
+
+def test_disk_timings_name_the_test_that_needed_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    monkeypatch.setenv(TIMINGS_ENV, str(tmp_path / "timings.jsonl"))
+    with timed("root disk") as outcome:
+        outcome.how = "waited"
+    with timed("UKI tree"):
+        pass
+    made, cached = read_timings(tmp_path / "timings.jsonl")
+    assert (made.what, made.how, made.nodeid) == ("root disk", "waited", request.node.nodeid)
+    assert (cached.what, cached.how) == ("UKI tree", "cached")
+    assert 0 <= made.seconds < 5
+    monkeypatch.delenv(TIMINGS_ENV)
+    with timed("not recorded"):
+        pass
+    assert len(read_timings(tmp_path / "timings.jsonl")) == 2
