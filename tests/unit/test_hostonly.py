@@ -9,9 +9,10 @@ from bookend.config import load_config
 from bookend.drivers import GENERIC_CLASSES
 from bookend.errors import SysrootError
 from bookend.features.base import RequestKind
-from bookend.hostonly import HostDetection, detect_host, format_detection, parse_mountinfo
+from bookend.hostonly import detect_host, format_detection, parse_mountinfo
 from bookend.kmodules import ModuleDatabase, load_database
 from bookend.plan import HOSTONLY_RECORD, make_plan
+from bookend.storage import HostDetection, StorageKind
 from bookend.sysroot import Sysroot
 from tests.unit.sysfstree import FakeHost
 
@@ -127,7 +128,7 @@ def test_virtio_partition_with_ext4(host: FakeHost, db: ModuleDatabase) -> None:
         ),
         filesystems=("ext4",),
         block_devices=("vda2", "vda"),
-        storage=frozenset(),
+        storage=(),
     )
 
 
@@ -149,7 +150,10 @@ def test_nvme_luks_lvm_stack(host: FakeHost, db: ModuleDatabase) -> None:
         ("nvme", f"driver of /sys/devices/pci0000:00/0000:00:1d.0/0000:3d:00.0 (nvme) {context}"),
     )
     assert found.block_devices == ("dm-1", "dm-0", "nvme0n1p2", "nvme0n1")
-    assert found.storage == {"luks", "lvm"}
+    assert found.storage == (
+        (StorageKind.LVM, "LVM logical volume dm-1 under / (ext4 on /dev/dm-1)"),
+        (StorageKind.LUKS, "LUKS volume dm-0 under / (ext4 on /dev/dm-1)"),
+    )
     assert found.crypt_volumes == ("dm-0",)  # no dm/name in this fixture: the kernel name
 
 
@@ -168,7 +172,7 @@ def test_md_raid1_over_two_ahci_disks(host: FakeHost, db: ModuleDatabase) -> Non
         ("ahci", f"modalias of /sys/devices/pci0000:00/0000:00:1f.2 ({AHCI_PCI}) {context}"),
     )
     assert found.block_devices == ("md0", "sda1", "sdb1", "sda", "sdb")
-    assert found.storage == {"md"}
+    assert found.storage == ((StorageKind.MDRAID, "MD array md0 under / (ext4 on /dev/md0)"),)
 
 
 def test_usr_on_its_own_device_with_a_builtin_filesystem(
@@ -203,7 +207,7 @@ def test_root_on_overlay_has_no_block_device(host: FakeHost, db: ModuleDatabase)
         modules=(("overlay", "filesystem of / (overlay from overlay)"),),
         filesystems=("overlay",),
         block_devices=(),
-        storage=frozenset(),
+        storage=(),
     )
 
 
@@ -220,7 +224,7 @@ def test_btrfs_members_come_from_sysfs_fs_btrfs(host: FakeHost, db: ModuleDataba
     host.mount("/", "0:35", "btrfs", "/dev/vdc2")
     found = detect_host(host.sys, host.proc, db)
     assert found.block_devices == ("vdb2", "vdc2", "vdb", "vdc")
-    assert found.storage == {"btrfs"}
+    assert found.storage == ((StorageKind.BTRFS, "/ (btrfs on /dev/vdb2)"),)
     assert found.modules[0] == ("btrfs", "filesystem of / (btrfs on /dev/vdb2)")
 
 
@@ -267,7 +271,7 @@ def test_multipath_with_alua_handler(host: FakeHost, db: ModuleDatabase) -> None
     found = detect_host(host.sys, host.proc, db)
     names = [name for name, _ in found.modules]
     assert names == ["ext4", "dm_mod", "dm_multipath", "sd_mod", "scsi_dh_alua", "mpt3sas"]
-    assert found.storage == {"multipath"}
+    assert found.storage_kinds == {StorageKind.MULTIPATH}
 
 
 def test_builtin_driver_of_running_kernel_found_by_driver_name(
@@ -306,7 +310,7 @@ def test_format_detection_lists_modules_then_filesystems() -> None:
         modules=(("ext4", "filesystem of /"), ("dm_crypt", "LUKS volume dm-0 for /")),
         filesystems=("ext4", "vfat"),
         block_devices=("dm-0", "vda2", "vda"),
-        storage=frozenset({"lvm", "luks"}),
+        storage=((StorageKind.LVM, "LVM volume"), (StorageKind.LUKS, "LUKS volume")),
     )
     assert format_detection(detection) == (
         "module ext4: filesystem of /\n"

@@ -53,7 +53,7 @@ def test_generic_mode_enables_storage_features_whose_program_exists(
 ) -> None:
     (root_tree / program.lstrip("/")).write_text("")
     config = load_config(None, {"sysroot": str(root_tree), "mode": "generic"})
-    storage = {name for name in make_plan(config).features if ALL[name].storage}
+    storage = {name for name in make_plan(config).features if ALL[name].switch_on.program}
     expected = {"/usr/sbin/lvm": "lvm", "/usr/sbin/mdadm": "mdraid", "/usr/bin/btrfs": "btrfs"}
     assert storage == {expected[program]}
 
