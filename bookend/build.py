@@ -64,7 +64,9 @@ def staged_image(config: Config, closure: Closure, output: Path | None = None) -
         if closure.early:
             # The kernel finds early microcode only in an uncompressed archive at the start.
             write_cpio(list(closure.early), out, epoch=0)
-        with open_compressor(config.compress, out, config.compress_level) as stream:
+        with open_compressor(
+            config.compress, out, config.compress_level, config.compress_threads
+        ) as stream:
             write_cpio(closure.archive_entries(), stream, epoch=epoch)
 
     target = output or config.output
@@ -129,16 +131,20 @@ def write_digest(image: Path) -> str:
     return digest.hexdigest()
 
 
-def build_initrd(config: Config) -> BuildResult:
+def scan_cache() -> ScanCache:
+    """The cache a build reads and saves; give it to resolve too, which fills it first."""
+    return ScanCache(default_directory(os.environ))
+
+
+def build_initrd(config: Config, cache: ScanCache | None = None) -> BuildResult:
     # Before anything is built: a UKI the sysroot cannot make is known at once.
     uki_tools = find_uki_tools(config.sysroot, config.kver) if config.uki else None
     outputs = [config.output, *([config.exitrd_output] if config.exitrd else [])]
     with locked_outputs(outputs):
-        return _build_locked(config, uki_tools)
+        return _build_locked(config, uki_tools, cache or scan_cache())
 
 
-def _build_locked(config: Config, uki_tools: UkiTools | None) -> BuildResult:
-    cache = ScanCache(default_directory(os.environ))
+def _build_locked(config: Config, uki_tools: UkiTools | None, cache: ScanCache) -> BuildResult:
     plan = make_plan(config, cache)
     if plan.detection is not None:
         log.info("hostonly detection:\n%s", format_detection(plan.detection).rstrip())

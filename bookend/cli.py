@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bookend import __version__
-from bookend.config import SETTINGS, Config, load_config
+from bookend.config import SETTINGS, Config, Setting, Vocabularies
 from bookend.errors import BookendError
+from bookend.scancache import ScanCache
 
 if TYPE_CHECKING:
     from bookend.inspect.extract import ExtractReport
@@ -21,7 +22,7 @@ log = logging.getLogger("bookend")
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting of the table in bookend.config."""
+    """The flags of every setting in the table of bookend.config."""
     parser.add_argument(
         "--config", type=Path, metavar="FILE",
         help="TOML configuration file, read after the drop-in directories",
@@ -32,28 +33,46 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         "(default: /, this host's; never --sysroot's)",
     )  # fmt: skip
     for setting in SETTINGS:
-        if setting.consts:
-            group = parser.add_mutually_exclusive_group()
-            for flag, value, help_text in setting.consts:
-                group.add_argument(
-                    flag, dest=setting.key, action="store_const", const=value, help=help_text
-                )
-            continue
-        names = [setting.flag, *([setting.short] if setting.short else [])]
-        kwargs: dict[str, Any] = {
-            "dest": setting.key,
-            "metavar": setting.metavar,
-            "help": setting.help,
-            "default": None,
-        }
-        if setting.kind is list:
-            kwargs["action"] = "append"
-        elif setting.kind is int:
-            kwargs["type"] = int
-        if setting.choices:
-            kwargs["choices"] = setting.choices
-            kwargs.pop("metavar")
-        parser.add_argument(*names, **kwargs)
+        if setting.kind is bool:
+            _add_switches(parser, setting, {
+                setting.cli_flag: (True, setting.help),
+                "--no-" + setting.cli_flag.removeprefix("--"): (False, setting.off_help),
+            })  # fmt: skip
+        elif setting.choice_flags:
+            flags = {f"--{value}": (value, text) for value, text in setting.choice_flags.items()}
+            _add_switches(parser, setting, flags)
+        else:
+            _add_value_flag(parser, setting)
+
+
+def _add_switches(
+    parser: argparse.ArgumentParser, setting: Setting, flags: dict[str, tuple[Any, str]]
+) -> None:
+    """Flags that each set a value (--generic, --no-microcode); the default's says so."""
+    group = parser.add_mutually_exclusive_group()
+    for flag, (value, help_text) in flags.items():
+        default = " (default)" if value == setting.default else ""
+        group.add_argument(
+            flag, dest=setting.key, action="store_const", const=value, help=help_text + default
+        )
+
+
+def _add_value_flag(parser: argparse.ArgumentParser, setting: Setting) -> None:
+    names = [setting.cli_flag, *([setting.short] if setting.short else [])]
+    kwargs: dict[str, Any] = {
+        "dest": setting.key,
+        "metavar": setting.metavar,
+        "help": setting.help,
+        "default": None,
+    }
+    if setting.kind is list:
+        kwargs["action"] = "append"
+    elif setting.kind is int:
+        kwargs["type"] = int
+    if setting.choices:
+        kwargs["choices"] = setting.choices
+        kwargs.pop("metavar")
+    parser.add_argument(*names, **kwargs)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -232,19 +251,35 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
     return {s.key: getattr(args, s.key) for s in SETTINGS if getattr(args, s.key) is not None}
 
 
-def _config(args: argparse.Namespace) -> Config:
-    return load_config(
+def vocabularies() -> Vocabularies:
+    """The names the configuration's features and driver classes must be among.
+
+    Passed in from here, so that configuration never imports a feature.
+    """
+    from bookend.drivers import DRIVER_CLASSES
+    from bookend.features import ALL
+
+    return {"features": sorted(ALL), "driver_classes": sorted(DRIVER_CLASSES)}
+
+
+def _config(args: argparse.Namespace, cache: ScanCache | None = None) -> Config:
+    from bookend.resolve import configure
+
+    return configure(
         args.config,
-        {k: str(v) if isinstance(v, Path) else v for k, v in _cli_values(args).items()},
+        _cli_values(args),
+        vocabularies(),
         config_root=args.config_root,
+        cache=cache,
     )
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from bookend.build import build_initrd
+    from bookend.build import build_initrd, scan_cache
 
-    config = _config(args)
-    result = build_initrd(config)
+    cache = scan_cache()  # the one the build uses: the module database is read once
+    config = _config(args, cache)
+    result = build_initrd(config, cache)
     state = "up to date, not rewritten: " if result.up_to_date else ""
     for image in (result.initrd, result.exitrd):
         if image is not None:
@@ -260,12 +295,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from bookend.closure import build_closure, format_closure
     from bookend.plan import format_plan, make_plan
 
-    config = _config(args)
-    plan = make_plan(config)
+    cache = ScanCache(None)  # shared by the stages, kept in memory only
+    config = _config(args, cache)
+    plan = make_plan(config, cache)
     if not args.closure and not args.why:
         print(format_plan(plan))
         return 0
-    closure = build_closure(config, plan)
+    closure = build_closure(config, plan, cache)
     if args.why:
         if args.why not in closure.entries:
             print(f"bookend: {args.why} is not in the image", file=sys.stderr)
@@ -277,7 +313,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from bookend.config_show import show_json, show_text
+    from bookend.config.show import show_json, show_text
 
     config = _config(args)  # only "show" so far; argparse refuses any other action
     if args.json:
@@ -460,16 +496,17 @@ def cmd_size(args: argparse.Namespace) -> int:
 
 def cmd_completion(args: argparse.Namespace) -> int:
     from bookend.completion import bash_script
-    from bookend.config import HOOK_POINTS
-    from bookend.drivers import DRIVER_CLASSES
-    from bookend.features import ALL
 
-    words = {
-        "features": sorted(ALL),
-        "driver_classes": sorted(DRIVER_CLASSES),
-        "hooks": [f"{point}=" for point in HOOK_POINTS],
-    }
-    sys.stdout.write(bash_script(make_parser(), words))
+    names = vocabularies()
+    values: dict[str, str | list[str]] = {}
+    for setting in SETTINGS:
+        if setting.vocabulary:
+            values[setting.key] = list(names[setting.key])
+        elif isinstance(setting.complete, tuple):
+            values[setting.key] = list(setting.complete)
+        elif setting.complete:
+            values[setting.key] = setting.complete
+    sys.stdout.write(bash_script(make_parser(), values))
     return 0
 
 

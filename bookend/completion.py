@@ -18,9 +18,6 @@ KERNELS = "@kernels"  # the sysroot's /lib/modules/* (the host's, when completin
 NOTHING = "@none"
 PREFIXES = "@prefixes"  # the words end in '=': no space after them
 
-# Values a setting takes that the parser can't know as choices.
-_VALUES_BY_DEST = {"kver": KERNELS}
-
 
 def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
     """The subcommand parsers of `parser`, by name."""
@@ -30,13 +27,18 @@ def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return {}
 
 
-def _value_kind(action: argparse.Action, extra_words: dict[str, list[str]]) -> str:
+# How the values of a destination are completed, where the parser has no choices for
+# them: a word list, or one of the kinds above (KERNELS).
+Values = dict[str, str | list[str]]
+
+
+def _value_kind(action: argparse.Action, extra_words: Values) -> str:
     """How to complete the value of `action`: FILES, DIRECTORIES, ... or a word list."""
     if action.dest in extra_words:
         words = extra_words[action.dest]
+        if isinstance(words, str):
+            return words
         return (PREFIXES + " " if all(w.endswith("=") for w in words) else "") + " ".join(words)
-    if action.dest in _VALUES_BY_DEST:
-        return _VALUES_BY_DEST[action.dest]
     if action.choices:
         return " ".join(str(choice) for choice in action.choices)
     if action.metavar == "DIR":
@@ -54,7 +56,7 @@ def _flags(parser: argparse.ArgumentParser) -> list[str]:
     return [flag for action in parser._actions for flag in action.option_strings]
 
 
-def _positional_kind(parser: argparse.ArgumentParser, extra: dict[str, list[str]]) -> str:
+def _positional_kind(parser: argparse.ArgumentParser, extra: Values) -> str:
     """Positionals are completed alike: as files when any of them is a path."""
     kinds = [_value_kind(a, extra) for a in parser._actions if not a.option_strings]
     return FILES if FILES in kinds else (kinds[0] if kinds else NOTHING)
@@ -64,9 +66,7 @@ def _case_arm(pattern: str, kind: str) -> str:
     return f"        {shlex.quote(pattern)}) _bookend_complete {shlex.quote(kind)}; return ;;"
 
 
-def _value_arms(
-    name: str, parser: argparse.ArgumentParser, extra: dict[str, list[str]]
-) -> list[str]:
+def _value_arms(name: str, parser: argparse.ArgumentParser, extra: Values) -> list[str]:
     arms = []
     for action in parser._actions:
         if action.option_strings and _takes_value(action):
@@ -75,11 +75,12 @@ def _value_arms(
     return arms
 
 
-def bash_script(parser: argparse.ArgumentParser, extra_words: dict[str, list[str]]) -> str:
+def bash_script(parser: argparse.ArgumentParser, extra_words: Values) -> str:
     """The bash completion script for `parser`.
 
     `extra_words` gives word lists for destinations whose values are known to bookend but
-    not declared as argparse choices (feature names, driver classes, hook points).
+    not declared as argparse choices (feature names, driver classes, hook points), or
+    a kind of value looked up when completing (KERNELS).
     """
     commands = subcommands(parser)
     top_words = " ".join([*commands, *_flags(parser)])

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bookend.config import did_you_mean
 from bookend.errors import ConfigError, SysrootError
 from bookend.proc import SCRUBBED_PATH, run
 from bookend.scancache import ScanCache, stamp
+from bookend.suggest import did_you_mean
 from bookend.sysroot import Sysroot
 
 MODULE_SUFFIX = re.compile(r"\.ko(\.xz|\.zst|\.gz)?$")

@@ -44,28 +44,24 @@ class Plan:
     microcode_vendors: tuple[str, ...] = ()  # CPU vendors whose early microcode goes first
 
 
-def enabled_features(names: Iterable[str], source: str = "features") -> list[Feature]:
+def enabled_features(names: Iterable[str]) -> list[Feature]:
     """The named features and everything they require, each before its dependents."""
     ordered: dict[str, Feature] = {}
 
-    def visit(name: str, wanted_by: str, path: tuple[str, ...]) -> None:
+    def visit(name: str, path: tuple[str, ...]) -> None:
         if name in ordered:
             return
-        feature = ALL.get(name)
-        if feature is None:
-            from bookend.config import did_you_mean
-
-            raise ConfigError(
-                f"{wanted_by}: unknown feature '{name}'" + did_you_mean(name, list(ALL))
-            )
+        # Configured names were checked by the configuration (against bookend.features'
+        # names, passed in by the CLI); the others are the registry's own.
+        feature = ALL[name]
         if name in path:
             raise ConfigError(f"feature {name}: requires itself via {' -> '.join(path)}")
         for required in feature.requires:
-            visit(required, f"feature {name}", (*path, name))
+            visit(required, (*path, name))
         ordered[name] = feature
 
     for name in names:
-        visit(name, source, ())
+        visit(name, ())
     return list(ordered.values())
 
 

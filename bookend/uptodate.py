@@ -19,7 +19,6 @@ directory nothing is skipped.
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import hashlib
 import json
@@ -27,14 +26,14 @@ import logging
 import os
 import stat
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from bookend import __version__
 from bookend.archive import ArchiveEntry, Compression, source_date_epoch, write_atomically
 from bookend.closure import Closure
-from bookend.config import Config
+from bookend.config import SETTINGS, Config
 from bookend.errors import BookendError
 from bookend.scancache import stamp
 
@@ -42,8 +41,6 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 RECORDS = "outputs"  # the directory of records, in the cache directory
-# Settings that decide whether or how to write, not what is written.
-NOT_INPUTS = frozenset({"force", "rebuild", "origins"})
 
 
 def record_path(cache_directory: Path, output: Path) -> Path:
@@ -109,11 +106,10 @@ def record_inputs(cache_directory: Path | None, outputs: list[Path], inputs: str
 
 
 def _settings(config: Config) -> dict[str, Any]:
-    return {
-        field.name: _plain(getattr(config, field.name))
-        for field in dataclasses.fields(config)
-        if field.name not in NOT_INPUTS
-    }
+    """The settings that decide what is written (not force or rebuild), and where each
+    item of a list came from (the manifest's reasons name it)."""
+    settings = {s.key: _plain(getattr(config, s.key)) for s in SETTINGS if s.image_input}
+    return {**settings, "item_origins": _plain(config.item_origins)}
 
 
 def _plain(value: object) -> object:
@@ -123,6 +119,8 @@ def _plain(value: object) -> object:
         return str(value.absolute())
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
     return value
 
 

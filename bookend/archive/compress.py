@@ -56,12 +56,15 @@ LZ4_LEGACY_BLOCK = 8 << 20
 
 @contextmanager
 def open_compressor(
-    compression: Compression, out: BinaryIO, level: int | None = None
+    compression: Compression, out: BinaryIO, level: int | None = None, threads: int = 0
 ) -> Iterator[Sink]:
+    """threads: zstd's workers, 0 for one per CPU; Python's lzma, gzip and lz4 have one."""
     chosen = DEFAULT_LEVELS[compression] if level is None else level
     if compression is Compression.ZSTD:
-        # threads=-1: one worker per CPU; zstd's output does not depend on the count.
-        compressor = zstandard.ZstdCompressor(level=chosen, threads=-1, write_checksum=True)
+        # Always workers (-1: one per CPU), never zstd's single-threaded mode: its output
+        # differs, while with workers it is the same whatever their number.
+        workers = threads or -1
+        compressor = zstandard.ZstdCompressor(level=chosen, threads=workers, write_checksum=True)
         with compressor.stream_writer(out, closefd=False) as zstd_stream:
             yield zstd_stream
     elif compression is Compression.XZ:

@@ -63,7 +63,9 @@ def test_systemd_is_init_and_layout_keeps_debian_links(image: Path) -> None:
 def test_initrd_release_names_the_sysroot_and_bookend(tree: Path) -> None:
     # /etc/initrd-release is what makes systemd run in initrd mode.
     release = parse_os_release((tree / "etc/initrd-release").read_text())
-    host = parse_os_release(Sysroot(Path("/")).read_text("/etc/os-release"))
+    host_os_release = Sysroot(Path("/")).read_text("/etc/os-release")
+    assert host_os_release is not None, "the host has no /etc/os-release"
+    host = parse_os_release(host_os_release)
     assert release["VARIANT_ID"] == "bookend-initrd"
     assert release["ID"] == host["ID"] and release["VERSION_ID"] == host["VERSION_ID"]
     assert os.readlink(tree / "etc/os-release") == "initrd-release"
@@ -127,16 +129,49 @@ def test_modprobe_in_the_image_finds_modules_by_name_and_alias(
 
 
 def test_modules_outside_the_request_are_not_in_the_index(tree: Path) -> None:
-    result = subprocess.run(["modprobe", "-d", str(tree), "-S", KVER, "--show-depends", "e1000"],
-                            capture_output=True, text=True, check=False)  # fmt: skip
-    assert result.returncode != 0
+    def show_depends(*root: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["modprobe", *root, "-S", KVER, "--show-depends", "e1000"],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+
+    on_the_host = show_depends()
+    assert on_the_host.returncode == 0, f"the host kernel has no e1000: {on_the_host.stderr}"
+    missing = show_depends("-d", str(tree))
+    assert missing.returncode == 1
+    assert f"Module e1000 not found in directory {tree}/lib/modules/{KVER}" in missing.stderr
 
 
-def test_two_builds_are_identical_byte_for_byte(tmp_path: Path) -> None:
-    first = build_image(tmp_path / "a.img", KVER, *QEMU_VIRTIO_EXT4)
-    second = build_image(tmp_path / "b.img", KVER, *QEMU_VIRTIO_EXT4)
+EPOCH = 1_700_000_000  # November 2023: before the files this test writes, after "old"
+BEFORE_EPOCH = EPOCH - 86_400
+
+
+def test_two_builds_are_identical_byte_for_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two sources of our own go in with --add-file: "touched" gets a new mtime between
+    # the builds, which the clamp to SOURCE_DATE_EPOCH must hide; "old" is older than
+    # the epoch and keeps its own time, since clamping is not overwriting.
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", str(EPOCH))
+    sources = tmp_path / "sources"
+    sources.mkdir()
+    touched, old = sources / "touched.conf", sources / "old.conf"
+    touched.write_text("touched between the builds\n")
+    old.write_text("older than the epoch\n")
+    os.utime(old, (BEFORE_EPOCH, BEFORE_EPOCH))
+    args = (*QEMU_VIRTIO_EXT4, "--add-file", str(touched), "--add-file", str(old))
+    first = build_image(tmp_path / "a.img", KVER, *args)
+    mtime_in_first_build = touched.stat().st_mtime
+    os.utime(touched, (EPOCH + 1, EPOCH + 1))
+    assert touched.stat().st_mtime != mtime_in_first_build
+    second = build_image(tmp_path / "b.img", KVER, *args)
     assert first.read_bytes() == second.read_bytes()
     assert first.read_bytes()[:4] == b"\x28\xb5\x2f\xfd"  # zstd by default
+    # bsdtar, another reader, restores each member's mtime as it unpacks it.
+    unpacked = tmp_path / "unpacked"
+    unpacked.mkdir()
+    members = [str(path.relative_to("/")) for path in (touched, old)]
+    subprocess.run(["bsdtar", "-xf", str(second), "-C", str(unpacked), *members], check=True)
+    assert (unpacked / members[0]).stat().st_mtime == EPOCH
+    assert (unpacked / members[1]).stat().st_mtime == BEFORE_EPOCH
 
 
 def test_bad_module_fails_in_one_line_and_keeps_the_old_image(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from bench.tools import unpack_debs, unpacked_dracut
-from bookend.config import newest_kernel
+from bookend.resolve import newest_kernel
 from tests.imagebuild import QEMU_VIRTIO_EXT4, bookend, build_image
 from tests.vm.rootdisk import CACHE_ENV, DEFAULT_CACHE
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from bookend.config import newest_kernel
 from bookend.inspect.size import NO_PACKAGE, NOT_IN_MANIFEST
+from bookend.resolve import newest_kernel
 from tests.imagebuild import QEMU_VIRTIO_EXT4, bookend, build_image
 from tests.pngfile import read_png
 

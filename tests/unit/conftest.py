@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from bookend.cli import vocabularies
+from bookend.config import Config
+from bookend.resolve import configure
 
 
 def make_root_tree(root: Path, kver: str = "6.1.0-test") -> Path:
@@ -26,3 +32,9 @@ def make_root_tree(root: Path, kver: str = "6.1.0-test") -> Path:
 @pytest.fixture
 def root_tree(tmp_path: Path) -> Path:
     return make_root_tree(tmp_path / "sysroot")
+
+
+def load_config(config_file: Path | None, cli_values: Mapping[str, Any], **options: Any) -> Config:
+    """The configuration as `bookend build` makes it: read and checked, then resolved
+    against its sysroot, with the feature and driver class names the CLI passes."""
+    return configure(config_file, cli_values, vocabularies(), **options)

@@ -9,10 +9,11 @@ import pytest
 
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.closure import build_closure
-from bookend.config import HOOK_POINTS, Config, load_config
+from bookend.config import HOOK_POINTS, Config
 from bookend.features import ALL, activation, hooks
 from bookend.features.base import Feature, FeatureContext, Generated, RequestKind
 from bookend.plan import Plan, make_plan
+from tests.unit.conftest import load_config
 
 UNITS = "/etc/systemd/system"
 ACTIVATION = f"{UNITS}/bookend-activation.service"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import subprocess
 from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+import zstandard
 
 from bookend.archive import (
     ArchiveEntry,
@@ -241,12 +243,17 @@ def test_atomic_write_replaces_only_when_complete(tmp_path: Path) -> None:
         out.write(b"half a new ima")
         raise ArchiveError("/usr/bin/tool: changed size while it was being archived")
 
-    with pytest.raises(ArchiveError):
+    # The writer's own error comes through as it was raised.
+    with pytest.raises(ArchiveError) as error:
         write_atomically(target, fail_halfway)
+    assert str(error.value) == "/usr/bin/tool: changed size while it was being archived"
     assert target.read_bytes() == b"old image"
     assert os.listdir(tmp_path) == ["initrd.img"]  # no temporary left behind
 
-    write_atomically(target, lambda out: out.write(b"new image") and None, mode=0o600)
+    def write_new_image(out: BinaryIO) -> None:
+        out.write(b"new image")
+
+    write_atomically(target, write_new_image, mode=0o600)
     assert target.read_bytes() == b"new image"
     assert target.stat().st_mode & 0o777 == 0o600
     assert os.listdir(tmp_path) == ["initrd.img"]
@@ -269,3 +276,21 @@ def test_atomic_write_bad_target_names_it(tmp_path: Path, where: str) -> None:
     target = tmp_path / "nowhere/initrd.img" if where == "missing-dir" else tmp_path
     with pytest.raises(ArchiveError, match=str(target)):
         write_atomically(target, lambda out: None)
+
+
+def test_zstd_threads_change_the_speed_not_the_bytes() -> None:
+    # Several of zstd's jobs (16 MiB each at the default level), half incompressible.
+    rng = random.Random(7)
+    raw = b"".join(rng.randbytes(1 << 16) + bytes(range(256)) * 256 for _ in range(320))
+    images = {}
+    for threads in (1, 3, 0):  # 0: one per CPU core
+        packed = io.BytesIO()
+        with open_compressor(Compression.ZSTD, packed, None, threads) as stream:
+            for at in range(0, len(raw), 1 << 20):  # as write_cpio copies files
+                stream.write(raw[at : at + (1 << 20)])
+        images[threads] = packed.getvalue()
+    assert images[1] == images[3] == images[0]
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(images[1]) == raw
+    # zstd's single-threaded mode would write other bytes: the count is never 0 there.
+    single = zstandard.ZstdCompressor(level=9, threads=0, write_checksum=True)
+    assert single.compress(raw) != images[1]

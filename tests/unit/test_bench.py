@@ -52,8 +52,9 @@ def test_spread_is_median_min_and_max_in_any_order() -> None:
 
 
 def test_spread_of_nothing_is_an_error() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as error:
         Spread.of([])
+    assert str(error.value) == "no measurements to summarise"
 
 
 def test_ratio_divides_and_refuses_what_cannot_be_divided() -> None:
@@ -124,8 +125,9 @@ def test_guest_times_take_the_bench_jobs_own_time_out_of_the_default_target() ->
 
 
 def test_a_console_line_without_times_is_refused() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as error:
         parse_times("BENCH-TIMES initrd= userspace=")
+    assert str(error.value) == "not a BENCH-TIMES line: 'BENCH-TIMES initrd= userspace='"
 
 
 def test_missing_paths_match_whole_path_components() -> None:

@@ -1,17 +1,19 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from bookend.archive import EntryKind
 from bookend.closure import Closure, build_closure
-from bookend.config import Config, load_config
+from bookend.config import Config
 from bookend.errors import ElfError, SysrootError
 from bookend.features.base import Request, RequestKind
 from bookend.plan import Plan
+from tests.unit.conftest import load_config
 
-from .elftree import compile_c, install_libc, shared_library
+from .elftree import compile_c, dlopen_note_c, install_libc, shared_library
 
 MAIN = "int foo(void); int main(void) { return foo(); }\n"
 FOO = "int foo(void) { return 0; }\n"
@@ -301,3 +303,59 @@ def test_each_named_kind_is_found_where_it_lives(root_tree: Path) -> None:
     # What the unit and the rules run came with them.
     assert closure.entries["/usr/lib/udev/rules.d/60-x.rules"].reason == "test"
     assert closure.format_why("/usr/sbin/tool") == "/usr/sbin/tool <- test"
+
+
+DLOPEN_NOTES = [
+    {"feature": "compress", "priority": "required", "soname": ["libreq.so.1"]},
+    # Alternatives, best first: the first one the sysroot has is taken, and only that one.
+    {"feature": "fallback", "priority": "recommended", "soname": ["libalt.so.2", "libalt.so.1"]},
+    {"feature": "pick", "priority": "recommended", "soname": ["libpick.so.2", "libpick.so.1"]},
+    {"feature": "tpm", "priority": "suggested", "soname": ["libsug.so.1"]},
+    {"feature": "gone", "priority": "required", "soname": ["libgone.so.1"]},
+]
+
+
+def build_dlopen_prog(root: Path) -> None:
+    """usr/bin/prog carrying DLOPEN_NOTES, and every library they name but libgone and
+    libalt.so.2 in /usr/lib; libreq needs libreqdep."""
+    shared_library(root, "/usr/lib", "libreqdep.so.1", "int dep(void) { return 0; }\n")
+    shared_library(
+        root, "/usr/lib", "libreq.so.1", "int dep(void); int req(void) { return dep(); }\n",
+        f"-L{root / 'usr/lib'}", "-l:libreqdep.so.1",
+    )  # fmt: skip
+    for soname in ("libalt.so.1", "libpick.so.2", "libpick.so.1", "libsug.so.1"):
+        shared_library(root, "/usr/lib", soname, "int f(void) { return 0; }\n")
+    program = dlopen_note_c(json.dumps(DLOPEN_NOTES)) + "int main(void) { return 0; }\n"
+    compile_c(program, root / "usr/bin/prog")
+
+
+def test_dlopen_note_brings_the_libraries_it_names(elf_root: Path) -> None:
+    build_dlopen_prog(elf_root)
+    closure = closure_of(elf_root, executable("prog"))
+    assert closure.format_why("/usr/lib/libreq.so.1.0") == (
+        "/usr/lib/libreq.so.1.0 <- dlopen (compress, required) of /usr/bin/prog <- test"
+    )
+    assert closure.entries["/usr/lib/libreq.so.1"].entry.target == "libreq.so.1.0"
+    # A dlopen()ed library is scanned like any other: what it needs comes too.
+    assert closure.format_why("/usr/lib/libreqdep.so.1.0") == (
+        "/usr/lib/libreqdep.so.1.0 <- DT_NEEDED of /usr/lib/libreq.so.1.0"
+        " <- dlopen (compress, required) of /usr/bin/prog <- test"
+    )
+    assert closure.format_why("/usr/lib/libalt.so.1.0") == (
+        "/usr/lib/libalt.so.1.0 <- dlopen (fallback, recommended) of /usr/bin/prog <- test"
+    )
+    assert "/usr/lib/libpick.so.2.0" in closure.entries
+    assert "/usr/lib/libpick.so.1" not in closure.entries
+    assert "/usr/lib/libpick.so.1.0" not in closure.entries
+
+
+def test_dlopen_note_suggested_left_out_and_missing_warned(elf_root: Path) -> None:
+    build_dlopen_prog(elf_root)
+    closure = closure_of(elf_root, executable("prog"))
+    # "suggested" is for a feature the program does without: not taken, nothing said.
+    assert "/usr/lib/libsug.so.1" not in closure.entries
+    assert not any("libsug" in warning for warning in closure.warnings)
+    # A library the sysroot does not have is named in a warning, not a failed build.
+    assert [w for w in closure.warnings if "dlopen" in w] == [
+        "/usr/bin/prog: dlopen gone (required): none of libgone.so.1 found; left out"
+    ]

@@ -48,7 +48,10 @@ def test_subcommands(script: Path) -> None:
 
 
 def test_flags_of_the_subcommand(script: Path) -> None:
-    assert sorted(complete(script, "bookend build --comp")) == ["--compress", "--compress-level"]
+    # A prefix several flags share gives each; one flag's own prefix gives only it.
+    assert {"--compress", "--compress-level"} <= set(complete(script, "bookend build --comp"))
+    assert complete(script, "bookend build --compress-l") == ["--compress-level"]
+    assert complete(script, "bookend build --sysr") == ["--sysroot"]
     assert complete(script, "bookend ls --so") == ["--sort"]
     assert complete(script, "bookend ls --comp") == []
 

@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from bookend.archive.compress import Compression
 from bookend.cli import make_parser
-from bookend.config import SETTINGS, Compression, EmergencyAccess, ModuleMode, load_config
+from bookend.config import SETTINGS, EmergencyAccess, ModuleMode
 from bookend.errors import ConfigError
+from tests.unit.conftest import load_config
 
 
 def write(path: Path, text: str) -> Path:
@@ -141,13 +143,27 @@ def test_unknown_driver_class_suggests(root_tree: Path) -> None:
     )
 
 
-def test_mode_and_microcode_flags_are_exclusive_pairs() -> None:
+@pytest.mark.parametrize(
+    ("flags", "refusal"),
+    [
+        (["--generic", "--hostonly"], "argument --hostonly: not allowed with argument --generic"),
+        (
+            ["--no-microcode", "--microcode"],
+            "argument --microcode: not allowed with argument --no-microcode",
+        ),
+    ],
+)
+def test_mode_and_microcode_flags_are_exclusive_pairs(
+    flags: list[str], refusal: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     parser = make_parser()
     args = parser.parse_args(["build", "--generic", "--no-microcode"])
     assert (args.mode, args.microcode) == ("generic", False)
     assert parser.parse_args(["build"]).mode is None  # the config file or default decides
-    with pytest.raises(SystemExit):
-        parser.parse_args(["build", "--generic", "--hostonly"])
+    with pytest.raises(SystemExit) as exited:
+        parser.parse_args(["build", *flags])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"bookend build: error: {refusal}"
 
 
 # --- drop-in directories -----------------------------------------------------------
@@ -325,3 +341,75 @@ def test_config_show_reports_unknown_key_with_suggestion(
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert f"{typo}: omit_module: unknown key (did you mean 'omit_modules'?)" in result.stderr
     assert len(result.stderr.splitlines()) == 1
+
+
+# --- the table: one declaration per setting -------------------------------------------
+
+
+def test_every_on_off_setting_has_both_flags_and_they_override_a_file(
+    root_tree: Path, tmp_path: Path
+) -> None:
+    parser = make_parser()
+    for setting in SETTINGS:
+        if setting.kind is bool:
+            name = setting.cli_flag.removeprefix("--")
+            assert parser.parse_args(["build", f"--{name}"]).__dict__[setting.key] is True
+            assert parser.parse_args(["build", f"--no-{name}"]).__dict__[setting.key] is False
+            assert parser.parse_args(["build"]).__dict__[setting.key] is None
+    toml = write(tmp_path / "b.toml", f'sysroot = "{root_tree}"\nforce = true\nexitrd = false\n')
+    args = parser.parse_args(["build", "--config", str(toml), "--no-force", "--exitrd"])
+    config = load_config(args.config, {"force": args.force, "exitrd": args.exitrd})
+    assert (config.force, config.exitrd) == (False, True)
+    assert config.origins["force"] == "command line"
+
+
+def test_each_field_of_config_is_a_setting_with_its_type(root_tree: Path) -> None:
+    """The Config the build reads holds every setting under its own key, of its type."""
+    config = load_config(None, {"sysroot": str(root_tree), "hooks": ["mount=echo hi"]})
+    assert [s.key for s in SETTINGS] == [
+        name for name in config.__dataclass_fields__ if name not in ("origins", "item_origins")
+    ]
+    assert isinstance(config.sysroot, Path) and isinstance(config.exitrd_output, Path)
+    assert config.compress is Compression.ZSTD and config.mode is ModuleMode.HOSTONLY
+    assert config.hooks == (("mount", "echo hi"),)
+    assert config.features == () and config.emergency_shell == "locked"
+
+
+def test_the_module_database_is_parsed_once_for_resolve_plan_and_closure(
+    root_tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bookend import kmodules
+    from bookend.scancache import ScanCache
+    from bookend.sysroot import Sysroot
+
+    known_modules(root_tree, "virtio_blk")
+    parsed: list[str] = []
+    real = kmodules.load_database
+
+    def counting(sysroot: Sysroot, kver: str) -> kmodules.ModuleDatabase:
+        parsed.append(kver)
+        return real(sysroot, kver)
+
+    monkeypatch.setattr(kmodules, "load_database", counting)
+    cache = ScanCache(None)  # the build's: `bookend build` gives resolve the same one
+    values = {"sysroot": str(root_tree), "modules": ["virtio_blk"]}
+    config = load_config(None, values, cache=cache)
+    assert parsed == ["6.1.0-test"]  # resolve checked the module names in it
+    # What the plan (hostonly detection) and the closure call for it, with that cache:
+    db = kmodules.shared_database(Sysroot(config.sysroot), config.kver, cache)
+    assert parsed == ["6.1.0-test"] and "virtio_blk" in db.paths
+
+
+def test_compress_threads_from_flag_and_file_within_range(root_tree: Path, tmp_path: Path) -> None:
+    args = make_parser().parse_args(["build", "--compress-threads", "4"])
+    assert (
+        load_config(
+            None, {"sysroot": str(root_tree), "compress_threads": args.compress_threads}
+        ).compress_threads
+        == 4
+    )
+    assert load_config(None, {"sysroot": str(root_tree)}).compress_threads == 0  # per core
+    toml = write(tmp_path / "b.toml", f'sysroot = "{root_tree}"\ncompress_threads = -1\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(toml, {})
+    assert str(error.value) == f"{toml}: compress_threads: -1 is not a number of threads (0..256)"

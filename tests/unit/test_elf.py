@@ -30,6 +30,8 @@ from bookend.elf import (
 )
 from bookend.errors import ElfError
 
+from .elftree import dlopen_note_c
+
 x86_64_only = pytest.mark.skipif(
     platform.machine() != "x86_64", reason="expects the x86-64 loader path"
 )
@@ -48,26 +50,7 @@ def gcc(tmp: Path, source: str, output: Path, *flags: str) -> Path:
     return output
 
 
-def c_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def dlopen_note_c(payload: str) -> str:
-    """C for a library holding one .note.dlopen note, laid out by hand as the spec has it."""
-    return f"""
-#include <stdint.h>
-#define PAYLOAD {c_string(payload)}
-struct dlopen_note {{
-    uint32_t namesz, descsz, type;
-    char name[4];
-    char desc[(sizeof(PAYLOAD) + 3) & ~3u];
-}};
-__attribute__((section(".note.dlopen"), used, aligned(4)))
-static const struct dlopen_note note = {{
-    4, sizeof(PAYLOAD), {DLOPEN_NOTE_TYPE:#x}, "FDO", PAYLOAD
-}};
-int f(void) {{ return 0; }}
-"""
+LIB_C = "int f(void) { return 0; }\n"
 
 
 DLOPEN_PAYLOAD = [
@@ -94,10 +77,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ):
         gcc(root, PROG_C, root / "bin" / name, f"-L{root}/lib", "-lfoo",
             "-Wl,-rpath,$ORIGIN/../lib", f"-Wl,{dtags}")  # fmt: skip
-    note = dlopen_note_c(json.dumps(DLOPEN_PAYLOAD))
+    note = dlopen_note_c(json.dumps(DLOPEN_PAYLOAD)) + LIB_C
     gcc(root, note, root / "lib/libnote.so", "-shared", "-fPIC")
     gcc(root, note, root / "lib/note.o", "-c", "-fPIC")
-    gcc(root, dlopen_note_c('[{"soname": '), root / "bad/libbadnote.so", "-shared", "-fPIC")
+    gcc(root, dlopen_note_c('[{"soname": ') + LIB_C, root / "bad/libbadnote.so", "-shared", "-fPIC")
     return root
 
 

@@ -12,13 +12,13 @@ import pytest
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.build import write_digest, write_image
 from bookend.closure import Closure, ClosureEntry
-from bookend.config import load_config
 from bookend.errors import ArchiveError
 from bookend.exitrd import make_exitrd_plan
 from bookend.exitrd_load import load_exitrd
 from bookend.features.base import RequestKind
 from bookend.install import LoadAt, install_exitrd_unit, unit_text
 from bookend.plan import Plan
+from tests.unit.conftest import load_config
 
 ENTRIES = (
     ArchiveEntry("/usr", EntryKind.DIRECTORY, 0o755),

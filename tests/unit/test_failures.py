@@ -30,11 +30,12 @@ from bookend.archive.atomic import remove_leftover_temporaries, temporary_path
 from bookend.archive.lock import lock_path, locked_outputs
 from bookend.build import write_image
 from bookend.closure import Closure, build_closure
-from bookend.config import Config, load_config
+from bookend.config import Config
 from bookend.errors import ArchiveError
 from bookend.features.base import Request, RequestKind
 from bookend.plan import Plan
 from tests.tmpfs import small_tmpfs
+from tests.unit.conftest import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,7 +11,7 @@ import pytest
 import bookend.exitrd
 import bookend.plan
 from bookend.archive import ArchiveEntry, EntryKind
-from bookend.config import Config, load_config
+from bookend.config import Config
 from bookend.exitrd import make_exitrd_plan
 from bookend.features import ALL, DEFAULT, luks
 from bookend.features.base import (
@@ -25,6 +25,7 @@ from bookend.features.storage_daemons import STOP_HOOK, STOP_SCRIPT
 from bookend.hostonly import DM_UUID_RULES
 from bookend.plan import Plan, make_plan
 from bookend.storage import HostDetection, StorageKind
+from tests.unit.conftest import load_config
 
 EVERY_IMAGE = {"systemd", "udev", "kmod", "filesystems", "emergency", "release"}
 DAEMON = "[Service]\nExecStart=/usr/sbin/storaged\n"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bookend.config import Config, load_config
+from bookend.config import Config
 from bookend.drivers import GENERIC_CLASSES
 from bookend.errors import SysrootError
 from bookend.features import ALL
@@ -17,6 +17,7 @@ from bookend.kmodules import ModuleDatabase, load_database
 from bookend.plan import HOSTONLY_RECORD, make_plan
 from bookend.storage import HostDetection, StorageKind
 from bookend.sysroot import Sysroot
+from tests.unit.conftest import load_config
 from tests.unit.sysfstree import FakeHost
 
 KVER = "6.1.0-test"

@@ -12,9 +12,8 @@ import pytest
 
 from bookend.archive import write_atomically
 from bookend.build import _check_before_replacing
-from bookend.config import load_config
 from bookend.errors import ArchiveError
-from tests.unit.conftest import make_root_tree
+from tests.unit.conftest import load_config, make_root_tree
 from tests.unit.test_inspect_reader import S_IFLNK, archive, newc
 
 
@@ -26,7 +25,10 @@ def test_verify_sees_the_complete_file_before_the_rename(tmp_path: Path) -> None
     def verify(new: Path) -> None:
         seen.append((new, new.read_bytes(), target.read_bytes() == b"old"))
 
-    write_atomically(target, lambda out: out.write(b"new image"), verify=verify)
+    def write_new_image(out: BinaryIO) -> None:
+        out.write(b"new image")
+
+    write_atomically(target, write_new_image, verify=verify)
     assert target.read_bytes() == b"new image"
     (new, content, old_still_there), = seen  # fmt: skip
     assert content == b"new image" and old_still_there

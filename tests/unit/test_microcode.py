@@ -14,9 +14,9 @@ from bookend.archive.compress import Compression, open_compressor
 from bookend.archive.cpio import TRAILER, ArchiveEntry, EntryKind, write_cpio
 from bookend.build import write_image
 from bookend.closure import Closure, ClosureEntry
-from bookend.config import load_config
 from bookend.microcode import AMD, INTEL, cpu_vendor, microcode_blob, microcode_entries
 from bookend.sysroot import Sysroot
+from tests.unit.conftest import load_config
 
 from .conftest import make_root_tree
 
@@ -72,7 +72,7 @@ def newc_members(data: bytes) -> list[tuple[str, int, int, int]]:
     """(name, mode, data offset, size) of each member up to the trailer; written here,
     apart from bookend's writer, from the newc layout: a 110-byte header of hex fields,
     the name, then the data, each padded to 4 bytes."""
-    members = []
+    members: list[tuple[str, int, int, int]] = []
     at = 0
     while True:
         assert data[at : at + 6] == b"070701", f"no newc header at {at}"

@@ -13,11 +13,11 @@ import pytest
 from bookend.archive import write_cpio
 from bookend.archive.cpio import MAX_FILE_SIZE
 from bookend.closure import Closure, build_closure
-from bookend.config import load_config
 from bookend.errors import ElfError, SysrootError
 from bookend.features.base import Request, RequestKind
 from bookend.inspect.image import scan_image
 from bookend.plan import Plan
+from tests.unit.conftest import load_config
 
 from .elftree import compile_c, install_libc, shared_library
 

@@ -5,10 +5,11 @@ from pathlib import Path
 import pytest
 
 from bookend.archive import EntryKind
-from bookend.config import load_config
 from bookend.errors import ConfigError
+from bookend.features import ALL
 from bookend.features.base import RequestKind
 from bookend.plan import Plan, enabled_features, make_plan
+from tests.unit.conftest import load_config
 
 
 def plan_for(sysroot: Path, **values: object) -> Plan:
@@ -28,11 +29,19 @@ def test_features_come_after_what_they_require() -> None:
     assert set(names) == {"systemd", "udev", "kmod", "filesystems", "emergency", "release"}
 
 
-def test_unknown_feature_suggests() -> None:
-    with pytest.raises(
-        ConfigError, match=r"features: unknown feature 'sytemd' .did you mean 'systemd'"
-    ):
-        enabled_features(["sytemd"])
+def test_unknown_feature_suggests(root_tree: Path) -> None:
+    # The configuration checks configured names: the plan never meets an unknown one.
+    with pytest.raises(ConfigError) as error:
+        load_config(None, {"sysroot": str(root_tree), "features": ["sytemd"]})
+    assert str(error.value) == (
+        "command line: features: unknown feature 'sytemd' (did you mean 'systemd'?)"
+    )
+
+
+def test_every_required_feature_is_a_feature() -> None:
+    for feature in ALL.values():
+        assert set(feature.requires) <= set(ALL), feature.name
+        assert [f.name for f in enabled_features([feature.name])][-1] == feature.name
 
 
 def test_initrd_identity_and_init(root_tree: Path) -> None:

@@ -12,13 +12,13 @@ import pytest
 
 from bookend.build import write_image
 from bookend.closure import Closure, build_closure
-from bookend.config import load_config
 from bookend.features.base import Request, RequestKind
 from bookend.inspect.image import MANIFEST, scan_image
 from bookend.inspect.listing import format_listing
 from bookend.manifest import MANIFEST_PATH, closure_from_manifest, with_manifest
 from bookend.plan import Plan
 from bookend.secrets import crypttab_keyfiles
+from tests.unit.conftest import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 PRIVATE = "/etc/ssh/ssh_host_ed25519_key"

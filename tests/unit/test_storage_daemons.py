@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from bookend.config import load_config
 from bookend.errors import ConfigError
 from bookend.exitrd import make_exitrd_plan
 from bookend.features.base import RequestKind
@@ -21,6 +20,7 @@ from bookend.features.storage_daemons import (
 )
 from bookend.plan import make_plan
 from bookend.sysroot import Sysroot
+from tests.unit.conftest import load_config
 
 UNIT = (
     "[Unit]\nDescription=iSCSI\n[Service]\nExecStartPre=/bin/true\nExecStart=/usr/sbin/iscsid -f\n"

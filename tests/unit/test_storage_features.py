@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from bookend.config import load_config
 from bookend.errors import ConfigError
 from bookend.features import ALL
 from bookend.features.filesystems import initrd_mounts
 from bookend.features.luks import crypttab_for
 from bookend.features.mdraid import mdadm_conf
 from bookend.plan import make_plan
+from tests.unit.conftest import load_config
 
 
 def test_crypttab_keeps_named_volumes_and_reports_missing_ones() -> None:

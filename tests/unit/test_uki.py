@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from bookend.config import load_config
 from bookend.errors import ConfigError
 from bookend.uki import STUB_PATH, UkiTools, find_uki_tools, ukify_argv
 from tests.imagebuild import bookend
-from tests.unit.conftest import make_root_tree
+from tests.unit.conftest import load_config, make_root_tree
 
 KVER = "6.12.0-test"
 

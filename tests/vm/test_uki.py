@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bookend.config import newest_kernel
 from bookend.inspect.check import check_image
+from bookend.resolve import newest_kernel
 from tests.imagebuild import QEMU_VIRTIO_EXT4, bookend
 from tests.vm.qemu import OVMF, Boot, Disk, uefi_argv
 from tests.vm.rootdisk import RootDisk

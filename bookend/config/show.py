@@ -11,26 +11,19 @@ import enum
 from pathlib import Path
 from typing import Any
 
-from bookend.archive.compress import DEFAULT_LEVELS
-from bookend.config import SETTINGS, Config
+from bookend.config.table import SETTINGS, Config, Setting
 
 
 def effective_values(config: Config) -> dict[str, Any]:
     """Every setting's key with the value the build uses, as TOML would spell it."""
-    values: dict[str, Any] = {}
-    for setting in SETTINGS:
-        values[setting.key] = _plain(_effective(config, setting.key))
-    return values
+    return {setting.key: _plain(_effective(config, setting)) for setting in SETTINGS}
 
 
-def _effective(config: Config, key: str) -> Any:
-    if key == "emergency_shell":
-        return config.root_password_hash or config.emergency_access.value
-    if key == "compress_level" and config.compress_level is None:
-        return DEFAULT_LEVELS[config.compress]  # the compressor's own default
-    if key == "hooks":
-        return [f"{point}={command}" for point, command in config.hooks]
-    return getattr(config, key)
+def _effective(config: Config, setting: Setting) -> Any:
+    value = setting.show(config) if setting.show else getattr(config, setting.key)
+    if setting.show_item is not None:
+        return [setting.show_item(item) for item in value]
+    return value
 
 
 def _plain(value: Any) -> Any:

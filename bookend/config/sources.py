@@ -1,12 +1,14 @@
-"""Where configuration comes from: the drop-in directories, TOML files, the command line.
+"""Where configuration comes from, and how the layers merge: the drop-in directories,
+TOML files, the command line.
 
 Reading collects problems instead of stopping at the first, so the user sees every
-broken file at once; what the values mean is bookend.config's business.
+broken file at once. A scalar takes the last layer's value; a list appends each
+layer's items, and an empty list drops what came before. Each value is checked
+against its setting's TOML type here; what the values mean is bookend.config.checks'.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import tomllib
@@ -15,7 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bookend.config.table import SETTINGS, SETTINGS_BY_KEY, Setting
 from bookend.errors import ConfigError
+from bookend.suggest import did_you_mean
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +46,6 @@ class Problems:
     def raise_if_any(self) -> None:
         if self.messages:
             raise ConfigError("; ".join(self.messages))
-
-
-def did_you_mean(word: str, candidates: Sequence[str]) -> str:
-    """A ' (did you mean X?)' suffix when a candidate is close, else ''."""
-    close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def describe(value: Any) -> str:
@@ -142,3 +140,100 @@ def read_layers(
             layers.append((str(path), table))
     layers.append((COMMAND_LINE, cli_values))
     return layers
+
+
+def _typed(setting: Setting, value: Any, source: str, problems: Problems) -> Any:
+    """Check one raw value against its setting's type; None when it is wrong."""
+    if setting.kind is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            got = describe(value) if not isinstance(value, list) else "an item that is not"
+            problems.add(source, setting.key, f"expected a list of strings, got {got}")
+            return None
+        return [v for v in value if _usable_string(setting, v, source, problems)]
+    if setting.kind is bool:
+        if not isinstance(value, bool):
+            problems.add(source, setting.key, f"expected true or false, got {describe(value)}")
+            return None
+        return value
+    if setting.kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.add(source, setting.key, f"expected an integer, got {describe(value)}")
+            return None
+        return value
+    if not isinstance(value, str):
+        problems.add(source, setting.key, f"expected a string, got {describe(value)}")
+        return None
+    if not _usable_string(setting, value, source, problems):
+        return None
+    if setting.choices and value not in setting.choices:
+        problems.add(
+            source,
+            setting.key,
+            f"'{value}' is not one of {', '.join(setting.choices)}"
+            + did_you_mean(value, setting.choices),
+        )
+        return None
+    return value
+
+
+def _usable_string(setting: Setting, value: str, source: str, problems: Problems) -> bool:
+    """Not empty, and no NUL: no file name, command or argv can hold one."""
+    if not value:
+        problems.add(source, setting.key, "expected a non-empty string, got an empty one")
+        return False
+    if "\0" in value:
+        problems.add(source, setting.key, f"{short(value)!r} holds a NUL character")
+        return False
+    return True
+
+
+@dataclass
+class Merged:
+    """Every setting's value after all layers, and where each came from."""
+
+    values: dict[str, Any]
+    origins: dict[str, str]
+    item_origins: dict[str, list[str]]  # list key -> the source of each item
+
+
+def merge_layers(layers: Sequence[tuple[str, Mapping[str, Any]]], problems: Problems) -> Merged:
+    """Fold (source, values) layers in order: scalars replace, lists append, [] resets."""
+    merged = Merged(
+        values={s.key: s.default for s in SETTINGS},
+        origins={s.key: "default" for s in SETTINGS},
+        item_origins={s.key: [] for s in SETTINGS if s.kind is list},
+    )
+    for source, layer in layers:
+        for key, raw in layer.items():
+            setting = SETTINGS_BY_KEY.get(key)
+            if setting is None:
+                _unknown_key(key, raw, source, problems)
+                continue
+            value = _typed(setting, raw, source, problems)
+            if value is None:
+                continue
+            if setting.kind is not list:
+                merged.values[key], merged.origins[key] = value, source
+            elif not raw:  # an empty list: forget what the layers before gave
+                merged.values[key], merged.item_origins[key] = [], []
+                merged.origins[key] = source
+            else:
+                merged.values[key] = [*merged.values[key], *value]
+                merged.item_origins[key] += [source] * len(value)
+                merged.origins[key] = ", ".join(dict.fromkeys(merged.item_origins[key]))
+    return merged
+
+
+def _unknown_key(key: str, raw: Any, source: str, problems: Problems) -> None:
+    """An unknown key; in a table, the settings below it were likely meant for the top."""
+    nested = [name for name in raw if name in SETTINGS_BY_KEY] if isinstance(raw, dict) else []
+    if nested:
+        for name in nested:
+            problems.add(
+                source,
+                f"{key}.{name}",
+                f"unknown key: settings are top-level keys, not in a table [{key}] "
+                f"(move '{name}' above the first [table] line)",
+            )
+        return
+    problems.add(source, key, "unknown key" + did_you_mean(key, list(SETTINGS_BY_KEY)))

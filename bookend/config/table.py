@@ -1,0 +1,362 @@
+"""The settings table: each setting declared once, as a field of Config.
+
+The field's name is the TOML key (and, with dashes, the flag), its type is the type the
+build reads, and its `setting(...)` metadata holds the rest: the help, the TOML default,
+the flag's spelling, the check of its form and how `config show` prints it. The CLI
+flags, the shell completion, `config show`, the up-to-date fingerprint and the merge of
+configuration files are all generated from SETTINGS, the fields in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from bookend.archive.compress import DEFAULT_LEVELS, Compression
+from bookend.completion import KERNELS
+from bookend.suggest import did_you_mean
+
+
+class ModuleMode(enum.Enum):
+    """Which kernel modules an image carries, as dracut's --hostonly and --no-hostonly."""
+
+    HOSTONLY = "hostonly"  # what this machine needs for its root and /usr
+    GENERIC = "generic"  # every storage, filesystem and keyboard driver: boots anywhere
+
+
+class EmergencyAccess(enum.Enum):
+    """Who may use the emergency shell when the boot fails."""
+
+    LOCKED = "locked"  # root has no usable password: sulogin refuses
+    UNLOCKED = "unlocked"  # anyone at the console gets a root shell
+    PASSWORD = "password"  # root's password is the configured crypt(3) hash
+
+
+# The points dracut users know hooks by, in boot order.
+HOOK_POINTS = ("cmdline", "pre-udev", "pre-trigger", "pre-mount", "mount", "pre-pivot")
+
+# A problem with one value (each item, for a list), or None when it is good; it is
+# called with a value of the setting's TOML type.
+FormCheck = Callable[[Any], str | None]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What the table says of one setting besides its name and type."""
+
+    help: str
+    default: Any  # as TOML spells it ("zstd", "/"); None: unset, or worked out later
+    flag: str = ""  # "" for --KEY (underscores as dashes)
+    short: str | None = None
+    metavar: str = "VALUE"
+    off_help: str = ""  # a bool: the help of --no-FLAG
+    choice_flags: Mapping[str, str] = field(default_factory=dict)  # value -> help of --VALUE
+    check: FormCheck | None = None  # the form of the value, or of each item of a list
+    parse_item: Callable[[str], Any] | None = None  # a list item, once its form is good
+    unique: bool = True  # a list keeps each item once, as first given
+    vocabulary: str = ""  # items must be names the caller knows, e.g. "feature"
+    show: Callable[[Config], Any] | None = None  # the value `config show` prints
+    show_item: Callable[[Any], str] | None = None  # a list item as TOML spells it
+    complete: str | tuple[str, ...] = ""  # completion: a kind (KERNELS) or the words
+    image_input: bool = True  # False: decides whether to write, not what is written
+    # Filled in from the field by _declared():
+    key: str = ""
+    kind: type = str  # what TOML holds: str, int, bool or list (of strings)
+    choices: tuple[str, ...] = ()  # an enum's values
+    convert: Callable[[str], Any] = str  # a string as the field's type (Path, an enum)
+
+    @property
+    def cli_flag(self) -> str:
+        return self.flag or "--" + self.key.replace("_", "-")
+
+
+def setting(help: str, default: Any = None, **declared: Any) -> Any:
+    """A field of Config that is a setting (typed Any so each field keeps its own type)."""
+    return field(metadata={"setting": Setting(help, default, **declared)})
+
+
+def matching(form: str, example: str) -> FormCheck:
+    """A check that a name has the form it takes in the files the image writes."""
+    pattern = re.compile(form)
+
+    def check(name: str) -> str | None:
+        return None if pattern.fullmatch(name) else f"{_short(name)!r} is not {example}"
+
+    return check
+
+
+def absolute_path(name: str) -> str | None:
+    return None if name.startswith("/") else f"'{name}' is not an absolute path"
+
+
+def hook_problem(hook: str) -> str | None:
+    point, sep, command = hook.partition("=")
+    point = point.strip()
+    if not sep or not command.strip():
+        return f"'{hook}' is not POINT=COMMAND"
+    if point not in HOOK_POINTS:
+        return f"unknown hook point '{point}'" + did_you_mean(point, HOOK_POINTS)
+    return None
+
+
+def parse_hook(hook: str) -> tuple[str, str]:
+    point, _, command = hook.partition("=")
+    return point.strip(), command.strip()
+
+
+def emergency_shell_problem(value: str) -> str | None:
+    # A crypt(3) hash: $id$...; anything else is almost certainly a typo or a plain password.
+    if value in ("locked", "unlocked") or re.fullmatch(r"\$[0-9a-z]+\$[^\s:]+", value):
+        return None
+    return (
+        "expected 'locked', 'unlocked' or a crypt(3) password hash such as one from "
+        "`openssl passwd -6`" + did_you_mean(value, ["locked", "unlocked"])
+    )
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass(frozen=True)
+class Config:
+    """The checked configuration every later stage reads; one field per setting."""
+
+    sysroot: Path = setting("root tree to build from", "/", metavar="DIR")
+    kver: str = setting(
+        "kernel version (default: newest under the sysroot's /lib/modules)",
+        metavar="VERSION",
+        complete=KERNELS,
+    )
+    output: Path = setting(
+        "where to write the initrd (default: ./bookend-initrd-KVER.img)",
+        short="-o",
+        metavar="FILE",
+    )
+    compress: Compression = setting("compression of the image", "zstd", metavar="NAME")
+    compress_level: int | None = setting(
+        "compression level",
+        metavar="N",
+        # Unset, the compressor's own default: shown, since that is what is used.
+        show=lambda config: (
+            DEFAULT_LEVELS[config.compress]
+            if config.compress_level is None
+            else config.compress_level
+        ),
+    )
+    compress_threads: int = setting(
+        "zstd's worker threads, 0 for one per CPU core (xz, gzip and lz4 use one)",
+        0,
+        metavar="N",
+        check=lambda threads: (
+            None if 0 <= threads <= 256 else f"{threads} is not a number of threads (0..256)"
+        ),
+        # zstd writes the same bytes whatever the number of workers: not an input.
+        image_input=False,
+    )
+    features: tuple[str, ...] = setting(
+        "extra features to enable (see `bookend features`)",
+        [],
+        flag="--add-feature",
+        metavar="NAME",
+        vocabulary="feature",
+    )
+    modules: tuple[str, ...] = setting(
+        "kernel modules to include and load at boot, by name or alias",
+        [],
+        flag="--add-module",
+        metavar="NAME",
+    )
+    filesystems: tuple[str, ...] = setting(
+        "filesystem types the initrd must mount (module, fsck and mount helper)",
+        [],
+        flag="--filesystem",
+        metavar="TYPE",
+        # Written into the image's /etc/fstab, where a space would split the line.
+        check=matching(r"[A-Za-z0-9_.+-]+", "a filesystem type such as ext4"),
+    )
+    omit_modules: tuple[str, ...] = setting(
+        "kernel modules never to include, by name or glob (even as a dependency)",
+        [],
+        flag="--omit-module",
+        metavar="GLOB",
+    )
+    driver_classes: tuple[str, ...] = setting(
+        "whole classes of drivers to include, e.g. nvme, usb-storage (see README)",
+        [],
+        flag="--add-driver-class",
+        metavar="CLASS",
+        vocabulary="driver class",
+    )
+    mode: ModuleMode = setting(
+        "which modules to include",
+        "hostonly",
+        choice_flags={
+            "hostonly": "modules this machine needs for its root",
+            "generic": "every storage, filesystem and keyboard driver",
+        },
+    )
+    microcode: bool = setting(
+        "prepend early CPU microcode", True, off_help="no early microcode segment"
+    )
+    sysfs: Path = setting(
+        "sysfs to detect the host's devices from (hostonly)", "/sys", metavar="DIR"
+    )
+    procfs: Path = setting(
+        "procfs to detect the host's mounts and CPU from (hostonly)", "/proc", metavar="DIR"
+    )
+    files: tuple[str, ...] = setting(
+        "extra files or directories to include",
+        [],
+        flag="--add-file",
+        metavar="PATH",
+        check=absolute_path,
+    )
+    keyfiles: tuple[str, ...] = setting(
+        "LUKS key files to embed at their paths (the image is then written mode 0600)",
+        [],
+        flag="--add-keyfile",
+        metavar="PATH",
+        check=absolute_path,
+    )
+    exitrd: bool = setting(
+        "also write the exitrd, the image shutdown pivots into",
+        True,
+        off_help="write the initrd only",
+    )
+    force: bool = setting(
+        "replace an existing initrd even with a new one that fails `bookend check`",
+        False,
+        off_help="keep an existing initrd when the new one fails its check",
+        image_input=False,
+    )
+    uki: bool = setting(
+        "write a unified kernel image (kernel, initrd, command line) made by the sysroot's ukify",
+        False,
+        off_help="write an initrd, not a UKI",
+    )
+    cmdline: str | None = setting(
+        "kernel command line built into the UKI (--uki)", metavar="CMDLINE"
+    )
+    rebuild: bool = setting(
+        "build even when the images beside the output were made from the same inputs",
+        False,
+        off_help="leave images built from the same inputs alone",
+        image_input=False,
+    )
+    exitrd_output: Path = setting(
+        "where to write the exitrd (default: beside the initrd, 'initrd' in its name "
+        "replaced by 'exitrd')",
+        metavar="FILE",
+    )
+    storage_daemons: tuple[str, ...] = setting(
+        "units started in the initrd that serve the root until the exitrd stops them",
+        [],
+        flag="--add-storage-daemon",
+        metavar="UNIT",
+        # A unit name becomes a path in the image: no '/', no spaces.
+        check=matching(
+            r"[A-Za-z0-9:_.\\@-]+\.(service|socket|target)", "a unit name such as iscsid.service"
+        ),
+    )
+    activation: str | None = setting(
+        "command in the real root run under /sysroot before switch-root (e.g. NixOS' activate)",
+        metavar="COMMAND",
+    )
+    hooks: tuple[tuple[str, str], ...] = setting(  # (point, shell command), in the order given
+        f"shell command run at a boot point, as POINT=COMMAND ({', '.join(HOOK_POINTS)})",
+        [],
+        flag="--hook",
+        metavar="POINT=COMMAND",
+        check=hook_problem,
+        parse_item=parse_hook,
+        unique=False,  # the same command at two moments is two hooks
+        show_item=lambda hook: f"{hook[0]}={hook[1]}",
+        complete=tuple(f"{point}=" for point in HOOK_POINTS),
+    )
+    root: str | None = setting(
+        "root device to mount at /sysroot when the kernel command line names none",
+        metavar="DEVICE",
+        # Written into the image's /etc/fstab.
+        check=matching(r"[^\s#]+", "a device such as UUID=... or /dev/vda2, without spaces"),
+    )
+    emergency_shell: str = setting(
+        "emergency shell access: 'locked', 'unlocked' or a crypt(3) hash of root's password",
+        "locked",
+        metavar="ACCESS",
+        check=emergency_shell_problem,
+    )
+    # key -> where its value came from: a file, "default" or "command line"; for a list,
+    # every source that gave it items (or the one that emptied it), comma-separated.
+    origins: Mapping[str, str] = field(default_factory=dict)
+    # list key -> the source of each item, in the order of the list's field above
+    item_origins: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def origin_of(self, key: str, index: int) -> str:
+        """Where item number index of a list setting came from."""
+        sources = self.item_origins.get(key, ())
+        return sources[index] if index < len(sources) else self.origins.get(key, "config")
+
+    @property
+    def emergency_access(self) -> EmergencyAccess:
+        if self.emergency_shell in ("locked", "unlocked"):
+            return EmergencyAccess(self.emergency_shell)
+        return EmergencyAccess.PASSWORD
+
+    @property
+    def root_password_hash(self) -> str | None:
+        """The crypt(3) hash root's password is set to, with emergency_shell = HASH."""
+        return self.emergency_shell if self.emergency_access is EmergencyAccess.PASSWORD else None
+
+
+def _declared() -> tuple[Setting, ...]:
+    """The settings in field order, each completed with its key and its field's type."""
+    hints = get_type_hints(Config)
+    declared = []
+    for config_field in fields(Config):
+        if "setting" not in config_field.metadata:
+            continue
+        hint = hints[config_field.name]
+        if isinstance(hint, types.UnionType):  # X | None: what a set value is
+            hint = next(arg for arg in hint.__args__ if arg is not type(None))
+        declared.append(_completed(config_field.metadata["setting"], config_field.name, hint))
+    return tuple(declared)
+
+
+def _completed(declared: Setting, key: str, hint: Any) -> Setting:
+    """What TOML holds for a field of type hint: bool and int as they are, a tuple as a
+    list of strings, anything else as a string converted to it (a Path, an enum's value)."""
+    kind: type = hint if hint in (bool, int) else str
+    choices: tuple[str, ...] = ()
+    convert: Callable[[str], Any] = str
+    if getattr(hint, "__origin__", None) is tuple:
+        kind = list
+    elif isinstance(hint, type) and issubclass(hint, enum.Enum):
+        choices = tuple(member.value for member in hint)
+        convert = hint
+    elif hint is Path:
+        convert = Path
+    return dataclasses.replace(declared, key=key, kind=kind, choices=choices, convert=convert)
+
+
+SETTINGS: tuple[Setting, ...] = _declared()
+SETTINGS_BY_KEY = {s.key: s for s in SETTINGS}
+
+
+def make_config(
+    values: Mapping[str, Any],
+    origins: Mapping[str, str],
+    item_origins: Mapping[str, tuple[str, ...]],
+) -> Config:
+    """The Config of values: one per setting, already of its field's type."""
+    return Config(
+        **{s.key: values[s.key] for s in SETTINGS},
+        origins=dict(origins),
+        item_origins=dict(item_origins),
+    )

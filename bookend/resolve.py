@@ -1,0 +1,249 @@
+"""Resolve: the checked settings against the sysroot, into the Config the build reads.
+
+Between configuration (types and forms) and the plan. It looks into the trees the
+settings name: the sysroot is a root tree, the kernel version is installed (or the
+newest is chosen), the kernel modules are in its modules.dep, the files and storage
+daemon units exist, hostonly detection's sysfs and procfs are there, and the outputs
+can be written where they are named. Every problem, with the configuration's own, is
+reported at once as `SOURCE: key: message` before anything is built.
+
+The module database it reads to check module names is parsed through the shared
+ScanCache (kmodules.shared_database): pass the build's cache and the plan and closure
+find it there instead of parsing it again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bookend import kmodules
+from bookend.config import (
+    Config,
+    ModuleMode,
+    Problems,
+    Settings,
+    Vocabularies,
+    load_settings,
+    make_config,
+)
+from bookend.errors import BookendError
+from bookend.exitrd_load import DIGEST_SUFFIX
+from bookend.scancache import ScanCache
+from bookend.suggest import did_you_mean
+from bookend.sysroot import Sysroot
+from bookend.units import find_unit
+
+# The image is written as ".NAME.bookend-tmp.PID" beside its target first (PID at most
+# 4194304, the kernel's limit), and no file name may be longer than 255 bytes.
+LONGEST_OUTPUT_NAME = 255 - len("..bookend-tmp.4194304")
+# What hostonly detection reads from each tree: a tree without it is not one.
+DETECTION_TREES = {"sysfs": "dev/block", "procfs": "self/mountinfo"}
+
+
+def configure(
+    config_file: Path | None,
+    cli_values: Mapping[str, Any],
+    vocabularies: Vocabularies,
+    *,
+    cwd: Callable[[], Path] = Path.cwd,
+    config_root: Path | None = None,
+    cache: ScanCache | None = None,
+) -> Config:
+    """The configuration (bookend.config.load_settings) resolved against its sysroot."""
+    settings = load_settings(config_file, cli_values, vocabularies, config_root=config_root)
+    return resolve(settings, cwd=cwd, cache=cache)
+
+
+def resolve(
+    settings: Settings, *, cwd: Callable[[], Path] = Path.cwd, cache: ScanCache | None = None
+) -> Config:
+    """The Config of settings: kernel version and outputs worked out, the sysroot checked."""
+    problems = Problems(list(settings.problems))
+    values, origins = settings.values, settings.origins
+    kver = ""
+    if _check_sysroot(values["sysroot"], origins["sysroot"], problems):
+        kver = _check_in_sysroot(settings, cache or ScanCache(None), problems)
+    name = kver or "unknown"
+    default_name = f"bookend-uki-{name}.efi" if values["uki"] else f"bookend-initrd-{name}.img"
+    output = values["output"] or cwd() / default_name
+    output_ok = _check_output(output, origins["output"], problems)
+    if values["exitrd_output"] is not None:
+        exitrd_output, source = values["exitrd_output"], origins["exitrd_output"]
+        _check_output(exitrd_output, source, problems, "exitrd_output", DIGEST_SUFFIX)
+    elif values["exitrd"] and output_ok and "/" not in kver:  # else no name to derive
+        _check_derived_exitrd(output, kver, origins["output"], problems)
+    _check_detection_trees(settings, problems)
+    problems.raise_if_any()
+    resolved = {
+        **values,
+        "kver": kver,
+        "output": output,
+        "exitrd_output": values["exitrd_output"] or default_exitrd_path(output, kver),
+    }
+    return make_config(resolved, origins, settings.item_origins)
+
+
+def installed_kernels(sysroot: Path) -> list[str]:
+    """Kernel versions with a module database under the sysroot's /lib/modules.
+
+    A directory without modules.dep is what a removed kernel leaves behind (DKMS or
+    firmware files), not a kernel one can build for.
+    """
+    root = Sysroot(sysroot)
+    return [
+        name
+        for name in root.listdir("/lib/modules")
+        if root.is_dir(f"/lib/modules/{name}") and root.exists(f"/lib/modules/{name}/modules.dep")
+    ]
+
+
+def newest_kernel(sysroot: Path) -> str | None:
+    """The newest installed kernel, by version order."""
+    versions = installed_kernels(sysroot)
+    return max(versions, key=_version_key) if versions else None
+
+
+def _version_key(version: str) -> list[tuple[int, str]]:
+    return [
+        (int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"[.-]", version)
+    ]
+
+
+def default_exitrd_path(initrd: Path, kver: str) -> Path:
+    """Beside the initrd: bookend-initrd-X.img -> bookend-exitrd-X.img."""
+    if "initrd" in initrd.name:
+        return initrd.with_name(initrd.name.replace("initrd", "exitrd"))
+    return initrd.with_name(f"exitrd.img-{kver}")
+
+
+def _check_sysroot(sysroot: Path, source: str, problems: Problems) -> bool:
+    # os.path.isdir, unlike Path.is_dir on Python 3.11, says False for a path it cannot
+    # look at (a name too long, no access, a NUL) instead of raising: used throughout.
+    if not os.path.isdir(sysroot):
+        what = "does not exist" if not os.path.lexists(sysroot) else "is not a directory"
+        problems.add(source, "sysroot", f"{sysroot} {what}; name the root tree to build from")
+        return False
+    if not os.path.isdir(sysroot / "usr") or not os.path.isdir(sysroot / "etc"):
+        problems.add(source, "sysroot", f"{sysroot} is not a root tree (no usr/ and etc/)")
+        return False
+    return True
+
+
+def _check_in_sysroot(settings: Settings, cache: ScanCache, problems: Problems) -> str:
+    """The checks that look into a sysroot known to be a root tree; the kernel version."""
+    sysroot: Path = settings.values["sysroot"]
+    kver = _check_kver(sysroot, settings.values["kver"], settings.origins["kver"], problems)
+    root = Sysroot(sysroot)
+    _check_files(settings, "files", root, problems)
+    _check_files(settings, "keyfiles", root, problems)
+    if kver in installed_kernels(sysroot):
+        _check_modules(settings, root, kver, cache, problems)
+    for unit, source in _items(settings, "storage_daemons"):
+        if find_unit(root, unit) is None:
+            problems.add(source, "storage_daemons", f"unit {unit} not found in the sysroot")
+    return kver
+
+
+def _check_kver(sysroot: Path, kver: str | None, source: str, problems: Problems) -> str:
+    moddir = sysroot / "lib/modules"
+    installed = installed_kernels(sysroot)
+    if kver is None:
+        if not installed:
+            problems.add(source, "kver", f"no kernel with a modules.dep under {moddir}")
+            return ""
+        return max(installed, key=_version_key)  # the newest
+    if "/" in kver or kver in (".", ".."):
+        problems.add(source, "kver", f"'{kver}' is not a kernel version")
+    elif kver not in installed:
+        hint = (
+            f" ({moddir / kver} has no modules.dep: run depmod {kver} in the sysroot)"
+            if os.path.isdir(moddir / kver)
+            else did_you_mean(kver, installed)
+            or (f" (installed: {', '.join(sorted(installed))})" if installed else "")
+        )
+        problems.add(source, "kver", f"no modules for kernel '{kver}' in {moddir}{hint}")
+    return kver
+
+
+def _items(settings: Settings, key: str) -> Sequence[tuple[Any, str]]:
+    return list(zip(settings.values[key], settings.item_origins[key], strict=True))
+
+
+def _check_files(settings: Settings, key: str, sysroot: Sysroot, problems: Problems) -> None:
+    """The paths (absolute: their form is checked) exist in the sysroot."""
+    for name, source in _items(settings, key):
+        try:
+            found = sysroot.exists(name)
+        except BookendError as exc:
+            problems.add(source, key, str(exc))
+            continue
+        if not found:
+            problems.add(source, key, f"{sysroot.host_path(name)}: no such file or directory")
+
+
+def _check_modules(
+    settings: Settings, sysroot: Sysroot, kver: str, cache: ScanCache, problems: Problems
+) -> None:
+    """Every requested module is a module, an alias or built into this kernel."""
+    wanted = _items(settings, "modules")
+    if not wanted:
+        return
+    try:
+        db = kmodules.shared_database(sysroot, kver, cache)
+    except BookendError as exc:
+        problems.add(settings.origins["kver"], "kver", str(exc))
+        return
+    for name, source in wanted:
+        if not db.is_known(name):
+            problems.add(
+                source,
+                "modules",
+                f"no kernel module or alias '{name}' in {db.moddir}"
+                + did_you_mean(kmodules.normalize(name), sorted(db.paths)),
+            )
+
+
+def _check_output(
+    output: Path, source: str, problems: Problems, key: str = "output", suffix: str = ""
+) -> bool:
+    """A file name in a directory that exists; suffix: of a file written beside it."""
+    longest = LONGEST_OUTPUT_NAME - len(suffix)
+    if os.path.isdir(output):
+        problems.add(source, key, f"{output} is a directory; name the image file")
+    elif not os.path.isdir(output.parent):
+        problems.add(source, key, f"directory {output.parent} does not exist")
+    elif len(os.fsencode(output.name)) > longest:
+        problems.add(source, key, f"file name too long (at most {longest} bytes): {output.name}")
+    else:
+        return True
+    return False
+
+
+def _check_derived_exitrd(output: Path, kver: str, source: str, problems: Problems) -> None:
+    """The exitrd's name beside a good initrd path, with room for its digest's."""
+    derived = default_exitrd_path(output, kver)
+    longest = LONGEST_OUTPUT_NAME - len(DIGEST_SUFFIX)
+    if len(os.fsencode(derived.name)) > longest:
+        problems.add(
+            source,
+            "output",
+            f"file name too long for the exitrd beside it, {derived.name} "
+            f"(at most {longest} bytes, or give exitrd_output or --no-exitrd)",
+        )
+
+
+def _check_detection_trees(settings: Settings, problems: Problems) -> None:
+    """Hostonly detection reads the host's devices and mounts from these."""
+    if settings.values["mode"] is not ModuleMode.HOSTONLY:
+        return
+    for key, needed in DETECTION_TREES.items():
+        tree: Path = settings.values[key]
+        source = settings.origins[key]
+        if not os.path.isdir(tree):
+            problems.add(source, key, f"{tree} is not a directory")
+        elif not os.path.exists(tree / needed):
+            problems.add(source, key, f"{tree} is not a {key} (no {needed})")
