@@ -14,7 +14,7 @@ import logging
 import os
 import stat
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from bookend import firmware, kmodules, microcode, modinfo, udevrules, units
@@ -76,6 +76,21 @@ class Closure:
 
     def secrets(self) -> list[str]:
         return [path for path, item in self.entries.items() if item.secret]
+
+
+def _find_executable(sysroot: Sysroot, name: str) -> str | None:
+    """An absolute path as it is, a bare name on the search path systemd uses."""
+    if name.startswith("/"):
+        return name if sysroot.exists(name) else None
+    return next(
+        (f"{d}/{name}" for d in units.EXEC_SEARCH_PATH if sysroot.exists(f"{d}/{name}")), None
+    )
+
+
+def _find_generator(sysroot: Sysroot, name: str) -> str | None:
+    return next(
+        (f"{d}/{name}" for d in units.GENERATOR_DIRS if sysroot.exists(f"{d}/{name}")), None
+    )
 
 
 @dataclass
@@ -227,37 +242,34 @@ class _Builder:
             raise SysrootError(f"{self.sysroot.host_path(path)}: '#!' names no interpreter")
         self.add_path(words[0], "#! interpreter of", path)
         if words[0].endswith("/env") and len(words) > 1:
-            self.executable(words[1], "#! interpreter (via env) of", path, optional=False)
+            self.named(RequestKind.EXECUTABLE, words[1], "#! interpreter (via env) of", path, False)
 
     # --- requests ------------------------------------------------------------
 
-    def executable(self, name: str, reason: str, parent: str | None, optional: bool) -> None:
-        if name.startswith("/"):
-            if self.sysroot.exists(name):
-                self.add_path(name, reason, parent)
-                return
-        else:
-            for directory in units.EXEC_SEARCH_PATH:
-                if self.sysroot.exists(f"{directory}/{name}"):
-                    self.add_path(f"{directory}/{name}", reason, parent)
-                    return
-        if not optional:
-            where = f" (needed by {parent})" if parent else ""
-            raise SysrootError(
-                f"{self.sysroot.root}: executable {name} not found{where} [{reason}]"
-            )
-
-    def unit(self, name: str, reason: str, optional: bool) -> None:
-        path = units.find_unit(self.sysroot, name)
+    def named(
+        self, kind: RequestKind, name: str, reason: str, parent: str | None, optional: bool
+    ) -> None:
+        """Find a named executable, unit, generator or rules file, add it and what it runs;
+        one not found is an error naming where it was looked for, unless optional."""
+        finder = FINDERS[kind]
+        path = finder.find(self.sysroot, name)
         if path is None:
             if optional:
                 return
-            searched = ", ".join(units.UNIT_DIRS)
+            searched = f" in {', '.join(finder.searched)}" if finder.searched else ""
+            needed_by = f" (needed by {parent})" if parent else ""
             raise SysrootError(
-                f"{self.sysroot.root}: unit {name} not found in {searched} [{reason}]"
+                f"{self.sysroot.root}: {finder.what} {name} not found{searched}{needed_by} "
+                f"[{reason}]"
             )
+        canonical = self.add_path(path, reason, parent)
+        if finder.follow:
+            finder.follow(self, name, path, canonical)
+
+    def unit_followers(self, name: str, path: str, canonical: str) -> None:
+        """A unit's drop-ins, the programs of the unit and its drop-ins, and the unit
+        noted for the dependency links between units (finish_units)."""
         self.units_included.add(name)
-        canonical = self.add_path(path, reason, None)
         for dropin in units.dropin_paths(self.sysroot, name):
             self.add_path(dropin, "drop-in of", canonical)
         for source in [canonical, *units.dropin_paths(self.sysroot, name)]:
@@ -275,29 +287,13 @@ class _Builder:
                 )
                 continue
             try:
-                self.executable(line.program, "Exec of", path, optional=line.may_fail)
+                self.named(RequestKind.EXECUTABLE, line.program, "Exec of", path, line.may_fail)
             except SysrootError:
                 where = f"{self.sysroot.host_path(path)}: {line.line}"
                 raise SysrootError(f"{where}: {line.program} not found in the sysroot") from None
 
-    def generator(self, name: str, reason: str, optional: bool) -> None:
-        for directory in units.GENERATOR_DIRS:
-            if self.sysroot.exists(f"{directory}/{name}"):
-                self.add_path(f"{directory}/{name}", reason, None)
-                return
-        if not optional:
-            raise SysrootError(f"{self.sysroot.root}: generator {name} not found [{reason}]")
-
-    def udev_rules(self, name: str, reason: str, optional: bool) -> None:
-        path = udevrules.find_rules(self.sysroot, name)
-        if path is None:
-            if optional:
-                return
-            searched = ", ".join(udevrules.RULES_DIRS)
-            raise SysrootError(
-                f"{self.sysroot.root}: udev rules {name} not found in {searched} [{reason}]"
-            )
-        canonical = self.add_path(path, reason, None)
+    def rules_programs(self, name: str, path: str, canonical: str) -> None:
+        """The programs a rules file runs; one the sysroot lacks is a warning."""
         for program in udevrules.rule_programs(self.sysroot.read_text(path) or ""):
             candidates = (
                 [program]
@@ -334,6 +330,27 @@ class _Builder:
             self.add_path(found, "DT_NEEDED (already loaded) of", path)
         self.unresolved.clear()
         self.drain()
+
+
+@dataclass(frozen=True)
+class _Finder:
+    """How the closure finds one kind of named request in the sysroot."""
+
+    what: str  # as the failure names it
+    find: Callable[[Sysroot, str], str | None]
+    searched: tuple[str, ...] = ()  # directories the failure names
+    # What a found one brings along: (builder, name, sysroot path, canonical image path).
+    follow: Callable[[_Builder, str, str, str], None] | None = None
+
+
+FINDERS = {
+    RequestKind.EXECUTABLE: _Finder("executable", _find_executable),
+    RequestKind.UNIT: _Finder("unit", units.find_unit, units.UNIT_DIRS, _Builder.unit_followers),
+    RequestKind.GENERATOR: _Finder("generator", _find_generator),
+    RequestKind.UDEV_RULES: _Finder(
+        "udev rules", udevrules.find_rules, udevrules.RULES_DIRS, _Builder.rules_programs
+    ),
+}
 
 
 def _requests_by_kind(plan: Plan, kind: RequestKind) -> Iterator[Request]:
@@ -411,18 +428,12 @@ def build_closure(config: Config, plan: Plan, cache: ScanCache | None = None) ->
         builder.add_parents(item.entry.path)
         if item.entry.data is not None and item.entry.path.startswith(units.UNIT_DIRS):
             builder.generated_unit_programs(item.entry.path, item.entry.data.decode())
-    handlers = {
-        RequestKind.EXECUTABLE: lambda r: builder.executable(r.name, r.reason, None, r.optional),
-        RequestKind.UNIT: lambda r: builder.unit(r.name, r.reason, r.optional),
-        RequestKind.GENERATOR: lambda r: builder.generator(r.name, r.reason, r.optional),
-        RequestKind.UDEV_RULES: lambda r: builder.udev_rules(r.name, r.reason, r.optional),
-        RequestKind.PATH: lambda r: _add_requested_path(builder, r),
-    }
     for request in plan.requests:
-        handler = handlers.get(request.kind)
-        if handler is not None:
-            handler(request)
-        builder.drain()
+        if request.kind is RequestKind.PATH:
+            _add_requested_path(builder, request)
+        elif request.kind in FINDERS:
+            builder.named(request.kind, request.name, request.reason, None, request.optional)
+        builder.drain()  # modules and driver classes come all at once, below
     builder.finish_units()
     _add_modules(builder, plan)
     builder.drain()

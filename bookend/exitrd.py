@@ -8,8 +8,9 @@ so it unmounts /oldroot and detaches the DM, MD and loop devices under it, now t
 nothing holds them, and powers off.
 
 The exitrd holds no kernel modules (the running kernel has them loaded) and no udev:
-only systemd-shutdown, its libraries, the release files, and the storage tools of the
-storage features the initrd has, for an administrator's or a hook's use.
+only systemd-shutdown, its libraries, the release files, and what each feature the
+initrd has declares as its exitrd part (Feature.exitrd): the storage tools, for an
+administrator's or a hook's use, and the hook that stops root storage daemons.
 """
 
 from __future__ import annotations
@@ -17,9 +18,15 @@ from __future__ import annotations
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config
 from bookend.features import ALL
-from bookend.features.base import Contribution, Feature, Generated, Request, RequestKind
+from bookend.features.base import (
+    Contribution,
+    Feature,
+    FeatureContext,
+    Generated,
+    Request,
+    split_contribution,
+)
 from bookend.features.release import release_files
-from bookend.features.storage_daemons import STOP_HOOK, STOP_SCRIPT
 from bookend.features.systemd import skeleton
 from bookend.plan import Plan
 
@@ -28,7 +35,7 @@ SHUTDOWN = "/usr/lib/systemd/systemd-shutdown"
 MOUNT_POINTS = ("/dev", "/proc", "/sys", "/run", "/oldroot")
 
 
-def _skeleton(config: Config) -> Contribution:
+def _skeleton(context: FeatureContext) -> Contribution:
     entries = skeleton(MOUNT_POINTS, "exitrd skeleton")
     entries.append(
         Generated(
@@ -36,7 +43,7 @@ def _skeleton(config: Config) -> Contribution:
             "exitrd: systemd-shutdown executes /shutdown after pivoting",
         )
     )
-    entries += release_files(config, "exitrd")
+    entries += release_files(context.config, "exitrd")
     return entries
 
 
@@ -48,37 +55,13 @@ EXITRD = Feature(
 )
 
 
-def storage_tools(initrd: Plan) -> list[Request]:
-    """The programs of the initrd's storage features (dmsetup, cryptsetup, lvm, mdadm...)."""
-    requests = []
-    for name in initrd.features:
-        feature = ALL[name]
-        if feature.storage or name == "dm":
-            reason = f"exitrd: storage tools of feature {name}"
-            requests += [
-                Request(r.kind, r.name, reason, optional=r.optional)
-                for r in feature.requests()
-                if r.kind is RequestKind.EXECUTABLE
-            ]
-    return requests
-
-
-def daemon_stopper(config: Config) -> list[Request | Generated]:
-    """The system-shutdown hook that stops the root storage daemons, and its tools."""
-    if not config.storage_daemons:
-        return []
-    reason = "exitrd: stop the root storage daemons (storage_daemons)"
-    hook = ArchiveEntry(STOP_HOOK, EntryKind.FILE, 0o755, data=STOP_SCRIPT.encode())
-    return [
-        Generated(hook, reason),
-        Request(RequestKind.EXECUTABLE, "/bin/sh", reason),
-        Request(RequestKind.EXECUTABLE, "sleep", reason),
-    ]
+def exitrd_parts(initrd: Plan) -> list[Request | Generated]:
+    """What the initrd's features ask of the exitrd (dmsetup, cryptsetup, lvm, mdadm...,
+    the hook that stops root storage daemons), in the initrd's feature order."""
+    return [item for name in initrd.features for item in ALL[name].exitrd_contribution()]
 
 
 def make_exitrd_plan(config: Config, initrd: Plan) -> Plan:
-    items = [*_skeleton(config), *daemon_stopper(config)]
-    requests = [*EXITRD.requests(), *storage_tools(initrd)]
-    requests += [item for item in items if isinstance(item, Request)]
-    generated = [item for item in items if isinstance(item, Generated)]
+    own = [*EXITRD.requests(), *_skeleton(FeatureContext(config))]
+    requests, generated = split_contribution([*own, *exitrd_parts(initrd)])
     return Plan(features=("exitrd",), requests=tuple(requests), generated=tuple(generated))

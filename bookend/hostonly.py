@@ -10,10 +10,10 @@ image's kernel builds in or lacks is simply left out.
 
 What sysfs cannot tell, and the guess made instead:
 - The dm-crypt cipher is in the device-mapper table, readable only through a
-  privileged ioctl (dmsetup table). A LUKS volume brings the modules for
-  cryptsetup's defaults (aes-xts-plain64, sha256, and the AF_ALG socket cryptsetup
-  decrypts keyslots through), each when the image's kernel has it as a module;
-  another cipher needs the "crypto" driver class.
+  privileged ioctl (dmsetup table). A LUKS volume brings the modules the luks
+  feature names for cryptsetup's defaults (bookend.features.luks.DEFAULT_CRYPTO),
+  each when the image's kernel has it as a module; another cipher needs the "crypto"
+  driver class.
 - An LVM volume's segment type shows only in the names and UUID suffixes LVM gives
   the hidden layers under it; the common ones are mapped below, others need the
   "md-dm" driver class.
@@ -29,18 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bookend.errors import SysrootError
+from bookend.features.luks import DEFAULT_CRYPTO
 from bookend.kmodules import ModuleDatabase
-
-
-@dataclass(frozen=True)
-class HostDetection:
-    """What this machine needs to mount its root and /usr; each list in the order found."""
-
-    modules: tuple[tuple[str, str], ...]  # (module name, why)
-    filesystems: tuple[str, ...]  # fstypes as mountinfo names them, the root's first
-    block_devices: tuple[str, ...]  # kernel names, e.g. nvme0n1p2, dm-0
-    storage: frozenset[str]  # among "luks", "lvm", "md", "multipath", "btrfs"
-    crypt_volumes: tuple[str, ...] = ()  # dm names of the dm-crypt volumes, as crypttab names
+from bookend.storage import HostDetection, StorageKind
 
 
 @dataclass(frozen=True)
@@ -60,12 +51,8 @@ class DmRule:
     prefix: str
     modules: tuple[str, ...]  # names or aliases, on top of dm_mod
     what: str
-    storage: str | None = None
+    storage: StorageKind = StorageKind.DM
 
-
-# cryptsetup's LUKS2 defaults (see the module docstring): all optional by nature, as
-# lookup drops what the image's kernel builds in.
-LUKS_DEFAULT_CRYPTO = ("crypto-xts", "crypto-aes", "crypto-sha256", "algif_skcipher")
 
 # The first matching prefix wins, so specific CRYPT- kinds come before the generic one.
 DM_UUID_RULES = (
@@ -73,12 +60,14 @@ DM_UUID_RULES = (
     DmRule("CRYPT-INTEGRITY-", ("dm_integrity",), "dm-integrity volume"),
     # The dm-integrity device a LUKS2 volume with authenticated encryption sits on.
     DmRule("CRYPT-SUBDEV-", ("dm_integrity",), "LUKS2 integrity device"),
-    DmRule("CRYPT-LUKS", ("dm_crypt", *LUKS_DEFAULT_CRYPTO), "LUKS volume", "luks"),
-    DmRule("CRYPT-", ("dm_crypt",), "dm-crypt volume", "luks"),
-    DmRule("LVM-", (), "LVM logical volume", "lvm"),
+    DmRule("CRYPT-LUKS", ("dm_crypt", *DEFAULT_CRYPTO), "LUKS volume", StorageKind.LUKS),
+    DmRule("CRYPT-", ("dm_crypt",), "dm-crypt volume", StorageKind.LUKS),
+    DmRule("LVM-", (), "LVM logical volume", StorageKind.LVM),
     # service-time is multipathd's default path selector.
-    DmRule("mpath-", ("dm_multipath", "dm_service_time"), "multipath map", "multipath"),
+    DmRule("mpath-", ("dm_multipath", "dm_service_time"), "multipath map", StorageKind.MULTIPATH),
 )
+# A device-mapper device none of the rules knows.
+OTHER_DM = DmRule("", (), "device-mapper device")
 
 # LVM's dm/uuid is "LVM-" + VG UUID + LV UUID (letters and digits only), then
 # "-LAYER" for the hidden devices it stacks under a snapshot or thin volume.
@@ -119,7 +108,7 @@ def format_detection(detection: HostDetection) -> str:
     if detection.block_devices:
         lines.append("block-devices " + " ".join(detection.block_devices))
     if detection.storage:
-        lines.append("storage " + " ".join(sorted(detection.storage)))
+        lines.append("storage " + " ".join(sorted(detection.storage_kinds)))
     if detection.crypt_volumes:
         lines.append("crypt-volumes " + " ".join(detection.crypt_volumes))
     return "".join(line + "\n" for line in lines)
@@ -167,7 +156,7 @@ class _Found:
     modules: dict[str, str] = field(default_factory=dict)
     filesystems: dict[str, None] = field(default_factory=dict)
     block_devices: dict[str, None] = field(default_factory=dict)
-    storage: set[str] = field(default_factory=set)
+    storage: dict[StorageKind, str] = field(default_factory=dict)  # kind -> where first found
     crypt_volumes: dict[str, None] = field(default_factory=dict)
 
     def want(self, names: Iterable[str], reason: str) -> None:
@@ -181,7 +170,7 @@ class _Found:
             tuple(self.modules.items()),
             tuple(self.filesystems),
             tuple(self.block_devices),
-            frozenset(self.storage),
+            tuple(self.storage.items()),
             tuple(self.crypt_volumes),
         )
 
@@ -279,7 +268,7 @@ def _filesystem(fstype: str, context: str, found: _Found) -> None:
     """The kernel asks for "fs-TYPE" when mounting; "fuse.sshfs" and the like need fuse."""
     found.filesystems.setdefault(fstype)
     if fstype == "btrfs":
-        found.storage.add("btrfs")
+        found.storage.setdefault(StorageKind.BTRFS, context)
     base = fstype.split(".", 1)[0]
     alias = f"fs-{base}" if found.db.lookup(f"fs-{base}") else base
     found.want([alias], f"filesystem of {context}")
@@ -289,12 +278,10 @@ def _device_mapper(dev: Path, context: str, found: _Found) -> None:
     if not (dev / "dm").is_dir():
         return
     uuid = _read(dev / "dm/uuid") or ""
-    rule = next((rule for rule in DM_UUID_RULES if uuid.startswith(rule.prefix)), None)
-    what = rule.what if rule else "device-mapper device"
-    found.want(["dm_mod", *(rule.modules if rule else ())], f"{what} {dev.name} for {context}")
-    if rule and rule.storage:
-        found.storage.add(rule.storage)
-    if rule and rule.storage == "luks":
+    rule = next((rule for rule in DM_UUID_RULES if uuid.startswith(rule.prefix)), OTHER_DM)
+    found.want(["dm_mod", *rule.modules], f"{rule.what} {dev.name} for {context}")
+    found.storage.setdefault(rule.storage, f"{rule.what} {dev.name} under {context}")
+    if rule.storage is StorageKind.LUKS:
         # systemd-cryptsetup names the mapping after the crypttab entry that opened it.
         found.crypt_volumes.setdefault(_read(dev / "dm/name") or dev.name)
     if uuid.startswith("LVM-"):
@@ -316,7 +303,7 @@ def _md_raid(dev: Path, context: str, found: _Found) -> None:
     """md asks for "md-LEVEL" (md-raid1, md-raid5, md-linear) when it starts an array."""
     if not (dev / "md").is_dir():
         return
-    found.storage.add("md")
+    found.storage.setdefault(StorageKind.MDRAID, f"MD array {dev.name} under {context}")
     level = _read(dev / "md/level") or ""
     reason = f"MD {level or 'RAID'} array {dev.name} for {context}"
     found.want(["md_mod", *([f"md-{level}"] if level else [])], reason)

@@ -217,9 +217,14 @@ def load_database(sysroot: Sysroot, kver: str) -> ModuleDatabase:
         parts = line.split()
         if len(parts) >= 3 and parts[0] == "weakdep":
             db.weakdeps.setdefault(normalize(parts[1]), []).extend(parts[2:])
-    builtin = _lines(sysroot.read_text(f"{moddir}/modules.builtin"))
-    db.builtin = {module_name(line) for line in builtin}
+    db.builtin = builtin_modules(sysroot, moddir)
     return db
+
+
+def builtin_modules(sysroot: Sysroot, moddir: str) -> set[str]:
+    """The names modules.builtin lists: modules the kernel has built in."""
+    lines = _lines(sysroot.read_text(f"{moddir}/modules.builtin"))
+    return {module_name(line) for line in lines}
 
 
 @dataclass(frozen=True)

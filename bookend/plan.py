@@ -1,13 +1,15 @@
 """The plan: what the enabled features and the configuration ask the image to hold.
 
 Plain data in (a Config), plain data out (a Plan); nothing is read from the sysroot
-here except what a feature's `compute` needs to generate a file.
+here except what a feature's `compute` needs to generate a file, and what switches
+features on. Which feature a setting, a storage kind or a program switches on is
+declared by the feature (bookend.features.base.SwitchOn, Feature.serves): read here,
+never named here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -15,13 +17,19 @@ from bookend import hostonly, kmodules, microcode
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config, ModuleMode
 from bookend.drivers import GENERIC_CLASSES, GENERIC_FILESYSTEMS
-from bookend.errors import ConfigError
-from bookend.features import ALL, DEFAULT, STORAGE, filesystems, luks
-from bookend.features.base import Feature, Generated, Request, RequestKind
+from bookend.errors import ConfigError, SysrootError
+from bookend.features import ALL, filesystems
+from bookend.features.base import (
+    Feature,
+    FeatureContext,
+    Generated,
+    Request,
+    RequestKind,
+    split_contribution,
+)
 from bookend.scancache import ScanCache
+from bookend.storage import HostDetection
 from bookend.sysroot import Sysroot
-
-log = logging.getLogger(__name__)
 
 # Where a hostonly image records what detection found, for people and for tests.
 HOSTONLY_RECORD = "/usr/lib/bookend/hostonly-modules.txt"
@@ -32,7 +40,7 @@ class Plan:
     features: tuple[str, ...]  # enabled, dependencies first
     requests: tuple[Request, ...]
     generated: tuple[Generated, ...]
-    detection: hostonly.HostDetection | None = None  # what hostonly mode found
+    detection: HostDetection | None = None  # what hostonly mode found
     microcode_vendors: tuple[str, ...] = ()  # CPU vendors whose early microcode goes first
 
 
@@ -72,12 +80,11 @@ def config_requests(config: Config) -> list[Request]:
 
 def module_mode_requests(
     config: Config, cache: ScanCache
-) -> tuple[Config, list[Request | Generated], hostonly.HostDetection | None]:
+) -> tuple[Config, list[Request | Generated], HostDetection | None]:
     """Generic: every driver class. Hostonly: what this machine's root and /usr sit on.
 
     Filesystems found or implied join the configuration's own, so the filesystems
-    feature brings their fsck and mount helpers as if the user had named them; so do
-    the storage features (luks, lvm, ...) the mounts stand on.
+    feature brings their fsck and mount helpers as if the user had named them.
     """
     sysroot = Sysroot(config.sysroot)
     initrd_mounts = filesystems.initrd_mounts(sysroot.read_text("/etc/fstab") or "")
@@ -85,8 +92,7 @@ def module_mode_requests(
     classes = list(config.driver_classes)
     if config.mode is ModuleMode.GENERIC:
         classes = list(dict.fromkeys([*GENERIC_CLASSES, *classes]))
-        present = [f.name for f in STORAGE if f.program and sysroot.exists(f.program)]
-        extended = _extended(config, filesystems=GENERIC_FILESYSTEMS, features=present)
+        extended = _extended(config, filesystems=GENERIC_FILESYSTEMS)
         return extended, [_class_request(name, "mode generic") for name in classes], None
     origin = config.origins.get("driver_classes", "config")
     items: list[Request | Generated] = [
@@ -106,34 +112,49 @@ def module_mode_requests(
             "hostonly: what detection found",
         )
     )
-    if found.crypt_volumes:
-        items.append(_crypttab(sysroot, found.crypt_volumes))
-    storage = [f.name for f in STORAGE if f.storage in found.storage]
-    return _extended(config, filesystems=found.filesystems, features=storage), items, found
+    return _extended(config, filesystems=found.filesystems), items, found
 
 
-def _extended(
-    config: Config, *, filesystems: Iterable[str] = (), features: Iterable[str] = ()
-) -> Config:
-    """config with more filesystems and features, each once, the configured ones first."""
+def _extended(config: Config, *, filesystems: Iterable[str] = ()) -> Config:
+    """config with more filesystems, each once, the configured ones first."""
     return dataclasses.replace(
-        config,
-        filesystems=tuple(dict.fromkeys([*config.filesystems, *filesystems])),
-        features=tuple(dict.fromkeys([*config.features, *features])),
+        config, filesystems=tuple(dict.fromkeys([*config.filesystems, *filesystems]))
     )
 
 
-def _crypttab(sysroot: Sysroot, volumes: tuple[str, ...]) -> Generated:
-    crypttab = luks.crypttab_for(sysroot.read_text("/etc/crypttab") or "", volumes)
-    for volume in crypttab.missing:
-        log.warning(
-            "LUKS volume %s is under / or /usr but not in %s; "
-            "the kernel command line must name it (rd.luks.uuid=)",
-            volume,
-            sysroot.host_path("/etc/crypttab"),
-        )
-    entry = ArchiveEntry("/etc/crypttab", EntryKind.FILE, 0o644, data=crypttab.text.encode())
-    return Generated(entry, "hostonly: crypttab entries of the volumes / and /usr need")
+def switched_on(config: Config, detection: HostDetection | None) -> list[str]:
+    """The features to enable, by what the features declare switches them on: every
+    image's, the configured ones, those the storage needs, those a setting asks for.
+    Each group in the order of the registry, so the plan is the same run after run."""
+    always = [name for name, feature in ALL.items() if feature.switch_on.always]
+    by_setting = [
+        name
+        for name, feature in ALL.items()
+        if feature.switch_on.setting and getattr(config, feature.switch_on.setting)
+    ]
+    return [*always, *config.features, *storage_features(config, detection), *by_setting]
+
+
+def storage_features(config: Config, detection: HostDetection | None) -> list[str]:
+    """Hostonly: the features serving the storage kinds detection found; a kind no
+    feature serves is an error, as an image without it could not mount the root.
+    Generic: the features whose program the sysroot has."""
+    if detection is None:
+        sysroot = Sysroot(config.sysroot)
+        return [
+            name
+            for name, feature in ALL.items()
+            if feature.switch_on.program and sysroot.exists(feature.switch_on.program)
+        ]
+    served = {feature.serves for feature in ALL.values()}
+    for kind, where in detection.storage:
+        if kind not in served:
+            raise SysrootError(
+                f"hostonly: {where}: no feature serves {kind.value} storage, "
+                "so the image could not mount it"
+            )
+    kinds = detection.storage_kinds
+    return [name for name, feature in ALL.items() if feature.serves in kinds]
 
 
 def _class_request(name: str, reason: str) -> Request:
@@ -153,29 +174,14 @@ def microcode_vendors(config: Config) -> tuple[str, ...]:
 def make_plan(config: Config, cache: ScanCache | None = None) -> Plan:
     """The plan for config; cache, if given, is shared with the closure built from it."""
     config, mode_items, detection = module_mode_requests(config, cache or ScanCache(None))
-    # Configuring an activation, hooks or daemons is asking for the feature that runs them.
-    wanted = (
-        ("activation", config.activation),
-        ("hooks", config.hooks),
-        ("storage-daemons", config.storage_daemons),
-    )
-    implied = [name for name, configured in wanted if configured]
-    features = enabled_features([*DEFAULT, *config.features, *implied])
-    requests: list[Request] = []
-    generated: list[Generated] = []
+    features = enabled_features(switched_on(config, detection))
+    context = FeatureContext(config, detection)
+    items: list[Request | Generated] = []
     for feature in features:
-        requests += feature.requests()
-        for item in feature.compute(config) if feature.compute else ():
-            if isinstance(item, Request):
-                requests.append(item)
-            else:
-                generated.append(item)
-    requests += config_requests(config)
-    for item in mode_items:
-        if isinstance(item, Request):
-            requests.append(item)
-        else:
-            generated.append(item)
+        items += feature.requests()
+        items += feature.compute(context) if feature.compute else ()
+    items += config_requests(config)
+    requests, generated = split_contribution([*items, *mode_items])
     return Plan(
         features=tuple(f.name for f in features),
         requests=tuple(requests),

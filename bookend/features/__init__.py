@@ -18,6 +18,8 @@ from bookend.features import (
 )
 from bookend.features.base import Feature
 
+# In the order the plan switches them on within each group (always, configured,
+# storage, settings), so the plan and the images read the same run after run.
 ALL: dict[str, Feature] = {
     module.FEATURE.name: module.FEATURE
     for module in (
@@ -27,7 +29,6 @@ ALL: dict[str, Feature] = {
         filesystems,
         emergency,
         release,
-        storage_daemons,
         devmapper,
         luks,
         lvm,
@@ -35,11 +36,9 @@ ALL: dict[str, Feature] = {
         btrfs,
         activation,
         hooks,
+        storage_daemons,
     )
 }
 
-# Every initrd gets these (and what they require).
-DEFAULT = ("systemd",)
-
-# Features that switch themselves on for the storage under / and /usr.
-STORAGE = tuple(feature for feature in ALL.values() if feature.storage)
+# Every initrd gets these (and what they require); `bookend features` marks them.
+DEFAULT = tuple(name for name, feature in ALL.items() if feature.switch_on.always)

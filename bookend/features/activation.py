@@ -10,8 +10,7 @@ of switching into a root that was not activated; its output is in the journal.
 from __future__ import annotations
 
 from bookend.archive import ArchiveEntry, EntryKind
-from bookend.config import Config
-from bookend.features.base import Contribution, Feature, Generated
+from bookend.features.base import Contribution, Feature, FeatureContext, Generated, SwitchOn
 from bookend.features.hooks import ACTIVATION_UNIT, UNIT_DIR, shell_exec_start, wants_link
 
 UNIT = ACTIVATION_UNIT
@@ -60,7 +59,8 @@ After={UNIT}
 """
 
 
-def _activation(config: Config) -> Contribution:
+def _activation(context: FeatureContext) -> Contribution:
+    config = context.config
     if config.activation is None:
         return []
     origin = config.origins.get("activation", "config")
@@ -88,4 +88,5 @@ FEATURE = Feature(
     help="run a command of the real root, inside /sysroot, before switch-root; "
     "failure means emergency mode",
     compute=_activation,
+    switch_on=SwitchOn(setting="activation"),
 )

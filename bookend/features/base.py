@@ -1,20 +1,23 @@
 """What a feature is: a declaration of what it needs in the image.
 
 A feature names executables, units, generators, udev rules, kernel modules and files,
-and the other features it builds on. A name starting with "?" is wanted only if the
+and the other features it builds on; what switches it on, the storage kind it serves,
+and what the exitrd needs from it. A name starting with "?" is wanted only if the
 sysroot has it (e.g. a tool a distribution may not ship); every other name must exist
 or the build fails naming it. Code appears only where a feature must compute something
-from the configuration: its `compute` returns more requests and generated entries.
+from the configuration or from what hostonly detection found: its `compute` returns
+more requests and generated entries.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from bookend.archive import ArchiveEntry
 from bookend.config import Config
+from bookend.storage import HostDetection, StorageKind
 
 
 class RequestKind(enum.Enum):
@@ -50,6 +53,55 @@ class Generated:
 Contribution = Sequence[Request | Generated]
 
 
+def split_contribution(
+    items: Iterable[Request | Generated],
+) -> tuple[list[Request], list[Generated]]:
+    """The requests and the generated entries of a contribution, each in their order."""
+    requests: list[Request] = []
+    generated: list[Generated] = []
+    for item in items:
+        if isinstance(item, Request):
+            requests.append(item)
+        else:
+            generated.append(item)
+    return requests, generated
+
+
+@dataclass(frozen=True)
+class FeatureContext:
+    """What a feature's compute reads: the configuration, and what hostonly detection
+    found (None in generic mode)."""
+
+    config: Config
+    detection: HostDetection | None = None
+
+
+@dataclass(frozen=True)
+class SwitchOn:
+    """What switches a feature on, besides `features` naming it and another feature
+    requiring it. In hostonly mode, detection finding the storage kind a feature
+    serves switches it on too."""
+
+    always: bool = False  # every image has it
+    setting: str | None = None  # a Config field: on when it is set (not None, not empty)
+    program: str | None = None  # generic mode: on when the sysroot has this program
+
+
+@dataclass(frozen=True)
+class ExitrdPart:
+    """What the exitrd needs from a feature the initrd has: the tools that take its
+    storage down (for systemd-shutdown's hooks or an administrator), and files."""
+
+    executables: tuple[str, ...] = ()  # "?" as in Feature
+    files: tuple[ArchiveEntry, ...] = ()  # entries bookend writes
+    purpose: str | None = None  # why, in the manifest; by default "storage tools of feature X"
+
+
+def _request(kind: RequestKind, name: str, reason: str) -> Request:
+    """A declared name as a request, "?" turned into optional."""
+    return Request(kind, name.removeprefix("?"), reason, optional=name.startswith("?"))
+
+
 @dataclass(frozen=True)
 class Feature:
     name: str
@@ -62,11 +114,10 @@ class Feature:
     modules: tuple[str, ...] = ()
     files: tuple[str, ...] = ()
     driver_classes: tuple[str, ...] = ()  # whole classes from bookend.drivers
-    compute: Callable[[Config], Contribution] | None = None
-    # Storage features switch themselves on: in hostonly mode when detection finds this
-    # kind under / or /usr, in generic mode when the sysroot has this program.
-    storage: str | None = None
-    program: str | None = None
+    compute: Callable[[FeatureContext], Contribution] | None = None
+    switch_on: SwitchOn = SwitchOn()
+    serves: StorageKind | None = None  # the storage kind it sets up
+    exitrd: ExitrdPart | None = None
 
     def requests(self) -> list[Request]:
         """The declared names as requests, "?" turned into optional."""
@@ -80,8 +131,15 @@ class Feature:
             (RequestKind.DRIVER_CLASS, self.driver_classes),
         )
         reason = f"feature {self.name}"
-        return [
-            Request(kind, name.removeprefix("?"), reason, optional=name.startswith("?"))
-            for kind, names in declared
-            for name in names
+        return [_request(kind, name, reason) for kind, names in declared for name in names]
+
+    def exitrd_contribution(self) -> list[Request | Generated]:
+        """The exitrd's part of this feature: its files, then its executables."""
+        if self.exitrd is None:
+            return []
+        reason = "exitrd: " + (self.exitrd.purpose or f"storage tools of feature {self.name}")
+        items: list[Request | Generated] = [Generated(e, reason) for e in self.exitrd.files]
+        items += [
+            _request(RequestKind.EXECUTABLE, name, reason) for name in self.exitrd.executables
         ]
+        return items

@@ -1,6 +1,7 @@
 """btrfs: multi-device filesystems, ready once udev has seen every member."""
 
-from bookend.features.base import Feature
+from bookend.features.base import ExitrdPart, Feature, SwitchOn
+from bookend.storage import StorageKind
 
 FEATURE = Feature(
     name="btrfs",
@@ -10,6 +11,7 @@ FEATURE = Feature(
     executables=("btrfs", "?fsck.btrfs", "?btrfsck"),
     udev_rules=("64-btrfs.rules", "?64-btrfs-dm.rules"),
     modules=("btrfs",),
-    storage="btrfs",
-    program="/bin/btrfs",
+    switch_on=SwitchOn(program="/bin/btrfs"),
+    serves=StorageKind.BTRFS,
+    exitrd=ExitrdPart(executables=("btrfs", "?fsck.btrfs", "?btrfsck")),
 )

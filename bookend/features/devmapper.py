@@ -1,6 +1,7 @@
 """device-mapper: dm_mod, dmsetup and the udev rules that name and announce dm devices."""
 
-from bookend.features.base import Feature
+from bookend.features.base import ExitrdPart, Feature
+from bookend.storage import StorageKind
 
 FEATURE = Feature(
     name="dm",
@@ -15,4 +16,7 @@ FEATURE = Feature(
         "?13-dm-disk.rules",
     ),
     modules=("dm_mod",),
+    serves=StorageKind.DM,
+    # Removing what systemd-shutdown could not detach, by hand or by a hook.
+    exitrd=ExitrdPart(executables=("dmsetup",)),
 )

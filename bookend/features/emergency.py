@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config, EmergencyAccess
-from bookend.features.base import Contribution, Feature, Generated
+from bookend.features.base import Contribution, Feature, FeatureContext, Generated
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 
@@ -49,7 +49,8 @@ def _shadow_line(config: Config) -> str:
     return f"root:{password}:1::::::\n"
 
 
-def _accounts(config: Config) -> Contribution:
+def _accounts(context: FeatureContext) -> Contribution:
+    config = context.config
     reason = f"feature emergency: emergency shell {config.emergency_access.value}"
     group = "".join(f"{name}:x:{gid}:\n" for name, gid in GROUPS)
     entries = [

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config
-from bookend.features.base import Contribution, Feature, Generated, Request, RequestKind
+from bookend.features.base import (
+    Contribution,
+    Feature,
+    FeatureContext,
+    Generated,
+    Request,
+    RequestKind,
+)
 
 
 def initrd_mounts(fstab: str) -> list[tuple[str, str]]:
@@ -32,7 +39,8 @@ def _fstab(config: Config) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _per_filesystem(config: Config) -> Contribution:
+def _per_filesystem(context: FeatureContext) -> Contribution:
+    config = context.config
     contribution: list[Request | Generated] = [
         Generated(
             ArchiveEntry("/etc/fstab", EntryKind.FILE, 0o644, data=_fstab(config)),

@@ -11,8 +11,8 @@ emergency.target itself.
 from __future__ import annotations
 
 from bookend.archive import ArchiveEntry, EntryKind
-from bookend.config import HOOK_POINTS, Config
-from bookend.features.base import Contribution, Feature, Generated
+from bookend.config import HOOK_POINTS
+from bookend.features.base import Contribution, Feature, FeatureContext, Generated, SwitchOn
 
 UNIT_DIR = "/etc/systemd/system"
 # The activation feature's unit (named here, which it imports from, to avoid a cycle):
@@ -115,7 +115,8 @@ StandardOutput=journal+console
 """
 
 
-def _hooks(config: Config) -> Contribution:
+def _hooks(context: FeatureContext) -> Contribution:
+    config = context.config
     origin = config.origins.get("hooks", "config")
     entries: list[Generated] = []
     for name, text in hook_units(config.hooks):
@@ -133,4 +134,5 @@ FEATURE = Feature(
     help="run configured shell commands at boot points (" + ", ".join(HOOK_POINTS) + ")",
     executables=("/bin/sh",),
     compute=_hooks,
+    switch_on=SwitchOn(setting="hooks"),
 )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from bookend.archive import ArchiveEntry, EntryKind
-from bookend.config import Config
-from bookend.features.base import Contribution, Feature, Generated
+from bookend.features.base import Contribution, Feature, FeatureContext, Generated
 
 
-def _modules_load(config: Config) -> Contribution:
+def _modules_load(context: FeatureContext) -> Contribution:
     """Modules named in the configuration are loaded at boot, not only on demand."""
+    config = context.config
     if not config.modules:
         return []
     text = "# Written by bookend: modules named in its configuration.\n"

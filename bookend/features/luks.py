@@ -7,11 +7,30 @@ files the early boot has no business with. Key files go in only when asked for.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from bookend.archive import ArchiveEntry, EntryKind
-from bookend.config import Config
-from bookend.features.base import Contribution, Feature, Generated, Request, RequestKind
+from bookend.features.base import (
+    Contribution,
+    ExitrdPart,
+    Feature,
+    FeatureContext,
+    Generated,
+    Request,
+    RequestKind,
+    SwitchOn,
+)
+from bookend.storage import StorageKind
+from bookend.sysroot import Sysroot
+
+log = logging.getLogger(__name__)
+
+# What dm-crypt asks for by crypto API name with cryptsetup's LUKS2 defaults
+# (aes-xts-plain64, sha256), and the AF_ALG socket cryptsetup decrypts keyslots
+# through. Optional by nature: the image's kernel may build them in. Hostonly detection
+# brings them for every LUKS volume it finds, as the cipher itself is not in sysfs.
+DEFAULT_CRYPTO = ("crypto-xts", "crypto-aes", "crypto-sha256", "algif_skcipher")
 
 # libcryptsetup dlopens its token plugins (TPM2, FIDO2, PKCS#11) from here, and the
 # plugins dlopen their own libraries; in systemd 252 neither carries a .note.dlopen.
@@ -41,7 +60,8 @@ OnFailureJobMode=replace-irreversibly
 """
 
 
-def _keyfiles_and_give_up(config: Config) -> Contribution:
+def _keyfiles_give_up_and_crypttab(context: FeatureContext) -> Contribution:
+    config = context.config
     origin = config.origins.get("keyfiles", "config")
     contribution: list[Request | Generated] = [
         Request(RequestKind.PATH, path, f"keyfiles ({origin}): embedded on request")
@@ -49,7 +69,24 @@ def _keyfiles_and_give_up(config: Config) -> Contribution:
     ]
     entry = ArchiveEntry(GIVE_UP_DROPIN, EntryKind.FILE, 0o644, data=GIVE_UP.encode())
     contribution.append(Generated(entry, "feature luks: emergency mode when unlocking fails"))
+    volumes = context.detection.crypt_volumes if context.detection else ()
+    if volumes:
+        contribution.append(_hostonly_crypttab(Sysroot(config.sysroot), volumes))
     return contribution
+
+
+def _hostonly_crypttab(sysroot: Sysroot, volumes: tuple[str, ...]) -> Generated:
+    """The image's crypttab: the sysroot's lines for the volumes / and /usr stand on."""
+    crypttab = crypttab_for(sysroot.read_text("/etc/crypttab") or "", volumes)
+    for volume in crypttab.missing:
+        log.warning(
+            "LUKS volume %s is under / or /usr but not in %s; "
+            "the kernel command line must name it (rd.luks.uuid=)",
+            volume,
+            sysroot.host_path("/etc/crypttab"),
+        )
+    entry = ArchiveEntry("/etc/crypttab", EntryKind.FILE, 0o644, data=crypttab.text.encode())
+    return Generated(entry, "hostonly: crypttab entries of the volumes / and /usr need")
 
 
 FEATURE = Feature(
@@ -64,14 +101,14 @@ FEATURE = Feature(
         "?remote-cryptsetup.target",
         "?system-systemd\\x2dcryptsetup.slice",
     ),
-    # The cipher modules dm-crypt asks for by crypto API name; built-in ones drop out.
-    modules=("dm_crypt", "?crypto-xts", "?crypto-aes", "?crypto-sha256", "?algif_skcipher"),
+    modules=("dm_crypt", *(f"?{name}" for name in DEFAULT_CRYPTO)),
     # Whoever types the passphrase needs a keyboard that works this early.
     driver_classes=("keyboard",),
     files=(*TOKEN_PLUGIN_DIRS, *TOKEN_LIBRARIES),
-    compute=_keyfiles_and_give_up,
-    storage="luks",
-    program="/usr/lib/systemd/systemd-cryptsetup",
+    compute=_keyfiles_give_up_and_crypttab,
+    switch_on=SwitchOn(program="/usr/lib/systemd/systemd-cryptsetup"),
+    serves=StorageKind.LUKS,
+    exitrd=ExitrdPart(executables=("/usr/lib/systemd/systemd-cryptsetup", "?cryptsetup")),
 )
 
 

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 from bookend.archive import ArchiveEntry, EntryKind
-from bookend.config import Config
-from bookend.features.base import Contribution, Feature, Generated
+from bookend.features.base import (
+    Contribution,
+    ExitrdPart,
+    Feature,
+    FeatureContext,
+    Generated,
+    SwitchOn,
+)
+from bookend.storage import StorageKind
 
 # Only what differs from lvm's built-in defaults: no dmeventd monitoring (it is not in
 # the image and would hold the old root at switch-root), and no metadata backups or
@@ -21,7 +28,7 @@ backup {
 """
 
 
-def _lvm_conf(config: Config) -> Contribution:
+def _lvm_conf(context: FeatureContext) -> Contribution:
     entry = ArchiveEntry("/etc/lvm/lvm.conf", EntryKind.FILE, 0o644, data=LVM_CONF.encode())
     return [Generated(entry, "feature lvm: minimal lvm.conf")]
 
@@ -35,6 +42,8 @@ FEATURE = Feature(
     udev_rules=("56-lvm.rules", "69-lvm.rules", "?11-dm-lvm.rules", "?69-dm-lvm.rules"),
     modules=("?dm_snapshot", "?dm_mirror", "?dm_thin_pool", "?dm_raid", "?dm_cache"),
     compute=_lvm_conf,
-    storage="lvm",
-    program="/sbin/lvm",
+    switch_on=SwitchOn(program="/sbin/lvm"),
+    serves=StorageKind.LVM,
+    # Taking volumes down by hand (or by a hook) at shutdown.
+    exitrd=ExitrdPart(executables=("lvm", "systemd-run")),
 )

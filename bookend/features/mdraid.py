@@ -8,8 +8,15 @@ instead of waiting forever for a disk that is gone.
 from __future__ import annotations
 
 from bookend.archive import ArchiveEntry, EntryKind
-from bookend.config import Config
-from bookend.features.base import Contribution, Feature, Generated
+from bookend.features.base import (
+    Contribution,
+    ExitrdPart,
+    Feature,
+    FeatureContext,
+    Generated,
+    SwitchOn,
+)
+from bookend.storage import StorageKind
 from bookend.sysroot import Sysroot
 
 CONF_PATHS = ("/etc/mdadm/mdadm.conf", "/etc/mdadm.conf")
@@ -36,8 +43,8 @@ def mdadm_conf(sysroot_conf: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _conf(config: Config) -> Contribution:
-    sysroot = Sysroot(config.sysroot)
+def _conf(context: FeatureContext) -> Contribution:
+    sysroot = Sysroot(context.config.sysroot)
     found = next((sysroot.read_text(p) for p in CONF_PATHS if sysroot.exists(p)), None)
     entry = ArchiveEntry(
         "/etc/mdadm/mdadm.conf", EntryKind.FILE, 0o644, data=mdadm_conf(found).encode()
@@ -57,6 +64,8 @@ FEATURE = Feature(
     units=("mdadm-last-resort@.timer", "mdadm-last-resort@.service", "?mdmon@.service"),
     modules=("md_mod", "?raid0", "?raid1", "?raid10", "?raid456", "?linear"),
     compute=_conf,
-    storage="md",
-    program="/sbin/mdadm",
+    switch_on=SwitchOn(program="/sbin/mdadm"),
+    serves=StorageKind.MDRAID,
+    # Stopping arrays (and mdmon's external metadata) by hand or by a hook at shutdown.
+    exitrd=ExitrdPart(executables=("mdadm", "?mdmon")),
 )

@@ -6,7 +6,7 @@ from bookend import __version__
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config
 from bookend.errors import SysrootError
-from bookend.features.base import Contribution, Feature, Generated
+from bookend.features.base import Contribution, Feature, FeatureContext, Generated
 from bookend.sysroot import Sysroot, parse_os_release
 
 
@@ -44,8 +44,12 @@ def release_files(config: Config, image: str = "initrd") -> Contribution:
     ]
 
 
+def _initrd_release(context: FeatureContext) -> Contribution:
+    return release_files(context.config)
+
+
 FEATURE = Feature(
     name="release",
     help="/etc/initrd-release and /etc/os-release describing the initrd",
-    compute=release_files,
+    compute=_initrd_release,
 )

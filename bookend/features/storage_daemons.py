@@ -16,9 +16,17 @@ from __future__ import annotations
 import re
 
 from bookend.archive import ArchiveEntry, EntryKind
-from bookend.config import Config
 from bookend.errors import ConfigError
-from bookend.features.base import Contribution, Feature, Generated, Request, RequestKind
+from bookend.features.base import (
+    Contribution,
+    ExitrdPart,
+    Feature,
+    FeatureContext,
+    Generated,
+    Request,
+    RequestKind,
+    SwitchOn,
+)
 from bookend.sysroot import Sysroot
 from bookend.units import EXEC_PREFIX, find_unit, logical_lines
 
@@ -86,7 +94,8 @@ IgnoreOnIsolate=yes
 """
 
 
-def _daemons(config: Config) -> Contribution:
+def _daemons(context: FeatureContext) -> Contribution:
+    config = context.config
     sysroot = Sysroot(config.sysroot)
     version = systemd_version(sysroot)
     origin = config.origins.get("storage_daemons", "config")
@@ -111,12 +120,6 @@ def _daemons(config: Config) -> Contribution:
         ]
     return contribution
 
-
-FEATURE = Feature(
-    name="storage-daemons",
-    help="root storage daemons (storage_daemons): run from the initrd until the exitrd",
-    compute=_daemons,
-)
 
 # The exitrd's part: systemd-shutdown runs /usr/lib/systemd/system-shutdown/* after it
 # has unmounted the old root and detached what it could. By then every process it did
@@ -144,3 +147,16 @@ for dir in /proc/[0-9]*; do
 done
 exit 0
 """
+
+
+FEATURE = Feature(
+    name="storage-daemons",
+    help="root storage daemons (storage_daemons): run from the initrd until the exitrd",
+    compute=_daemons,
+    switch_on=SwitchOn(setting="storage_daemons"),
+    exitrd=ExitrdPart(
+        executables=("/bin/sh", "sleep"),
+        files=(ArchiveEntry(STOP_HOOK, EntryKind.FILE, 0o755, data=STOP_SCRIPT.encode()),),
+        purpose="stop the root storage daemons (storage_daemons)",
+    ),
+)

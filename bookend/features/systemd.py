@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 
 from bookend.archive import ArchiveEntry, EntryKind
-from bookend.config import Config
-from bookend.features.base import Contribution, Feature, Generated, Request
+from bookend.features.base import (
+    Contribution,
+    Feature,
+    FeatureContext,
+    Generated,
+    Request,
+    SwitchOn,
+)
 
 # The directories systemd expects to find or mount over; /sysroot is where the root goes.
 MOUNT_POINTS = ("/dev", "/proc", "/sys", "/run", "/sysroot", "/tmp", "/root", "/var")
@@ -31,7 +37,7 @@ def skeleton(mount_points: tuple[str, ...], reason: str) -> list[Request | Gener
     return entries
 
 
-def _skeleton(config: Config) -> Contribution:
+def _skeleton(context: FeatureContext) -> Contribution:
     entries = skeleton(MOUNT_POINTS, "feature systemd: initrd skeleton")
     # The kernel runs /init; systemd itself is that init.
     entries.append(
@@ -146,4 +152,5 @@ FEATURE = Feature(
     # systemd loads these itself at start-up and complains when they are missing.
     modules=("?autofs4",),
     compute=_skeleton,
+    switch_on=SwitchOn(always=True),
 )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from bookend import elf, kmodules
+from bookend import elf, kmodules, modinfo
 from bookend.errors import BookendError
 from bookend.inspect.extract import extract_image
 from bookend.inspect.image import printable
@@ -323,9 +323,7 @@ def _module_databases(sysroot: Sysroot) -> dict[str, _Modules]:
         else:
             # No modules.dep: no module can be loaded by name, but modules.builtin may
             # still say what the kernel has.
-            db = kmodules.ModuleDatabase(moddir)
-            text = sysroot.read_text(f"{moddir}/modules.builtin") or ""
-            db.builtin = {kmodules.module_name(line) for line in text.split() if line}
+            db = kmodules.ModuleDatabase(moddir, builtin=kmodules.builtin_modules(sysroot, moddir))
         present = {name for name, rel in db.paths.items() if sysroot.exists(f"{moddir}/{rel}")}
         databases[kver] = _Modules(db, present, _builtin_aliases(sysroot, moddir))
     return databases
@@ -334,12 +332,9 @@ def _module_databases(sysroot: Sysroot) -> dict[str, _Modules]:
 def _builtin_aliases(sysroot: Sysroot, moddir: str) -> set[str]:
     """Aliases of built-in modules, from modules.builtin.modinfo ("ext4.alias=fs-ext3")."""
     content = sysroot.read_bytes(f"{moddir}/modules.builtin.modinfo") or b""
-    aliases = set()
-    for record in content.split(b"\0"):
-        key, _, value = record.decode(errors="replace").partition("=")
-        if key.endswith(".alias"):
-            aliases.add(value)
-    return aliases
+    # The same NUL-separated key=value strings as a module's .modinfo, keys prefixed.
+    info = modinfo.parse_modinfo(content)
+    return {alias for key, values in info.items() if key.endswith(".alias") for alias in values}
 
 
 def _module_files(sysroot: Sysroot, moddir: str) -> Iterator[str]:

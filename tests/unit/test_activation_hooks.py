@@ -11,7 +11,7 @@ from bookend.archive import ArchiveEntry, EntryKind
 from bookend.closure import build_closure
 from bookend.config import HOOK_POINTS, Config
 from bookend.features import ALL, activation, hooks
-from bookend.features.base import Feature, Generated, RequestKind
+from bookend.features.base import Feature, FeatureContext, Generated, RequestKind
 from bookend.plan import Plan, make_plan
 from tests.unit.conftest import load_config
 
@@ -117,7 +117,8 @@ def activation_entry(text: str) -> ArchiveEntry:
 def closure_entries(config: Config, feature: Feature) -> set[str]:
     """The closure of what the feature alone asks for."""
     assert feature.compute is not None
-    items = tuple(item for item in feature.compute(config) if isinstance(item, Generated))
+    contribution = feature.compute(FeatureContext(config))
+    items = tuple(item for item in contribution if isinstance(item, Generated))
     return set(build_closure(config, Plan((), tuple(feature.requests()), items)).entries)
 
 

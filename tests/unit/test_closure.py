@@ -249,6 +249,62 @@ def test_module_firmware_found_compressed_globbed_or_warned(root_tree: Path) -> 
     assert closure.warnings == ("module fwdev: firmware not in the sysroot: vendor/gone.bin",)
 
 
+MISSING = (
+    (RequestKind.EXECUTABLE, "nowhere", "executable nowhere not found [test]"),
+    (RequestKind.EXECUTABLE, "/usr/bin/nowhere", "executable /usr/bin/nowhere not found [test]"),
+    (
+        RequestKind.UNIT,
+        "nowhere.service",
+        "unit nowhere.service not found in /etc/systemd/system, /usr/local/lib/systemd/system, "
+        "/usr/lib/systemd/system, /lib/systemd/system [test]",
+    ),
+    (RequestKind.GENERATOR, "nowhere-generator", "generator nowhere-generator not found [test]"),
+    (
+        RequestKind.UDEV_RULES,
+        "99-nowhere.rules",
+        "udev rules 99-nowhere.rules not found in /etc/udev/rules.d, /usr/lib/udev/rules.d, "
+        "/lib/udev/rules.d [test]",
+    ),
+)
+
+
+@pytest.mark.parametrize(("kind", "name", "message"), MISSING)
+def test_a_missing_name_fails_saying_where_it_was_looked_for(
+    root_tree: Path, kind: RequestKind, name: str, message: str
+) -> None:
+    with pytest.raises(SysrootError) as failure:
+        closure_of(root_tree, Request(kind, name, "test"))
+    assert str(failure.value) == f"{root_tree}: {message}"
+    # The same name, optional: left out without a word.
+    closure = closure_of(root_tree, Request(kind, name, "test", optional=True))
+    assert not closure.warnings
+    assert not [path for path in closure.entries if "nowhere" in path]
+
+
+def test_each_named_kind_is_found_where_it_lives(root_tree: Path) -> None:
+    found = {
+        "usr/sbin/tool": "#!/usr/sbin/helper\n",
+        "usr/sbin/helper": "",
+        "usr/lib/systemd/system-generators/x-generator": "",
+        "usr/lib/systemd/system/x.service": "[Service]\nExecStart=/usr/sbin/tool\n",
+        "usr/lib/udev/rules.d/60-x.rules": 'RUN+="/usr/sbin/helper"\n',
+    }
+    for path, text in found.items():
+        (root_tree / path).parent.mkdir(parents=True, exist_ok=True)
+        (root_tree / path).write_text(text)
+    requests = (
+        Request(RequestKind.EXECUTABLE, "tool", "test"),
+        Request(RequestKind.GENERATOR, "x-generator", "test"),
+        Request(RequestKind.UNIT, "x.service", "test"),
+        Request(RequestKind.UDEV_RULES, "60-x.rules", "test"),
+    )
+    closure = closure_of(root_tree, *requests)
+    assert {"/" + path for path in found} <= set(closure.entries)
+    # What the unit and the rules run came with them.
+    assert closure.entries["/usr/lib/udev/rules.d/60-x.rules"].reason == "test"
+    assert closure.format_why("/usr/sbin/tool") == "/usr/sbin/tool <- test"
+
+
 DLOPEN_NOTES = [
     {"feature": "compress", "priority": "required", "soname": ["libreq.so.1"]},
     # Alternatives, best first: the first one the sysroot has is taken, and only that one.

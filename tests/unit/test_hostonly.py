@@ -1,16 +1,21 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from bookend.config import Config
 from bookend.drivers import GENERIC_CLASSES
 from bookend.errors import SysrootError
+from bookend.features import ALL
 from bookend.features.base import RequestKind
-from bookend.hostonly import HostDetection, detect_host, format_detection, parse_mountinfo
+from bookend.hostonly import detect_host, format_detection, parse_mountinfo
 from bookend.kmodules import ModuleDatabase, load_database
 from bookend.plan import HOSTONLY_RECORD, make_plan
+from bookend.storage import HostDetection, StorageKind
 from bookend.sysroot import Sysroot
 from tests.unit.conftest import load_config
 from tests.unit.sysfstree import FakeHost
@@ -127,7 +132,7 @@ def test_virtio_partition_with_ext4(host: FakeHost, db: ModuleDatabase) -> None:
         ),
         filesystems=("ext4",),
         block_devices=("vda2", "vda"),
-        storage=frozenset(),
+        storage=(),
     )
 
 
@@ -149,7 +154,10 @@ def test_nvme_luks_lvm_stack(host: FakeHost, db: ModuleDatabase) -> None:
         ("nvme", f"driver of /sys/devices/pci0000:00/0000:00:1d.0/0000:3d:00.0 (nvme) {context}"),
     )
     assert found.block_devices == ("dm-1", "dm-0", "nvme0n1p2", "nvme0n1")
-    assert found.storage == {"luks", "lvm"}
+    assert found.storage == (
+        (StorageKind.LVM, "LVM logical volume dm-1 under / (ext4 on /dev/dm-1)"),
+        (StorageKind.LUKS, "LUKS volume dm-0 under / (ext4 on /dev/dm-1)"),
+    )
     assert found.crypt_volumes == ("dm-0",)  # no dm/name in this fixture: the kernel name
 
 
@@ -168,7 +176,7 @@ def test_md_raid1_over_two_ahci_disks(host: FakeHost, db: ModuleDatabase) -> Non
         ("ahci", f"modalias of /sys/devices/pci0000:00/0000:00:1f.2 ({AHCI_PCI}) {context}"),
     )
     assert found.block_devices == ("md0", "sda1", "sdb1", "sda", "sdb")
-    assert found.storage == {"md"}
+    assert found.storage == ((StorageKind.MDRAID, "MD array md0 under / (ext4 on /dev/md0)"),)
 
 
 def test_usr_on_its_own_device_with_a_builtin_filesystem(
@@ -203,7 +211,7 @@ def test_root_on_overlay_has_no_block_device(host: FakeHost, db: ModuleDatabase)
         modules=(("overlay", "filesystem of / (overlay from overlay)"),),
         filesystems=("overlay",),
         block_devices=(),
-        storage=frozenset(),
+        storage=(),
     )
 
 
@@ -220,7 +228,7 @@ def test_btrfs_members_come_from_sysfs_fs_btrfs(host: FakeHost, db: ModuleDataba
     host.mount("/", "0:35", "btrfs", "/dev/vdc2")
     found = detect_host(host.sys, host.proc, db)
     assert found.block_devices == ("vdb2", "vdc2", "vdb", "vdc")
-    assert found.storage == {"btrfs"}
+    assert found.storage == ((StorageKind.BTRFS, "/ (btrfs on /dev/vdb2)"),)
     assert found.modules[0] == ("btrfs", "filesystem of / (btrfs on /dev/vdb2)")
 
 
@@ -255,7 +263,8 @@ def test_lvm_hidden_layers(
     assert {"dm_snapshot", "dm_thin_pool", "dm_raid"} & set(found) == {module}
 
 
-def test_multipath_with_alua_handler(host: FakeHost, db: ModuleDatabase) -> None:
+def multipath_host(host: FakeHost, point: str = "/") -> None:
+    """point on a multipath map over two SAS paths with the ALUA device handler."""
     host.device("pci0000:00/0000:00:03.0", driver="mpt3sas", module="mpt3sas")
     paths = []
     for n in (2, 3):
@@ -263,11 +272,15 @@ def test_multipath_with_alua_handler(host: FakeHost, db: ModuleDatabase) -> None
         host.device(scsi, driver="sd", module="sd_mod", attributes={"dh_state": "alua"})
         paths.append(host.block(f"{scsi}/block/sd{'abcd'[n]}", f"8:{16 * n}"))
     host.block("virtual/block/dm-0", "253:0", paths, {"dm/uuid": "mpath-3600a0b80001234"})
-    host.mount("/", "253:0", "ext4", "/dev/mapper/mpatha")
+    host.mount(point, "253:0", "ext4", "/dev/mapper/mpatha")
+
+
+def test_multipath_with_alua_handler(host: FakeHost, db: ModuleDatabase) -> None:
+    multipath_host(host)
     found = detect_host(host.sys, host.proc, db)
     names = [name for name, _ in found.modules]
     assert names == ["ext4", "dm_mod", "dm_multipath", "sd_mod", "scsi_dh_alua", "mpt3sas"]
-    assert found.storage == {"multipath"}
+    assert found.storage_kinds == {StorageKind.MULTIPATH}
 
 
 def test_builtin_driver_of_running_kernel_found_by_driver_name(
@@ -306,7 +319,7 @@ def test_format_detection_lists_modules_then_filesystems() -> None:
         modules=(("ext4", "filesystem of /"), ("dm_crypt", "LUKS volume dm-0 for /")),
         filesystems=("ext4", "vfat"),
         block_devices=("dm-0", "vda2", "vda"),
-        storage=frozenset({"lvm", "luks"}),
+        storage=((StorageKind.LVM, "LVM volume"), (StorageKind.LUKS, "LUKS volume")),
     )
     assert format_detection(detection) == (
         "module ext4: filesystem of /\n"
@@ -436,3 +449,79 @@ def test_x_initrd_mount_points_are_detected_too(
     assert {"ext4", "btrfs", "nvme", "virtio_blk"} <= detected
     assert "btrfs" in plan.features  # the storage kind of the x-initrd.mount filesystem
     assert "xfs" not in {r.name for r in plan.requests}
+
+
+def hostonly_config(root_tree: Path, host: FakeHost) -> Config:
+    values = {"sysroot": str(root_tree), "sysfs": str(host.sys), "procfs": str(host.proc)}
+    return load_config(None, values)
+
+
+def storage_features(root_tree: Path, host: FakeHost) -> set[str]:
+    return {
+        name for name in make_plan(hostonly_config(root_tree, host)).features if ALL[name].serves
+    }
+
+
+@pytest.mark.parametrize(
+    ("uuid", "kind", "features"),
+    [
+        (LUKS_UUID, StorageKind.LUKS, {"dm", "luks"}),
+        ("CRYPT-PLAIN-root", StorageKind.LUKS, {"dm", "luks"}),
+        (LVM_UUID, StorageKind.LVM, {"dm", "lvm"}),
+        ("CRYPT-VERITY-0123abcd-root", StorageKind.DM, {"dm"}),
+        (None, StorageKind.DM, {"dm"}),  # made by dmsetup create, without a UUID
+    ],
+)
+def test_each_device_mapper_kind_switches_on_the_feature_serving_it(
+    host: FakeHost,
+    db: ModuleDatabase,
+    root_tree: Path,
+    uuid: str | None,
+    kind: StorageKind,
+    features: set[str],
+) -> None:
+    attributes = {"dm/name": "root", **({"dm/uuid": uuid} if uuid else {})}
+    host.block("virtual/block/dm-0", "253:0", [nvme_partition(host, 2)], attributes)
+    host.mount("/", "253:0", "ext4", "/dev/mapper/root")
+    assert detect_host(host.sys, host.proc, db).storage_kinds == {kind}
+    assert storage_features(root_tree, host) == features
+
+
+def test_md_array_switches_on_mdraid(host: FakeHost, db: ModuleDatabase, root_tree: Path) -> None:
+    members = [sata_partition(host, 0), sata_partition(host, 1)]
+    host.block("virtual/block/md0", "9:0", members, {"md/level": "raid1"})
+    host.mount("/", "9:0", "ext4", "/dev/md0")
+    assert storage_features(root_tree, host) == {"mdraid"}
+
+
+def test_plain_disk_switches_on_no_storage_feature(
+    host: FakeHost, db: ModuleDatabase, root_tree: Path
+) -> None:
+    virtio_partition(host, "04.0", "virtio2", "vda", 252)
+    host.mount("/", "252:2", "ext4", "/dev/vda2")
+    assert storage_features(root_tree, host) == set()
+
+
+@pytest.mark.parametrize("point", ["/", "/usr"])
+def test_storage_no_feature_serves_fails_naming_where_it_is(
+    host: FakeHost, db: ModuleDatabase, root_tree: Path, point: str
+) -> None:
+    if point != "/":
+        virtio_partition(host, "04.0", "virtio2", "vda", 252)
+        host.mount("/", "252:2", "ext4", "/dev/vda2")
+    multipath_host(host, point)
+    message = (
+        f"hostonly: multipath map dm-0 under {point} (ext4 on /dev/dm-0): "
+        "no feature serves multipath storage, so the image could not mount it"
+    )
+    with pytest.raises(SysrootError) as failure:
+        make_plan(hostonly_config(root_tree, host))
+    assert str(failure.value) == message
+    # The command says it in one line, with the exit status of a failure (not bad input).
+    empty = root_tree.parent / "conf"
+    empty.mkdir()
+    argv = ["plan", "--config-root", str(empty), "--sysroot", str(root_tree)]
+    argv += ["--sysfs", str(host.sys), "--procfs", str(host.proc)]
+    done = subprocess.run([sys.executable, "-m", "bookend", *argv],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert (done.returncode, done.stderr) == (1, f"bookend: {message}\n")

@@ -125,7 +125,7 @@ def test_ls_finds_the_manifest_where_bookend_writes_it() -> None:
 
 
 def test_a_password_hash_for_the_emergency_shell_is_secret(root_tree: Path) -> None:
-    from bookend.features.base import Generated
+    from bookend.features.base import FeatureContext, Generated
     from bookend.features.emergency import FEATURE
 
     assert FEATURE.compute is not None
@@ -135,7 +135,7 @@ def test_a_password_hash_for_the_emergency_shell_is_secret(root_tree: Path) -> N
         config = load_config(None, {"sysroot": str(root_tree), "emergency_shell": access})
         return next(
             item
-            for item in compute(config)
+            for item in compute(FeatureContext(config))
             if isinstance(item, Generated) and item.entry.path == "/etc/shadow"
         )
 

@@ -47,15 +47,23 @@ def test_initrd_mounts_from_fstab() -> None:
     assert initrd_mounts(fstab) == [("/var", "xfs")]
 
 
-@pytest.mark.parametrize("program", ["/usr/sbin/lvm", "/usr/sbin/mdadm", "/usr/bin/btrfs"])
+PROGRAMS = {
+    "/usr/sbin/lvm": "lvm",
+    "/usr/sbin/mdadm": "mdraid",
+    "/usr/bin/btrfs": "btrfs",
+    "/usr/lib/systemd/systemd-cryptsetup": "luks",
+}
+
+
+@pytest.mark.parametrize("program", sorted(PROGRAMS))
 def test_generic_mode_enables_storage_features_whose_program_exists(
     root_tree: Path, program: str
 ) -> None:
+    (root_tree / program.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
     (root_tree / program.lstrip("/")).write_text("")
     config = load_config(None, {"sysroot": str(root_tree), "mode": "generic"})
-    storage = {name for name in make_plan(config).features if ALL[name].storage}
-    expected = {"/usr/sbin/lvm": "lvm", "/usr/sbin/mdadm": "mdraid", "/usr/bin/btrfs": "btrfs"}
-    assert storage == {expected[program]}
+    storage = {name for name in make_plan(config).features if ALL[name].switch_on.program}
+    assert storage == {PROGRAMS[program]}
 
 
 def test_keyfiles_must_be_absolute(root_tree: Path) -> None:

@@ -1,0 +1,41 @@
+"""Storage kinds, and what hostonly detection found the root and /usr stand on.
+
+Plain data shared by detection (bookend.hostonly), which fills it in, and the features
+and the plan, which read it: kept apart from both so that neither imports the other.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class StorageKind(enum.StrEnum):
+    """A kind of storage a mount can stand on, which some feature must know to set up."""
+
+    LUKS = "luks"  # dm-crypt volumes, LUKS or plain
+    LVM = "lvm"  # LVM logical volumes
+    DM = "dm"  # any device-mapper device (the kinds above are all built on it)
+    MDRAID = "md"  # MD RAID arrays; "md" as the hostonly record has always named it
+    BTRFS = "btrfs"  # btrfs, possibly over several devices
+    MULTIPATH = "multipath"  # dm-multipath maps
+    # Network storage, for the features to come.
+    NBD = "nbd"
+    ISCSI = "iscsi"
+    NFS = "nfs"
+
+
+@dataclass(frozen=True)
+class HostDetection:
+    """What this machine needs to mount its root and /usr; each list in the order found."""
+
+    modules: tuple[tuple[str, str], ...]  # (module name, why)
+    filesystems: tuple[str, ...]  # fstypes as mountinfo names them, the root's first
+    block_devices: tuple[str, ...]  # kernel names, e.g. nvme0n1p2, dm-0
+    # Each storage kind found, with where it was first found, e.g. "/ (ext4 on /dev/dm-1)".
+    storage: tuple[tuple[StorageKind, str], ...]
+    crypt_volumes: tuple[str, ...] = ()  # dm names of the dm-crypt volumes, as crypttab names
+
+    @property
+    def storage_kinds(self) -> frozenset[StorageKind]:
+        return frozenset(kind for kind, _ in self.storage)
