@@ -171,6 +171,14 @@ SETTINGS: tuple[Setting, ...] = (
         "files", list, [], "extra files or directories to include", "--add-file", metavar="PATH"
     ),
     Setting(
+        "network_files",
+        list,
+        [],
+        "systemd-networkd .network/.netdev/.link files for the initrd (feature network)",
+        "--add-network-file",
+        metavar="PATH",
+    ),
+    Setting(
         "keyfiles",
         list,
         [],
@@ -307,6 +315,7 @@ class Config:
     rebuild: bool = False  # build even when the images are up to date
     uki: bool = False  # output is a unified kernel image holding the initrd
     cmdline: str | None = None  # the UKI's .cmdline
+    network_files: tuple[str, ...] = ()  # networkd files for the initrd's /etc/systemd/network
     # key -> where its value came from: a file, "default" or "command line"; for a list,
     # every source that gave it items (or the one that emptied it), comma-separated.
     origins: Mapping[str, str] = field(default_factory=dict)
@@ -599,6 +608,10 @@ NAME_FORMS = {
         re.compile(r"[A-Za-z0-9:_.\\@-]+\.(service|socket|target)"),
         "a unit name such as iscsid.service",
     ),
+    "network_files": (
+        re.compile(r"/\S*\.(network|netdev|link)"),
+        "an absolute path of a .network, .netdev or .link file",
+    ),
     "root": (re.compile(r"[^\s#]+"), "a device such as UUID=... or /dev/vda2, without spaces"),
 }
 
@@ -675,6 +688,7 @@ def _check_in_sysroot(merged: Merged, sysroot: Path, problems: Problems) -> str:
     root = Sysroot(sysroot)
     _check_files(merged, "files", root, problems)
     _check_files(merged, "keyfiles", root, problems)
+    _check_files(merged, "network_files", root, problems)
     if kver in installed_kernels(sysroot):
         _check_modules(merged, root, kver, problems)
     _check_storage_daemons(merged, root, problems)
@@ -783,6 +797,7 @@ def _config(
         rebuild=values["rebuild"],
         uki=values["uki"],
         cmdline=values["cmdline"],
+        network_files=tuple(name for name, _ in lists["network_files"]),
         origins=merged.origins,
         item_origins=item_origins,
     )

@@ -63,9 +63,12 @@ def storage_tools(initrd: Plan) -> list[Request]:
     return requests
 
 
-def daemon_stopper(config: Config) -> list[Request | Generated]:
-    """The system-shutdown hook that stops the root storage daemons, and its tools."""
-    if not config.storage_daemons:
+def daemon_stopper(config: Config, detaching: bool = False) -> list[Request | Generated]:
+    """The system-shutdown hook that stops the root storage daemons, and its tools.
+
+    detaching: a feature leaves a detach step (and maybe a daemon of its own) for it.
+    """
+    if not config.storage_daemons and not detaching:
         return []
     reason = "exitrd: stop the root storage daemons (storage_daemons)"
     hook = ArchiveEntry(STOP_HOOK, EntryKind.FILE, 0o755, data=STOP_SCRIPT.encode())
@@ -77,7 +80,13 @@ def daemon_stopper(config: Config) -> list[Request | Generated]:
 
 
 def make_exitrd_plan(config: Config, initrd: Plan) -> Plan:
-    items = [*_skeleton(config), *daemon_stopper(config)]
+    from_features = [
+        item
+        for name in initrd.features
+        if (contribute := ALL[name].exitrd)
+        for item in contribute(config)
+    ]
+    items = [*_skeleton(config), *daemon_stopper(config, bool(from_features)), *from_features]
     requests = [*EXITRD.requests(), *storage_tools(initrd)]
     requests += [item for item in items if isinstance(item, Request)]
     generated = [item for item in items if isinstance(item, Generated)]

@@ -162,6 +162,7 @@ def make_plan(config: Config, cache: ScanCache | None = None) -> Plan:
         ("activation", config.activation),
         ("hooks", config.hooks),
         ("storage-daemons", config.storage_daemons),
+        ("network", config.network_files),
     )
     implied = [name for name, configured in wanted if configured]
     features = enabled_features([*DEFAULT, *config.features, *implied])

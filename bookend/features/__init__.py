@@ -11,6 +11,8 @@ from bookend.features import (
     luks,
     lvm,
     mdraid,
+    nbd,
+    network,
     release,
     storage_daemons,
     systemd,
@@ -33,6 +35,8 @@ ALL: dict[str, Feature] = {
         lvm,
         mdraid,
         btrfs,
+        network,
+        nbd,
         activation,
         hooks,
     )

@@ -63,6 +63,8 @@ class Feature:
     files: tuple[str, ...] = ()
     driver_classes: tuple[str, ...] = ()  # whole classes from bookend.drivers
     compute: Callable[[Config], Contribution] | None = None
+    # What the feature adds to the exitrd (a step that detaches its storage, its tool).
+    exitrd: Callable[[Config], Contribution] | None = None
     # Storage features switch themselves on: in hostonly mode when detection finds this
     # kind under / or /usr, in generic mode when the sysroot has this program.
     storage: str | None = None

@@ -1,0 +1,199 @@
+"""NBD roots: `root=nbd:SERVER:PORT[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]]` (or `netroot=nbd:...`),
+dracut's syntax, served by nbd-client as a root storage daemon.
+
+A generator shipped in the image reads the command line and writes, with no loop
+waiting for anything (systemd orders it all):
+- `bookend-nbd-root.service`: nbd-client in the foreground on the ioctl interface, so
+  the process lives as long as the device is connected: a root storage daemon (no
+  default dependencies, IgnoreOnIsolate=yes, "@" argv[0] before systemd 255 and
+  SurviveFinalKillSignal=yes from 255 on). It is after network-online.target, which
+  pulls in systemd-networkd-wait-online. It is written to /run/systemd/system rather
+  than the generator directory: the real root's systemd empties the generator
+  directories at switch-root but keeps /run, so it finds the same unit there and
+  leaves the running daemon alone when it isolates its default target.
+- `sysroot.mount` from /dev/nbd0, in the generator's early directory so it replaces
+  the one systemd-fstab-generator writes for a root= it cannot read. systemd's own udev
+  rule keeps dev-nbd0.device unready until the device is connected ("pid" in sysfs),
+  so the mount waits for exactly that.
+The exitrd disconnects every connected NBD device once the old root is unmounted
+(a detach step of the storage-daemons hook), then the hook stops the daemon.
+"""
+
+from __future__ import annotations
+
+from bookend.archive import ArchiveEntry, EntryKind
+from bookend.config import Config
+from bookend.errors import ConfigError
+from bookend.features.base import Contribution, Feature, Generated, Request, RequestKind
+from bookend.features.storage_daemons import (
+    DETACH_DIR,
+    SURVIVE_FINAL_KILL_SINCE,
+    systemd_version,
+)
+from bookend.sysroot import Sysroot
+
+GENERATOR = "/usr/lib/systemd/system-generators/bookend-nbd-generator"
+DETACH_STEP = f"{DETACH_DIR}/50-nbd"
+UNIT = "bookend-nbd-root.service"
+DEVICE = "/dev/nbd0"
+CLIENT_PATHS = ("/usr/sbin/nbd-client", "/sbin/nbd-client")
+
+GENERATOR_TEMPLATE = """\
+#!/bin/sh
+# Written by bookend: root=nbd:SERVER:PORT[/EXPORT][:FSTYPE[:ROOTFLAGS[:NBDOPTS]]]
+# (or netroot=nbd:...) becomes @UNIT@ and sysroot.mount from @DEVICE@.
+# BOOKEND_CMDLINE, BOOKEND_UNIT_DIR and BOOKEND_KMSG name other files (for tests).
+set -f
+normal=${1:?usage: $0 NORMAL_DIR EARLY_DIR LATE_DIR}
+early=${2:?usage: $0 NORMAL_DIR EARLY_DIR LATE_DIR}
+unitdir=${BOOKEND_UNIT_DIR:-/run/systemd/system}
+kmsg=${BOOKEND_KMSG:-/dev/kmsg}
+cmdline=
+IFS= read -r cmdline < "${BOOKEND_CMDLINE:-/proc/cmdline}" || [ -n "$cmdline" ] || exit 0
+
+spec= rootflags= mode=ro own_root=
+for word in $cmdline; do
+    case "$word" in
+        root=nbd:*|netroot=nbd:*) spec=${word#*=nbd:} ;;
+        root=*) own_root=${word#root=} ;;  # netroot=nbd: with a root= on the device
+        rootflags=*) rootflags=${word#rootflags=} ;;
+        rw) mode=rw ;;
+        ro) mode=ro ;;
+    esac
+done
+[ -n "$spec" ] || exit 0
+
+case "$spec" in
+    \\[*) server=${spec%%]*}; server=${server#\\[}; rest=${spec#*]} ;;  # [IPv6 address]
+    *) server=${spec%%:*}; rest=${spec#"$server"} ;;
+esac
+rest=${rest#:}
+IFS=:
+set -- $rest
+unset IFS
+portspec=${1:-10809} fstype=${2:-} flags=${3:-} nbdopts=${4:-}
+port=${portspec%%/*}
+args="$server $port @DEVICE@ -nofork -nonetlink"
+case "$portspec" in */*) args="$args -name ${portspec#*/}" ;; esac
+IFS=,
+set -- $nbdopts
+unset IFS
+for opt in "$@"; do
+    case "$opt" in
+        name=*) args="$args -name ${opt#*=}" ;;
+        bs=*|blocksize=*) args="$args -block-size ${opt#*=}" ;;
+        timeout=*) args="$args -timeout ${opt#*=}" ;;
+        connections=*) args="$args -connections ${opt#*=}" ;;
+        ro|readonly) args="$args -readonly" ;;
+        persist) args="$args -persist" ;;
+        '') ;;
+        *) echo "<4>bookend-nbd-generator: ignoring unknown NBD option '$opt'" > "$kmsg" ;;
+    esac
+done
+[ -n "$server" ] && [ -n "$port" ] || {
+    echo "<3>bookend-nbd-generator: no server or port in nbd:$spec" > "$kmsg"
+    exit 0
+}
+flags=${flags:-$rootflags}
+
+mkdir -p "$unitdir" "$normal/initrd-root-device.target.wants"
+cat > "$unitdir/@UNIT@" <<EOF
+# Written by bookend-nbd-generator from the kernel command line: a root storage
+# daemon, kept running through switch-root until the exitrd disconnects the device.
+[Unit]
+Description=NBD root device from $server:$portspec
+Documentation=man:nbd-client(8)
+DefaultDependencies=no
+IgnoreOnIsolate=yes
+Wants=network-online.target modprobe@nbd.service
+After=network-online.target modprobe@nbd.service
+Before=initrd-root-device.target
+
+[Service]
+ExecStart=@EXEC@ $args
+@SURVIVE@
+EOF
+ln -sf "$unitdir/@UNIT@" "$normal/initrd-root-device.target.wants/@UNIT@"
+[ -z "$own_root" ] || exit 0  # systemd-fstab-generator mounts that root= itself
+
+mkdir -p "$early/initrd-root-fs.target.requires"
+cat > "$early/sysroot.mount" <<EOF
+# Written by bookend-nbd-generator from the kernel command line.
+[Unit]
+Description=NBD root (/sysroot from @DEVICE@)
+SourcePath=/proc/cmdline
+Before=initrd-root-fs.target
+Wants=@UNIT@
+After=@UNIT@
+
+[Mount]
+What=@DEVICE@
+Where=/sysroot
+${fstype:+Type=$fstype}
+Options=$mode${flags:+,$flags}
+EOF
+ln -sf ../sysroot.mount "$early/initrd-root-fs.target.requires/sysroot.mount"
+exit 0
+"""
+
+DETACH_TEMPLATE = """\
+#!/bin/sh
+# Written by bookend: disconnect the NBD devices; systemd-shutdown has unmounted the
+# old root by now (the message says whether /oldroot is really gone).
+oldroot="unmounted"
+while read -r _ point _; do
+    [ "$point" = /oldroot ] && oldroot="STILL MOUNTED"
+done < /proc/mounts
+for dev in /sys/block/nbd*; do
+    [ -e "$dev/pid" ] || continue
+    echo "bookend: disconnecting NBD device /dev/${dev##*/} (/oldroot $oldroot)" > /dev/kmsg
+    @CLIENT@ -d "/dev/${dev##*/}"
+done
+"""
+
+
+def client_path(sysroot: Sysroot) -> str:
+    found = next((path for path in CLIENT_PATHS if sysroot.exists(path)), None)
+    if found is None:
+        raise ConfigError(f"feature nbd: the sysroot has no nbd-client ({', '.join(CLIENT_PATHS)})")
+    return found
+
+
+def generator_script(client: str, systemd: int | None) -> str:
+    """The generator, for the sysroot's nbd-client and systemd version."""
+    if systemd is not None and systemd >= SURVIVE_FINAL_KILL_SINCE:
+        exec_start, survive = client, "SurviveFinalKillSignal=yes"
+    else:  # argv[0] "@nbd-client": systemd-shutdown spares it
+        exec_start, survive = f"@{client} @nbd-client", ""
+    text = GENERATOR_TEMPLATE.replace("@EXEC@", exec_start).replace("@SURVIVE@", survive)
+    return text.replace("@UNIT@", UNIT).replace("@DEVICE@", DEVICE)
+
+
+def _generator(config: Config) -> Contribution:
+    sysroot = Sysroot(config.sysroot)
+    script = generator_script(client_path(sysroot), systemd_version(sysroot))
+    entry = ArchiveEntry(GENERATOR, EntryKind.FILE, 0o755, data=script.encode())
+    return [Generated(entry, "feature nbd: root=nbd:... into units")]
+
+
+def _exitrd(config: Config) -> Contribution:
+    """The exitrd's part: nbd-client and the step that disconnects the devices."""
+    client = client_path(Sysroot(config.sysroot))
+    script = DETACH_TEMPLATE.replace("@CLIENT@", client).encode()
+    reason = "feature nbd: disconnect NBD devices after the old root is unmounted"
+    return [
+        Generated(ArchiveEntry(DETACH_STEP, EntryKind.FILE, 0o755, data=script), reason),
+        Request(RequestKind.EXECUTABLE, client, reason),
+    ]
+
+
+FEATURE = Feature(
+    name="nbd",
+    help="root=nbd:SERVER:PORT[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]]: nbd-client as a root storage daemon",
+    requires=("network",),
+    executables=("nbd-client", "/bin/sh", "mkdir", "ln", "cat"),
+    units=("?modprobe@.service",),
+    modules=("nbd",),
+    compute=_generator,
+    exitrd=_exitrd,
+)
