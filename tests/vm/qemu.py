@@ -131,6 +131,7 @@ def qemu_argv(
     memory_mib: int = 1024,
     cpus: int = 2,
     qmp_socket: Path | None = None,
+    extra: Sequence[str] = (),
 ) -> list[str]:
     argv = machine_argv(memory_mib, cpus)
     argv += ["-kernel", os.fspath(kernel), "-append", f"console=ttyS0 panic=-1 {append}".strip()]
@@ -139,7 +140,7 @@ def qemu_argv(
     if qmp_socket is not None:
         # A second channel, apart from the console, for changing the hardware (qmp.py).
         argv += ["-qmp", f"unix:{os.fspath(qmp_socket)},server=on,wait=off"]
-    return argv + drive_args(disks)
+    return argv + drive_args(disks) + list(extra)
 
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
@@ -344,9 +345,13 @@ def boot(
     memory_mib: int = 1024,
     cpus: int = 2,
     qmp_socket: Path | None = None,
+    extra: Sequence[str] = (),
 ) -> Boot:
-    """Start a guest; plain paths are attached as virtio disks. Use as a with-block."""
+    """Start a guest; plain paths are attached as virtio disks. Use as a with-block.
+
+    extra: more QEMU arguments, e.g. a NIC (`netroot.user_nic`).
+    """
     attached = [d if isinstance(d, Disk) else Disk(d) for d in disks]
     argv = qemu_argv(kernel, initrd, attached, append, memory_mib=memory_mib, cpus=cpus,
-                     qmp_socket=qmp_socket)  # fmt: skip
+                     qmp_socket=qmp_socket, extra=extra)  # fmt: skip
     return Boot(argv, timeout=timeout, log_path=log_path, echo=echo)

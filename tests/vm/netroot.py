@@ -1,0 +1,97 @@
+"""Network roots for the VM tests: servers on the host's loopback, a guest NIC that
+reaches only them.
+
+The guest gets QEMU's user network with `restrict=on` (no packet leaves it) and one
+`guestfwd`: a connection the guest opens to GUEST_SERVER:PORT runs the relay below,
+which connects to 127.0.0.1 on the host. QEMU 7.2's other guestfwd form, a `tcp:`
+chardev, connects to the host once when QEMU starts and serves a single guest
+connection; `cmd:` starts a relay for every guest connection, so a client may
+reconnect. libslirp gives the command the guest's connection as its stdin, stdout and
+stderr, so the relay never prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+# An address on slirp's network (10.0.2.0/24) that no slirp service uses.
+GUEST_SERVER = "10.0.2.100"
+NETDEV = "net0"
+
+RELAY = """\
+import select, socket, sys
+
+guest = socket.socket(fileno=0)
+host = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+peers = {guest: host, host: guest}
+reading = set(peers)
+while reading:
+    for sock in select.select(list(reading), [], [])[0]:
+        data = sock.recv(65536)
+        if data:
+            peers[sock].sendall(data)
+            continue
+        reading.discard(sock)
+        try:
+            peers[sock].shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_listening(port: int, server: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"server on port {port} exited with status {server.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout:g} s")
+
+
+@contextlib.contextmanager
+def serve_nbd(image: Path, image_format: str, log: Path) -> Iterator[int]:
+    """qemu-nbd serving image on 127.0.0.1 (a free port, yielded), stopped on exit.
+
+    Persistent, so a client may disconnect and connect again. Stopped with SIGTERM,
+    after which the image is closed and flushed.
+    """
+    port = free_port()
+    argv = ["qemu-nbd", "--persistent", "--shared=4", "--bind=127.0.0.1", f"--port={port}",
+            f"--format={image_format}", "--cache=writeback", str(image)]  # fmt: skip
+    with log.open("w") as output:
+        server = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            wait_listening(port, server)
+            yield port
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+
+
+def user_nic(tmp_path: Path, forwards: dict[int, int]) -> list[str]:
+    """QEMU arguments for one virtio NIC on a restricted user network.
+
+    forwards: guest port on GUEST_SERVER -> host port on 127.0.0.1.
+    """
+    relay = tmp_path / "relay.py"
+    relay.write_text(RELAY)
+    netdev = f"user,id={NETDEV},restrict=on"
+    for guest_port, host_port in forwards.items():
+        command = f"{sys.executable} -I -S {relay} {host_port}"
+        netdev += f",guestfwd=tcp:{GUEST_SERVER}:{guest_port}-cmd:{command}"
+    return ["-netdev", netdev, "-device", f"virtio-net-pci,netdev={NETDEV}"]
