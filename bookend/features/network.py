@@ -151,12 +151,20 @@ ExecStart=/bin/sh {KEEP}
 """
 
 # networkd runs as systemd-network, a user the image's passwd does not have: systemd's
-# own sysusers.d line creates it first, as on the running system.
+# own sysusers.d line creates it first, as on the running system. A unit of its own,
+# not an ExecStartPre=+ of networkd's: systemd looks User= up before any of those runs.
 SYSUSERS = "/usr/lib/sysusers.d/systemd-network.conf"
-NETWORKD_DROPIN = f"""\
-# Written by bookend: create networkd's user in the initrd's /etc/passwd first.
+USER_UNIT = "bookend-networkd-user.service"
+USER_UNIT_TEXT = f"""\
+[Unit]
+Description=Create systemd-networkd's user in the initrd
+DefaultDependencies=no
+Before=systemd-networkd.service
+
 [Service]
-ExecStartPre=+systemd-sysusers {SYSUSERS}
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=systemd-sysusers {SYSUSERS}
 """
 
 
@@ -178,7 +186,8 @@ def _units(config: Config) -> list[Request | Generated]:
         _file(KEEP, KEEP_SCRIPT, f"{reason}: KeepConfiguration= across switch-root", 0o755),
         _file(f"{UNIT_DIR}/{KEEP_UNIT}", KEEP_UNIT_TEXT, f"{reason}: keep the configuration"),
         _file(f"{UNIT_DIR}/{WAIT_ONLINE}.service.d/40-bookend.conf", WAIT_ONLINE_DROPIN, reason),
-        _file(f"{UNIT_DIR}/systemd-networkd.service.d/40-bookend.conf", NETWORKD_DROPIN, reason),
+        _file(f"{UNIT_DIR}/{USER_UNIT}", USER_UNIT_TEXT, f"{reason}: networkd's user"),
+        _link(f"{UNIT_DIR}/systemd-networkd.service.wants/{USER_UNIT}", f"../{USER_UNIT}", reason),
         _link(f"{UNIT_DIR}/systemd-networkd.service.wants/{KEEP_UNIT}", f"../{KEEP_UNIT}", reason),
         _link(
             f"{UNIT_DIR}/sysinit.target.wants/systemd-network-generator.service",
