@@ -16,7 +16,8 @@
   so neither the initrd's networkd stopping nor the real root's starting drops an
   address the root filesystem is reached through.
 - NIC drivers: generic mode takes the `net` driver class; hostonly mode the drivers
-  (and modaliases up the bus) of the host's interfaces that carry a default route.
+  (and modaliases up the bus) of the host's interfaces that carry a default route and
+  of those the network_files' [Match] Name= lines name exactly.
 """
 
 from __future__ import annotations
@@ -256,7 +257,7 @@ def nic_modules(sysfs: Path, interface: str) -> list[tuple[str, str]]:
     level = Path(os.path.realpath(link))
     while level.is_relative_to(devices) and level != devices:
         shown = "/sys/" + level.relative_to(devices.parent).as_posix()
-        why = f"hostonly: NIC {interface} (default route): {shown}"
+        why = f"hostonly: NIC {interface}: {shown}"
         modalias = _read(level / "modalias")
         if modalias:
             found.append((modalias, f"{why} modalias"))
@@ -276,13 +277,35 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def matched_names(network_file: str) -> list[str]:
+    """The exact interface names a networkd file's [Match] Name= lines give (no globs)."""
+    names: list[str] = []
+    section = ""
+    for line in network_file.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Match]" and line.startswith("Name="):
+            words = line.removeprefix("Name=").split()
+            names += [w for w in words if not any(c in w for c in "*?[!")]
+    return names
+
+
 def _drivers(config: Config) -> list[Request | Generated]:
-    """Generic: the net class. Hostonly: what the host's default-route NICs use."""
+    """Generic: the net class. Hostonly: what the host's default-route NICs use, and
+    the NICs network_files name."""
     if config.mode is ModuleMode.GENERIC:
         return [Request(RequestKind.DRIVER_CLASS, "net", "feature network: mode generic", True)]
+    sysroot = Sysroot(config.sysroot)
+    named = [
+        name
+        for path in config.network_files
+        for name in matched_names(sysroot.read_text(path) or "")
+    ]
+    interfaces = dict.fromkeys([*default_route_interfaces(config.procfs), *named])
     return [
         Request(RequestKind.MODULE, name, why, optional=True)
-        for interface in default_route_interfaces(config.procfs)
+        for interface in interfaces
         for name, why in nic_modules(config.sysfs, interface)
     ]
 

@@ -15,6 +15,7 @@ from bookend.features.nbd import DETACH_STEP, GENERATOR, UNIT, generator_script
 from bookend.features.network import (
     GENERATOR_SCRIPT,
     default_route_interfaces,
+    matched_names,
     nic_modules,
 )
 from bookend.features.storage_daemons import STOP_HOOK
@@ -209,3 +210,8 @@ def test_hostonly_nic_drivers_from_default_route(tmp_path: Path) -> None:
     names = [name for name, _ in nic_modules(sysfs, "ens3")]
     assert names == ["virtio:d00000001v00001AF4", "virtio_net", "pci:v00001AF4d00001000"]
     assert nic_modules(sysfs, "br0") == []
+
+
+def test_names_matched_by_network_files() -> None:
+    text = "[Match]\nName=ens3 eth*\nName=enp1s0\n[Network]\nName=notmatch\n"
+    assert matched_names(text) == ["ens3", "enp1s0"]
