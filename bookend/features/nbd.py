@@ -1,22 +1,30 @@
 """NBD roots: `root=nbd:SERVER:PORT[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]]` (or `netroot=nbd:...`),
-dracut's syntax, served by nbd-client as a root storage daemon.
+dracut's syntax, connected by nbd-client from the initrd and disconnected by the exitrd.
 
 A generator shipped in the image reads the command line and writes, with no loop
 waiting for anything (systemd orders it all):
-- `bookend-nbd-root.service`: nbd-client in the foreground on the ioctl interface, so
-  the process lives as long as the device is connected: a root storage daemon (no
-  default dependencies, IgnoreOnIsolate=yes, "@" argv[0] before systemd 255 and
-  SurviveFinalKillSignal=yes from 255 on). It is after network-online.target, which
-  pulls in systemd-networkd-wait-online. It is written to /run/systemd/system rather
-  than the generator directory: the real root's systemd empties the generator
-  directories at switch-root but keeps /run, so it finds the same unit there and
-  leaves the running daemon alone when it isolates its default target.
+- `bookend-nbd-root.service`: nbd-client on the kernel's netlink interface. It
+  negotiates with the server, hands the socket to the kernel and exits: the kernel
+  holds the connection, so no process has to survive switch-root or the final kill.
+  That is not a choice of taste: on the ioctl interface the process that keeps the
+  device (waiting in NBD_DO_IT) must never see a signal, and systemd's switch-root
+  stops every process with kill(-1, SIGSTOP) before it spares the "@" ones; the
+  kernel takes the interrupted wait as the end of the connection ("block nbd0:
+  shutting down sockets"), and the new root's first reads fail. Seen in this
+  project's VM test on Linux 6.1 with systemd 252; dracut and systemd users report
+  the same. The unit still carries the marks of a root storage daemon (no default
+  dependencies, IgnoreOnIsolate=yes, no ExecStop=), so neither the isolate at
+  switch-root nor the real root's shutdown disconnects the device. It is after
+  network-online.target, which pulls in systemd-networkd-wait-online. It is written
+  to /run/systemd/system rather than the generator directory: the real root's systemd
+  empties the generator directories at switch-root but keeps /run, so it finds the
+  same unit there, still active, and leaves it alone when it isolates its target.
 - `sysroot.mount` from /dev/nbd0, in the generator's early directory so it replaces
   the one systemd-fstab-generator writes for a root= it cannot read. systemd's own udev
   rule keeps dev-nbd0.device unready until the device is connected ("pid" in sysfs),
   so the mount waits for exactly that.
 The exitrd disconnects every connected NBD device once the old root is unmounted
-(a detach step of the storage-daemons hook), then the hook stops the daemon.
+(a detach step of the storage-daemons hook, which then stops any daemon left).
 """
 
 from __future__ import annotations
@@ -25,11 +33,7 @@ from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config
 from bookend.errors import ConfigError
 from bookend.features.base import Contribution, Feature, Generated, Request, RequestKind
-from bookend.features.storage_daemons import (
-    DETACH_DIR,
-    SURVIVE_FINAL_KILL_SINCE,
-    systemd_version,
-)
+from bookend.features.storage_daemons import DETACH_DIR
 from bookend.sysroot import Sysroot
 
 GENERATOR = "/usr/lib/systemd/system-generators/bookend-nbd-generator"
@@ -73,7 +77,7 @@ set -- $rest
 unset IFS
 portspec=${1:-10809} fstype=${2:-} flags=${3:-} nbdopts=${4:-}
 port=${portspec%%/*}
-args="$server $port @DEVICE@ -nofork -nonetlink"
+args="$server $port @DEVICE@"
 case "$portspec" in */*) args="$args -name ${portspec#*/}" ;; esac
 IFS=,
 set -- $nbdopts
@@ -85,7 +89,6 @@ for opt in "$@"; do
         timeout=*) args="$args -timeout ${opt#*=}" ;;
         connections=*) args="$args -connections ${opt#*=}" ;;
         ro|readonly) args="$args -readonly" ;;
-        persist) args="$args -persist" ;;
         '') ;;
         *) echo "<4>bookend-nbd-generator: ignoring unknown NBD option '$opt'" > "$kmsg" ;;
     esac
@@ -98,8 +101,8 @@ flags=${flags:-$rootflags}
 
 mkdir -p "$unitdir" "$normal/initrd-root-device.target.wants"
 cat > "$unitdir/@UNIT@" <<EOF
-# Written by bookend-nbd-generator from the kernel command line: a root storage
-# daemon, kept running through switch-root until the exitrd disconnects the device.
+# Written by bookend-nbd-generator from the kernel command line: the root's device,
+# connected through switch-root until the exitrd disconnects it.
 [Unit]
 Description=NBD root device from $server:$portspec
 Documentation=man:nbd-client(8)
@@ -110,8 +113,9 @@ After=network-online.target modprobe@nbd.service
 Before=initrd-root-device.target
 
 [Service]
-ExecStart=@EXEC@ $args
-@SURVIVE@
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=@CLIENT@ $args
 EOF
 ln -sf "$unitdir/@UNIT@" "$normal/initrd-root-device.target.wants/@UNIT@"
 [ -z "$own_root" ] || exit 0  # systemd-fstab-generator mounts that root= itself
@@ -159,19 +163,15 @@ def client_path(sysroot: Sysroot) -> str:
     return found
 
 
-def generator_script(client: str, systemd: int | None) -> str:
-    """The generator, for the sysroot's nbd-client and systemd version."""
-    if systemd is not None and systemd >= SURVIVE_FINAL_KILL_SINCE:
-        exec_start, survive = client, "SurviveFinalKillSignal=yes"
-    else:  # argv[0] "@nbd-client": systemd-shutdown spares it
-        exec_start, survive = f"@{client} @nbd-client", ""
-    text = GENERATOR_TEMPLATE.replace("@EXEC@", exec_start).replace("@SURVIVE@", survive)
+def generator_script(client: str) -> str:
+    """The generator, for the sysroot's nbd-client."""
+    text = GENERATOR_TEMPLATE.replace("@CLIENT@", client)
     return text.replace("@UNIT@", UNIT).replace("@DEVICE@", DEVICE)
 
 
 def _generator(config: Config) -> Contribution:
     sysroot = Sysroot(config.sysroot)
-    script = generator_script(client_path(sysroot), systemd_version(sysroot))
+    script = generator_script(client_path(sysroot))
     entry = ArchiveEntry(GENERATOR, EntryKind.FILE, 0o755, data=script.encode())
     return [Generated(entry, "feature nbd: root=nbd:... into units")]
 
@@ -189,7 +189,7 @@ def _exitrd(config: Config) -> Contribution:
 
 FEATURE = Feature(
     name="nbd",
-    help="root=nbd:SERVER:PORT[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]]: nbd-client as a root storage daemon",
+    help="root=nbd:SERVER:PORT[:FSTYPE[:ROOTFLAGS[:NBDOPTS]]]: connected until the exitrd",
     requires=("network",),
     executables=("nbd-client", "/bin/sh", "mkdir", "ln", "cat"),
     units=("?modprobe@.service",),

@@ -51,16 +51,15 @@ def unit_lines(text: str) -> list[str]:
 
 def test_nbd_root_with_fstype_becomes_daemon_and_sysroot_mount(tmp_path: Path) -> None:
     written = run_generator(
-        generator_script(CLIENT, 252), "quiet root=nbd:10.0.2.100:10809:ext4 rw", tmp_path
+        generator_script(CLIENT), "quiet root=nbd:10.0.2.100:10809:ext4 rw", tmp_path
     )
     service = unit_lines(written[f"run-system/{UNIT}"])
-    assert (
-        "ExecStart=@/usr/sbin/nbd-client @nbd-client 10.0.2.100 10809 /dev/nbd0 -nofork -nonetlink"
-        in service
-    )
+    assert "ExecStart=/usr/sbin/nbd-client 10.0.2.100 10809 /dev/nbd0" in service
     assert "IgnoreOnIsolate=yes" in service and "DefaultDependencies=no" in service
+    assert "Type=oneshot" in service and "RemainAfterExit=yes" in service
     assert "After=network-online.target modprobe@nbd.service" in service
-    assert not any(line.startswith("SurviveFinalKillSignal") for line in service)
+    # Nothing may disconnect the root's device but the exitrd.
+    assert not any(line.startswith("ExecStop") for line in service)
     assert written[f"normal/initrd-root-device.target.wants/{UNIT}"].endswith(f"run-system/{UNIT}")
     mount = unit_lines(written["early/sysroot.mount"])
     assert mount[-4:] == ["What=/dev/nbd0", "Where=/sysroot", "Type=ext4", "Options=rw"]
@@ -69,10 +68,10 @@ def test_nbd_root_with_fstype_becomes_daemon_and_sysroot_mount(tmp_path: Path) -
 
 def test_nbd_export_flags_and_options(tmp_path: Path) -> None:
     cmdline = "root=nbd:srv:2000/disk1:xfs:noatime,discard:bs=4096,timeout=30,ro,bogus"
-    written = run_generator(generator_script(CLIENT, 252), cmdline, tmp_path)
+    written = run_generator(generator_script(CLIENT), cmdline, tmp_path)
     start = next(line for line in unit_lines(written[f"run-system/{UNIT}"]) if "ExecStart" in line)
-    assert start.split(" ", 2)[2] == (
-        "srv 2000 /dev/nbd0 -nofork -nonetlink -name disk1 -block-size 4096 -timeout 30 -readonly"
+    assert start.split(" ", 1)[1] == (
+        "srv 2000 /dev/nbd0 -name disk1 -block-size 4096 -timeout 30 -readonly"
     )
     assert unit_lines(written["early/sysroot.mount"])[-2:] == [
         "Type=xfs",
@@ -83,16 +82,15 @@ def test_nbd_export_flags_and_options(tmp_path: Path) -> None:
 
 def test_netroot_with_own_root_and_ipv6_server(tmp_path: Path) -> None:
     cmdline = "netroot=nbd:[fd00::1]:10809 root=UUID=1234 rootflags=noatime"
-    written = run_generator(generator_script(CLIENT, 256), cmdline, tmp_path)
+    written = run_generator(generator_script(CLIENT), cmdline, tmp_path)
     service = unit_lines(written[f"run-system/{UNIT}"])
-    assert "ExecStart=/usr/sbin/nbd-client fd00::1 10809 /dev/nbd0 -nofork -nonetlink" in service
-    assert "SurviveFinalKillSignal=yes" in service
+    assert "ExecStart=/usr/sbin/nbd-client fd00::1 10809 /dev/nbd0" in service
     assert "early/sysroot.mount" not in written  # the fstab generator mounts UUID=1234
 
 
 def test_nbd_rootflags_from_command_line_and_default_port(tmp_path: Path) -> None:
     cmdline = "root=nbd:host rootflags=x-systemd.device-timeout=20s"
-    written = run_generator(generator_script(CLIENT, 252), cmdline, tmp_path)
+    written = run_generator(generator_script(CLIENT), cmdline, tmp_path)
     assert "host 10809 /dev/nbd0" in written[f"run-system/{UNIT}"]
     mount = unit_lines(written["early/sysroot.mount"])
     assert mount[-1] == "Options=ro,x-systemd.device-timeout=20s"
@@ -100,7 +98,7 @@ def test_nbd_rootflags_from_command_line_and_default_port(tmp_path: Path) -> Non
 
 
 def test_no_nbd_root_writes_nothing(tmp_path: Path) -> None:
-    assert run_generator(generator_script(CLIENT, 252), "root=UUID=1 rw", tmp_path) == {}
+    assert run_generator(generator_script(CLIENT), "root=UUID=1 rw", tmp_path) == {}
 
 
 WAIT_DROPIN = "normal/systemd-networkd-wait-online.service.d/50-bookend-cmdline.conf"
@@ -145,7 +143,7 @@ def test_nbd_feature_brings_network_generator_and_exitrd_steps(root_tree: Path) 
     plan = make_plan(config)
     assert plan.features.index("network") < plan.features.index("nbd")
     files = {g.entry.path: g.entry for g in plan.generated}
-    assert files[GENERATOR].data == generator_script(CLIENT, 252).encode()
+    assert files[GENERATOR].data == generator_script(CLIENT).encode()
     assert files[GENERATOR].mode == 0o755
     wanted = {(r.kind, r.name) for r in plan.requests}
     assert (RequestKind.DRIVER_CLASS, "net") in wanted
