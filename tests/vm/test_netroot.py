@@ -37,6 +37,7 @@ JOB = (
     + """
 systemctl show -P ActiveState bookend-nbd-root.service > /job/out/nbd-state
 findmnt -no SOURCE / > /job/out/root-source
+ls /run/systemd/network/*.network.d/90-bookend-keep.conf > /job/out/keep-dropins
 """
 )
 
@@ -81,6 +82,9 @@ def test_nbd_root_boots_and_the_exitrd_disconnects_it(
     assert state.strip() == "active"
     root = read_job_output(job.path, "root-source", tmp_path / "root-source").read_text()
     assert root.strip() == "/dev/nbd0"
+    # The real root sees the initrd's KeepConfiguration= drop-in for ip='s network.
+    keep = read_job_output(job.path, "keep-dropins", tmp_path / "keep").read_text().split()
+    assert keep and all(path.startswith("/run/systemd/network/") for path in keep), keep
 
     _, marker, pivoted = text.partition("Returning to initrd...")
     assert marker, "no pivot into the exitrd on the console"
