@@ -346,6 +346,7 @@ FEATURE = Feature(
         "?/usr/lib/systemd/network/73-usb-net-by-mac.link",
         "?/etc/systemd/networkd.conf",
     ),
-    modules=("?af_packet",),
+    # What bond=, bridge= and vlan= create (hostonly detection cannot see them coming).
+    modules=("?af_packet", "?bonding", "?bridge", "?8021q"),
     compute=_compute,
 )

@@ -148,6 +148,7 @@ def test_nbd_feature_brings_network_generator_and_exitrd_steps(root_tree: Path) 
     wanted = {(r.kind, r.name) for r in plan.requests}
     assert (RequestKind.DRIVER_CLASS, "net") in wanted
     assert (RequestKind.MODULE, "nbd") in wanted
+    assert {(RequestKind.MODULE, name) for name in ("bonding", "bridge", "8021q")} <= wanted
     assert (RequestKind.EXECUTABLE, "/usr/lib/systemd/systemd-networkd") in wanted
     exitrd = make_exitrd_plan(config, plan)
     exitrd_files = {g.entry.path for g in exitrd.generated}
