@@ -5,7 +5,8 @@ connection ends); and rd.neednet=1 without a link stops in emergency mode naming
 
 The NBD server is qemu-nbd on 127.0.0.1, serving a qcow2 overlay of the cached root
 disk (the cache is never written); the guest reaches it only through a restricted
-user network's guestfwd (netroot.py). Its address comes from slirp's DHCP (ip=dhcp).
+user network's guestfwd (netroot.py). Its address comes from slirp's DHCP (ip=dhcp) or
+a static ip= naming the interface.
 """
 
 from __future__ import annotations
@@ -57,14 +58,29 @@ def overlay_of(root_disk: RootDisk, path: Path) -> Path:
     return path
 
 
+# slirp's DHCP, or the address it would give, set statically on the NIC by name (the
+# guest's NIC sits in PCI slot 4, after the job disk, hence ens4): wait-online then
+# waits for that interface alone.
+ADDRESSING = {
+    "dhcp": "ip=dhcp",
+    "static": "ip=10.0.2.15::10.0.2.2:255.255.255.0:bookend-test:ens4:off",
+}
+
+
+@pytest.mark.parametrize("addressing", list(ADDRESSING))
 def test_nbd_root_boots_and_the_exitrd_disconnects_it(
-    kernel: Kernel, root_disk: RootDisk, nbd_images: Path, console_log: Path, tmp_path: Path
+    kernel: Kernel,
+    root_disk: RootDisk,
+    nbd_images: Path,
+    console_log: Path,
+    tmp_path: Path,
+    addressing: str,
 ) -> None:
     overlay = overlay_of(root_disk, tmp_path / "root.qcow2")
     files = {"src/bookend": Path(bookend.__file__).parent, "exitrd": nbd_images}
     job = make_job_disk(tmp_path / "job.img", JOB, files=files)
     token = secrets.token_hex(8)
-    append = (f"root=nbd:{GUEST_SERVER}:{NBD_PORT}:ext4 rw ip=dhcp "
+    append = (f"root=nbd:{GUEST_SERVER}:{NBD_PORT}:ext4 rw {ADDRESSING[addressing]} "
               f"bookend.token={token} bookend.job")  # fmt: skip
     with serve_nbd(overlay, "qcow2", tmp_path / "qemu-nbd.log") as port:
         nic = user_nic(tmp_path, {NBD_PORT: port})
