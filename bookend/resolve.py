@@ -2,10 +2,10 @@
 
 Between configuration (types and forms) and the plan. It looks into the trees the
 settings name: the sysroot is a root tree, the kernel version is installed (or the
-newest is chosen), the kernel modules are in its modules.dep, the files and storage
-daemon units exist, hostonly detection's sysfs and procfs are there, and the outputs
-can be written where they are named. Every problem, with the configuration's own, is
-reported at once as `SOURCE: key: message` before anything is built.
+newest is chosen), the kernel modules are in its modules.dep, the files (files, keyfiles,
+network_files) and storage daemon units exist, hostonly detection's sysfs and procfs are
+there, and the outputs can be written where they are named. Every problem, with the
+configuration's own, is reported at once as `SOURCE: key: message` before anything is built.
 
 The module database it reads to check module names is parsed through the shared
 ScanCache (kmodules.shared_database): pass the build's cache and the plan and closure
@@ -140,6 +140,7 @@ def _check_in_sysroot(settings: Settings, cache: ScanCache, problems: Problems) 
     root = Sysroot(sysroot)
     _check_files(settings, "files", root, problems)
     _check_files(settings, "keyfiles", root, problems)
+    _check_files(settings, "network_files", root, problems)
     if kver in installed_kernels(sysroot):
         _check_modules(settings, root, kver, cache, problems)
     for unit, source in _items(settings, "storage_daemons"):

@@ -225,6 +225,15 @@ class Config:
         metavar="PATH",
         check=absolute_path,
     )
+    network_files: tuple[str, ...] = setting(
+        "systemd-networkd .network/.netdev/.link files for the initrd (feature network)",
+        [],
+        flag="--add-network-file",
+        metavar="PATH",
+        check=matching(
+            r"/\S*\.(network|netdev|link)", "an absolute path of a .network, .netdev or .link file"
+        ),
+    )
     exitrd: bool = setting(
         "also write the exitrd, the image shutdown pivots into",
         True,
