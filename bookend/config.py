@@ -179,6 +179,15 @@ SETTINGS: tuple[Setting, ...] = (
         metavar="PATH",
     ),
     Setting(
+        "iscsi_config",
+        str,
+        None,
+        "iscsid.conf for the initrd, e.g. with CHAP credentials (feature iscsi; "
+        "the image is then written mode 0600)",
+        "--iscsi-config",
+        metavar="PATH",
+    ),
+    Setting(
         "keyfiles",
         list,
         [],
@@ -316,6 +325,7 @@ class Config:
     uki: bool = False  # output is a unified kernel image holding the initrd
     cmdline: str | None = None  # the UKI's .cmdline
     network_files: tuple[str, ...] = ()  # networkd files for the initrd's /etc/systemd/network
+    iscsi_config: str | None = None  # the initrd's iscsid.conf (secret: CHAP credentials)
     # key -> where its value came from: a file, "default" or "command line"; for a list,
     # every source that gave it items (or the one that emptied it), comma-separated.
     origins: Mapping[str, str] = field(default_factory=dict)
@@ -647,6 +657,17 @@ def _check_modules(merged: Merged, sysroot: Sysroot, kver: str, problems: Proble
             )
 
 
+def _check_iscsi_config(merged: Merged, sysroot: Sysroot, problems: Problems) -> None:
+    """An absolute path of a file in the sysroot, like keyfiles."""
+    path, source = merged.values["iscsi_config"], merged.origins["iscsi_config"]
+    if path is None:
+        return
+    if not path.startswith("/"):
+        problems.add(source, "iscsi_config", f"'{path}' is not an absolute path")
+    elif not sysroot.exists(path):
+        problems.add(source, "iscsi_config", f"{sysroot.host_path(path)}: no such file")
+
+
 def _check_storage_daemons(merged: Merged, sysroot: Sysroot, problems: Problems) -> None:
     from bookend.units import find_unit
 
@@ -689,6 +710,7 @@ def _check_in_sysroot(merged: Merged, sysroot: Path, problems: Problems) -> str:
     _check_files(merged, "files", root, problems)
     _check_files(merged, "keyfiles", root, problems)
     _check_files(merged, "network_files", root, problems)
+    _check_iscsi_config(merged, root, problems)
     if kver in installed_kernels(sysroot):
         _check_modules(merged, root, kver, problems)
     _check_storage_daemons(merged, root, problems)
@@ -798,6 +820,7 @@ def _config(
         uki=values["uki"],
         cmdline=values["cmdline"],
         network_files=tuple(name for name, _ in lists["network_files"]),
+        iscsi_config=values["iscsi_config"],
         origins=merged.origins,
         item_origins=item_origins,
     )

@@ -7,6 +7,7 @@ from bookend.features import (
     emergency,
     filesystems,
     hooks,
+    iscsi,
     kmod,
     luks,
     lvm,
@@ -37,6 +38,7 @@ ALL: dict[str, Feature] = {
         btrfs,
         network,
         nbd,
+        iscsi,
         activation,
         hooks,
     )
