@@ -45,17 +45,20 @@ LOGIN_UNIT = "bookend-iscsi-login-{n}.service"
 FIRMWARE_UNIT = "bookend-iscsi-firmware.service"
 INITIATOR_FILE = "/etc/iscsi/initiatorname.iscsi"
 CONFIG_FILE = "/etc/iscsi/iscsid.conf"
+RECORD_DIR = "/etc/iscsi"
 DAEMON_PATHS = ("/usr/sbin/iscsid", "/sbin/iscsid")
 ADMIN_PATHS = ("/usr/sbin/iscsiadm", "/sbin/iscsiadm", "/usr/bin/iscsiadm")
 
 GENERATOR_TEMPLATE = r"""#!/bin/sh
 # Written by bookend: netroot=iscsi:... (any number) and rd.iscsi.firmware become
 # @DAEMON_UNIT@ and one login unit per target. BOOKEND_CMDLINE, BOOKEND_UNIT_DIR,
-# BOOKEND_RUN_DIR, BOOKEND_INITIATOR_FILE and BOOKEND_KMSG name other files (for tests).
+# BOOKEND_RUN_DIR, BOOKEND_LOCK_DIR, BOOKEND_INITIATOR_FILE and BOOKEND_KMSG name other
+# files (for tests).
 set -f
 normal=${1:?usage: $0 NORMAL_DIR EARLY_DIR LATE_DIR}
 unitdir=${BOOKEND_UNIT_DIR:-/run/systemd/system}
 rundir=${BOOKEND_RUN_DIR:-/run/bookend/iscsi}
+lockdir=${BOOKEND_LOCK_DIR:-/run/lock/iscsi}  # iscsiadm makes only its last part
 initiator_file=${BOOKEND_INITIATOR_FILE:-@INITIATOR_FILE@}
 kmsg=${BOOKEND_KMSG:-/dev/kmsg}
 wants="$normal/initrd-root-device.target.wants"
@@ -202,7 +205,7 @@ for word in $cmdline; do
 done
 [ -n "$specs$firmware" ] || exit 0
 
-mkdir -p "$unitdir" "$wants" "$rundir"
+mkdir -p "$unitdir" "$wants" "$rundir" "$lockdir"
 for spec in $specs; do
     if ! parse_spec "$spec"; then
         say 3 "no server or target name in netroot=iscsi:$spec"
@@ -284,8 +287,11 @@ def _generator(config: Config) -> Contribution:
     iscsid, iscsiadm, iname = _programs(sysroot)
     script = generator_script(iscsid, iscsiadm, iname, systemd_version(sysroot))
     entry = ArchiveEntry(GENERATOR, EntryKind.FILE, 0o755, data=script.encode())
+    # iscsiadm writes its node records under /etc/iscsi, which it does not make itself.
+    records = ArchiveEntry(RECORD_DIR, EntryKind.DIRECTORY, 0o755)
     contribution: list[Request | Generated] = [
         Generated(entry, "feature iscsi: netroot=iscsi:... into units"),
+        Generated(records, "feature iscsi: where iscsiadm keeps node records"),
         Request(RequestKind.EXECUTABLE, iscsid, "feature iscsi: the root storage daemon"),
         Request(RequestKind.EXECUTABLE, iscsiadm, "feature iscsi: logs in to the targets"),
         Request(RequestKind.EXECUTABLE, iname, "feature iscsi: an initiator name", True),

@@ -1,0 +1,122 @@
+"""iSCSI root: a LUN served by tgtd on the host's loopback boots, switches root and
+powers off through the exitrd, which logs out of every session after the old root is
+unmounted; iscsid, a root storage daemon, lives from the initrd until then.
+
+tgtd (started here, on a free port and a control socket of its own) serves a copy of
+the cached root disk as target 1 and a small blank disk as target 2, both named on the
+command line (two netroot=iscsi:); the guest reaches them only through a restricted
+user network's guestfwd (netroot.py), logging in to the guest-side portal directly.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import bookend
+from tests.imagebuild import QEMU_VIRTIO_EXT4, build_image
+from tests.vm.guestjob import make_job_disk, read_job_output
+from tests.vm.netroot import GUEST_SERVER, ISCSI_PORT, serve_iscsi, user_nic
+from tests.vm.qemu import Kernel, boot
+from tests.vm.rootdisk import RootDisk
+from tests.vm.test_exitrd import INSTALL_JOB
+
+BOOT_LIMIT = 900
+ROOT_IQN = "iqn.2026-12.test.bookend:root"
+SPARE_IQN = "iqn.2026-12.test.bookend:spare"
+INITIATOR = "iqn.2026-12.test.bookend:client"
+
+# The exitrd goes into the root while it runs; the job also records the daemon and the
+# sessions as the running root sees them.
+JOB = (
+    INSTALL_JOB
+    + """
+pid=$(systemctl show -P MainPID bookend-iscsid.service)
+state=$(systemctl show -P ActiveState bookend-iscsid.service)
+argv0=$(tr '\\0' '\\n' < /proc/$pid/cmdline | head -n 1)
+exe=$(readlink /proc/$pid/exe)
+echo "$state $pid $argv0 $exe" > /job/out/daemon
+cat /sys/class/iscsi_session/session*/targetname | sort > /job/out/targets
+cat /sys/class/iscsi_session/session*/initiatorname | sort -u > /job/out/initiator
+findmnt -no SOURCE / > /job/out/root-source
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def iscsi_images(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initrd (and its exitrd beside it) with the iscsi feature and a virtio NIC driver."""
+    directory = tmp_path_factory.mktemp("iscsi-images")
+    build_image(directory / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4,
+                "--add-feature", "iscsi", "--add-module", "virtio_net")  # fmt: skip
+    return directory
+
+
+def copy_of(image: Path, path: Path) -> Path:
+    """A raw copy tgtd may write (never the cache itself), sharing blocks where it can."""
+    subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(image), str(path)],
+                   check=True)  # fmt: skip
+    return path
+
+
+def test_iscsi_root_boots_and_the_exitrd_logs_out(
+    kernel: Kernel, root_disk: RootDisk, iscsi_images: Path, console_log: Path, tmp_path: Path
+) -> None:
+    lun = copy_of(root_disk.image, tmp_path / "root.raw")
+    spare = tmp_path / "spare.raw"
+    spare.write_bytes(b"")
+    subprocess.run(["truncate", "-s", "16M", str(spare)], check=True)
+    files = {"src/bookend": Path(bookend.__file__).parent, "exitrd": iscsi_images}
+    job = make_job_disk(tmp_path / "job.img", JOB, files=files)
+    token = secrets.token_hex(8)
+    portal = f"{GUEST_SERVER}::{ISCSI_PORT}::"
+    append = (f"root=UUID={root_disk.uuid} rw ip=dhcp rd.iscsi.initiator={INITIATOR} "
+              f"netroot=iscsi:{portal}{ROOT_IQN} netroot=iscsi:{portal}{SPARE_IQN} "
+              f"bookend.token={token} bookend.job")  # fmt: skip
+    with serve_iscsi({ROOT_IQN: lun, SPARE_IQN: spare}, tmp_path / "tgtd.log") as port:
+        nic = user_nic(tmp_path, {ISCSI_PORT: port})
+        with boot(kernel.path, iscsi_images / "initrd.img", [job], append, BOOT_LIMIT,
+                  log_path=console_log, extra=nic) as vm:  # fmt: skip
+            vm.expect(r"Welcome to .*\(bookend initrd\)", timeout=300)
+            vm.expect(r"Reached target .*initrd\.target", timeout=400)
+            vm.expect(r"Welcome to Debian GNU/Linux [^\n]*!", timeout=200)
+            vm.expect(r"BOOKEND-JOB-STATUS 0", timeout=BOOT_LIMIT)
+            vm.expect(rf"BOOKEND-TOKEN {token} booted-with-initrd=yes", timeout=300)
+            assert vm.wait_exit(timeout=300) == 0
+    text = console_log.read_text(errors="replace")
+
+    daemon = read_job_output(job.path, "daemon", tmp_path / "daemon").read_text()
+    state, pid, argv0, exe = daemon.split(maxsplit=3)
+    # Alive in the real root, spared by its "@", running from the initrd's files.
+    assert (state, argv0) == ("active", "@iscsid"), daemon
+    assert exe.strip().endswith("iscsid (deleted)"), daemon
+    targets = read_job_output(job.path, "targets", tmp_path / "targets").read_text()
+    assert targets.split() == [ROOT_IQN, SPARE_IQN]
+    initiator = read_job_output(job.path, "initiator", tmp_path / "initiator").read_text()
+    assert initiator.strip() == INITIATOR
+    root = read_job_output(job.path, "root-source", tmp_path / "root-source").read_text()
+    assert re.fullmatch(r"/dev/sd[a-z]+", root.strip()), root
+
+    before, marker, pivoted = text.partition("Returning to initrd...")
+    assert marker, "no pivot into the exitrd on the console"
+    assert f"(pid {pid})" not in before  # nothing stopped the daemon in the running system
+    unmounted = re.search(r"shutdown\[1\]: .*(Unmounting|unmounted)", pivoted)
+    assert unmounted, pivoted[-3000:]
+    for iqn in (ROOT_IQN, SPARE_IQN):
+        logout = re.search(
+            rf"bookend: logging out of iSCSI session\d+ to {re.escape(iqn)} \(/oldroot unmounted\)",
+            pivoted,
+        )
+        assert logout and logout.start() > unmounted.start(), pivoted[-3000:]
+    stopped = re.search(rf"bookend: stopping root storage daemon iscsid \(pid {pid}\)", pivoted)
+    assert stopped and stopped.start() > logout.start(), pivoted[-3000:]
+    # The target's copy of the root, read on the host once the guest is off: clean.
+    fsck = subprocess.run(["e2fsck", "-fn", str(lun)], capture_output=True, text=True)
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
+    header = subprocess.run(["dumpe2fs", "-h", str(lun)], capture_output=True, text=True)
+    assert re.search(r"Filesystem state:\s+clean", header.stdout), header.stdout
+    assert "needs_recovery" not in header.stdout
