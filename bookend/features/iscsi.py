@@ -103,7 +103,9 @@ parse_spec() {
     IFS=:; set -- ${spec_left#:}; unset IFS
     protocol=${1:-} port=${2:-}
     [ $# -ge 2 ] && shift 2 || set --
-    if [ $# -ge 2 ] && is_target_name "$2"; then
+    if [ $# -ge 1 ] && is_target_name "$1"; then
+        :  # no LUN field at all (a LUN is a number, never a target name)
+    elif [ $# -ge 2 ] && is_target_name "$2"; then
         lun=$1; shift 1
     elif [ $# -ge 4 ] && is_target_name "$4"; then
         [ -z "$1$2" ] || say 4 "ignoring IFACE '$1' and NETDEV '$2' of iscsi:$server"

@@ -109,6 +109,8 @@ def test_dracut_form_becomes_login_unit_and_root_storage_daemon(tmp_path: Path) 
         # PROTOCOL 6, IFACE and NETDEV fields (ignored), an IPv6 server
         ("[fd00::1]:6:3260:default:ens3:0:naa.600a0b80", "[fd00::1]:3260", "naa.600a0b80"),
         ("srv::::eui.02004567A425678D", "srv:3260", "eui.02004567A425678D"),
+        # no LUN field: read as dracut would with an empty one
+        ("srv::3262:iqn.2009-06.dracut:t0", "srv:3262", "iqn.2009-06.dracut:t0"),
     ],
 )  # fmt: skip
 def test_netroot_fields_in_dracut_order(
