@@ -239,12 +239,25 @@ oldroot="unmounted"
 while read -r _ point _; do
     [ "$point" = /oldroot ] && oldroot="STILL MOUNTED"
 done < /proc/mounts
+
+# iscsid still runs in the initrd's root, whose files switch-root deleted and whose
+# /sys and /proc it moved away; iscsid reads sysfs to log out, so it gets them back.
+for comm in /proc/[0-9]*/comm; do
+    read -r name 2>/dev/null < "$comm" && [ "$name" = iscsid ] || continue
+    root=${comm%/comm}/root
+    [ ! -d "$root/sys/class" ] || continue
+    echo "bookend: iscsid (${comm%/comm}) has no /sys in its root: mounting one" > /dev/kmsg
+    @MKDIR@ -p "$root/sys" "$root/proc" > /dev/kmsg 2>&1
+    @MOUNT@ -t sysfs sysfs "$root/sys" > /dev/kmsg 2>&1
+    @MOUNT@ -t proc proc "$root/proc" > /dev/kmsg 2>&1
+done
+
 for session in /sys/class/iscsi_session/session*; do
     [ -e "$session/targetname" ] || continue
     target=
     read -r target < "$session/targetname"
     echo "bookend: logging out of iSCSI ${session##*/} to $target (/oldroot $oldroot)" > /dev/kmsg
-    @ISCSIADM@ -m session -r "${session##*/session}" -u
+    @ISCSIADM@ -m session -r "${session##*/session}" -u 2>&1
 done
 """
 
@@ -320,13 +333,21 @@ def _embedded_config(sysroot: Sysroot, config: Config) -> Generated:
 
 def _exitrd(config: Config) -> Contribution:
     """The exitrd's part: iscsiadm and the step that logs out of every session."""
-    iscsiadm = sysroot_program(Sysroot(config.sysroot), ADMIN_PATHS, "iscsiadm")
-    script = DETACH_TEMPLATE.replace("@ISCSIADM@", iscsiadm).encode()
+    sysroot = Sysroot(config.sysroot)
+    iscsiadm = sysroot_program(sysroot, ADMIN_PATHS, "iscsiadm")
+    mkdir = sysroot_program(sysroot, ("/usr/bin/mkdir", "/bin/mkdir"), "mkdir")
+    mount = sysroot_program(sysroot, ("/usr/bin/mount", "/bin/mount"), "mount")
+    script = detach_script(iscsiadm, mkdir, mount).encode()
     reason = "feature iscsi: log out of iSCSI sessions after the old root is unmounted"
     return [
         Generated(ArchiveEntry(DETACH_STEP, EntryKind.FILE, 0o755, data=script), reason),
-        Request(RequestKind.EXECUTABLE, iscsiadm, reason),
+        *(Request(RequestKind.EXECUTABLE, path, reason) for path in (iscsiadm, mkdir, mount)),
     ]
+
+
+def detach_script(iscsiadm: str, mkdir: str, mount: str) -> str:
+    text = DETACH_TEMPLATE.replace("@ISCSIADM@", iscsiadm)
+    return text.replace("@MKDIR@", mkdir).replace("@MOUNT@", mount)
 
 
 FEATURE = Feature(

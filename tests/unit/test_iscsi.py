@@ -18,10 +18,10 @@ from bookend.features.iscsi import (
     CONFIG_FILE,
     DAEMON_UNIT,
     DETACH_STEP,
-    DETACH_TEMPLATE,
     FIRMWARE_UNIT,
     GENERATOR,
     INITIATOR_FILE,
+    detach_script,
     generator_script,
 )
 from bookend.features.storage_daemons import STOP_HOOK
@@ -174,14 +174,14 @@ def test_no_iscsi_writes_nothing(tmp_path: Path, cmdline: str) -> None:
 
 
 def test_detach_step_logs_out_of_each_session_by_number() -> None:
-    script = DETACH_TEMPLATE.replace("@ISCSIADM@", ISCSIADM)
+    script = detach_script(ISCSIADM, "/usr/bin/mkdir", "/usr/bin/mount")
     assert f'{ISCSIADM} -m session -r "${{session##*/session}}" -u' in script
     assert "bookend: logging out of iSCSI ${session##*/} to $target (/oldroot $oldroot)" in script
 
 
 def iscsi_sysroot(root_tree: Path) -> Path:
-    for name in ("iscsid", "iscsiadm", "iscsi-iname"):
-        (root_tree / "usr/sbin" / name).write_text("")
+    for name in ("sbin/iscsid", "sbin/iscsiadm", "sbin/iscsi-iname", "bin/mkdir", "bin/mount"):
+        (root_tree / "usr" / name).write_text("")
     (root_tree / "usr/lib/systemd").mkdir(parents=True)
     (root_tree / "usr/lib/systemd/libsystemd-shared-252.so").write_text("")
     (root_tree / "etc/iscsi").mkdir()
@@ -210,7 +210,9 @@ def test_feature_brings_network_tools_modules_and_exitrd_steps(root_tree: Path) 
     assert CONFIG_FILE not in files
     exitrd = make_exitrd_plan(config, plan)
     assert {DETACH_STEP, STOP_HOOK} <= {g.entry.path for g in exitrd.generated}
-    assert (RequestKind.EXECUTABLE, ISCSIADM) in {(r.kind, r.name) for r in exitrd.requests}
+    exitrd_wants = {(r.kind, r.name) for r in exitrd.requests}
+    for program in (ISCSIADM, "/usr/bin/mkdir", "/usr/bin/mount"):
+        assert (RequestKind.EXECUTABLE, program) in exitrd_wants
     hostonly = make_plan(load_config(None, {**values, "mode": "hostonly"}))
     assert (RequestKind.PATH, INITIATOR_FILE) in {(r.kind, r.name) for r in hostonly.requests}
 

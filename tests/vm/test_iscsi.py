@@ -112,8 +112,14 @@ def test_iscsi_root_boots_and_the_exitrd_logs_out(
             pivoted,
         )
         assert logout and logout.start() > unmounted.start(), pivoted[-3000:]
+        # iscsiadm's own word that iscsid logged the session out
+        done = re.search(
+            rf"Logout of \[sid: \d+, target: {re.escape(iqn)}, [^]]*\] successful", pivoted
+        )
+        assert done and done.start() > logout.start(), pivoted[-3000:]
+    assert "50-iscsi failed" not in pivoted
     stopped = re.search(rf"bookend: stopping root storage daemon iscsid \(pid {pid}\)", pivoted)
-    assert stopped and stopped.start() > logout.start(), pivoted[-3000:]
+    assert stopped and stopped.start() > done.start(), pivoted[-3000:]
     # The target's copy of the root, read on the host once the guest is off: clean.
     fsck = subprocess.run(["e2fsck", "-fn", str(lun)], capture_output=True, text=True)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
