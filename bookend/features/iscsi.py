@@ -240,16 +240,20 @@ while read -r _ point _; do
     [ "$point" = /oldroot ] && oldroot="STILL MOUNTED"
 done < /proc/mounts
 
-# iscsid still runs in the initrd's root, whose files switch-root deleted and whose
-# /sys and /proc it moved away; iscsid reads sysfs to log out, so it gets them back.
+# iscsid still runs in the initrd's root, which switch-root emptied (and whose /sys
+# and /proc it moved away). To log out, iscsid reads sysfs and looks the requesting
+# user up in /etc/passwd (only root may ask): it gets those back, in its own root.
 for comm in /proc/[0-9]*/comm; do
     read -r name 2>/dev/null < "$comm" && [ "$name" = iscsid ] || continue
     root=${comm%/comm}/root
-    [ ! -d "$root/sys/class" ] || continue
-    echo "bookend: iscsid (${comm%/comm}) has no /sys in its root: mounting one" > /dev/kmsg
-    @MKDIR@ -p "$root/sys" "$root/proc" > /dev/kmsg 2>&1
-    @MOUNT@ -t sysfs sysfs "$root/sys" > /dev/kmsg 2>&1
-    @MOUNT@ -t proc proc "$root/proc" > /dev/kmsg 2>&1
+    [ ! -d "$root/sys/class" ] || [ ! -s "$root/etc/passwd" ] || continue
+    pid=${comm%/comm}
+    echo "bookend: giving iscsid (pid ${pid#/proc/}) /sys, /proc, /etc/passwd again" > /dev/kmsg
+    @MKDIR@ -p "$root/sys" "$root/proc" "$root/etc" > /dev/kmsg 2>&1
+    # --no-canonicalize: the path as given, not the /sys it reads back as
+    [ -d "$root/sys/class" ] || @MOUNT@ -c -t sysfs sysfs "$root/sys" > /dev/kmsg 2>&1
+    [ -d "$root/proc/self" ] || @MOUNT@ -c -t proc proc "$root/proc" > /dev/kmsg 2>&1
+    [ -s "$root/etc/passwd" ] || echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
 done
 
 for session in /sys/class/iscsi_session/session*; do
