@@ -43,6 +43,7 @@ DETACH_STEP = f"{DETACH_DIR}/50-iscsi"
 DAEMON_UNIT = "bookend-iscsid.service"
 LOGIN_UNIT = "bookend-iscsi-login-{n}.service"
 FIRMWARE_UNIT = "bookend-iscsi-firmware.service"
+FILES_UNIT = "bookend-iscsid-files.service"
 INITIATOR_FILE = "/etc/iscsi/initiatorname.iscsi"
 CONFIG_FILE = "/etc/iscsi/iscsid.conf"
 RECORD_DIR = "/etc/iscsi"
@@ -196,6 +197,29 @@ ExecStart=@EXEC@ -i $1
 EOF
 }
 
+# For the real root (skipped in the initrd): give iscsid back the files it needs, with
+# the real root's own shell, mkdir and mount; the script waits in /run, which it keeps.
+write_files_unit() {
+    cat > "$rundir/give-iscsid-files" <<'EOF'
+@GIVE_BACK@EOF
+    cat > "$unitdir/@FILES_UNIT@" <<EOF
+# Written by bookend-iscsi-generator: after switch-root, iscsid's root (the initrd's)
+# is empty; this gives it the files it needs to take requests.
+[Unit]
+Description=Give the initrd's iscsid /sys, /proc and /etc/passwd in its old root
+DefaultDependencies=no
+ConditionPathExists=!/etc/initrd-release
+Before=sysinit.target
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh $rundir/give-iscsid-files
+EOF
+    mkdir -p "$unitdir/sysinit.target.wants"
+    ln -sf "../@FILES_UNIT@" "$unitdir/sysinit.target.wants/@FILES_UNIT@"
+}
+
 initiator= firmware= count=0 specs=
 for word in $cmdline; do
     case "$word" in
@@ -228,21 +252,15 @@ elif [ ! -s "$initiator_file" ]; then
 fi
 write_daemon_unit "$initiator_file"
 ln -sf "$unitdir/@DAEMON_UNIT@" "$wants/@DAEMON_UNIT@"
+write_files_unit
 exit 0
 """
 
-DETACH_TEMPLATE = """\
-#!/bin/sh
-# Written by bookend: log out of every iSCSI session; systemd-shutdown has unmounted
-# the old root by now (the message says whether /oldroot is really gone).
-oldroot="unmounted"
-while read -r _ point _; do
-    [ "$point" = /oldroot ] && oldroot="STILL MOUNTED"
-done < /proc/mounts
-
-# iscsid still runs in the initrd's root, which switch-root emptied (and whose /sys
-# and /proc it moved away). To log out, iscsid reads sysfs and looks the requesting
-# user up in /etc/passwd (only root may ask): it gets those back, in its own root.
+# The files iscsid needs once switch-root has emptied the initrd's root it still runs
+# in (and moved its /sys and /proc away): to log out or take any request, iscsid reads
+# sysfs and looks the asking user up in /etc/passwd (only root may ask). Run in the
+# real root right after switch-root, and again in the exitrd (a no-op by then).
+GIVE_BACK_TEMPLATE = """\
 for comm in /proc/[0-9]*/comm; do
     read -r name 2>/dev/null < "$comm" && [ "$name" = iscsid ] || continue
     root=${comm%/comm}/root
@@ -255,7 +273,18 @@ for comm in /proc/[0-9]*/comm; do
     [ -d "$root/proc/self" ] || @MOUNT@ -c -t proc proc "$root/proc" > /dev/kmsg 2>&1
     [ -s "$root/etc/passwd" ] || echo "root:x:0:0:root:/root:/bin/sh" > "$root/etc/passwd"
 done
+"""
 
+DETACH_TEMPLATE = """\
+#!/bin/sh
+# Written by bookend: log out of every iSCSI session; systemd-shutdown has unmounted
+# the old root by now (the message says whether /oldroot is really gone).
+oldroot="unmounted"
+while read -r _ point _; do
+    [ "$point" = /oldroot ] && oldroot="STILL MOUNTED"
+done < /proc/mounts
+
+@GIVE_BACK@
 for session in /sys/class/iscsi_session/session*; do
     [ -e "$session/targetname" ] || continue
     target=
@@ -287,6 +316,8 @@ def generator_script(iscsid: str, iscsiadm: str, iname: str, systemd: int | None
         "@DAEMON_UNIT@": DAEMON_UNIT,
         "@FIRMWARE_UNIT@": FIRMWARE_UNIT,
         "@INITIATOR_FILE@": INITIATOR_FILE,
+        "@FILES_UNIT@": FILES_UNIT,
+        "@GIVE_BACK@": GIVE_BACK_TEMPLATE.replace("@MKDIR@", "mkdir").replace("@MOUNT@", "mount"),
     }
     text = GENERATOR_TEMPLATE
     for placeholder, value in replacements.items():
@@ -350,7 +381,8 @@ def _exitrd(config: Config) -> Contribution:
 
 
 def detach_script(iscsiadm: str, mkdir: str, mount: str) -> str:
-    text = DETACH_TEMPLATE.replace("@ISCSIADM@", iscsiadm)
+    text = DETACH_TEMPLATE.replace("@GIVE_BACK@", GIVE_BACK_TEMPLATE)
+    text = text.replace("@ISCSIADM@", iscsiadm)
     return text.replace("@MKDIR@", mkdir).replace("@MOUNT@", mount)
 
 

@@ -18,6 +18,7 @@ from bookend.features.iscsi import (
     CONFIG_FILE,
     DAEMON_UNIT,
     DETACH_STEP,
+    FILES_UNIT,
     FIRMWARE_UNIT,
     GENERATOR,
     INITIATOR_FILE,
@@ -93,6 +94,14 @@ def test_dracut_form_becomes_login_unit_and_root_storage_daemon(tmp_path: Path) 
     assert not any(line.startswith("SurviveFinalKillSignal") for line in daemon)
     initiator = written["run-bookend/initiatorname.iscsi"]
     assert initiator == "InitiatorName=iqn.2016-04.com.open-iscsi:generated\n"
+    # The real root (not the initrd) gives iscsid back its files, from /run.
+    files_unit = unit_lines(written[f"run-system/{FILES_UNIT}"])
+    assert "ConditionPathExists=!/etc/initrd-release" in files_unit
+    assert "ExecStart=/bin/sh OUT/run-bookend/give-iscsid-files" in files_unit
+    assert written[f"run-system/sysinit.target.wants/{FILES_UNIT}"] == f"-> ../{FILES_UNIT}"
+    give_back = written["run-bookend/give-iscsid-files"]
+    assert 'mount -c -t sysfs sysfs "$root/sys"' in give_back
+    assert "root:x:0:0:root:/root:/bin/sh" in give_back
     wants = "normal/initrd-root-device.target.wants"
     for unit in (DAEMON_UNIT, LOGIN.format(1)):
         assert written[f"{wants}/{unit}"] == f"-> OUT/run-system/{unit}"

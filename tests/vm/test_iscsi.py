@@ -43,6 +43,12 @@ echo "$state $pid $argv0 $exe" > /job/out/daemon
 cat /sys/class/iscsi_session/session*/targetname | sort > /job/out/targets
 cat /sys/class/iscsi_session/session*/initiatorname | sort -u > /job/out/initiator
 findmnt -no SOURCE / > /job/out/root-source
+files=$(systemctl show -P ActiveState bookend-iscsid-files.service)
+if [ -d /proc/$pid/root/sys/class/iscsi_session ] && [ -s /proc/$pid/root/etc/passwd ]; then
+    echo "$files yes" > /job/out/iscsid-files
+else
+    echo "$files no" > /job/out/iscsid-files
+fi
 """
 )
 
@@ -98,6 +104,9 @@ def test_iscsi_root_boots_and_the_exitrd_logs_out(
     assert targets.split() == [ROOT_IQN, SPARE_IQN]
     initiator = read_job_output(job.path, "initiator", tmp_path / "initiator").read_text()
     assert initiator.strip() == INITIATOR
+    # In the running root, iscsid's emptied initrd root has the files it needs again.
+    files = read_job_output(job.path, "iscsid-files", tmp_path / "iscsid-files").read_text()
+    assert files.split() == ["active", "yes"], files
     root = read_job_output(job.path, "root-source", tmp_path / "root-source").read_text()
     assert re.fullmatch(r"/dev/sd[a-z]+", root.strip()), root
 
