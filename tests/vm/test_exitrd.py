@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import secrets
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -84,11 +85,13 @@ def shutdown_through(
     append: str,
     console_log: Path,
     passphrase: str | None = None,
+    extra: Sequence[str] = (),
 ) -> str:
     """Boot with the install job, let the root power off, return the console text."""
     token = secrets.token_hex(8)
     append = f"{append} rw bookend.token={token} bookend.job"
-    with boot(kernel.path, initrd, disks, append, BOOT_LIMIT, log_path=console_log) as vm:
+    with boot(kernel.path, initrd, disks, append, BOOT_LIMIT, log_path=console_log,
+              extra=extra) as vm:  # fmt: skip
         if passphrase is not None:
             vm.expect(PROMPT, timeout=300)
             vm.send(passphrase + "\n")

@@ -23,7 +23,8 @@ from tests.vm.guestjob import make_job_disk, read_job_output
 from tests.vm.netroot import GUEST_SERVER, ISCSI_PORT, serve_iscsi, user_nic
 from tests.vm.qemu import Kernel, boot
 from tests.vm.rootdisk import RootDisk
-from tests.vm.test_exitrd import INSTALL_JOB
+from tests.vm.stackdisks import ensure_stack_disks
+from tests.vm.test_exitrd import INSTALL_JOB, after, install_job, shutdown_through
 
 BOOT_LIMIT = 900
 ROOT_IQN = "iqn.2026-12.test.bookend:root"
@@ -135,3 +136,31 @@ def test_iscsi_root_boots_and_the_exitrd_logs_out(
     header = subprocess.run(["dumpe2fs", "-h", str(lun)], capture_output=True, text=True)
     assert re.search(r"Filesystem state:\s+clean", header.stdout), header.stdout
     assert "needs_recovery" not in header.stdout
+
+
+def test_lvm_on_luks2_on_an_iscsi_lun_unlocks_boots_and_detaches(
+    kernel: Kernel, root_disk: RootDisk, console_log: Path, tmp_path: Path
+) -> None:
+    """Issue 14's second proof: the cached LVM-on-LUKS2 disk served as the LUN."""
+    stack = ensure_stack_disks(kernel, root_disk)["lvm-on-luks"]
+    assert stack.passphrase and stack.luks_uuid
+    lun = copy_of(stack.disks[0], tmp_path / "stack.raw")
+    images = tmp_path / "images"
+    images.mkdir()
+    build_image(images / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4, "--add-feature",
+                "iscsi", "--add-feature", "lvm", "--add-feature", "luks", "--add-module",
+                "virtio_net")  # fmt: skip
+    job = install_job(tmp_path / "job.img", images)
+    append = (f"root=UUID={stack.root_uuid} rd.luks.name={stack.luks_uuid}={stack.luks_name} "
+              f"ip=dhcp netroot=iscsi:{GUEST_SERVER}::{ISCSI_PORT}::{ROOT_IQN}")  # fmt: skip
+    with serve_iscsi({ROOT_IQN: lun}, tmp_path / "tgtd.log") as port:
+        nic = user_nic(tmp_path, {ISCSI_PORT: port})
+        text = shutdown_through(kernel, images / "initrd.img", [job], append, console_log,
+                                stack.passphrase, extra=nic)  # fmt: skip
+    pivoted = after(text, "Returning to initrd...")
+    detached = pivoted.find("shutdown[1]: All DM devices detached.")
+    assert detached >= 0, pivoted[-3000:]
+    done = re.search(
+        rf"Logout of \[sid: \d+, target: {re.escape(ROOT_IQN)}, [^]]*\] successful", pivoted
+    )
+    assert done and done.start() > detached, pivoted[-3000:]
