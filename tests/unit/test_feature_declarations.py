@@ -93,13 +93,16 @@ EXITRD_TOOLS = {
     "mdraid": {("mdadm", False), ("mdmon", True)},
     "btrfs": {("btrfs", False), ("fsck.btrfs", True), ("btrfsck", True)},
     "storage-daemons": {("/bin/sh", False), ("sleep", False)},
-    "nbd": {("/usr/sbin/nbd-client", False)},  # computed: the sysroot's nbd-client
+    # Computed: the sysroot's own programs.
+    "nbd": {("/usr/sbin/nbd-client", False)},
+    "iscsi": {("/usr/sbin/iscsiadm", False), ("/usr/bin/mkdir", False), ("/usr/bin/mount", False)},
 }
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
 def test_exitrd_part_of_each_feature(name: str, root_tree: Path) -> None:
-    (root_tree / "usr/sbin/nbd-client").write_text("")
+    for program in ("sbin/nbd-client", "sbin/iscsiadm", "bin/mkdir", "bin/mount"):
+        (root_tree / "usr" / program).write_text("")
     context = FeatureContext(load_config(None, {"sysroot": str(root_tree)}))
     items = ALL[name].exitrd_contribution(context)
     requests, generated = split_contribution(items)
@@ -111,10 +114,11 @@ def test_exitrd_part_of_each_feature(name: str, root_tree: Path) -> None:
         assert {i.reason for i in items} == {
             "exitrd: stop the root storage daemons (storage_daemons)"
         }
-    elif name == "nbd":
+    elif name in ("nbd", "iscsi"):
         [step] = [g.entry for g in generated]
         assert step.path.startswith(f"{DETACH_DIR}/") and step.mode == 0o755
-        assert b"/usr/sbin/nbd-client -d" in (step.data or b"")
+        detach = b"/usr/sbin/nbd-client -d" if name == "nbd" else b"/usr/sbin/iscsiadm -m session"
+        assert detach in (step.data or b"")
     else:
         assert generated == []
         assert {i.reason for i in items} <= {f"exitrd: storage tools of feature {name}"}

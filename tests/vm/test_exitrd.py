@@ -14,16 +14,11 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from harness.exitrdjob import install_exitrd_job
+from harness.exitrdjob import SHUTDOWN_LIMIT, after, install_exitrd_job, shutdown_through
 from harness.guestjob import make_job_disk, read_job_output, run_job
-from harness.qemu import Boot, BootOptions, Disk, Kernel
+from harness.qemu import BootOptions, Disk, Kernel
 from harness.rootdisk import RootDisk
 from harness.stackdisks import StackDisks
-
-BOOT_LIMIT = 900
-# From the token to QEMU's exit: unpacking the exitrd, pivoting, detaching the storage.
-SHUTDOWN_LIMIT = 300
-PROMPT = r"Please enter passphrase for disk"
 
 # Opens the stack the exitrd took down, from another root, and checks its filesystem.
 FSCK_JOB = """\
@@ -37,25 +32,6 @@ dumpe2fs -h /dev/bookendvg/root > /job/out/dumpe2fs.txt 2>&1
 vgchange -an bookendvg
 cryptsetup close check
 """
-
-
-def shutdown_through(options: BootOptions, passphrase: str | None = None) -> str:
-    """Boot with the install job, let the root power off, return the console text."""
-
-    def unlock(vm: Boot) -> None:
-        if passphrase is not None:
-            vm.expect(PROMPT, timeout=300)
-            vm.send(passphrase + "\n")
-
-    done = run_job(replace(options, timeout=BOOT_LIMIT), on_the_way=unlock,
-                   exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
-    assert done.status == 0, f"the install job failed; see {options.log_path}"
-    return done.text
-
-
-def after(text: str, marker: str) -> str:
-    assert marker in text, f"no {marker!r} on the console"
-    return text[text.index(marker) :]
 
 
 def test_exitrd_takes_down_plain_root(
