@@ -68,10 +68,20 @@ DRIVER_CLASSES: dict[str, DriverClass] = {
             "nls_utf8",
         ),
     ),
+    "net": DriverClass(
+        "network cards, for a root over the network (the network feature takes it in generic mode)",
+        (
+            "kernel/drivers/net/ethernet/",
+            "kernel/drivers/net/vmxnet3/",
+            "kernel/drivers/net/hyperv/",
+        ),
+        ("virtio_net", "xen-netfront", "bonding", "8021q", "bridge", "macvlan", "af_packet"),
+    ),
 }
 
-# What --generic takes: every class.
-GENERIC_CLASSES = tuple(DRIVER_CLASSES)
+# What --generic takes: every class but net, which only an image with the network
+# feature needs (it asks for the class itself).
+GENERIC_CLASSES = tuple(name for name in DRIVER_CLASSES if name != "net")
 
 # Filesystems --generic can mount the root from: their fsck and mount helpers come too.
 GENERIC_FILESYSTEMS = ("ext4", "xfs", "btrfs", "f2fs", "vfat")

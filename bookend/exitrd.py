@@ -55,13 +55,15 @@ EXITRD = Feature(
 )
 
 
-def exitrd_parts(initrd: Plan) -> list[Request | Generated]:
+def exitrd_parts(initrd: Plan, context: FeatureContext) -> list[Request | Generated]:
     """What the initrd's features ask of the exitrd (dmsetup, cryptsetup, lvm, mdadm...,
-    the hook that stops root storage daemons), in the initrd's feature order."""
-    return [item for name in initrd.features for item in ALL[name].exitrd_contribution()]
+    the hook that stops root storage daemons, the steps that detach network storage),
+    in the initrd's feature order."""
+    return [item for name in initrd.features for item in ALL[name].exitrd_contribution(context)]
 
 
 def make_exitrd_plan(config: Config, initrd: Plan) -> Plan:
-    own = [*EXITRD.requests(), *_skeleton(FeatureContext(config))]
-    requests, generated = split_contribution([*own, *exitrd_parts(initrd)])
+    context = FeatureContext(config, initrd.detection)
+    own = [*EXITRD.requests(), *_skeleton(context)]
+    requests, generated = split_contribution([*own, *exitrd_parts(initrd, context)])
     return Plan(features=("exitrd",), requests=tuple(requests), generated=tuple(generated))

@@ -2,10 +2,11 @@
 
 Between configuration (types and forms) and the plan. It looks into the trees the
 settings name: the sysroot is a root tree, the kernel version is installed (or the
-newest is chosen), the kernel modules are in its modules.dep, the files and storage
-daemon units exist, hostonly detection's sysfs and procfs are there, and the outputs
-can be written where they are named. Every problem, with the configuration's own, is
-reported at once as `SOURCE: key: message` before anything is built.
+newest is chosen), the kernel modules are in its modules.dep, the files (files,
+keyfiles, network_files, iscsi_config) and storage daemon units exist, hostonly
+detection's sysfs and procfs are there, and the outputs can be written where they are
+named. Every problem, with the configuration's own, is reported at once as
+`SOURCE: key: message` before anything is built.
 
 The module database it reads to check module names is parsed through the shared
 ScanCache (kmodules.shared_database): pass the build's cache and the plan and closure
@@ -140,6 +141,8 @@ def _check_in_sysroot(settings: Settings, cache: ScanCache, problems: Problems) 
     root = Sysroot(sysroot)
     _check_files(settings, "files", root, problems)
     _check_files(settings, "keyfiles", root, problems)
+    _check_files(settings, "network_files", root, problems)
+    _check_file(settings, "iscsi_config", root, problems)
     if kver in installed_kernels(sysroot):
         _check_modules(settings, root, kver, cache, problems)
     for unit, source in _items(settings, "storage_daemons"):
@@ -176,13 +179,23 @@ def _items(settings: Settings, key: str) -> Sequence[tuple[Any, str]]:
 def _check_files(settings: Settings, key: str, sysroot: Sysroot, problems: Problems) -> None:
     """The paths (absolute: their form is checked) exist in the sysroot."""
     for name, source in _items(settings, key):
-        try:
-            found = sysroot.exists(name)
-        except BookendError as exc:
-            problems.add(source, key, str(exc))
-            continue
-        if not found:
-            problems.add(source, key, f"{sysroot.host_path(name)}: no such file or directory")
+        _check_path(name, source, key, sysroot, problems)
+
+
+def _check_file(settings: Settings, key: str, sysroot: Sysroot, problems: Problems) -> None:
+    """A setting's one path, if set, exists in the sysroot."""
+    if settings.values[key] is not None:
+        _check_path(settings.values[key], settings.origins[key], key, sysroot, problems)
+
+
+def _check_path(name: str, source: str, key: str, sysroot: Sysroot, problems: Problems) -> None:
+    try:
+        found = sysroot.exists(name)
+    except BookendError as exc:
+        problems.add(source, key, str(exc))
+        return
+    if not found:
+        problems.add(source, key, f"{sysroot.host_path(name)}: no such file or directory")
 
 
 def _check_modules(

@@ -28,6 +28,10 @@ DENYLIST = (
     "/var/lib/systemd/credential.secret",
     "/etc/cryptsetup-keys.d/*",
     "/etc/ssl/private/*",
+    # open-iscsi: CHAP credentials (iscsid.conf, node and discovery records)
+    "/etc/iscsi/iscsid.conf",
+    "/etc/iscsi/nodes/*",
+    "/etc/iscsi/send_targets/*",
 )
 
 

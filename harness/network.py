@@ -8,7 +8,10 @@ Only two kinds, so no test sends a packet anywhere but 127.0.0.1 and between gue
   (`-netdev socket,fd=N`); QEMU sends each frame over it with its length in front.
 - `user_network`: QEMU's user-mode network with `restrict=on`, so the guest reaches
   nothing but what `hostfwd` (host 127.0.0.1 port to guest port) and `guestfwd`
-  (guest address and port to host 127.0.0.1 port) forward.
+  (guest address and port to host 127.0.0.1 port) forward. A `tcp:` guestfwd connects
+  to the host once, when QEMU starts, and serves a single guest connection; `relayed`
+  forwards run harness/relay.py for every guest connection instead, so a client may
+  connect again (and the server need not listen before QEMU starts).
 
 A NIC's options go into `BootOptions(network=..., pass_fds=...)`.
 """
@@ -16,13 +19,18 @@ A NIC's options go into `BootOptions(network=..., pass_fds=...)`.
 from __future__ import annotations
 
 import socket
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 # QEMU's user-mode network puts the guest at 10.0.2.15 and the host side at 10.0.2.2.
 USER_GUEST_ADDRESS = "10.0.2.15"
+# An address on that network no slirp service uses, for servers the guest is given.
+USER_SERVER_ADDRESS = "10.0.2.100"
+RELAY = Path(__file__).with_name("relay.py")
 
 
 def mac_address(index: int) -> str:
@@ -92,17 +100,23 @@ def user_network(
     *,
     hostfwd: tuple[tuple[int, int], ...] = (),
     guestfwd: tuple[tuple[str, int, int], ...] = (),
+    relayed: tuple[tuple[str, int, int], ...] = (),
     mac: str | None = None,
 ) -> Nic:
     """QEMU's user-mode network, restricted: nothing leaves but the forwards.
 
-    hostfwd: (host port on 127.0.0.1, guest port). guestfwd: (address the guest
-    connects to in 10.0.2.0/24, its port, host port on 127.0.0.1).
+    hostfwd: (host port on 127.0.0.1, guest port). guestfwd and relayed: (address the
+    guest connects to in 10.0.2.0/24, its port, host port on 127.0.0.1); relayed ones
+    take any number of guest connections, one relay process each.
     """
     options = ["user", "restrict=on"]
     options += [f"hostfwd=tcp:{LOOPBACK}:{host}-:{guest}" for host, guest in hostfwd]
     options += [
         f"guestfwd=tcp:{address}:{port}-tcp:{LOOPBACK}:{host}" for address, port, host in guestfwd
+    ]
+    relay = f"{sys.executable} -I -S {RELAY}"
+    options += [
+        f"guestfwd=tcp:{address}:{port}-cmd:{relay} {host}" for address, port, host in relayed
     ]
     address = mac or mac_address(1)
     return Nic(nic_args(",".join(options), address), mac=address)

@@ -225,6 +225,21 @@ class Config:
         metavar="PATH",
         check=absolute_path,
     )
+    network_files: tuple[str, ...] = setting(
+        "systemd-networkd .network/.netdev/.link files for the initrd (feature network)",
+        [],
+        flag="--add-network-file",
+        metavar="PATH",
+        check=matching(
+            r"/\S*\.(network|netdev|link)", "an absolute path of a .network, .netdev or .link file"
+        ),
+    )
+    iscsi_config: str | None = setting(
+        "iscsid.conf for the initrd, e.g. with CHAP credentials (feature iscsi; "
+        "the image is then written mode 0600)",
+        metavar="PATH",
+        check=absolute_path,
+    )
     exitrd: bool = setting(
         "also write the exitrd, the image shutdown pivots into",
         True,

@@ -95,6 +95,9 @@ class ExitrdPart:
     executables: tuple[str, ...] = ()  # "?" as in Feature
     files: tuple[ArchiveEntry, ...] = ()  # entries bookend writes
     purpose: str | None = None  # why, in the manifest; by default "storage tools of feature X"
+    # What depends on the sysroot or the configuration (a tool's path written into a
+    # detach step), computed as Feature.compute is; its items keep their own reasons.
+    compute: Callable[[FeatureContext], Contribution] | None = None
 
 
 def _request(kind: RequestKind, name: str, reason: str) -> Request:
@@ -133,13 +136,14 @@ class Feature:
         reason = f"feature {self.name}"
         return [_request(kind, name, reason) for kind, names in declared for name in names]
 
-    def exitrd_contribution(self) -> list[Request | Generated]:
-        """The exitrd's part of this feature: its files, then its executables."""
-        if self.exitrd is None:
+    def exitrd_contribution(self, context: FeatureContext) -> list[Request | Generated]:
+        """The exitrd's part of this feature: its files, its executables, then what it
+        computes."""
+        part = self.exitrd
+        if part is None:
             return []
-        reason = "exitrd: " + (self.exitrd.purpose or f"storage tools of feature {self.name}")
-        items: list[Request | Generated] = [Generated(e, reason) for e in self.exitrd.files]
-        items += [
-            _request(RequestKind.EXECUTABLE, name, reason) for name in self.exitrd.executables
-        ]
+        reason = "exitrd: " + (part.purpose or f"storage tools of feature {self.name}")
+        items: list[Request | Generated] = [Generated(e, reason) for e in part.files]
+        items += [_request(RequestKind.EXECUTABLE, name, reason) for name in part.executables]
+        items += part.compute(context) if part.compute else ()
         return items

@@ -121,32 +121,69 @@ def _daemons(context: FeatureContext) -> Contribution:
     return contribution
 
 
-# The exitrd's part: systemd-shutdown runs /usr/lib/systemd/system-shutdown/* after it
-# has unmounted the old root and detached what it could. By then every process it did
-# not kill is a storage daemon it spared for its "@"; stop them now, politely first.
+# The exitrd's part: systemd-shutdown runs /usr/lib/systemd/system-shutdown/* (all at
+# once) after it has unmounted the old root and detached what it could. By then every
+# process it did not kill is a storage daemon it spared: one with an "@" argv[0]
+# (systemd < 255) or one in a service cgroup marked SurviveFinalKillSignal=yes (>= 255;
+# everything else in a service's cgroup was killed). Kernel threads sit in the root
+# cgroup with no argv, and systemd-shutdown and this hook in init.scope: neither matches.
+# One hook does both steps, in order: first the detach steps features leave in
+# DETACH_DIR (disconnect NBD, log out of iSCSI), then the daemons.
 STOP_HOOK = "/usr/lib/systemd/system-shutdown/bookend-storage-daemons"
+DETACH_DIR = "/usr/lib/bookend/detach.d"
 STOP_SCRIPT = """\
 #!/bin/sh
-# Written by bookend: stop the root storage daemons systemd-shutdown spared.
-for dir in /proc/[0-9]*; do
-    pid=${dir#/proc/}
-    [ "$pid" -ne 1 ] && [ "$pid" -ne $$ ] && [ "$pid" -ne $PPID ] || continue
+# Written by bookend: detach the root's network storage, then stop the root storage
+# daemons systemd-shutdown spared. "--list" prints their PIDs only; BOOKEND_PROC
+# names another proc tree (for tests).
+proc=${BOOKEND_PROC:-/proc}
+
+is_spared_daemon() {  # $1: /proc/PID
     argv0=
-    IFS= read -r argv0 2>/dev/null < "$dir/cmdline"
-    case "$argv0" in @*) ;; *) continue ;; esac
-    IFS= read -r name 2>/dev/null < "$dir/comm" || name=$argv0
-    echo "bookend: stopping root storage daemon $name (pid $pid)" > /dev/kmsg
-    kill -TERM "$pid" 2>/dev/null || continue
+    IFS= read -r argv0 2>/dev/null < "$1/cmdline" || [ -n "$argv0" ] || return 1
+    case "$argv0" in @*) return 0 ;; esac
+    while IFS= read -r line; do
+        case "$line" in 0::*.service|*:name=systemd:*.service) return 0 ;; esac
+    done 2>/dev/null < "$1/cgroup"
+    return 1
+}
+
+spared_daemons() {
+    for dir in "$proc"/[0-9]*; do
+        pid=${dir##*/}
+        [ "$pid" -ne 1 ] && [ "$pid" -ne $$ ] && [ "$pid" -ne "$PPID" ] || continue
+        is_spared_daemon "$dir" && echo "$pid"
+    done
+}
+
+stop_daemon() {  # $1: PID, politely first
+    name=
+    IFS= read -r name 2>/dev/null < "$proc/$1/comm" || name=$1
+    echo "bookend: stopping root storage daemon $name (pid $1)" > /dev/kmsg
+    kill -TERM "$1" 2>/dev/null || return 0
     tries=0
-    while [ "$tries" -lt 50 ] && read -r stat 2>/dev/null < "$dir/stat"; do
-        case "$stat" in *") Z "*|*") X "*) break ;; esac  # exited, only not reaped
+    while [ "$tries" -lt 50 ] && read -r stat 2>/dev/null < "$proc/$1/stat"; do
+        case "$stat" in *") Z "*|*") X "*) return 0 ;; esac  # exited, only not reaped
         tries=$((tries + 1))
         sleep 0.1
     done
-    [ "$tries" -lt 50 ] || kill -KILL "$pid" 2>/dev/null
+    [ "$tries" -lt 50 ] || kill -KILL "$1" 2>/dev/null
+}
+
+if [ "${1:-}" = --list ]; then
+    spared_daemons
+    exit 0
+fi
+for step in DETACH_DIR/*; do
+    [ -x "$step" ] || continue
+    echo "bookend: detaching root storage: $step" > /dev/kmsg
+    "$step" || echo "bookend: $step failed" > /dev/kmsg
+done
+for pid in $(spared_daemons); do
+    stop_daemon "$pid"
 done
 exit 0
-"""
+""".replace("DETACH_DIR", DETACH_DIR)
 
 
 FEATURE = Feature(

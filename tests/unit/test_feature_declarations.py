@@ -21,7 +21,7 @@ from bookend.features.base import (
     RequestKind,
     split_contribution,
 )
-from bookend.features.storage_daemons import STOP_HOOK, STOP_SCRIPT
+from bookend.features.storage_daemons import DETACH_DIR, STOP_HOOK, STOP_SCRIPT
 from bookend.hostonly import DM_UUID_RULES
 from bookend.plan import Plan, make_plan
 from bookend.storage import HostDetection, StorageKind
@@ -49,6 +49,7 @@ def test_systemd_alone_is_always_on_and_brings_what_it_requires(root_tree: Path)
         ({"activation": "/sbin/activate"}, "activation"),
         ({"hooks": ["pre-mount=true"]}, "hooks"),
         ({"storage_daemons": ["storaged.service"]}, "storage-daemons"),
+        ({"network_files": ["/etc/net/10-up.network"]}, "network"),
     ],
 )
 def test_a_setting_that_is_set_switches_on_its_feature(
@@ -56,12 +57,14 @@ def test_a_setting_that_is_set_switches_on_its_feature(
 ) -> None:
     (root_tree / "usr/lib/systemd/system").mkdir(parents=True)
     (root_tree / "usr/lib/systemd/system/storaged.service").write_text(DAEMON)
+    (root_tree / "etc/net").mkdir()
+    (root_tree / "etc/net/10-up.network").write_text("[Match]\nName=ens3\n")
     assert generic_features(root_tree, **values) - EVERY_IMAGE == {feature}
 
 
 def test_settings_that_switch_features_on_are_config_fields() -> None:
     declared = {f.switch_on.setting for f in ALL.values() if f.switch_on.setting}
-    assert declared == {"activation", "hooks", "storage_daemons"}
+    assert declared == {"activation", "hooks", "storage_daemons", "network_files"}
     assert declared <= {field.name for field in dataclasses.fields(Config)}
 
 
@@ -90,12 +93,18 @@ EXITRD_TOOLS = {
     "mdraid": {("mdadm", False), ("mdmon", True)},
     "btrfs": {("btrfs", False), ("fsck.btrfs", True), ("btrfsck", True)},
     "storage-daemons": {("/bin/sh", False), ("sleep", False)},
+    # Computed: the sysroot's own programs.
+    "nbd": {("/usr/sbin/nbd-client", False)},
+    "iscsi": {("/usr/sbin/iscsiadm", False), ("/usr/bin/mkdir", False), ("/usr/bin/mount", False)},
 }
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
-def test_exitrd_part_of_each_feature(name: str) -> None:
-    items = ALL[name].exitrd_contribution()
+def test_exitrd_part_of_each_feature(name: str, root_tree: Path) -> None:
+    for program in ("sbin/nbd-client", "sbin/iscsiadm", "bin/mkdir", "bin/mount"):
+        (root_tree / "usr" / program).write_text("")
+    context = FeatureContext(load_config(None, {"sysroot": str(root_tree)}))
+    items = ALL[name].exitrd_contribution(context)
     requests, generated = split_contribution(items)
     assert {(r.name, r.optional) for r in requests} == EXITRD_TOOLS.get(name, set())
     assert {r.kind for r in requests} <= {RequestKind.EXECUTABLE}
@@ -105,6 +114,11 @@ def test_exitrd_part_of_each_feature(name: str) -> None:
         assert {i.reason for i in items} == {
             "exitrd: stop the root storage daemons (storage_daemons)"
         }
+    elif name in ("nbd", "iscsi"):
+        [step] = [g.entry for g in generated]
+        assert step.path.startswith(f"{DETACH_DIR}/") and step.mode == 0o755
+        detach = b"/usr/sbin/nbd-client -d" if name == "nbd" else b"/usr/sbin/iscsiadm -m session"
+        assert detach in (step.data or b"")
     else:
         assert generated == []
         assert {i.reason for i in items} <= {f"exitrd: storage tools of feature {name}"}

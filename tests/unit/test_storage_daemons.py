@@ -12,6 +12,7 @@ from bookend.errors import ConfigError
 from bookend.exitrd import make_exitrd_plan
 from bookend.features.base import RequestKind
 from bookend.features.storage_daemons import (
+    DETACH_DIR,
     STOP_HOOK,
     STOP_SCRIPT,
     at_argv0,
@@ -79,6 +80,9 @@ def test_hook_stops_only_at_processes(tmp_path: Path) -> None:
     """In a PID namespace of its own: an '@' daemon is stopped, other processes are not."""
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare")
+    if Path("/proc/self/cgroup").read_text().rstrip().endswith(".service"):
+        # The hook stops whatever survives in a service's cgroup, as these would.
+        pytest.skip("runs in a service's cgroup")
     log = tmp_path / "kmsg"
     hook = tmp_path / "hook"
     hook.write_text(STOP_SCRIPT.replace("/dev/kmsg", str(log)))
@@ -94,3 +98,32 @@ def test_hook_stops_only_at_processes(tmp_path: Path) -> None:
     remaining = done.stdout.splitlines()
     assert "plain 30" in remaining and not any(p.startswith("@storaged") for p in remaining)
     assert log.read_text() == "bookend: stopping root storage daemon sleep (pid 2)\n"
+
+
+def fake_process(proc: Path, pid: int, argv: list[str], cgroup: str) -> None:
+    directory = proc / str(pid)
+    directory.mkdir(parents=True)
+    (directory / "cmdline").write_bytes(b"".join(arg.encode() + b"\0" for arg in argv))
+    (directory / "cgroup").write_text(cgroup)
+    (directory / "comm").write_text((argv[0] if argv else "kthread")[:15] + "\n")
+
+
+def test_hook_finds_both_kinds_of_spared_daemons(tmp_path: Path) -> None:
+    """'@' argv[0] (systemd < 255) and a service cgroup (SurviveFinalKillSignal=, >= 255)."""
+    proc = tmp_path / "proc"
+    fake_process(proc, 1, ["/shutdown", "poweroff"], "0::/init.scope\n")
+    fake_process(proc, 2, [], "0::/\n")  # a kernel thread
+    fake_process(proc, 300, ["@nbd-client", "10.0.2.100"], "0::/system.slice/nbd.service\n")
+    fake_process(proc, 400, ["/usr/sbin/iscsid", "-f"], "0::/system.slice/iscsid.service\n")
+    fake_process(proc, 500, ["/bin/sh", "/usr/lib/x/hook"], "0::/init.scope\n")
+    fake_process(proc, 600, ["/usr/sbin/multipathd"], "1:name=systemd:/system.slice/m.service\n")
+    hook = tmp_path / "hook"
+    hook.write_text(STOP_SCRIPT)
+    listed = subprocess.run(["sh", str(hook), "--list"], env={"BOOKEND_PROC": str(proc)},
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    assert sorted(listed.stdout.split(), key=int) == ["300", "400", "600"]
+
+
+def test_hook_runs_detach_steps_before_stopping(tmp_path: Path) -> None:
+    assert f"for step in {DETACH_DIR}/*;" in STOP_SCRIPT
+    assert STOP_SCRIPT.index(DETACH_DIR) < STOP_SCRIPT.index('stop_daemon "$pid"')

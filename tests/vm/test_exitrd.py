@@ -14,31 +14,11 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import bookend
+from harness.exitrdjob import SHUTDOWN_LIMIT, after, install_exitrd_job, shutdown_through
 from harness.guestjob import make_job_disk, read_job_output, run_job
-from harness.qemu import Boot, BootOptions, Disk, Kernel
+from harness.qemu import BootOptions, Disk, Kernel
 from harness.rootdisk import RootDisk
 from harness.stackdisks import StackDisks
-
-BOOT_LIMIT = 900
-# From the token to QEMU's exit: unpacking the exitrd, pivoting, detaching the storage.
-SHUTDOWN_LIMIT = 300
-PROMPT = r"Please enter passphrase for disk"
-
-INSTALL_JOB = """\
-#!/bin/sh
-set -eux
-mkdir -p /usr/local/lib/bookend-src
-cp -r /job/src/bookend /usr/local/lib/bookend-src/
-cp /job/exitrd/exitrd.img /job/exitrd/exitrd.img.sha256 /boot/
-cd /usr/local/lib/bookend-src
-python3 -m bookend install-exitrd --image /boot/exitrd.img
-systemctl daemon-reload
-systemctl start bookend-exitrd.service
-# Unpacked at shutdown (the default): no RAM is spent on it while the system runs.
-if [ -e /run/initramfs ]; then du -sk /run/initramfs | cut -f1; else echo 0; fi \
-    > /job/out/ram-kib
-"""
 
 # Opens the stack the exitrd took down, from another root, and checks its filesystem.
 FSCK_JOB = """\
@@ -54,35 +34,11 @@ cryptsetup close check
 """
 
 
-def install_job(path: Path, exitrd_dir: Path) -> Disk:
-    files = {"src/bookend": Path(bookend.__file__).parent, "exitrd": exitrd_dir}
-    return make_job_disk(path, INSTALL_JOB, files=files)
-
-
-def shutdown_through(options: BootOptions, passphrase: str | None = None) -> str:
-    """Boot with the install job, let the root power off, return the console text."""
-
-    def unlock(vm: Boot) -> None:
-        if passphrase is not None:
-            vm.expect(PROMPT, timeout=300)
-            vm.send(passphrase + "\n")
-
-    done = run_job(replace(options, timeout=BOOT_LIMIT), on_the_way=unlock,
-                   exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
-    assert done.status == 0, f"the install job failed; see {options.log_path}"
-    return done.text
-
-
-def after(text: str, marker: str) -> str:
-    assert marker in text, f"no {marker!r} on the console"
-    return text[text.index(marker) :]
-
-
 def test_exitrd_takes_down_plain_root(
     root_boot: BootOptions, host_initrd: Path, tmp_path: Path
 ) -> None:
     exitrd = host_initrd.with_name("exitrd.img")
-    job = install_job(tmp_path / "job.img", exitrd.parent)
+    job = install_exitrd_job(tmp_path / "job.img", exitrd.parent)
     text = shutdown_through(replace(root_boot, disks=(*root_boot.disks, job)))
     unpacked = re.search(r"exitrd /boot/exitrd.img: (\d+) entries unpacked .* in ([\d.]+) s", text)
     assert unpacked, "the unit did not unpack the exitrd at shutdown"
@@ -104,7 +60,7 @@ def test_corrupted_exitrd_is_refused_and_poweroff_goes_on(
     data[len(data) // 2] ^= 0xFF
     (corrupt_dir / "exitrd.img").write_bytes(data)
     shutil.copy(exitrd.with_name("exitrd.img.sha256"), corrupt_dir)
-    job = install_job(tmp_path / "job.img", corrupt_dir)
+    job = install_exitrd_job(tmp_path / "job.img", corrupt_dir)
     text = shutdown_through(replace(root_boot, disks=(*root_boot.disks, job)))
     assert re.search(r"exitrd /boot/exitrd.img: SHA-256 \w+ does not match", text), text[-3000:]
     assert "Returning to initrd" not in text  # nothing to pivot into: the normal power-off
@@ -124,7 +80,7 @@ def test_exitrd_detaches_lvm_on_luks_and_leaves_ext4_clean(
     disk = tmp_path / "stack.img"
     shutil.copyfile(stack.disks[0], disk)
     exitrd = generic_initrd.with_name("exitrd.img")
-    job = install_job(tmp_path / "job.img", exitrd.parent)
+    job = install_exitrd_job(tmp_path / "job.img", exitrd.parent)
     append = f"root=UUID={stack.root_uuid} rd.luks.name={stack.luks_uuid}={stack.luks_name} rw"
     text = shutdown_through(replace(root_boot, initrd=generic_initrd, append=append,
                                     disks=(Disk(disk, snapshot=False), job)),

@@ -1,0 +1,63 @@
+"""A guest job that installs an exitrd into the booted root, and the shutdown through it.
+
+The job copies this checkout's bookend into the root, puts the exitrd (and its digest)
+in /boot and installs the unit with `bookend install-exitrd`; the root's report unit
+then powers the machine off, which is the shutdown under test. It records in
+/job/out/ram-kib what the unpacked exitrd costs while the system runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import bookend
+from harness.guestjob import make_job_disk, run_job
+from harness.qemu import Boot, BootOptions, Disk
+
+BOOT_LIMIT = 900
+# From the token to QEMU's exit: unpacking the exitrd, pivoting, detaching the storage.
+SHUTDOWN_LIMIT = 300
+PROMPT = r"Please enter passphrase for disk"
+
+INSTALL_EXITRD_JOB = """\
+#!/bin/sh
+set -eux
+mkdir -p /usr/local/lib/bookend-src
+cp -r /job/src/bookend /usr/local/lib/bookend-src/
+cp /job/exitrd/exitrd.img /job/exitrd/exitrd.img.sha256 /boot/
+cd /usr/local/lib/bookend-src
+python3 -m bookend install-exitrd --image /boot/exitrd.img
+systemctl daemon-reload
+systemctl start bookend-exitrd.service
+# Unpacked at shutdown (the default): no RAM is spent on it while the system runs.
+if [ -e /run/initramfs ]; then du -sk /run/initramfs | cut -f1; else echo 0; fi \\
+    > /job/out/ram-kib
+"""
+
+
+def install_exitrd_job(path: Path, exitrd_dir: Path, then: str = "") -> Disk:
+    """The job disk at path: install exitrd_dir's exitrd.img, then run the shell lines then."""
+    files = {"src/bookend": Path(bookend.__file__).parent, "exitrd": exitrd_dir}
+    return make_job_disk(path, INSTALL_EXITRD_JOB + then, files=files)
+
+
+def shutdown_through(options: BootOptions, passphrase: str | None = None) -> str:
+    """Boot with the install job among options.disks, let the root power off through
+    the exitrd, return the console text. passphrase is typed at the LUKS prompt."""
+
+    def unlock(vm: Boot) -> None:
+        if passphrase is not None:
+            vm.expect(PROMPT, timeout=300)
+            vm.send(passphrase + "\n")
+
+    done = run_job(replace(options, timeout=BOOT_LIMIT), on_the_way=unlock,
+                   exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
+    assert done.status == 0, f"the install job failed; see {options.log_path}"
+    return done.text
+
+
+def after(text: str, marker: str) -> str:
+    """The console text from marker on (e.g. the pivot into the exitrd)."""
+    assert marker in text, f"no {marker!r} on the console"
+    return text[text.index(marker) :]
