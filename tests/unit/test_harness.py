@@ -8,55 +8,57 @@ from pathlib import Path
 import pytest
 
 from bookend.errors import BookendError
+from bookend.proc import run
 from harness.mirror import MIRROR_ENV, archive_for, debian_mirror, host_suite, parse_records
 from harness.qemu import BootOptions, Disk, qemu_argv
 from harness.suite import Phase, disk_needs, run_order, tier_of, time_summary
 from harness.timings import TIMINGS_ENV, Timing, read_timings, timed
 
-# What `apt-get indextargets` prints, shortened, for a machine whose suite is served by
-# one mirror and whose security updates come from another. (example.org is reserved: no real host.)
-INDEXTARGETS = """\
-MetaKey: main/binary-amd64/Packages
-URI: http://near.example.org/debian/dists/bookworm-updates/main/binary-amd64/Packages
-Release: bookworm-updates
-Repo-URI: http://near.example.org/debian/
-Component: main
-Target-Of: deb
 
-MetaKey: main/source/Sources
-Release: bookworm
-Repo-URI: http://sources.example.org/debian/
-Component: main
-Target-Of: deb-src
-
-MetaKey: contrib/binary-amd64/Packages
-Release: bookworm
-Repo-URI: http://contrib.example.org/debian/
-Component: contrib
-Target-Of: deb
-
-MetaKey: main/binary-amd64/Packages
-Release: bookworm
-Repo-URI: http://near.example.org/debian/
-Component: main
-Target-Of: deb
-
-MetaKey: main/binary-amd64/Packages
-Release: bookworm-security
-Repo-URI: http://security.example.org/debian-security/
-Component: main
-Target-Of: deb
-"""
+def apt_records() -> list[dict[str, str]]:
+    """This machine's own `apt-get indextargets` records: its apt configuration."""
+    return parse_records(run(["apt-get", "indextargets"]).stdout.decode(errors="replace"))
 
 
-def test_the_mirror_is_the_one_serving_the_suites_main_packages() -> None:
-    records = parse_records(INDEXTARGETS)
-    assert len(records) == 5
-    assert archive_for(records, "bookworm") == "http://near.example.org/debian"
-    assert (
-        archive_for(records, "bookworm-security") == "http://security.example.org/debian-security"
+def serves_main(record: dict[str, str], suite: str) -> bool:
+    return (
+        record.get("Release") == suite
+        and record.get("Component") == "main"
+        and record.get("Target-Of") == "deb"
     )
-    assert archive_for(records, "trixie") is None
+
+
+def test_the_mirror_is_the_one_apt_uses_for_the_hosts_main_packages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(MIRROR_ENV, raising=False)
+    suite = host_suite(Path("/etc/os-release").read_text())
+    mirror = debian_mirror()
+    assert not mirror.endswith("/")
+    assert any(
+        serves_main(record, suite) and record["Repo-URI"].rstrip("/") == mirror
+        for record in apt_records()
+    )
+
+
+def test_sources_other_components_and_other_suites_are_passed_over() -> None:
+    # Built from this machine's own mirror: the records that must not be taken come
+    # first and name other repositories (derived names, no host written here).
+    suite = host_suite(Path("/etc/os-release").read_text())
+    real = next(r for r in apt_records() if serves_main(r, suite))
+    base = real["Repo-URI"]
+    main = {"Release": suite, "Component": "main", "Target-Of": "deb", "Repo-URI": base}
+    decoys = [
+        {**main, "Release": f"{suite}-updates", "Repo-URI": base + "updates/"},
+        {**main, "Target-Of": "deb-src", "Repo-URI": base + "sources/"},
+        {**main, "Component": "contrib", "Repo-URI": base + "contrib/"},
+        {**main, "Repo-URI": ""},
+    ]
+    assert archive_for([*decoys, main], suite) == base.rstrip("/")
+    assert archive_for(decoys, suite) is None
+    assert archive_for([main], f"{suite}-unknown") is None
+    listing = "\n\n".join("\n".join(f"{k}: {v}" for k, v in r.items()) for r in [*decoys, main])
+    assert parse_records(listing) == [*decoys, main]
 
 
 def test_host_suite_comes_from_os_release() -> None:
@@ -68,8 +70,9 @@ def test_host_suite_comes_from_os_release() -> None:
 
 
 def test_the_environment_overrides_the_mirror(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(MIRROR_ENV, "http://local.example.org/debian")
-    assert debian_mirror() == "http://local.example.org/debian"
+    # A local mirror on disk: the override is taken as given, apt is not asked.
+    monkeypatch.setenv(MIRROR_ENV, "file:///srv/debian-mirror")
+    assert debian_mirror() == "file:///srv/debian-mirror"
 
 
 def test_tiers_follow_the_directories() -> None:
