@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from bookend.archive import ArchiveEntry, EntryKind
-from bookend.errors import ConfigError
+from bookend.errors import SysrootError
 from bookend.features.base import (
     Contribution,
     ExitrdPart,
@@ -101,10 +101,11 @@ def _daemons(context: FeatureContext) -> Contribution:
     origin = config.origins.get("storage_daemons", "config")
     contribution: list[Request | Generated] = []
     for unit in config.storage_daemons:
+        # resolve has checked that the unit exists; only reading it can still fail here.
         path = find_unit(sysroot, unit)
         text = sysroot.read_text(path) if path else None
         if path is None or text is None:
-            raise ConfigError(f"storage_daemons ({origin}): unit {unit} not found in the sysroot")
+            raise SysrootError(f"storage_daemons ({origin}): cannot read unit {unit}")
         reason = f"storage_daemons ({origin}): root storage daemon {unit}"
         dropin = f"/etc/systemd/system/{unit}.d/{DROPIN_NAME}"
         wants = f"/etc/systemd/system/{WANTED_BY}.wants/{unit}"
