@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.netroot import SCENARIOS_ENV, read_scenarios, scenario_lines
 from harness.suite import (
     EarlyBuilds,
     Phase,
@@ -57,6 +58,10 @@ class RunSummary:
         os.close(handle)
         self.timings = Path(name)
         os.environ[TIMINGS_ENV] = name
+        handle, name = tempfile.mkstemp(prefix="bookend-test-scenarios-", suffix=".jsonl")
+        os.close(handle)
+        self.scenarios = Path(name)
+        os.environ[SCENARIOS_ENV] = name
 
     def start_builds(self, nodeids: list[str]) -> None:
         needs = disk_needs(nodeids)
@@ -87,6 +92,12 @@ class RunSummary:
         terminalreporter.write_sep("-", "where the time went")
         for line in lines:
             terminalreporter.write_line(line)
+        scenarios = scenario_lines(read_scenarios(self.scenarios))
+        if scenarios:
+            terminalreporter.write_sep("-", "network roots: time to switch root, image sizes")
+            for line in scenarios:
+                terminalreporter.write_line(line)
 
     def pytest_unconfigure(self) -> None:
         self.timings.unlink(missing_ok=True)
+        self.scenarios.unlink(missing_ok=True)

@@ -10,6 +10,13 @@ import pytest
 from bookend.errors import BookendError
 from bookend.proc import run
 from harness.mirror import MIRROR_ENV, archive_for, debian_mirror, host_suite, parse_records
+from harness.netroot import (
+    SCENARIOS_ENV,
+    read_scenarios,
+    record_scenario,
+    scenario_lines,
+    switch_root_seconds,
+)
 from harness.qemu import BootOptions, Disk, qemu_argv
 from harness.suite import Phase, disk_needs, run_order, tier_of, time_summary
 from harness.timings import TIMINGS_ENV, Timing, read_timings, timed
@@ -172,3 +179,35 @@ def test_disk_timings_name_the_test_that_needed_the_disk(
     with timed("not recorded"):
         pass
     assert len(read_timings(tmp_path / "timings.jsonl")) == 2
+
+
+CONSOLE = """\
+[    2.855099] systemd[1]: systemd 252.39-1~deb12u2 running in system mode (+PAM)
+Welcome to Debian GNU/Linux 12 (bookworm) (bookend initrd)!
+[    8.516279] systemd-journald[89]: Received SIGTERM from PID 1 (systemd).
+[   18.947728] systemd[1]: systemd 252.39-1~deb12u2 running in system mode (+PAM)
+Welcome to Debian GNU/Linux 12 (bookworm)!
+"""
+
+
+def test_switch_root_time_is_the_real_roots_first_systemd_line() -> None:
+    assert switch_root_seconds(CONSOLE) == pytest.approx(18.947728)
+    with pytest.raises(AssertionError, match="no systemd started after switching root"):
+        switch_root_seconds(CONSOLE.split("[    8.5")[0])
+
+
+def test_scenarios_recorded_by_tests_make_the_reports_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = tmp_path / "scenarios.jsonl"
+    monkeypatch.setenv(SCENARIOS_ENV, str(report))
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(b"\0" * 3 * 2**20)
+    record_scenario("nfs root, v4", CONSOLE, initrd)
+    (tmp_path / "exitrd.img").write_bytes(b"\0" * 2**20)
+    record_scenario("iscsi root", CONSOLE, initrd)
+    scenarios = read_scenarios(report)
+    assert [s.exitrd_bytes for s in scenarios] == [0, 2**20]
+    lines = scenario_lines(scenarios)
+    assert lines[1].split() == ["iscsi", "root", "18.9", "s", "3.0", "MiB", "1.0", "MiB"]
+    assert lines[2].split() == ["nfs", "root,", "v4", "18.9", "s", "3.0", "MiB", "-"]

@@ -21,8 +21,9 @@ import pytest
 from harness.exitrdjob import SHUTDOWN_LIMIT, after, install_exitrd_job, shutdown_through
 from harness.guestjob import read_job_output, run_job
 from harness.images import QEMU_VIRTIO_EXT4, build_image
+from harness.netroot import assert_clean_ext4, copy_of, expect_initrd_then_root, record_scenario
 from harness.network import USER_SERVER_ADDRESS, user_network
-from harness.qemu import Boot, BootOptions, Kernel
+from harness.qemu import BootOptions, Kernel
 from harness.rootdisk import RootDisk
 from harness.servers import ISCSI_PORT, serve_iscsi
 from harness.stackdisks import StackDisks
@@ -61,19 +62,6 @@ def iscsi_images(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return directory
 
 
-def copy_of(image: Path, path: Path) -> Path:
-    """A raw copy tgtd may write (never the cache itself), sharing blocks where it can."""
-    subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(image), str(path)],
-                   check=True)  # fmt: skip
-    return path
-
-
-def expect_initrd_then_root(vm: Boot) -> None:
-    vm.expect(r"Welcome to .*\(bookend initrd\)", timeout=300)
-    vm.expect(r"Reached target .*initrd\.target", timeout=400)
-    vm.expect(r"Welcome to Debian GNU/Linux [^\n]*!", timeout=200)
-
-
 def test_iscsi_root_boots_and_the_exitrd_logs_out(
     kernel: Kernel, root_disk: RootDisk, iscsi_images: Path, console_log: Path, tmp_path: Path
 ) -> None:
@@ -93,6 +81,7 @@ def test_iscsi_root_boots_and_the_exitrd_logs_out(
         run = run_job(options, on_the_way=expect_initrd_then_root, exit_timeout=SHUTDOWN_LIMIT)
     assert run.status == 0, f"the job failed; see {console_log}"
     text = run.text
+    record_scenario("iscsi root, two targets", text, iscsi_images / "initrd.img")
 
     daemon = read_job_output(job.path, "daemon", tmp_path / "daemon").read_text()
     state, pid, argv0, exe = daemon.split(maxsplit=3)
@@ -131,11 +120,7 @@ def test_iscsi_root_boots_and_the_exitrd_logs_out(
     stopped = re.search(rf"bookend: stopping root storage daemon iscsid \(pid {pid}\)", pivoted)
     assert stopped and stopped.start() > last_logout, pivoted[-3000:]
     # The target's copy of the root, read on the host once the guest is off: clean.
-    fsck = subprocess.run(["e2fsck", "-fn", str(lun)], capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
-    header = subprocess.run(["dumpe2fs", "-h", str(lun)], capture_output=True, text=True)
-    assert re.search(r"Filesystem state:\s+clean", header.stdout), header.stdout
-    assert "needs_recovery" not in header.stdout
+    assert_clean_ext4(lun)
 
 
 def test_lvm_on_luks2_on_an_iscsi_lun_unlocks_boots_and_detaches(
@@ -159,6 +144,7 @@ def test_lvm_on_luks2_on_an_iscsi_lun_unlocks_boots_and_detaches(
         options = replace(root_boot, initrd=images / "initrd.img", disks=(job,), append=append,
                           network=nic.args)  # fmt: skip
         text = shutdown_through(options, stack.passphrase)
+    record_scenario("iscsi root, LVM on LUKS2", text, images / "initrd.img")
     pivoted = after(text, "Returning to initrd...")
     detached = pivoted.find("shutdown[1]: All DM devices detached.")
     assert detached >= 0, pivoted[-3000:]

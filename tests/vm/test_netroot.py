@@ -21,8 +21,9 @@ import pytest
 from harness.exitrdjob import install_exitrd_job
 from harness.guestjob import read_job_output, run_job
 from harness.images import QEMU_VIRTIO_EXT4, build_image
+from harness.netroot import assert_clean_ext4, expect_initrd_then_root, overlay_of, record_scenario
 from harness.network import USER_GUEST_ADDRESS, USER_SERVER_ADDRESS, user_network
-from harness.qemu import Boot, BootOptions, Kernel, boot
+from harness.qemu import BootOptions, Kernel, boot
 from harness.qmp import Qmp
 from harness.rootdisk import RootDisk
 from harness.servers import serve_nbd
@@ -53,12 +54,6 @@ def nbd_images(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path
     return directory
 
 
-def overlay_of(root_disk: RootDisk, path: Path) -> Path:
-    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
-                    "-b", str(root_disk.image), str(path)], check=True)  # fmt: skip
-    return path
-
-
 # slirp's DHCP, or the address it would give, set statically on the NIC by name: the
 # harness puts network devices before disks, so the NIC has PCI slot 3 (ens3), and
 # wait-online then waits for that interface alone.
@@ -66,12 +61,6 @@ ADDRESSING = {
     "dhcp": "ip=dhcp",
     "static": f"ip={USER_GUEST_ADDRESS}::10.0.2.2:255.255.255.0:bookend-test:ens3:off",
 }
-
-
-def expect_initrd_then_root(vm: Boot) -> None:
-    vm.expect(r"Welcome to .*\(bookend initrd\)", timeout=300)
-    vm.expect(r"Reached target .*initrd\.target", timeout=400)
-    vm.expect(r"Welcome to Debian GNU/Linux [^\n]*!", timeout=200)
 
 
 @pytest.mark.parametrize("addressing", list(ADDRESSING))
@@ -83,7 +72,7 @@ def test_nbd_root_boots_and_the_exitrd_disconnects_it(
     tmp_path: Path,
     addressing: str,
 ) -> None:
-    overlay = overlay_of(root_disk, tmp_path / "root.qcow2")
+    overlay = overlay_of(root_disk.image, tmp_path / "root.qcow2")
     job = install_exitrd_job(tmp_path / "job.img", nbd_images, then=NBD_CHECKS)
     append = f"root=nbd:{USER_SERVER_ADDRESS}:{NBD_PORT}:ext4 rw {ADDRESSING[addressing]}"
     with serve_nbd(overlay, "qcow2", tmp_path / "qemu-nbd.log") as port:
@@ -93,6 +82,7 @@ def test_nbd_root_boots_and_the_exitrd_disconnects_it(
                               timeout=BOOT_LIMIT, log_path=console_log)  # fmt: skip
         done = run_job(options, on_the_way=expect_initrd_then_root, exit_timeout=SHUTDOWN_LIMIT)
     assert done.status == 0, f"the job failed; see {console_log}"
+    record_scenario(f"nbd root, {addressing} address", done.text, nbd_images / "initrd.img")
 
     state = read_job_output(job.path, "nbd-state", tmp_path / "nbd-state").read_text()
     assert state.strip() == "active"
@@ -114,11 +104,7 @@ def test_nbd_root_boots_and_the_exitrd_disconnects_it(
     # The server's copy of the root, read on the host once the guest is off: clean.
     raw = tmp_path / "root.raw"
     subprocess.run(["qemu-img", "convert", "-O", "raw", str(overlay), str(raw)], check=True)
-    fsck = subprocess.run(["e2fsck", "-fn", str(raw)], capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
-    header = subprocess.run(["dumpe2fs", "-h", str(raw)], capture_output=True, text=True)
-    assert re.search(r"Filesystem state:\s+clean", header.stdout), header.stdout
-    assert "needs_recovery" not in header.stdout
+    assert_clean_ext4(raw)
 
 
 def test_neednet_without_link_ends_in_emergency_naming_the_interface(
