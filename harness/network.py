@@ -13,7 +13,10 @@ Only two kinds, so no test sends a packet anywhere but 127.0.0.1 and between gue
   forwards run harness/relay.py for every guest connection instead, so a client may
   connect again (and the server need not listen before QEMU starts).
 
-A NIC's options go into `BootOptions(network=..., pass_fds=...)`.
+A NIC's options go into `BootOptions(network=..., pass_fds=...)`. A guest with several
+NICs gives each its own `index` (its netdev is `net<index>`, its MAC its own) and joins
+them with `joined()`; NIC number index sits in PCI slot 3 + index, so udev names it
+`interface_name(index)`: ens3, ens4, ...
 """
 
 from __future__ import annotations
@@ -33,9 +36,25 @@ USER_SERVER_ADDRESS = "10.0.2.100"
 RELAY = Path(__file__).with_name("relay.py")
 
 
+# QEMU's default i440fx machine holds slots 0-2 (host bridge, ISA bridge, VGA); the NICs
+# come first on the command line, each in a slot given explicitly from here up.
+FIRST_NIC_SLOT = 3
+
+
 def mac_address(index: int) -> str:
     """A locally administered MAC in QEMU's 52:54:00 range, one per index."""
     return f"52:54:00:12:34:{index:02x}"
+
+
+def netdev_id(index: int) -> str:
+    """The QEMU netdev of a guest's NIC number index, e.g. for QMP's set_link."""
+    return f"net{index}"
+
+
+def interface_name(index: int) -> str:
+    """The name udev gives NIC number index in the guest: predictable naming by the PCI
+    slot QEMU's ACPI tables announce (ID_NET_NAME_SLOT, "ens" + slot)."""
+    return f"ens{FIRST_NIC_SLOT + index}"
 
 
 @dataclass(frozen=True)
@@ -48,8 +67,18 @@ class Nic:
 
 
 def nic_args(netdev: str, mac: str, index: int = 0) -> tuple[str, ...]:
-    return ("-netdev", f"{netdev},id=net{index}",
-            "-device", f"virtio-net-pci,netdev=net{index},mac={mac}")  # fmt: skip
+    name, slot = netdev_id(index), FIRST_NIC_SLOT + index
+    return ("-netdev", f"{netdev},id={name}",
+            "-device", f"virtio-net-pci,netdev={name},mac={mac},addr={slot:#x}")  # fmt: skip
+
+
+def joined(*nics: Nic) -> Nic:
+    """Several NICs of one guest (each made with its own index) as one set of options."""
+    return Nic(
+        args=tuple(arg for nic in nics for arg in nic.args),
+        pass_fds=tuple(fd for nic in nics for fd in nic.pass_fds),
+        mac=nics[0].mac if nics else "",
+    )
 
 
 @dataclass(frozen=True)
@@ -58,10 +87,11 @@ class Link:
 
     sockets: tuple[socket.socket, socket.socket]
 
-    def end(self, which: int, *, mac: str | None = None) -> Nic:
+    def end(self, which: int, *, mac: str | None = None, index: int = 0) -> Nic:
+        """One end as a guest's NIC number index (its MAC differs by end and by index)."""
         fd = self.sockets[which].fileno()
-        address = mac or mac_address(which + 1)
-        return Nic(nic_args(f"socket,fd={fd}", address), pass_fds=(fd,), mac=address)
+        address = mac or mac_address(0x10 * index + which + 1)
+        return Nic(nic_args(f"socket,fd={fd}", address, index), pass_fds=(fd,), mac=address)
 
 
 @contextmanager
@@ -102,12 +132,14 @@ def user_network(
     guestfwd: tuple[tuple[str, int, int], ...] = (),
     relayed: tuple[tuple[str, int, int], ...] = (),
     mac: str | None = None,
+    index: int = 0,
 ) -> Nic:
     """QEMU's user-mode network, restricted: nothing leaves but the forwards.
 
     hostfwd: (host port on 127.0.0.1, guest port). guestfwd and relayed: (address the
     guest connects to in 10.0.2.0/24, its port, host port on 127.0.0.1); relayed ones
-    take any number of guest connections, one relay process each.
+    take any number of guest connections, one relay process each. index: the guest's
+    NIC number (each user network its own slirp, with its own DHCP server).
     """
     options = ["user", "restrict=on"]
     options += [f"hostfwd=tcp:{LOOPBACK}:{host}-:{guest}" for host, guest in hostfwd]
@@ -118,5 +150,5 @@ def user_network(
     options += [
         f"guestfwd=tcp:{address}:{port}-cmd:{relay} {host}" for address, port, host in relayed
     ]
-    address = mac or mac_address(1)
-    return Nic(nic_args(",".join(options), address), mac=address)
+    address = mac or mac_address(0x10 * index + 1)
+    return Nic(nic_args(",".join(options), address, index), mac=address)

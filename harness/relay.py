@@ -1,7 +1,10 @@
 """A guestfwd relay: QEMU's user network runs this for every connection a guest opens to
 a forwarded address, with that connection as stdin (and stdout, stderr: never print).
 It connects to 127.0.0.1:PORT on the host and copies bytes both ways until both sides
-have finished. Usage: python3 -I -S relay.py PORT
+have finished. When nothing listens on the host (a server that is down) or a side resets,
+it closes the guest's connection without a word: a traceback on stderr would reach the
+guest as data.
+Usage: python3 -I -S relay.py PORT
 """
 
 from __future__ import annotations
@@ -27,5 +30,18 @@ def relay(guest: socket.socket, host: socket.socket) -> None:
                 peers[sock].shutdown(socket.SHUT_WR)
 
 
+def main(port: int) -> int:
+    guest = socket.socket(fileno=0)
+    try:
+        host = socket.create_connection(("127.0.0.1", port))
+    except OSError:
+        return 1
+    try:
+        relay(guest, host)
+    except OSError:  # e.g. the server killed mid-connection: reset
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    relay(socket.socket(fileno=0), socket.create_connection(("127.0.0.1", int(sys.argv[1]))))
+    sys.exit(main(int(sys.argv[1])))

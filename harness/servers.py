@@ -65,37 +65,66 @@ def free_control_port() -> int:
     return random.choice(choices)
 
 
+class Tgtd:
+    """tgtd serving each raw file as LUN 1 of its target (IQN -> file) on 127.0.0.1:port,
+    with a control port of its own (tgtd's socket.N), so it never meets a system tgtd.
+    It can be stopped and started again on the same port with the same targets, as a
+    server that goes away and comes back."""
+
+    def __init__(self, luns: dict[str, Path], log: Path) -> None:
+        self.luns = dict(luns)
+        self.log = log
+        self.port, self.control = free_loopback_port(), free_control_port()
+        self._server: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        argv = ["tgtd", "-f", "-C", str(self.control), "--iscsi", f"portal={LOOPBACK}:{self.port}"]
+        with self.log.open("a") as output:
+            self._server = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
+        wait_listening(self.port, self._server)
+        for tid, (iqn, backing) in enumerate(self.luns.items(), start=1):
+            tgtadm(self.control, "--op", "new", "--mode", "target", "--tid", str(tid), "-T", iqn)
+            tgtadm(self.control, "--op", "new", "--mode", "logicalunit", "--tid", str(tid),
+                   "--lun", "1", "--backing-store", str(backing))  # fmt: skip
+            tgtadm(self.control, "--op", "bind", "--mode", "target", "--tid", str(tid),
+                   "--initiator-address", "ALL")  # fmt: skip
+
+    def stop(self, grace: float = 30) -> None:
+        """Offline, then told to exit; killed if it has not after grace seconds (it will
+        not while initiators are logged in). Its connections end either way."""
+        if self._server is not None:
+            stop_tgtd(self._server, self.control, grace)
+            self._server = None
+
+
+@contextlib.contextmanager
+def iscsi_server(luns: dict[str, Path], log: Path) -> Iterator[Tgtd]:
+    """A started Tgtd (see there), stopped on exit."""
+    server = Tgtd(luns, log)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 @contextlib.contextmanager
 def serve_iscsi(luns: dict[str, Path], log: Path) -> Iterator[int]:
-    """tgtd serving each raw file as LUN 1 of its target (IQN -> file) on 127.0.0.1.
+    """tgtd serving luns (IQN -> raw file) on 127.0.0.1, the port yielded; see Tgtd.
 
-    A free port (yielded) and a control port of its own (tgtd's socket.N), so it never
-    meets a system tgtd. tgtd ignores SIGTERM while it serves: it is taken offline and
-    told to exit through its control socket, killed only if that fails.
+    tgtd ignores SIGTERM while it serves: it is taken offline and told to exit through
+    its control socket, killed only if that fails.
     """
-    port, control = free_loopback_port(), free_control_port()
-    argv = ["tgtd", "-f", "-C", str(control), "--iscsi", f"portal={LOOPBACK}:{port}"]
-    with log.open("w") as output:
-        server = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
-        try:
-            wait_listening(port, server)
-            for tid, (iqn, backing) in enumerate(luns.items(), start=1):
-                tgtadm(control, "--op", "new", "--mode", "target", "--tid", str(tid), "-T", iqn)
-                tgtadm(control, "--op", "new", "--mode", "logicalunit", "--tid", str(tid),
-                       "--lun", "1", "--backing-store", str(backing))  # fmt: skip
-                tgtadm(control, "--op", "bind", "--mode", "target", "--tid", str(tid),
-                       "--initiator-address", "ALL")  # fmt: skip
-            yield port
-        finally:
-            stop_tgtd(server, control)
+    with iscsi_server(luns, log) as server:
+        yield server.port
 
 
-def stop_tgtd(server: subprocess.Popen[bytes], control: int) -> None:
+def stop_tgtd(server: subprocess.Popen[bytes], control: int, grace: float = 30) -> None:
     with contextlib.suppress(subprocess.CalledProcessError):
         tgtadm(control, "--op", "update", "--mode", "sys", "--name", "State", "-v", "offline")
         tgtadm(control, "--op", "delete", "--mode", "system")
     try:
-        server.wait(timeout=30)
+        server.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         server.kill()
         server.wait(timeout=30)
