@@ -11,6 +11,8 @@
   systemd-networkd-wait-online to the interfaces `ip=` names (any one when it names
   none). When it times out, the boot stops in emergency mode and the console names
   each interface that is not online, with its state.
+- `bond=`'s options (mode=, miimon=, ...), which systemd-network-generator leaves out,
+  become a drop-in of the bond's .netdev in networkd's names (bond_options.py).
 - Addresses outlive switch-root: every .network file the initrd used gets a
   KeepConfiguration=yes drop-in under /run/systemd/network, which the real root keeps,
   so neither the initrd's networkd stopping nor the real root's starting drops an
@@ -35,6 +37,12 @@ from bookend.features.base import (
     Request,
     RequestKind,
     SwitchOn,
+)
+from bookend.features.bond_options import (
+    BOND_SCRIPT,
+    BOND_UNIT,
+    BOND_UNIT_TEXT,
+    bond_options_script,
 )
 from bookend.sysroot import Sysroot
 
@@ -198,6 +206,7 @@ def _units() -> list[Request | Generated]:
         _file(f"{UNIT_DIR}/{USER_UNIT}", USER_UNIT_TEXT, f"{reason}: networkd's user"),
         _link(f"{UNIT_DIR}/systemd-networkd.service.wants/{USER_UNIT}", f"../{USER_UNIT}", reason),
         _link(f"{UNIT_DIR}/systemd-networkd.service.wants/{KEEP_UNIT}", f"../{KEEP_UNIT}", reason),
+        *_bond_units(),
         _link(
             f"{UNIT_DIR}/sysinit.target.wants/systemd-network-generator.service",
             f"{system}/systemd-network-generator.service",
@@ -218,6 +227,16 @@ def _units() -> list[Request | Generated]:
             f"{system}/{WAIT_ONLINE}.service",
             reason,
         ),
+    ]
+
+
+def _bond_units() -> list[Request | Generated]:
+    """bond='s options, which systemd-network-generator leaves out (bond_options.py)."""
+    reason = "feature network: bond= options for networkd"
+    return [
+        _file(BOND_SCRIPT, bond_options_script(), reason, 0o755),
+        _file(f"{UNIT_DIR}/{BOND_UNIT}", BOND_UNIT_TEXT, reason),
+        _link(f"{UNIT_DIR}/systemd-networkd.service.wants/{BOND_UNIT}", f"../{BOND_UNIT}", reason),
     ]
 
 

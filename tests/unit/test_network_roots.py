@@ -10,6 +10,7 @@ import pytest
 from bookend.errors import ConfigError
 from bookend.exitrd import make_exitrd_plan
 from bookend.features.base import RequestKind
+from bookend.features.bond_options import bond_options_script
 from bookend.features.nbd import DETACH_STEP, GENERATOR, UNIT, generator_script
 from bookend.features.network import (
     GENERATOR_SCRIPT,
@@ -214,3 +215,76 @@ def test_hostonly_nic_drivers_from_default_route(tmp_path: Path) -> None:
 def test_names_matched_by_network_files() -> None:
     text = "[Match]\nName=ens3 eth*\nName=enp1s0\n[Network]\nName=notmatch\n"
     assert matched_names(text) == ["ens3", "enp1s0"]
+
+
+def run_bond_options(cmdline: str, tmp_path: Path, slaves: tuple[str, ...]) -> Path:
+    """The bond script over the files systemd-network-generator (252) writes for bond0."""
+    netdir = tmp_path / "network"
+    netdir.mkdir()
+    (netdir / "90-bond0.netdev").write_text("[NetDev]\nKind=bond\nName=bond0\n")
+    (netdir / "90-bond0.network").write_text("[Match]\nName=bond0\n\n[Network]\nDHCP=ipv4\n")
+    for slave in slaves:
+        (netdir / f"90-{slave}.network").write_text(
+            f"[Match]\nName={slave}\n\n[Network]\nBond=bond0\n"
+        )
+    (tmp_path / "cmdline").write_text(cmdline + "\n")
+    (tmp_path / "script").write_text(bond_options_script())
+    env = {
+        "BOOKEND_CMDLINE": str(tmp_path / "cmdline"),
+        "BOOKEND_NETWORK_DIR": str(netdir),
+        "BOOKEND_KMSG": str(tmp_path / "kmsg"),
+        "PATH": "/usr/bin:/bin",
+    }
+    subprocess.run(["sh", str(tmp_path / "script")], env=env, check=True)
+    return netdir
+
+
+def test_bond_options_become_networkd_keys_in_a_dropin(tmp_path: Path) -> None:
+    cmdline = (
+        "ip=bond0:dhcp bond=bond0:ens3,ens4:mode=active-backup,miimon=100,primary=ens4,"
+        "arp_ip_target=10.0.2.2;10.0.2.3,use_carrier=1:9000"
+    )
+    netdir = run_bond_options(cmdline, tmp_path, ("ens3", "ens4"))
+    dropin = unit_lines((netdir / "90-bond0.netdev.d/50-bookend-bond.conf").read_text())
+    assert dropin == [
+        "[Bond]",
+        "Mode=active-backup",
+        "MIIMonitorSec=100ms",
+        "ARPIPTargets=10.0.2.2 10.0.2.3",
+    ]
+    primary = unit_lines((netdir / "90-ens4.network.d/50-bookend-bond.conf").read_text())
+    assert primary == ["[Network]", "PrimarySlave=yes"]
+    assert not (netdir / "90-ens3.network.d").exists()
+    assert "no key for option 'use_carrier=1'" in (tmp_path / "kmsg").read_text()
+
+
+@pytest.mark.parametrize(
+    ("options", "lines"),
+    [
+        ("mode=1", ["Mode=active-backup"]),
+        ("mode=4,lacp_rate=1,xmit_hash_policy=2", ["Mode=802.3ad", "LACPTransmitRate=fast",
+                                                   "TransmitHashPolicy=layer2+3"]),
+        ("downdelay=200,updelay=400,lp_interval=3", ["DownDelaySec=200ms", "UpDelaySec=400ms",
+                                                     "LearnPacketIntervalSec=3s"]),
+    ],
+)  # fmt: skip
+def test_bond_options_by_number_and_in_the_driver_units(
+    tmp_path: Path, options: str, lines: list[str]
+) -> None:
+    netdir = run_bond_options(f"bond=bond0:ens3,ens4:{options}", tmp_path, ("ens3", "ens4"))
+    dropin = unit_lines((netdir / "90-bond0.netdev.d/50-bookend-bond.conf").read_text())
+    assert dropin == ["[Bond]", *lines]
+
+
+@pytest.mark.parametrize("cmdline", ["bond=bond0:ens3,ens4", "ip=dhcp", "bond=bond0:ens3::9000"])
+def test_bond_without_options_writes_no_dropin(tmp_path: Path, cmdline: str) -> None:
+    netdir = run_bond_options(cmdline, tmp_path, ("ens3",))
+    assert not list(netdir.glob("*.d"))
+
+
+def test_bond_options_for_a_bond_the_generator_did_not_make_are_reported(tmp_path: Path) -> None:
+    netdir = run_bond_options("bond=bond1:ens5:mode=1", tmp_path, ())
+    assert not list(netdir.glob("*.d"))
+    assert (
+        "bond bond1: systemd-network-generator wrote no .netdev" in (tmp_path / "kmsg").read_text()
+    )
