@@ -116,3 +116,46 @@ def scenario_lines(scenarios: list[Scenario]) -> list[str]:
         lines.append(f"{s.name:<{width}}  {s.switch_root_s:9.1f} s  "
                      f"{s.initrd_bytes / 2**20:5.1f} MiB {exitrd}")  # fmt: skip
     return lines
+
+
+def pivoted_part(console: str) -> tuple[str, str]:
+    """The console before the pivot into the exitrd, and from there on."""
+    before, marker, pivoted = console.partition("Returning to initrd...")
+    assert marker, "no pivot into the exitrd on the console"
+    return before, pivoted
+
+
+def unmount_position(pivoted: str) -> int:
+    """Where systemd-shutdown, in the exitrd, says it unmounted (or unmounts) the old root."""
+    unmounted = re.search(r"shutdown\[1\]: .*(Unmounting|unmounted)", pivoted)
+    assert unmounted, pivoted[-3000:]
+    return unmounted.start()
+
+
+def assert_nbd_disconnected_after_unmount(console: str) -> None:
+    """Nothing ended the NBD connection while the root ran ("shutting down sockets" is the
+    kernel's word when one ends); the exitrd disconnected it once the old root was gone."""
+    before, pivoted = pivoted_part(console)
+    assert "block nbd0: shutting down sockets" not in before
+    disconnected = re.search(
+        r"bookend: disconnecting NBD device /dev/nbd0 \(/oldroot unmounted\)", pivoted
+    )
+    assert disconnected and disconnected.start() > unmount_position(pivoted), pivoted[-3000:]
+
+
+def assert_iscsi_logged_out_after_unmount(console: str, iqns: tuple[str, ...]) -> None:
+    """The exitrd logged out of each target's session after the old root was unmounted,
+    and iscsiadm said the logout succeeded."""
+    _, pivoted = pivoted_part(console)
+    unmounted = unmount_position(pivoted)
+    for iqn in iqns:
+        target = re.escape(iqn)
+        done = re.search(rf"Logout of \[sid: \d+, target: {target}, [^]]*\] successful", pivoted)
+        assert done and done.start() > unmounted, pivoted[-3000:]
+
+
+def ext4_file_text(raw: Path, path: str) -> str:
+    """A file's text from the ext4 filesystem in raw, read on the host (debugfs)."""
+    result = subprocess.run(["debugfs", "-R", f"cat {path}", str(raw)], capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    return result.stdout

@@ -1,0 +1,375 @@
+"""Network roots over several NICs and a bond, and a server that goes away while the root
+runs (issue 14, proofs 3 and 5).
+
+- Two NICs where only the second reaches the server: ens3 is on a cable whose other end
+  no guest holds (nobody answers its DHCP), ens4 on a restricted user network forwarding
+  to qemu-nbd. The root comes over ens4, and systemd-networkd-wait-online does not wait
+  for ens3.
+- A bond (`bond=bond0:ens3,ens4:mode=active-backup,miimon=100 ip=bond0:dhcp`) of two
+  NICs, each on a user network with the same forward, ens3's cable out before the kernel
+  starts: the root comes over ens4, the bond's active slave.
+- The server away for 20 s while the root runs: tgtd stopped and started again on the
+  same port (iscsid logs in again), or the NBD root's cable out for 20 s. A write started
+  during the outage completes after it, and the shutdown through the exitrd still
+  detaches the device after unmounting the root.
+
+The guest's job says on the console when it is ready for the outage, then watches it
+itself (the iSCSI session's state, the NIC's carrier), so slow emulation changes no
+outcome. Every scenario powers off through the exitrd and records its figures.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from harness.exitrdjob import SHUTDOWN_LIMIT, install_exitrd_job
+from harness.guestjob import read_job_output, run_job
+from harness.images import QEMU_VIRTIO_EXT4, build_image
+from harness.netroot import (
+    ROOT_GREETING,
+    assert_clean_ext4,
+    assert_iscsi_logged_out_after_unmount,
+    assert_nbd_disconnected_after_unmount,
+    copy_of,
+    expect_initrd_then_root,
+    ext4_file_text,
+    overlay_of,
+    record_scenario,
+)
+from harness.network import (
+    USER_GUEST_ADDRESS,
+    USER_SERVER_ADDRESS,
+    Nic,
+    interface_name,
+    joined,
+    link,
+    netdev_id,
+    user_network,
+)
+from harness.qemu import Boot, BootOptions, Disk, Kernel
+from harness.qmp import Qmp
+from harness.rootdisk import RootDisk
+from harness.servers import ISCSI_PORT, iscsi_server, serve_nbd
+from harness.token import new_token
+
+BOOT_LIMIT = 900
+NBD_PORT = 10809
+ROOT_IQN = "iqn.2026-12.test.bookend:root"
+OUTAGE_S = 20
+# A write blocked by the outage takes at least this long (the outage less the guest's
+# half-second polls and the host's reaction).
+BLOCKED_AT_LEAST_S = OUTAGE_S - 5
+READY = r"(?m)^BOOKEND-OUTAGE-READY$"
+# systemd shortens long status lines in the middle: match the unit or its end.
+WAIT_ONLINE = r"(networkd-wait-online|to be Configured)"
+
+# The root's addresses and source, as the running root sees them.
+ADDRESS_CHECKS = """
+ip -4 -o addr show > /job/out/addresses
+findmnt -no SOURCE / > /job/out/root-source
+"""
+
+BOND_CHECKS = ADDRESS_CHECKS + "cat /proc/net/bonding/bond0 > /job/out/bonding\n"
+
+# The job's side of an outage: say it is ready, see the outage begin (the shell function
+# outage_begun, from the watch given), start a write to the root that must wait for the
+# server, see the outage end (outage_over), then write again. Each step goes to
+# /job/out/outage with the guest's uptime; /outage-proof in the root holds the token
+# twice once both writes are synced. Only shell builtins and programs already run (in
+# the page cache) are used while the root's server is away.
+OUTAGE_JOB = """
+set +x
+log() { read -r up _ < /proc/uptime; echo "$up $*" >> /job/out/outage; }
+poll() {  # $1: seconds at most; $2: a command to wait for
+    tries=$(($1 * 2))
+    until $2; do
+        tries=$((tries - 1))
+        [ "$tries" -gt 0 ] || { log "gave up waiting for $2"; return 1; }
+        sleep 0.5
+    done
+}
+@WATCH@
+sleep 0; sync
+echo BOOKEND-OUTAGE-READY
+poll 300 outage_begun
+log "outage seen"
+( echo "@TOKEN@ during" > /outage-proof && sync /outage-proof && log "write synced" ) &
+writer=$!
+poll 300 outage_over
+log "server back"
+wait "$writer"
+echo "@TOKEN@ after" >> /outage-proof && sync /outage-proof
+log "second write synced"
+"""
+
+# The iSCSI session (the only one) is FAILED from the connection's loss to the new login.
+ISCSI_WATCH = """
+state=$(echo /sys/class/iscsi_session/session*/state)
+outage_begun() {
+    read -r now < "$state"
+    echo "$now" > /job/out/session-state
+    [ "$now" != LOGGED_IN ]
+}
+outage_over() { read -r now < "$state"; [ "$now" = LOGGED_IN ]; }
+"""
+# The NIC's carrier follows QEMU's set_link.
+NBD_WATCH = f"""
+carrier=/sys/class/net/{interface_name(0)}/carrier
+outage_begun() {{ read -r now < "$carrier"; [ "$now" = 0 ]; }}
+outage_over() {{ read -r now < "$carrier"; [ "$now" = 1 ]; }}
+"""
+
+
+def outage_job(watch: str, token: str) -> str:
+    return OUTAGE_JOB.replace("@WATCH@", watch).replace("@TOKEN@", token)
+
+
+def outage_log(text: str) -> dict[str, float]:
+    """/job/out/outage as step -> the guest's uptime when it was logged."""
+    steps = {}
+    for line in text.splitlines():
+        uptime, _, step = line.partition(" ")
+        steps[step] = float(uptime)
+    return steps
+
+
+def assert_write_waited_for_the_server(steps: dict[str, float]) -> None:
+    """The write begun in the outage was synced only after it, and the next one too."""
+    assert set(steps) == {"outage seen", "server back", "write synced", "second write synced"}
+    assert steps["write synced"] - steps["outage seen"] >= BLOCKED_AT_LEAST_S, steps
+    assert steps["second write synced"] >= steps["server back"], steps
+
+
+@pytest.fixture(scope="module")
+def nbd_images(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initrd (and its exitrd beside it) with the nbd feature and a virtio NIC driver."""
+    directory = tmp_path_factory.mktemp("nics-nbd-images")
+    build_image(directory / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4,
+                "--add-feature", "nbd", "--add-module", "virtio_net")  # fmt: skip
+    return directory
+
+
+@pytest.fixture(scope="module")
+def iscsi_images(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An initrd (and its exitrd beside it) with the iscsi feature and a virtio NIC driver."""
+    directory = tmp_path_factory.mktemp("nics-iscsi-images")
+    build_image(directory / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4,
+                "--add-feature", "iscsi", "--add-module", "virtio_net")  # fmt: skip
+    return directory
+
+
+def nbd_append(addressing: str) -> str:
+    return f"root=nbd:{USER_SERVER_ADDRESS}:{NBD_PORT}:ext4 rw {addressing}"
+
+
+def boot_options(
+    kernel: Kernel, images: Path, job: Disk, append: str, nics: Nic, console_log: Path
+) -> BootOptions:
+    return BootOptions(kernel=kernel.path, initrd=images / "initrd.img", append=append,
+                       disks=(job,), network=nics.args, pass_fds=nics.pass_fds,
+                       timeout=BOOT_LIMIT, log_path=console_log)  # fmt: skip
+
+
+def expect_network_then_root(vm: Boot) -> float:
+    """Follow the boot into the root; return how long wait-online took (from its start
+    to its end, both on the console)."""
+    vm.expect(r"Welcome to .*\(bookend initrd\)", timeout=300)
+    vm.expect(rf"Starting .*{WAIT_ONLINE}", timeout=300)
+    began = vm.elapsed
+    vm.expect(rf"Finished .*{WAIT_ONLINE}", timeout=300)
+    waited = vm.elapsed - began
+    vm.expect(r"Reached target .*initrd\.target", timeout=400)
+    vm.expect(ROOT_GREETING, timeout=200)
+    return waited
+
+
+def addresses_by_interface(text: str) -> dict[str, list[str]]:
+    """`ip -4 -o addr show` lines as interface -> its addresses (CIDR)."""
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[2] == "inet":
+            found.setdefault(fields[1], []).append(fields[3])
+    return found
+
+
+def server_copy_of_root(overlay: Path, tmp_path: Path) -> Path:
+    """The NBD server's qcow2 overlay as a raw image, read once the guest is off."""
+    raw = tmp_path / "root.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(overlay), str(raw)], check=True)
+    return raw
+
+
+# ens3 gets nothing (DHCP unanswered, or not named); ens4 the address.
+TWO_NIC_ADDRESSING = {
+    "dhcp": "ip=dhcp",
+    "static": f"ip={USER_GUEST_ADDRESS}::10.0.2.2:255.255.255.0:bookend-test:"
+    f"{interface_name(1)}:off",
+}
+
+
+@pytest.mark.parametrize("addressing", list(TWO_NIC_ADDRESSING))
+def test_nbd_root_over_the_second_of_two_nics(
+    kernel: Kernel,
+    root_disk: RootDisk,
+    nbd_images: Path,
+    console_log: Path,
+    tmp_path: Path,
+    addressing: str,
+) -> None:
+    overlay = overlay_of(root_disk.image, tmp_path / "root.qcow2")
+    job = install_exitrd_job(tmp_path / "job.img", nbd_images, then=ADDRESS_CHECKS)
+    append = nbd_append(TWO_NIC_ADDRESSING[addressing])
+    waits: list[float] = []
+    with serve_nbd(overlay, "qcow2", tmp_path / "qemu-nbd.log") as port, link() as cable:
+        dead = cable.end(0, index=0)  # the other end stays with us, unread
+        live = user_network(relayed=((USER_SERVER_ADDRESS, NBD_PORT, port),), index=1)
+        options = boot_options(kernel, nbd_images, job, append, joined(dead, live), console_log)
+        done = run_job(options, on_the_way=lambda vm: waits.append(expect_network_then_root(vm)),
+                       exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
+    assert done.status == 0, f"the job failed; see {console_log}"
+    record_scenario(f"nbd root, 2 NICs, 2nd reaches, {addressing}", done.text,
+                    nbd_images / "initrd.img")  # fmt: skip
+    # Well inside wait-online's 120 s: it waited for the NIC that came up, not for ens3.
+    assert waits and waits[0] < 60, waits
+    listed = read_job_output(job.path, "addresses", tmp_path / "addresses").read_text()
+    addresses = addresses_by_interface(listed)
+    assert addresses.get(interface_name(1)) == [f"{USER_GUEST_ADDRESS}/24"], addresses
+    assert interface_name(0) not in addresses, addresses
+    root = read_job_output(job.path, "root-source", tmp_path / "root-source").read_text()
+    assert root.strip() == "/dev/nbd0"
+    assert_nbd_disconnected_after_unmount(done.text)
+    assert_clean_ext4(server_copy_of_root(overlay, tmp_path))
+
+
+BOND = "bond0"
+BOND_CMDLINE = (f"bond={BOND}:{interface_name(0)},{interface_name(1)}:mode=active-backup,"
+                f"miimon=100 ip={BOND}:dhcp")  # fmt: skip
+
+
+def test_nbd_root_over_a_bond_with_the_first_slave_cut_at_boot(
+    kernel: Kernel,
+    root_disk: RootDisk,
+    nbd_images: Path,
+    console_log: Path,
+    tmp_path: Path,
+) -> None:
+    overlay = overlay_of(root_disk.image, tmp_path / "root.qcow2")
+    job = install_exitrd_job(tmp_path / "job.img", nbd_images, then=BOND_CHECKS)
+    qmp_socket = tmp_path / "qmp.sock"
+
+    def cut_first_slave_then_follow(vm: Boot) -> None:
+        with Qmp(qmp_socket) as qmp:
+            # Out before the guest's kernel has even started.
+            qmp.execute("set_link", name=netdev_id(0), up=False)
+        expect_network_then_root(vm)
+
+    with serve_nbd(overlay, "qcow2", tmp_path / "qemu-nbd.log") as port:
+        forward = ((USER_SERVER_ADDRESS, NBD_PORT, port),)
+        slaves = joined(user_network(relayed=forward, index=0),
+                        user_network(relayed=forward, index=1))  # fmt: skip
+        options = boot_options(kernel, nbd_images, job, nbd_append(BOND_CMDLINE), slaves,
+                               console_log)  # fmt: skip
+        options = replace(options, qmp_socket=qmp_socket)
+        done = run_job(options, on_the_way=cut_first_slave_then_follow,
+                       exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
+    assert done.status == 0, f"the job failed; see {console_log}"
+    record_scenario("nbd root, bond, 1st slave cut", done.text, nbd_images / "initrd.img")
+    addresses = read_job_output(job.path, "addresses", tmp_path / "addresses").read_text()
+    assert addresses_by_interface(addresses) == {
+        "lo": ["127.0.0.1/8"],
+        BOND: [f"{USER_GUEST_ADDRESS}/24"],
+    }, addresses
+    bonding = read_job_output(job.path, "bonding", tmp_path / "bonding").read_text()
+    # The options of bond= reached the driver, and the second slave carries the bond.
+    assert "Bonding Mode: fault-tolerance (active-backup)" in bonding, bonding
+    assert "MII Polling Interval (ms): 100" in bonding, bonding
+    assert f"Currently Active Slave: {interface_name(1)}" in bonding, bonding
+    slaves_status = re.findall(r"Slave Interface: (\S+)\nMII Status: (\S+)", bonding)
+    assert slaves_status == [(interface_name(0), "down"), (interface_name(1), "up")], bonding
+    root = read_job_output(job.path, "root-source", tmp_path / "root-source").read_text()
+    assert root.strip() == "/dev/nbd0"
+    assert_nbd_disconnected_after_unmount(done.text)
+    assert_clean_ext4(server_copy_of_root(overlay, tmp_path))
+
+
+def expect_root_then(outage: Callable[[], None]) -> Callable[[Boot], None]:
+    """Follow the boot into the root, wait for the job's word, then cause the outage."""
+
+    def follow(vm: Boot) -> None:
+        expect_initrd_then_root(vm)
+        vm.expect(READY, timeout=600)
+        outage()
+
+    return follow
+
+
+def test_iscsi_root_survives_the_target_gone_for_20_s(
+    kernel: Kernel, root_disk: RootDisk, iscsi_images: Path, console_log: Path, tmp_path: Path
+) -> None:
+    lun = copy_of(root_disk.image, tmp_path / "root.raw")
+    token = new_token()
+    job = install_exitrd_job(tmp_path / "job.img", iscsi_images,
+                             then=outage_job(ISCSI_WATCH, token))  # fmt: skip
+    portal = f"{USER_SERVER_ADDRESS}::{ISCSI_PORT}::"
+    append = f"root=UUID={root_disk.uuid} rw ip=dhcp netroot=iscsi:{portal}{ROOT_IQN}"
+    with iscsi_server({ROOT_IQN: lun}, tmp_path / "tgtd.log") as server:
+
+        def target_away() -> None:
+            server.stop(grace=0)
+            time.sleep(OUTAGE_S)
+            server.start()  # the same port, the same target and LUN
+
+        nic = user_network(relayed=((USER_SERVER_ADDRESS, ISCSI_PORT, server.port),))
+        options = boot_options(kernel, iscsi_images, job, append, nic, console_log)
+        done = run_job(options, on_the_way=expect_root_then(target_away),
+                       exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
+    assert done.status == 0, f"the job failed; see {console_log}"
+    record_scenario("iscsi root, target away 20 s", done.text, iscsi_images / "initrd.img")
+    steps = outage_log(read_job_output(job.path, "outage", tmp_path / "outage").read_text())
+    assert_write_waited_for_the_server(steps)
+    state = read_job_output(job.path, "session-state", tmp_path / "state").read_text()
+    assert state.strip() == "FAILED", state
+    # The kernel saw the connection go; the session came back (the writes went through).
+    before, _, _ = done.text.partition("Returning to initrd...")
+    assert re.search(r"connection\d+:0: detected conn error", before), before[-3000:]
+    assert_iscsi_logged_out_after_unmount(done.text, (ROOT_IQN,))
+    assert_clean_ext4(lun)
+    assert ext4_file_text(lun, "/outage-proof").split() == [token, "during", token, "after"]
+
+
+def test_nbd_root_survives_its_cable_out_for_20_s(
+    kernel: Kernel, root_disk: RootDisk, nbd_images: Path, console_log: Path, tmp_path: Path
+) -> None:
+    overlay = overlay_of(root_disk.image, tmp_path / "root.qcow2")
+    token = new_token()
+    job = install_exitrd_job(tmp_path / "job.img", nbd_images, then=outage_job(NBD_WATCH, token))
+    qmp_socket = tmp_path / "qmp.sock"
+
+    def cable_out() -> None:
+        with Qmp(qmp_socket) as qmp:
+            qmp.execute("set_link", name=netdev_id(0), up=False)
+            time.sleep(OUTAGE_S)
+            qmp.execute("set_link", name=netdev_id(0), up=True)
+
+    with serve_nbd(overlay, "qcow2", tmp_path / "qemu-nbd.log") as port:
+        nic = user_network(relayed=((USER_SERVER_ADDRESS, NBD_PORT, port),))
+        options = boot_options(kernel, nbd_images, job, nbd_append("ip=dhcp"), nic, console_log)
+        options = replace(options, qmp_socket=qmp_socket)
+        done = run_job(options, on_the_way=expect_root_then(cable_out),
+                       exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
+    assert done.status == 0, f"the job failed; see {console_log}"
+    record_scenario("nbd root, cable out 20 s", done.text, nbd_images / "initrd.img")
+    steps = outage_log(read_job_output(job.path, "outage", tmp_path / "outage").read_text())
+    assert_write_waited_for_the_server(steps)
+    assert_nbd_disconnected_after_unmount(done.text)
+    raw = server_copy_of_root(overlay, tmp_path)
+    assert_clean_ext4(raw)
+    assert ext4_file_text(raw, "/outage-proof").split() == [token, "during", token, "after"]
