@@ -15,10 +15,11 @@
   each interface that is not online, with its state.
 - `bond=`'s options (mode=, miimon=, ...), which systemd-network-generator leaves out,
   become a drop-in of the bond's .netdev in networkd's names (bond_options.py).
-- Addresses outlive switch-root: every .network file the initrd used gets a
-  KeepConfiguration=yes drop-in under /run/systemd/network, which the real root keeps,
-  so neither the initrd's networkd stopping nor the real root's starting drops an
-  address the root filesystem is reached through.
+- Addresses outlive switch-root and a cable out for a while: every .network file the
+  initrd used gets a KeepConfiguration=yes, IgnoreCarrierLoss=yes drop-in under
+  /run/systemd/network, which the real root keeps, so neither the initrd's networkd
+  stopping, nor the real root's starting, nor a lost carrier drops an address the root
+  filesystem is reached through.
 - NIC drivers: generic mode takes the `net` driver class; hostonly mode the drivers
   (and modaliases up the bus) of the host's interfaces that carry a default route and
   of those the network files' [Match] Name= lines name exactly.
@@ -149,13 +150,18 @@ KEEP_SCRIPT = f"""\
 #!/bin/sh
 # Written by bookend: every .network file the initrd's networkd uses keeps its
 # configuration, in the initrd and in the real root (which keeps /run), so an address
-# the root filesystem is reached through is never dropped.
-for file in /run/systemd/network/*.network {NETWORK_DIR}/*.network; do
+# the root filesystem is reached through is never dropped: not when networkd stops or
+# starts (KeepConfiguration=), nor when the cable is out for a while (by default
+# networkd drops every address of a link that loses its carrier, IgnoreCarrierLoss=).
+# BOOKEND_RUN_NETWORK and BOOKEND_IMAGE_NETWORK name other directories (for tests).
+run=${{BOOKEND_RUN_NETWORK:-/run/systemd/network}}
+for file in "$run"/*.network "${{BOOKEND_IMAGE_NETWORK:-{NETWORK_DIR}}}"/*.network; do
     [ -e "$file" ] || continue
-    dropins="/run/systemd/network/${{file##*/}}.d"
+    dropins="$run/${{file##*/}}.d"
     mkdir -p "$dropins"
     printf '%s\\n' "# Written by bookend: the root may be reached through this network." \\
-        "[Network]" "KeepConfiguration=yes" > "$dropins/90-bookend-keep.conf"
+        "[Network]" "KeepConfiguration=yes" "IgnoreCarrierLoss=yes" \\
+        > "$dropins/90-bookend-keep.conf"
 done
 """
 

@@ -14,6 +14,7 @@ from bookend.features.bond_options import bond_options_script
 from bookend.features.nbd import DETACH_STEP, GENERATOR, UNIT, generator_script
 from bookend.features.network import (
     GENERATOR_SCRIPT,
+    KEEP_SCRIPT,
     default_route_interfaces,
     matched_names,
     nic_modules,
@@ -325,3 +326,32 @@ def test_bond_options_for_a_bond_the_generator_did_not_make_are_reported(tmp_pat
     assert (
         "bond bond1: systemd-network-generator wrote no .netdev" in (tmp_path / "kmsg").read_text()
     )
+
+
+def test_every_network_file_keeps_its_addresses_past_stops_and_carrier_loss(
+    tmp_path: Path,
+) -> None:
+    run, image = tmp_path / "run", tmp_path / "image"
+    run.mkdir()
+    image.mkdir()
+    (run / "91-default.network").write_text("[Network]\nDHCP=ipv4\n")
+    (image / "10-uplink.network").write_text("[Network]\nDHCP=ipv4\n")
+    (image / "10-uplink.link").write_text("[Link]\n")
+    (tmp_path / "keep").write_text(KEEP_SCRIPT)
+    env = {
+        "BOOKEND_RUN_NETWORK": str(run),
+        "BOOKEND_IMAGE_NETWORK": str(image),
+        "PATH": "/usr/bin:/bin",
+    }
+    subprocess.run(["sh", str(tmp_path / "keep")], env=env, check=True)
+    dropins = sorted(str(p.relative_to(run)) for p in run.rglob("*.conf"))
+    assert dropins == [
+        "10-uplink.network.d/90-bookend-keep.conf",
+        "91-default.network.d/90-bookend-keep.conf",
+    ]
+    for dropin in dropins:
+        assert unit_lines((run / dropin).read_text()) == [
+            "[Network]",
+            "KeepConfiguration=yes",
+            "IgnoreCarrierLoss=yes",
+        ]
