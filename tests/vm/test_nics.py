@@ -78,12 +78,12 @@ findmnt -no SOURCE / > /job/out/root-source
 
 BOND_CHECKS = ADDRESS_CHECKS + "cat /proc/net/bonding/bond0 > /job/out/bonding\n"
 
-# The job's side of an outage: say it is ready, see the outage begin (the shell function
-# outage_begun, from the watch given), start a write to the root that must wait for the
-# server, see the outage end (outage_over), then write again. Each step goes to
-# /job/out/outage with the guest's uptime; /outage-proof in the root holds the token
-# twice once both writes are synced. Only shell builtins and programs already run (in
-# the page cache) are used while the root's server is away.
+# The job's side of an outage: say it is ready, see the outage begin (the watch's shell
+# function outage_begun), start a write to the root that must wait for the server (and
+# run the watch's during_outage meanwhile), see the outage end (outage_over), write
+# again. Each step goes to /job/out/outage with the guest's uptime; /outage-proof in the
+# root holds the token twice once both writes are synced. Only shell builtins and
+# programs already run (in the page cache) are used while the root's server is away.
 OUTAGE_JOB = """
 set +x
 log() { read -r up _ < /proc/uptime; echo "$up $*" >> /job/out/outage; }
@@ -102,6 +102,7 @@ poll 300 outage_begun
 log "outage seen"
 ( echo "@TOKEN@ during" > /outage-proof && sync /outage-proof && log "write synced" ) &
 writer=$!
+during_outage
 poll 300 outage_over
 log "server back"
 wait "$writer"
@@ -118,12 +119,22 @@ outage_begun() {
     [ "$now" != LOGGED_IN ]
 }
 outage_over() { read -r now < "$state"; [ "$now" = LOGGED_IN ]; }
+during_outage() { :; }
 """
-# The NIC's carrier follows QEMU's set_link.
+# The NIC's carrier follows QEMU's set_link. The root runs networkd as well (it takes
+# over the initrd's files in /run), which must keep the address while the carrier is
+# gone.
 NBD_WATCH = f"""
+systemctl start systemd-networkd.service
+/usr/lib/systemd/systemd-networkd-wait-online -i {interface_name(0)} --timeout=120
+ip -4 -o addr show dev {interface_name(0)} > /job/out/address-before
 carrier=/sys/class/net/{interface_name(0)}/carrier
 outage_begun() {{ read -r now < "$carrier"; [ "$now" = 0 ]; }}
 outage_over() {{ read -r now < "$carrier"; [ "$now" = 1 ]; }}
+during_outage() {{
+    sleep 3
+    ip -4 -o addr show dev {interface_name(0)} > /job/out/address-during
+}}
 """
 
 
@@ -369,6 +380,12 @@ def test_nbd_root_survives_its_cable_out_for_20_s(
     record_scenario("nbd root, cable out 20 s", done.text, nbd_images / "initrd.img")
     steps = outage_log(read_job_output(job.path, "outage", tmp_path / "outage").read_text())
     assert_write_waited_for_the_server(steps)
+    # The real root's networkd kept the address through the carrier's loss.
+    for when in ("before", "during"):
+        listed = read_job_output(job.path, f"address-{when}", tmp_path / when).read_text()
+        assert addresses_by_interface(listed) == {
+            interface_name(0): [f"{USER_GUEST_ADDRESS}/24"]
+        }, (when, listed)
     assert_nbd_disconnected_after_unmount(done.text)
     raw = server_copy_of_root(overlay, tmp_path)
     assert_clean_ext4(raw)
