@@ -66,7 +66,7 @@ OUTAGE_S = 20
 # A write blocked by the outage takes at least this long (the outage less the guest's
 # half-second polls and the host's reaction).
 BLOCKED_AT_LEAST_S = OUTAGE_S - 5
-READY = r"(?m)^BOOKEND-OUTAGE-READY$"
+READY = r"bookend-test-job\[\d+\]: BOOKEND-OUTAGE-READY"
 # systemd shortens long status lines in the middle: match the unit or its end.
 WAIT_ONLINE = r"(networkd-wait-online|to be Configured)"
 
