@@ -3,6 +3,9 @@ a run must make early, the time summary, and QEMU's command line."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,15 @@ from harness.netroot import (
     record_scenario,
     scenario_lines,
     switch_root_seconds,
+)
+from harness.network import (
+    RELAY,
+    free_loopback_port,
+    interface_name,
+    joined,
+    link,
+    netdev_id,
+    user_network,
 )
 from harness.qemu import BootOptions, Disk, qemu_argv
 from harness.suite import Phase, disk_needs, run_order, tier_of, time_summary
@@ -218,3 +230,36 @@ def test_scenarios_recorded_by_tests_make_the_reports_table(
     lines = scenario_lines(scenarios)
     assert lines[1].split() == ["iscsi", "root", "18.9", "s", "3.0", "MiB", "1.0", "MiB"]
     assert lines[2].split() == ["nfs", "root,", "v4", "18.9", "s", "3.0", "MiB", "-"]
+
+
+def test_a_guests_nics_each_get_a_netdev_mac_and_pci_slot() -> None:
+    with link() as cable:
+        dead = cable.end(0, index=0)
+        live = user_network(relayed=(("10.0.2.100", 10809, 4000),), index=1)
+        nics = joined(dead, live)
+        argv = qemu_argv(BootOptions(kernel=Path("/vmlinuz"), network=nics.args,
+                                     pass_fds=nics.pass_fds))  # fmt: skip
+        assert nics.pass_fds == dead.pass_fds and len(nics.pass_fds) == 1
+    devices = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-device"]
+    assert devices == [
+        f"virtio-net-pci,netdev={netdev_id(0)},mac={dead.mac},addr=0x3",
+        f"virtio-net-pci,netdev={netdev_id(1)},mac={live.mac},addr=0x4",
+    ]
+    assert dead.mac != live.mac
+    assert [interface_name(0), interface_name(1)] == ["ens3", "ens4"]
+    netdevs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-netdev"]
+    assert netdevs[0].endswith(",id=net0") and netdevs[1].endswith(",id=net1")
+    assert netdevs[1].startswith("user,restrict=on,guestfwd=tcp:10.0.2.100:10809-cmd:")
+
+
+def test_the_relay_closes_the_guests_connection_silently_when_no_server_listens() -> None:
+    port = free_loopback_port()  # nothing listens there
+    guest, relay_end = socket.socketpair()
+    with guest, relay_end:
+        relay = subprocess.run([sys.executable, "-I", "-S", str(RELAY), str(port)],
+                               stdin=relay_end.fileno(), stdout=relay_end.fileno(),
+                               stderr=relay_end.fileno(),
+                               timeout=30)  # fmt: skip
+        relay_end.close()
+        assert relay.returncode == 1
+        assert guest.recv(4096) == b""  # no traceback sent to the guest
