@@ -22,7 +22,8 @@
   filesystem is reached through.
 - NIC drivers: generic mode takes the `net` driver class; hostonly mode the drivers
   (and modaliases up the bus) of the host's interfaces that carry a default route and
-  of those the network files' [Match] Name= lines name exactly.
+  of those the network files' [Match] Name= lines name exactly, and of the interfaces
+  under them (a bond's slaves, a VLAN's parent, a bridge's ports).
 """
 
 from __future__ import annotations
@@ -361,6 +362,22 @@ def nic_modules(sysfs: Path, interface: str) -> list[tuple[str, str]]:
     return found
 
 
+def with_lower_interfaces(sysfs: Path, interface: str) -> list[str]:
+    """interface, then every interface under it, depth first: a bond's slaves, a VLAN's
+    parent, a bridge's ports. The kernel links each as lower_NAME in the upper one's
+    sysfs directory; only the lowest ones have a device, and so a driver."""
+    found = [interface]
+    try:
+        entries = sorted((sysfs / "class/net" / interface).iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.name.startswith("lower_"):
+            lower = with_lower_interfaces(sysfs, entry.name.removeprefix("lower_"))
+            found += [name for name in lower if name not in found]
+    return found
+
+
 def _read(path: Path) -> str | None:
     try:
         return path.read_text().strip()
@@ -392,7 +409,10 @@ def _drivers(config: Config) -> list[Request | Generated]:
     if config.host_network_files:
         texts += [text for _, text in host_network_files(sysroot)]
     named = [name for text in texts for name in matched_names(text)]
-    interfaces = dict.fromkeys([*default_route_interfaces(config.procfs), *named])
+    chosen = [*default_route_interfaces(config.procfs), *named]
+    interfaces = dict.fromkeys(
+        lower for interface in chosen for lower in with_lower_interfaces(config.sysfs, interface)
+    )
     return [
         Request(RequestKind.MODULE, name, why, optional=True)
         for interface in interfaces

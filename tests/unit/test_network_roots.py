@@ -9,15 +9,17 @@ import pytest
 
 from bookend.errors import ConfigError
 from bookend.exitrd import make_exitrd_plan
-from bookend.features.base import RequestKind
+from bookend.features.base import FeatureContext, Request, RequestKind
 from bookend.features.bond_options import bond_options_script
 from bookend.features.nbd import DETACH_STEP, GENERATOR, UNIT, generator_script
+from bookend.features.network import FEATURE as NETWORK
 from bookend.features.network import (
     GENERATOR_SCRIPT,
     KEEP_SCRIPT,
     default_route_interfaces,
     matched_names,
     nic_modules,
+    with_lower_interfaces,
 )
 from bookend.features.storage_daemons import STOP_HOOK
 from bookend.plan import make_plan
@@ -355,3 +357,42 @@ def test_every_network_file_keeps_its_addresses_past_stops_and_carrier_loss(
             "KeepConfiguration=yes",
             "IgnoreCarrierLoss=yes",
         ]
+
+
+def test_hostonly_nic_drivers_of_a_bonds_slaves(tmp_path: Path, root_tree: Path) -> None:
+    """The default route goes through bond0 (no device, so no driver of its own): the
+    drivers are its slaves', one of them under a VLAN (the kernel's lower_ links)."""
+    sysfs = tmp_path / "sys"
+    net = sysfs / "class/net"
+    net.mkdir(parents=True)
+    virtual = sysfs / "devices/virtual/net"
+    for name in ("bond0", "ens3.7"):
+        (virtual / name).mkdir(parents=True)
+        (net / name).symlink_to(virtual / name)
+    for slot, name in ((3, "ens3"), (4, "ens4")):
+        device = sysfs / f"devices/pci0000:00/0000:00:0{slot}.0"
+        (device / "net" / name).mkdir(parents=True)
+        (device / "modalias").write_text(f"pci:slot{slot}\n")
+        (device / "net" / name / "device").symlink_to(device)
+        (net / name).symlink_to(device / "net" / name)
+    (virtual / "bond0/lower_ens3.7").symlink_to(virtual / "ens3.7")
+    (virtual / "bond0/lower_ens4").symlink_to(net / "ens4")
+    (virtual / "ens3.7/lower_ens3").symlink_to(net / "ens3")
+    assert with_lower_interfaces(sysfs, "bond0") == ["bond0", "ens3.7", "ens3", "ens4"]
+    assert with_lower_interfaces(sysfs, "ens4") == ["ens4"]
+    assert with_lower_interfaces(sysfs, "gone0") == ["gone0"]
+    (sysfs / "dev/block").mkdir(parents=True)  # what makes it a sysfs to the config
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self/mountinfo").write_text("")
+    (proc / "net").mkdir()
+    (proc / "net/route").write_text(
+        "Iface\tDestination\tGateway\tFlags\tRefCnt\tUse\tMetric\tMask\tMTU\tWindow\tIRTT\n"
+        "bond0\t00000000\t0202000A\t0003\t0\t0\t0\t00000000\t0\t0\t0\n"
+    )
+    values = {"sysroot": str(root_tree), "sysfs": str(sysfs), "procfs": str(proc)}
+    assert NETWORK.compute is not None
+    contribution = NETWORK.compute(FeatureContext(load_config(None, values)))  # hostonly
+    modules = [item.name for item in contribution if isinstance(item, Request)
+               and item.kind is RequestKind.MODULE]  # fmt: skip
+    assert modules == ["pci:slot3", "pci:slot4"]
