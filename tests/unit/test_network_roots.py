@@ -11,13 +11,9 @@ from bookend.errors import ConfigError
 from bookend.exitrd import make_exitrd_plan
 from bookend.features.base import RequestKind
 from bookend.features.nbd import DETACH_STEP, GENERATOR, UNIT, generator_script
-from bookend.features.network import (
-    GENERATOR_SCRIPT,
-    default_route_interfaces,
-    matched_names,
-    nic_modules,
-)
+from bookend.features.network import GENERATOR_SCRIPT, matched_names
 from bookend.features.storage_daemons import STOP_HOOK
+from bookend.hostnet import default_route_interfaces, nic_modules
 from bookend.plan import make_plan
 from tests.unit.conftest import load_config
 
