@@ -316,7 +316,10 @@ def _module_databases(sysroot: Sysroot) -> dict[str, _Modules]:
     databases = {}
     for kver in sysroot.listdir("/lib/modules"):
         moddir = f"/lib/modules/{kver}"
-        if not sysroot.is_dir(moddir):
+        # Not every directory there is a kernel's: dracut's modsign module puts the
+        # kernel's signing keys in /lib/modules/keys (when the host has keyctl).
+        index = (f"{moddir}/modules.dep", f"{moddir}/modules.builtin")
+        if not sysroot.is_dir(moddir) or not any(sysroot.exists(path) for path in index):
             continue
         if sysroot.read_bytes(f"{moddir}/modules.dep") is not None:
             db = kmodules.load_database(sysroot, kver)
