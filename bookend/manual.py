@@ -87,7 +87,8 @@ PAGES: dict[str, Page] = {
     "features": Page(
         "List the features bookend knows, each with what it is for; those marked with '*' "
         "are on by default. Others are switched on with --add-feature NAME or by what "
-        "hostonly detection finds (LUKS, LVM, MD RAID, btrfs under the root).",
+        "hostonly detection finds (LUKS, LVM, MD RAID, btrfs under the root; an NBD, iSCSI "
+        "or NFS root, which brings network too).",
         (("bookend features", "the list"),),
     ),
     "install-exitrd": Page(
