@@ -316,10 +316,7 @@ def _module_databases(sysroot: Sysroot) -> dict[str, _Modules]:
     databases = {}
     for kver in sysroot.listdir("/lib/modules"):
         moddir = f"/lib/modules/{kver}"
-        # Not every directory there is a kernel's: dracut's modsign module puts the
-        # kernel's signing keys in /lib/modules/keys (when the host has keyctl).
-        index = (f"{moddir}/modules.dep", f"{moddir}/modules.builtin")
-        if not sysroot.is_dir(moddir) or not any(sysroot.exists(path) for path in index):
+        if not sysroot.is_dir(moddir):
             continue
         if sysroot.read_bytes(f"{moddir}/modules.dep") is not None:
             db = kmodules.load_database(sysroot, kver)

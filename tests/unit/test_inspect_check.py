@@ -184,14 +184,6 @@ def test_the_root_filesystem_type_from_the_command_line(tree: Path, tmp_path: Pa
     assert problems(tree, tmp_path, root_fstype="tmpfs") == []
 
 
-def test_a_keys_directory_beside_the_kernels_is_no_kernel(tree: Path, tmp_path: Path) -> None:
-    """dracut's modsign module adds /lib/modules/keys (when the host has keyctl)."""
-    keys = tree / "usr/lib/modules/keys"
-    keys.mkdir()
-    (keys / "signing_key.x509").write_bytes(b"0\x82")
-    assert problems(tree, tmp_path, root_fstype="ext4") == []
-
-
 def test_no_modules_at_all_for_a_root_filesystem(tree: Path, tmp_path: Path) -> None:
     shutil.rmtree(tree / "usr/lib/modules")
     assert problems(tree, tmp_path) == [
