@@ -23,14 +23,14 @@
 - NIC drivers: generic mode takes the `net` driver class; hostonly mode the drivers
   (and modaliases up the bus) of the host's interfaces that carry a default route and
   of those the network files' [Match] Name= lines name exactly, and of the interfaces
-  under them (a bond's slaves, a VLAN's parent, a bridge's ports).
+  under them (a bond's slaves, a VLAN's parent, a bridge's ports). For a root reached
+  over the network, hostonly detection switches the feature on and adds the drivers
+  of the interfaces the root's traffic uses (bookend.hostnet).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config, ModuleMode
@@ -49,6 +49,8 @@ from bookend.features.bond_options import (
     BOND_UNIT_TEXT,
     bond_options_script,
 )
+from bookend.hostnet import default_route_interfaces, lower_interfaces, nic_modules
+from bookend.storage import StorageKind
 from bookend.sysroot import Sysroot
 
 log = logging.getLogger(__name__)
@@ -317,74 +319,6 @@ def secret_key(text: str) -> str | None:
     return None
 
 
-def default_route_interfaces(procfs: Path) -> list[str]:
-    """Interfaces with an IPv4 or IPv6 default route, from procfs' route tables."""
-    names: dict[str, None] = {}
-    try:
-        lines = (procfs / "net/route").read_text().splitlines()[1:]
-    except OSError:
-        lines = []
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 7 and fields[1] == "00000000" and fields[7] == "00000000":
-            names[fields[0]] = None
-    try:
-        lines6 = (procfs / "net/ipv6_route").read_text().splitlines()
-    except OSError:
-        lines6 = []
-    for line in lines6:
-        fields = line.split()
-        if len(fields) == 10 and fields[0] == "0" * 32 and fields[1] == "00" and fields[9] != "lo":
-            names[fields[9]] = None
-    return list(names)
-
-
-def nic_modules(sysfs: Path, interface: str) -> list[tuple[str, str]]:
-    """(module or modalias, why) for an interface's device and every device above it."""
-    found: list[tuple[str, str]] = []
-    devices = Path(os.path.realpath(sysfs / "devices"))
-    link = sysfs / "class/net" / interface / "device"
-    if not os.path.lexists(link):
-        return found  # virtual (bridge, bond...) or gone: no hardware driver
-    level = Path(os.path.realpath(link))
-    while level.is_relative_to(devices) and level != devices:
-        shown = "/sys/" + level.relative_to(devices.parent).as_posix()
-        why = f"hostonly: NIC {interface}: {shown}"
-        modalias = _read(level / "modalias")
-        if modalias:
-            found.append((modalias, f"{why} modalias"))
-        if os.path.lexists(level / "driver"):
-            driver = Path(os.readlink(level / "driver")).name
-            module_link = level / "driver/module"
-            module = Path(os.readlink(module_link)).name if os.path.lexists(module_link) else driver
-            found.append((module, f"{why} driver {driver}"))
-        level = level.parent
-    return found
-
-
-def with_lower_interfaces(sysfs: Path, interface: str) -> list[str]:
-    """interface, then every interface under it, depth first: a bond's slaves, a VLAN's
-    parent, a bridge's ports. The kernel links each as lower_NAME in the upper one's
-    sysfs directory; only the lowest ones have a device, and so a driver."""
-    found = [interface]
-    try:
-        entries = sorted((sysfs / "class/net" / interface).iterdir())
-    except OSError:
-        return found
-    for entry in entries:
-        if entry.name.startswith("lower_"):
-            lower = with_lower_interfaces(sysfs, entry.name.removeprefix("lower_"))
-            found += [name for name in lower if name not in found]
-    return found
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
-
-
 def matched_names(network_file: str) -> list[str]:
     """The exact interface names a networkd file's [Match] Name= lines give (no globs)."""
     names: list[str] = []
@@ -401,7 +335,8 @@ def matched_names(network_file: str) -> list[str]:
 
 def _drivers(config: Config) -> list[Request | Generated]:
     """Generic: the net class. Hostonly: what the host's default-route NICs use, and
-    the NICs network_files name."""
+    the NICs network_files name. (A network root's own NICs come from hostonly
+    detection, bookend.hostonly, with the root's other drivers.)"""
     if config.mode is ModuleMode.GENERIC:
         return [Request(RequestKind.DRIVER_CLASS, "net", "feature network: mode generic", True)]
     sysroot = Sysroot(config.sysroot)
@@ -411,12 +346,12 @@ def _drivers(config: Config) -> list[Request | Generated]:
     named = [name for text in texts for name in matched_names(text)]
     chosen = [*default_route_interfaces(config.procfs), *named]
     interfaces = dict.fromkeys(
-        lower for interface in chosen for lower in with_lower_interfaces(config.sysfs, interface)
+        lower for interface in chosen for lower in lower_interfaces(config.sysfs, interface)
     )
     return [
-        Request(RequestKind.MODULE, name, why, optional=True)
+        Request(RequestKind.MODULE, name, f"hostonly: NIC {interface}: {what}", optional=True)
         for interface in interfaces
-        for name, why in nic_modules(config.sysfs, interface)
+        for name, what in nic_modules(config.sysfs, interface)
     ]
 
 
@@ -461,4 +396,6 @@ FEATURE = Feature(
     modules=("?af_packet", "?bonding", "?bridge", "?8021q"),
     compute=_compute,
     switch_on=SwitchOn(settings=("network_files", "host_network_files")),
+    # Hostonly: a root or /usr reached over a network (NBD, iSCSI, NFS) switches it on.
+    serves=StorageKind.NETWORK,
 )

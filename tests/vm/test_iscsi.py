@@ -21,7 +21,15 @@ import pytest
 from harness.exitrdjob import SHUTDOWN_LIMIT, after, install_exitrd_job, shutdown_through
 from harness.guestjob import read_job_output, run_job
 from harness.images import QEMU_VIRTIO_EXT4, build_image
-from harness.netroot import assert_clean_ext4, copy_of, expect_initrd_then_root, record_scenario
+from harness.netroot import (
+    DETECTION_CHECK,
+    DETECTION_FILES,
+    assert_clean_ext4,
+    copy_of,
+    expect_initrd_then_root,
+    module_index_tree,
+    record_scenario,
+)
 from harness.network import USER_SERVER_ADDRESS, user_network
 from harness.qemu import BootOptions, Kernel
 from harness.rootdisk import RootDisk
@@ -34,8 +42,10 @@ SPARE_IQN = "iqn.2026-12.test.bookend:spare"
 INITIATOR = "iqn.2026-12.test.bookend:client"
 
 # After the exitrd is installed, the job also records the daemon and the sessions as
-# the running root sees them.
-ISCSI_CHECKS = """
+# the running root sees them, and what bookend's hostonly detection finds on it.
+ISCSI_CHECKS = (
+    DETECTION_CHECK
+    + """
 pid=$(systemctl show -P MainPID bookend-iscsid.service)
 state=$(systemctl show -P ActiveState bookend-iscsid.service)
 argv0=$(tr '\\0' '\\n' < /proc/$pid/cmdline | head -n 1)
@@ -51,6 +61,7 @@ else
     echo "$files no" > /job/out/iscsid-files
 fi
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +80,9 @@ def test_iscsi_root_boots_and_the_exitrd_logs_out(
     spare = tmp_path / "spare.raw"
     spare.write_bytes(b"")
     subprocess.run(["truncate", "-s", "16M", str(spare)], check=True)
-    job = install_exitrd_job(tmp_path / "job.img", iscsi_images, then=ISCSI_CHECKS)
+    index = module_index_tree(kernel.version, tmp_path / "kindex")
+    job = install_exitrd_job(tmp_path / "job.img", iscsi_images, then=ISCSI_CHECKS,
+                             files={DETECTION_FILES: index})  # fmt: skip
     portal = f"{USER_SERVER_ADDRESS}::{ISCSI_PORT}::"
     append = (f"root=UUID={root_disk.uuid} rw ip=dhcp rd.iscsi.initiator={INITIATOR} "
               f"netroot=iscsi:{portal}{ROOT_IQN} netroot=iscsi:{portal}{SPARE_IQN}")  # fmt: skip
@@ -97,6 +110,16 @@ def test_iscsi_root_boots_and_the_exitrd_logs_out(
     assert files.split() == ["active", "yes"], files
     root = read_job_output(job.path, "root-source", tmp_path / "root-source").read_text()
     assert re.fullmatch(r"/dev/sd[a-z]+", root.strip()), root
+    # Hostonly detection on the live root: the disk's iSCSI session, its transport, and
+    # the NIC with the route to the portal.
+    detection = read_job_output(job.path, "detection", tmp_path / "detection").read_text()
+    assert "storage iscsi network\n" in detection, detection
+    assert "network-interfaces ens3\n" in detection, detection
+    assert re.search(r"^module iscsi_tcp: iSCSI transport of session\d+ for / ", detection, re.M)
+    driver = rf"^module virtio_net: .*NIC ens3 \(route to {re.escape(USER_SERVER_ADDRESS)}\) "
+    assert re.search(
+        driver + rf"for iSCSI session\d+ to {re.escape(ROOT_IQN)} ", detection, re.M
+    ), detection
 
     before, marker, pivoted = text.partition("Returning to initrd...")
     assert marker, "no pivot into the exitrd on the console"
@@ -135,7 +158,9 @@ def test_lvm_on_luks2_on_an_iscsi_lun_unlocks_boots_and_detaches(
     build_image(images / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4, "--add-feature",
                 "iscsi", "--add-feature", "lvm", "--add-feature", "luks", "--add-module",
                 "virtio_net")  # fmt: skip
-    job = install_exitrd_job(tmp_path / "job.img", images)
+    index = module_index_tree(kernel.version, tmp_path / "kindex")
+    job = install_exitrd_job(tmp_path / "job.img", images, then=DETECTION_CHECK,
+                             files={DETECTION_FILES: index})  # fmt: skip
     portal = f"{USER_SERVER_ADDRESS}::{ISCSI_PORT}::"
     append = (f"root=UUID={stack.root_uuid} rd.luks.name={stack.luks_uuid}={stack.luks_name} "
               f"rw ip=dhcp netroot=iscsi:{portal}{ROOT_IQN}")  # fmt: skip
@@ -145,6 +170,10 @@ def test_lvm_on_luks2_on_an_iscsi_lun_unlocks_boots_and_detaches(
                           network=nic.args)  # fmt: skip
         text = shutdown_through(options, stack.passphrase)
     record_scenario("iscsi root, LVM on LUKS2", text, images / "initrd.img")
+    # Hostonly detection on the live root sees the whole stack, down to the NIC.
+    detection = read_job_output(job.path, "detection", tmp_path / "detection").read_text()
+    assert "storage iscsi luks lvm network\n" in detection, detection
+    assert "network-interfaces ens3\n" in detection, detection
     pivoted = after(text, "Returning to initrd...")
     detached = pivoted.find("shutdown[1]: All DM devices detached.")
     assert detached >= 0, pivoted[-3000:]
