@@ -12,7 +12,7 @@ more requests and generated entries.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from bookend.archive import ArchiveEntry
@@ -122,6 +122,9 @@ class Feature:
     switch_on: SwitchOn = SwitchOn()
     serves: StorageKind | None = None  # the storage kind it sets up
     exitrd: ExitrdPart | None = None
+    # What the finished image says of the feature's work: warnings (one line each) about
+    # what may not run, given the image paths of the closure.
+    image_warnings: Callable[[FeatureContext, Collection[str]], list[str]] | None = None
 
     def requests(self) -> list[Request]:
         """The declared names as requests, "?" turned into optional."""
