@@ -23,7 +23,6 @@ from bookend.archive.cpio import MAX_FILE_SIZE, too_big
 from bookend.config import Config
 from bookend.drivers import DRIVER_CLASSES
 from bookend.errors import ConfigError, ElfError, SysrootError
-from bookend.features import ALL
 from bookend.features.base import FeatureContext, Request, RequestKind
 from bookend.libsearch import LibrarySearch
 from bookend.plan import Plan
@@ -452,7 +451,8 @@ def build_closure(config: Config, plan: Plan, cache: ScanCache | None = None) ->
 def _feature_warnings(config: Config, plan: Plan, paths: Collection[str]) -> list[str]:
     """What the plan's features say of the finished image (a unit that may not start)."""
     context = FeatureContext(config, plan.detection)
-    features = [ALL[name] for name in plan.features if name in ALL]  # the exitrd's is not
+    # The exitrd's own feature is in no registry.
+    features = [plan.registry[name] for name in plan.features if name in plan.registry]
     return [
         warning
         for feature in features
