@@ -113,15 +113,32 @@ def install_section(sysroot: Sysroot, path: str) -> list[tuple[str, str]]:
 
 
 def install_links(sysroot: Sysroot, unit: str, path: str, target: str | None) -> list[str]:
-    """The links that enable unit: TARGET.wants/UNIT, or per its [Install] section."""
+    """The links that enable unit: TARGET.wants/UNIT, or per its [Install] section.
+
+    A template named without an instance (foo@.service) is enabled as its
+    DefaultInstance=, as systemctl enable does; without one, nothing could start it.
+    """
+    install = install_section(sysroot, path)
+    name = _instance_name(unit, install)
+    if name is None:
+        return []
     if target is not None:
-        return [f"{LINK_DIR}/{target}.wants/{unit}"]
+        return [f"{LINK_DIR}/{target}.wants/{name}"]
     links = []
-    for key, value in install_section(sysroot, path):
+    for key, value in install:
         kind = {"WantedBy": "wants", "RequiredBy": "requires"}.get(key)
         if kind:
-            links += [f"{LINK_DIR}/{word}.{kind}/{unit}" for word in value.split()]
+            links += [f"{LINK_DIR}/{word}.{kind}/{name}" for word in value.split()]
     return links
+
+
+def _instance_name(unit: str, install: list[tuple[str, str]]) -> str | None:
+    """The name unit is started by: itself, or a bare template's default instance."""
+    template = re.fullmatch(r"(.+@)(\.[^.]+)", unit)
+    if template is None:
+        return unit
+    defaults = [value for key, value in install if key == "DefaultInstance" and value]
+    return f"{template.group(1)}{defaults[-1]}{template.group(2)}" if defaults else None
 
 
 def dependencies(sysroot: Sysroot, unit: str) -> list[str]:
@@ -246,7 +263,13 @@ def _why_not(
             "it may start before what it expects"
         )
     links = install_links(sysroot, unit, text.path, target)
-    if not links:
+    install = install_section(sysroot, text.path)
+    if _instance_name(unit, install) is None:
+        reasons.append(
+            "not enabled: a template without an instance or DefaultInstance=; "
+            "name an instance, e.g. " + unit.replace("@.", "@NAME.")
+        )
+    elif not links:
         reasons.append(
             "not enabled: its [Install] section names no WantedBy=/RequiredBy=; "
             "give a target as UNIT:TARGET (e.g. initrd.target)"

@@ -175,3 +175,26 @@ def test_missing_environment_file_is_an_error_naming_unit(demo_tree: Path) -> No
     (demo_tree / "etc/default/demo").unlink()
     with pytest.raises(ConfigError, match=r"units \(command line\): demo.service: .*/etc/default"):
         units_closure(config_for(demo_tree, "demo.service"))
+
+
+def test_template_is_enabled_as_its_instance(demo_tree: Path) -> None:
+    template = "[Unit]\nDefaultDependencies=no\n[Service]\nExecStart=/usr/bin/demo-token %i\n"
+    write(demo_tree, f"{SYSTEM}/echo@.service", template + "[Install]\nWantedBy=initrd.target\n")
+    write(demo_tree, f"{SYSTEM}/dflt@.service", template + "[Install]\nWantedBy=initrd.target\n"
+          "DefaultInstance=tty1\n")  # fmt: skip
+    closure = units_closure(
+        config_for(demo_tree, "echo@one.service", "dflt@.service", "echo@.service")
+    )
+    links = {
+        path: item.entry.target
+        for path, item in closure.entries.items()
+        if path.startswith("/etc/systemd/system/initrd.target.wants/")
+    }
+    assert links == {
+        "/etc/systemd/system/initrd.target.wants/echo@one.service": f"/{SYSTEM}/echo@.service",
+        "/etc/systemd/system/initrd.target.wants/dflt@tty1.service": f"/{SYSTEM}/dflt@.service",
+    }
+    assert closure.warnings == (
+        "units (command line): echo@.service: not enabled: a template without an instance "
+        "or DefaultInstance=; name an instance, e.g. echo@NAME.service",
+    )
