@@ -76,11 +76,7 @@ def read_unit(sysroot: Sysroot, name: str) -> UnitText | None:
     path = find_unit(sysroot, name)
     if path is None:
         return None
-    names = [name]
-    template = re.fullmatch(r"(.+@)[^.]+(\..+)", name)
-    if template:
-        names.insert(0, template.group(1) + template.group(2))
-    sources = [path, *(p for n in names for p in dropin_paths(sysroot, n))]
+    sources = [path, *dropin_paths(sysroot, name)]
     lines: list[tuple[str, str]] = []
     for source in sources:
         text = sysroot.read_text(source)

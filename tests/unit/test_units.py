@@ -198,3 +198,13 @@ def test_template_is_enabled_as_its_instance(demo_tree: Path) -> None:
         "units (command line): echo@.service: not enabled: a template without an instance "
         "or DefaultInstance=; name an instance, e.g. echo@NAME.service",
     )
+
+
+def test_instance_brings_its_templates_dropins_and_their_programs(demo_tree: Path) -> None:
+    write(demo_tree, f"{SYSTEM}/echo@.service", "[Service]\nExecStart=/usr/bin/demo-token %i\n")
+    write(
+        demo_tree, f"{SYSTEM}/echo@.service.d/extra.conf", "[Service]\nExecStartPre=demo-helperd\n"
+    )
+    closure = units_closure(config_for(demo_tree, "echo@one.service:initrd.target"))
+    assert f"/{SYSTEM}/echo@.service.d/extra.conf" in closure.entries
+    assert "/usr/sbin/demo-helperd" in closure.entries  # the template drop-in's program
