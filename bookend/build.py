@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -26,6 +26,8 @@ from bookend.closure import Closure, build_closure
 from bookend.config import Config
 from bookend.errors import ArchiveError
 from bookend.exitrd_load import digest_path
+from bookend.features import ALL
+from bookend.features.base import Feature
 from bookend.hostonly import format_detection
 from bookend.manifest import with_manifest
 from bookend.plan import Plan, make_plan
@@ -136,16 +138,21 @@ def scan_cache() -> ScanCache:
     return ScanCache(default_directory(os.environ))
 
 
-def build_initrd(config: Config, cache: ScanCache | None = None) -> BuildResult:
+def build_initrd(
+    config: Config, cache: ScanCache | None = None, registry: Mapping[str, Feature] = ALL
+) -> BuildResult:
+    """Both images of config; registry: the features by name (bookend.features.datafiles)."""
     # Before anything is built: a UKI the sysroot cannot make is known at once.
     uki_tools = find_uki_tools(config.sysroot, config.kver) if config.uki else None
     outputs = [config.output, *([config.exitrd_output] if config.exitrd else [])]
     with locked_outputs(outputs):
-        return _build_locked(config, uki_tools, cache or scan_cache())
+        return _build_locked(config, uki_tools, cache or scan_cache(), registry)
 
 
-def _build_locked(config: Config, uki_tools: UkiTools | None, cache: ScanCache) -> BuildResult:
-    plan = make_plan(config, cache)
+def _build_locked(
+    config: Config, uki_tools: UkiTools | None, cache: ScanCache, registry: Mapping[str, Feature]
+) -> BuildResult:
+    plan = make_plan(config, cache, registry)
     if plan.detection is not None:
         log.info("hostonly detection:\n%s", format_detection(plan.detection).rstrip())
     closure = with_manifest(build_closure(config, plan, cache))

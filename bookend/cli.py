@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,6 +16,7 @@ from bookend.errors import BookendError
 from bookend.scancache import ScanCache
 
 if TYPE_CHECKING:
+    from bookend.features.base import Feature
     from bookend.inspect.extract import ExtractReport
 
 log = logging.getLogger("bookend")
@@ -32,6 +33,7 @@ def _add_settings(parser: argparse.ArgumentParser) -> None:
         help="read the drop-in directories {usr/lib,etc,run}/bookend/conf.d under DIR "
         "(default: /, this host's; never --sysroot's)",
     )  # fmt: skip
+    _add_feature_dirs(parser)
     for setting in SETTINGS:
         if setting.kind is bool:
             _add_switches(parser, setting, {
@@ -55,6 +57,15 @@ def _add_switches(
         group.add_argument(
             flag, dest=setting.key, action="store_const", const=value, help=help_text + default
         )
+
+
+def _add_feature_dirs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--feature-dir", type=Path, action="append", default=[], metavar="DIR",
+        dest="feature_dirs",
+        help="also read feature files (NAME.toml) from DIR, after "
+        "{usr/lib,etc,run}/bookend/features.d under --config-root",
+    )  # fmt: skip
 
 
 def _add_value_flag(parser: argparse.ArgumentParser, setting: Setting) -> None:
@@ -95,7 +106,12 @@ def make_parser() -> argparse.ArgumentParser:
                       help="print only what hostonly detection finds on this machine "
                       "(the image's hostonly record), without the features")  # fmt: skip
 
-    commands.add_parser("features", help="list the features")
+    features = commands.add_parser("features", help="list the features and where each is declared")
+    features.add_argument(
+        "--config-root", type=Path, default=Path("/"), metavar="DIR",
+        help="read the feature directories {usr/lib,etc,run}/bookend/features.d under DIR",
+    )  # fmt: skip
+    _add_feature_dirs(features)
 
     config = commands.add_parser("config", help="the configuration bookend would build with")
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -254,7 +270,7 @@ def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
     return {s.key: getattr(args, s.key) for s in SETTINGS if getattr(args, s.key) is not None}
 
 
-def vocabularies() -> Vocabularies:
+def vocabularies(registry: Mapping[str, Feature] | None = None) -> Vocabularies:
     """The names the configuration's features and driver classes must be among.
 
     Passed in from here, so that configuration never imports a feature.
@@ -262,16 +278,30 @@ def vocabularies() -> Vocabularies:
     from bookend.drivers import DRIVER_CLASSES
     from bookend.features import ALL
 
-    return {"features": sorted(ALL), "driver_classes": sorted(DRIVER_CLASSES)}
+    features = ALL if registry is None else registry
+    return {"features": sorted(features), "driver_classes": sorted(DRIVER_CLASSES)}
 
 
-def _config(args: argparse.Namespace, cache: ScanCache | None = None) -> Config:
+def _registry(args: argparse.Namespace) -> Mapping[str, Feature]:
+    """bookend's features and the feature files', read before the configuration, whose
+    `features` may name them."""
+    from bookend.features import ALL
+    from bookend.features.datafiles import load_features
+
+    return load_features(args.config_root, args.feature_dirs, ALL)
+
+
+def _config(
+    args: argparse.Namespace,
+    cache: ScanCache | None = None,
+    registry: Mapping[str, Feature] | None = None,
+) -> Config:
     from bookend.resolve import configure
 
     return configure(
         args.config,
         _cli_values(args),
-        vocabularies(),
+        vocabularies(registry or _registry(args)),
         config_root=args.config_root,
         cache=cache,
     )
@@ -281,8 +311,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     from bookend.build import build_initrd, scan_cache
 
     cache = scan_cache()  # the one the build uses: the module database is read once
-    config = _config(args, cache)
-    result = build_initrd(config, cache)
+    registry = _registry(args)
+    config = _config(args, cache, registry)
+    result = build_initrd(config, cache, registry)
     state = "up to date, not rewritten: " if result.up_to_date else ""
     for image in (result.initrd, result.exitrd):
         if image is not None:
@@ -299,14 +330,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from bookend.plan import format_plan, make_plan
 
     cache = ScanCache(None)  # shared by the stages, kept in memory only
-    config = _config(args, cache)
+    registry = _registry(args)
+    config = _config(args, cache, registry)
     if args.detect:
         from bookend.hostonly import format_detection
         from bookend.plan import host_detection
 
         sys.stdout.write(format_detection(host_detection(config, cache)))
         return 0
-    plan = make_plan(config, cache)
+    plan = make_plan(config, cache, registry)
     if not args.closure and not args.why:
         print(format_plan(plan))
         return 0
@@ -333,11 +365,12 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from bookend.features import ALL, DEFAULT
+    from bookend.features import DEFAULT
 
-    for name, feature in sorted(ALL.items()):
-        marker = "*" if name in DEFAULT else " "
-        print(f"{marker} {name:12} {feature.help}")
+    for name, feature in sorted(_registry(args).items()):
+        marker = "*" if name in DEFAULT or feature.switch_on.always else " "
+        origin = f" [{feature.origin}]" if feature.origin else ""
+        print(f"{marker} {name:12} {feature.help}{origin}")
     return 0
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 import stat
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
 from bookend import firmware, kmodules, microcode, modinfo, udevrules, units
@@ -23,7 +23,7 @@ from bookend.archive.cpio import MAX_FILE_SIZE, too_big
 from bookend.config import Config
 from bookend.drivers import DRIVER_CLASSES
 from bookend.errors import ConfigError, ElfError, SysrootError
-from bookend.features.base import Request, RequestKind
+from bookend.features.base import FeatureContext, Request, RequestKind
 from bookend.libsearch import LibrarySearch
 from bookend.plan import Plan
 from bookend.scancache import ScanCache, stamp
@@ -440,11 +440,25 @@ def build_closure(config: Config, plan: Plan, cache: ScanCache | None = None) ->
     builder.resolve_leftovers()
     if builder.libraries.used_ld_so_cache:
         builder.add_path("/etc/ld.so.cache", "libraries found through ld.so.conf", None)
+    builder.warnings += _feature_warnings(config, plan, builder.entries.keys())
     early = microcode.microcode_entries(builder.sysroot, plan.microcode_vendors)
     if plan.microcode_vendors and not early:
         vendors = ", ".join(plan.microcode_vendors)
         builder.warnings.append(f"no early microcode for {vendors} in the sysroot's /lib/firmware")
     return Closure(dict(sorted(builder.entries.items())), tuple(builder.warnings), tuple(early))
+
+
+def _feature_warnings(config: Config, plan: Plan, paths: Collection[str]) -> list[str]:
+    """What the plan's features say of the finished image (a unit that may not start)."""
+    context = FeatureContext(config, plan.detection)
+    # The exitrd's own feature is in no registry.
+    features = [plan.registry[name] for name in plan.features if name in plan.registry]
+    return [
+        warning
+        for feature in features
+        if feature.image_warnings
+        for warning in feature.image_warnings(context, paths)
+    ]
 
 
 def _add_requested_path(builder: _Builder, request: Request) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config
-from bookend.features import ALL
 from bookend.features.base import (
     Contribution,
     Feature,
@@ -59,7 +58,8 @@ def exitrd_parts(initrd: Plan, context: FeatureContext) -> list[Request | Genera
     """What the initrd's features ask of the exitrd (dmsetup, cryptsetup, lvm, mdadm...,
     the hook that stops root storage daemons, the steps that detach network storage),
     in the initrd's feature order."""
-    return [item for name in initrd.features for item in ALL[name].exitrd_contribution(context)]
+    features = [initrd.registry[name] for name in initrd.features]
+    return [item for feature in features for item in feature.exitrd_contribution(context)]
 
 
 def make_exitrd_plan(config: Config, initrd: Plan) -> Plan:

@@ -10,8 +10,8 @@ never named here.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from bookend import hostonly, kmodules, microcode
 from bookend.archive import ArchiveEntry, EntryKind
@@ -42,9 +42,11 @@ class Plan:
     generated: tuple[Generated, ...]
     detection: HostDetection | None = None  # what hostonly mode found
     microcode_vendors: tuple[str, ...] = ()  # CPU vendors whose early microcode goes first
+    # Where the feature names are declared: bookend's own and the feature files'.
+    registry: Mapping[str, Feature] = field(default_factory=lambda: ALL)
 
 
-def enabled_features(names: Iterable[str]) -> list[Feature]:
+def enabled_features(names: Iterable[str], registry: Mapping[str, Feature] = ALL) -> list[Feature]:
     """The named features and everything they require, each before its dependents."""
     ordered: dict[str, Feature] = {}
 
@@ -53,7 +55,7 @@ def enabled_features(names: Iterable[str]) -> list[Feature]:
             return
         # Configured names were checked by the configuration (against bookend.features'
         # names, passed in by the CLI); the others are the registry's own.
-        feature = ALL[name]
+        feature = registry[name]
         if name in path:
             raise ConfigError(f"feature {name}: requires itself via {' -> '.join(path)}")
         for required in feature.requires:
@@ -130,20 +132,25 @@ def _extended(config: Config, *, filesystems: Iterable[str] = ()) -> Config:
     )
 
 
-def switched_on(config: Config, detection: HostDetection | None) -> list[str]:
+def switched_on(
+    config: Config, detection: HostDetection | None, registry: Mapping[str, Feature] = ALL
+) -> list[str]:
     """The features to enable, by what the features declare switches them on: every
     image's, the configured ones, those the storage needs, those a setting asks for.
     Each group in the order of the registry, so the plan is the same run after run."""
-    always = [name for name, feature in ALL.items() if feature.switch_on.always]
+    always = [name for name, feature in registry.items() if feature.switch_on.always]
     by_setting = [
         name
-        for name, feature in ALL.items()
+        for name, feature in registry.items()
         if any(getattr(config, setting) for setting in feature.switch_on.settings)
     ]
-    return [*always, *config.features, *storage_features(config, detection), *by_setting]
+    storage = storage_features(config, detection, registry)
+    return [*always, *config.features, *storage, *by_setting]
 
 
-def storage_features(config: Config, detection: HostDetection | None) -> list[str]:
+def storage_features(
+    config: Config, detection: HostDetection | None, registry: Mapping[str, Feature] = ALL
+) -> list[str]:
     """Hostonly: the features serving the storage kinds detection found; a kind no
     feature serves is an error, as an image without it could not mount the root.
     Generic: the features whose program the sysroot has."""
@@ -151,10 +158,10 @@ def storage_features(config: Config, detection: HostDetection | None) -> list[st
         sysroot = Sysroot(config.sysroot)
         return [
             name
-            for name, feature in ALL.items()
+            for name, feature in registry.items()
             if feature.switch_on.program and sysroot.exists(feature.switch_on.program)
         ]
-    served = {feature.serves for feature in ALL.values()}
+    served = {feature.serves for feature in registry.values()}
     for kind, where in detection.storage:
         if kind not in served:
             raise SysrootError(
@@ -162,7 +169,7 @@ def storage_features(config: Config, detection: HostDetection | None) -> list[st
                 "so the image could not mount it"
             )
     kinds = detection.storage_kinds
-    return [name for name, feature in ALL.items() if feature.serves in kinds]
+    return [name for name, feature in registry.items() if feature.serves in kinds]
 
 
 def _class_request(name: str, reason: str) -> Request:
@@ -179,10 +186,13 @@ def microcode_vendors(config: Config) -> tuple[str, ...]:
     return (vendor,) if vendor in microcode.SOURCES else ()
 
 
-def make_plan(config: Config, cache: ScanCache | None = None) -> Plan:
-    """The plan for config; cache, if given, is shared with the closure built from it."""
+def make_plan(
+    config: Config, cache: ScanCache | None = None, registry: Mapping[str, Feature] = ALL
+) -> Plan:
+    """The plan for config; cache, if given, is shared with the closure built from it.
+    registry: the features by name, bookend's own and those of feature files."""
     config, mode_items, detection = module_mode_requests(config, cache or ScanCache(None))
-    features = enabled_features(switched_on(config, detection))
+    features = enabled_features(switched_on(config, detection, registry), registry)
     context = FeatureContext(config, detection)
     items: list[Request | Generated] = []
     for feature in features:
@@ -196,6 +206,7 @@ def make_plan(config: Config, cache: ScanCache | None = None) -> Plan:
         generated=tuple(generated),
         detection=detection,
         microcode_vendors=microcode_vendors(config),
+        registry=registry,
     )
 
 

@@ -36,7 +36,7 @@ from bookend.exitrd_load import DIGEST_SUFFIX
 from bookend.scancache import ScanCache
 from bookend.suggest import did_you_mean
 from bookend.sysroot import Sysroot
-from bookend.units import find_unit
+from bookend.units import UNIT_DIRS, find_unit
 
 # The image is written as ".NAME.bookend-tmp.PID" beside its target first (PID at most
 # 4194304, the kernel's limit), and no file name may be longer than 255 bytes.
@@ -148,7 +148,21 @@ def _check_in_sysroot(settings: Settings, cache: ScanCache, problems: Problems) 
     for unit, source in _items(settings, "storage_daemons"):
         if find_unit(root, unit) is None:
             problems.add(source, "storage_daemons", f"unit {unit} not found in the sysroot")
+    _check_units(settings, root, problems)
     return kver
+
+
+def _check_units(settings: Settings, sysroot: Sysroot, problems: Problems) -> None:
+    """Each added unit, and the target it is to be enabled for, is the sysroot's."""
+    items = _items(settings, "units")
+    if not items:
+        return
+    known = sorted({name for d in UNIT_DIRS for name in sysroot.listdir(d)})
+    for (unit, target), source in items:
+        for what, name in (("unit", unit), ("target", target)):
+            if name is not None and find_unit(sysroot, name) is None:
+                message = f"{what} {name} not found in the sysroot"
+                problems.add(source, "units", message + did_you_mean(name, known))
 
 
 def _check_kver(sysroot: Path, kver: str | None, source: str, problems: Problems) -> str:

@@ -35,10 +35,8 @@ class ExecLine:
 
 def find_unit(sysroot: Sysroot, name: str) -> str | None:
     """The image path of a unit's file; an instance falls back to its template."""
-    candidates = [name]
-    match = re.fullmatch(r"(.+@)[^.]+(\..+)", name)
-    if match:
-        candidates.append(match.group(1) + match.group(2))
+    template = template_of(name)
+    candidates = [name, *([template] if template else [])]
     for candidate in candidates:
         for directory in UNIT_DIRS:
             path = f"{directory}/{candidate}"
@@ -47,12 +45,21 @@ def find_unit(sysroot: Sysroot, name: str) -> str | None:
     return None
 
 
+def template_of(name: str) -> str | None:
+    """The template an instance is made from (foo@bar.service: foo@.service), or None."""
+    match = re.fullmatch(r"(.+@)[^.]+(\..+)", name)
+    return match.group(1) + match.group(2) if match else None
+
+
 def dropin_paths(sysroot: Sysroot, name: str) -> list[str]:
-    """Drop-in files for a unit (name.d/*.conf) in every unit directory."""
+    """Drop-in files for a unit (name.d/*.conf) in every unit directory; an instance's
+    template's come first, as systemd applies them."""
+    template = template_of(name)
     return [
-        f"{directory}/{name}.d/{entry}"
+        f"{directory}/{unit}.d/{entry}"
+        for unit in ([template] if template else []) + [name]
         for directory in UNIT_DIRS
-        for entry in sysroot.listdir(f"{directory}/{name}.d")
+        for entry in sysroot.listdir(f"{directory}/{unit}.d")
         if entry.endswith(".conf")
     ]
 

@@ -95,6 +95,16 @@ def absolute_path(name: str) -> str | None:
     return None if name.startswith("/") else f"'{name}' is not an absolute path"
 
 
+# A unit name as systemd spells it on disk (no '/', no spaces), of a kind one can add.
+UNIT_NAME = r"[A-Za-z0-9_.\\@-]+\.(service|socket|target|timer|path|mount)"
+
+
+def parse_unit_item(item: str) -> tuple[str, str | None]:
+    """UNIT[:TARGET] as (unit, target); no target: the unit's [Install] section says."""
+    unit, _, target = item.partition(":")
+    return unit, target or None
+
+
 def hook_problem(hook: str) -> str | None:
     point, sep, command = hook.partition("=")
     point = point.strip()
@@ -285,6 +295,20 @@ class Config:
         check=matching(
             r"[A-Za-z0-9:_.\\@-]+\.(service|socket|target)", "a unit name such as iscsid.service"
         ),
+    )
+    units: tuple[tuple[str, str | None], ...] = setting(  # (unit, target or None: [Install])
+        "sysroot units to add to the initrd with what they run and need, enabled per their "
+        "[Install] section or for TARGET, as UNIT[:TARGET]",
+        [],
+        flag="--add-unit",
+        metavar="UNIT[:TARGET]",
+        # Both names become paths in the image: no '/', no spaces; ':' only parts them.
+        check=matching(
+            rf"{UNIT_NAME}(:[A-Za-z0-9_.\\@-]+\.target)?",
+            "UNIT[:TARGET] such as foo.service or foo.service:initrd.target",
+        ),
+        parse_item=parse_unit_item,
+        show_item=lambda item: item[0] if item[1] is None else f"{item[0]}:{item[1]}",
     )
     activation: str | None = setting(
         "command in the real root run under /sysroot before switch-root (e.g. NixOS' activate)",

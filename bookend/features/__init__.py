@@ -18,6 +18,7 @@ from bookend.features import (
     storage_daemons,
     systemd,
     udev,
+    units,
 )
 from bookend.features.base import Feature
 
@@ -43,6 +44,7 @@ ALL: dict[str, Feature] = {
         activation,
         hooks,
         storage_daemons,
+        units,
     )
 }
 

@@ -12,7 +12,7 @@ more requests and generated entries.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from bookend.archive import ArchiveEntry
@@ -122,6 +122,10 @@ class Feature:
     switch_on: SwitchOn = SwitchOn()
     serves: StorageKind | None = None  # the storage kind it sets up
     exitrd: ExitrdPart | None = None
+    # What the finished image says of the feature's work: warnings (one line each) about
+    # what may not run, given the image paths of the closure.
+    image_warnings: Callable[[FeatureContext, Collection[str]], list[str]] | None = None
+    origin: str | None = None  # the file declaring it (bookend.features.datafiles); None: built in
 
     def requests(self) -> list[Request]:
         """The declared names as requests, "?" turned into optional."""
@@ -134,7 +138,7 @@ class Feature:
             (RequestKind.PATH, self.files),
             (RequestKind.DRIVER_CLASS, self.driver_classes),
         )
-        reason = f"feature {self.name}"
+        reason = f"feature {self.name}" + (f" ({self.origin})" if self.origin else "")
         return [_request(kind, name, reason) for kind, names in declared for name in names]
 
     def exitrd_contribution(self, context: FeatureContext) -> list[Request | Generated]:

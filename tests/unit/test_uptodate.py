@@ -54,7 +54,9 @@ def sysroot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (root / "etc/bookend-extra").mkdir()
     (root / "etc/bookend-extra/a.conf").write_text("a\n")
 
-    def fixture_plan(config: object, cache: ScanCache | None = None) -> Plan:
+    def fixture_plan(
+        config: object, cache: ScanCache | None = None, registry: object = None
+    ) -> Plan:
         return PLAN  # the features' real programs are not in a fixture tree
 
     monkeypatch.setattr(build, "make_plan", fixture_plan)
