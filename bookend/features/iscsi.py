@@ -10,7 +10,8 @@ the target is scanned; the LUN field is read but selects nothing.
 A generator shipped in the image writes, with no loop waiting for anything:
 - `bookend-iscsid.service`: iscsid, a root storage daemon ("@" argv[0] before systemd
   255, SurviveFinalKillSignal=yes from 255; no default dependencies, IgnoreOnIsolate=yes),
-  written to /run/systemd/system so the real root keeps it (as nbd does). Its initiator
+  written to /run/systemd/system so the real root keeps it (as nbd does). Once iscsid
+  runs, the console says "bookend: root storage daemon iscsid runs as pid N". Its initiator
   name: rd.iscsi.initiator=, else the image's /etc/iscsi/initiatorname.iscsi (hostonly
   images carry the sysroot's, so a target's ACL knows this machine), else one made at
   boot by iscsi-iname (new every boot: a target with ACLs needs one of the first two).
@@ -42,6 +43,7 @@ from bookend.features.base import (
 from bookend.features.storage_daemons import (
     DETACH_DIR,
     SURVIVE_FINAL_KILL_SINCE,
+    announce_start,
     systemd_version,
 )
 from bookend.storage import StorageKind
@@ -202,6 +204,7 @@ Before=initrd-root-device.target
 Type=forking
 PIDFile=/run/iscsid.pid
 ExecStart=@EXEC@ -i $1
+@ANNOUNCE@
 @SURVIVE@
 EOF
 }
@@ -320,6 +323,8 @@ def generator_script(iscsid: str, iscsiadm: str, iname: str, systemd: int | None
     replacements = {
         "@EXEC@": exec_start,
         "@SURVIVE@": survive,
+        # In the generator's here-document, where "$" must be escaped to stay itself.
+        "@ANNOUNCE@": announce_start("iscsid").replace("$", "\\$"),
         "@ISCSIADM@": iscsiadm,
         "@INAME@": iname,
         "@DAEMON_UNIT@": DAEMON_UNIT,

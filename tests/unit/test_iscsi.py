@@ -30,6 +30,7 @@ from bookend.manifest import with_manifest
 from bookend.plan import Plan, make_plan
 from tests.unit.conftest import load_config
 from tests.unit.test_network_roots import unit_lines
+from tests.unit.test_storage_daemons import run_start_post
 
 ISCSID, ISCSIADM = "/usr/sbin/iscsid", "/usr/sbin/iscsiadm"
 ROOT_IQN = "iqn.2009-06.dracut:target0"
@@ -92,6 +93,10 @@ def test_dracut_form_becomes_login_unit_and_root_storage_daemon(tmp_path: Path) 
     daemon = unit_lines(written[f"run-system/{DAEMON_UNIT}"])
     assert "IgnoreOnIsolate=yes" in daemon and "DefaultDependencies=no" in daemon
     assert not any(line.startswith("SurviveFinalKillSignal") for line in daemon)
+    # Once iscsid runs, the console names its PID (the exitrd's stop line names it too).
+    [announce] = [line for line in daemon if line.startswith("ExecStartPost=")]
+    said = run_start_post(announce, 1234, tmp_path / "announced")
+    assert said == "bookend: root storage daemon iscsid runs as pid 1234\n"
     initiator = written["run-bookend/initiatorname.iscsi"]
     assert initiator == "InitiatorName=iqn.2016-04.com.open-iscsi:generated\n"
     # The real root (not the initrd) gives iscsid back its files, from /run.
