@@ -42,11 +42,17 @@ def overlay_of(image: Path, path: Path) -> Path:
     return path
 
 
+# systemd 252 greets an initrd with "Welcome to", 257 with "Booting initrd of"; the
+# real root's greeting ("Welcome to Debian GNU/Linux 12 (bookworm)!") is any other.
+INITRD_GREETING = r"(Welcome to|Booting initrd of) [^\n]*\(bookend initrd\)"
+ROOT_GREETING = r"Welcome to (?![^\n]*\(bookend initrd\))[^\n]*!"
+
+
 def expect_initrd_then_root(vm: Boot) -> None:
     """Wait for the initrd's greeting, its target, then the real root's greeting."""
-    vm.expect(r"Welcome to .*\(bookend initrd\)", timeout=300)
+    vm.expect(INITRD_GREETING, timeout=300)
     vm.expect(r"Reached target .*initrd\.target", timeout=400)
-    vm.expect(r"Welcome to [^\n(]*!", timeout=200)
+    vm.expect(ROOT_GREETING, timeout=200)
 
 
 def assert_clean_ext4(raw: Path) -> None:
