@@ -57,7 +57,10 @@ FIRMWARE_UNIT = "bookend-iscsi-firmware.service"
 FILES_UNIT = "bookend-iscsid-files.service"
 INITIATOR_FILE = "/etc/iscsi/initiatorname.iscsi"
 CONFIG_FILE = "/etc/iscsi/iscsid.conf"
-RECORD_DIR = "/etc/iscsi"
+# Where iscsiadm keeps its node records, which it does not make itself: /etc/iscsi up
+# to open-iscsi 2.1.9 (Debian 12), /var/lib/iscsi from then on (Debian 13, Fedora).
+# The package makes the directory, so the sysroot shows which one its iscsiadm uses.
+RECORD_DIRS = ("/etc/iscsi", "/var/lib/iscsi")
 DAEMON_PATHS = ("/usr/sbin/iscsid", "/sbin/iscsid")
 ADMIN_PATHS = ("/usr/sbin/iscsiadm", "/sbin/iscsiadm", "/usr/bin/iscsiadm")
 
@@ -352,11 +355,9 @@ def _generator(context: FeatureContext) -> Contribution:
     iscsid, iscsiadm, iname = _programs(sysroot)
     script = generator_script(iscsid, iscsiadm, iname, systemd_version(sysroot))
     entry = ArchiveEntry(GENERATOR, EntryKind.FILE, 0o755, data=script.encode())
-    # iscsiadm writes its node records under /etc/iscsi, which it does not make itself.
-    records = ArchiveEntry(RECORD_DIR, EntryKind.DIRECTORY, 0o755)
     contribution: list[Request | Generated] = [
         Generated(entry, "feature iscsi: netroot=iscsi:... into units"),
-        Generated(records, "feature iscsi: where iscsiadm keeps node records"),
+        *_record_dirs(sysroot),
         Request(RequestKind.EXECUTABLE, iscsid, "feature iscsi: the root storage daemon"),
         Request(RequestKind.EXECUTABLE, iscsiadm, "feature iscsi: logs in to the targets"),
         Request(RequestKind.EXECUTABLE, iname, "feature iscsi: an initiator name", True),
@@ -367,6 +368,13 @@ def _generator(context: FeatureContext) -> Contribution:
     if config.iscsi_config is not None:
         contribution.append(_embedded_config(sysroot, config))
     return contribution
+
+
+def _record_dirs(sysroot: Sysroot) -> list[Generated]:
+    """Empty directories for iscsiadm's node records, where the sysroot has them."""
+    found = [path for path in RECORD_DIRS if sysroot.is_dir(path)] or [RECORD_DIRS[0]]
+    reason = "feature iscsi: where iscsiadm keeps node records"
+    return [Generated(ArchiveEntry(path, EntryKind.DIRECTORY, 0o755), reason) for path in found]
 
 
 def _embedded_config(sysroot: Sysroot, config: Config) -> Generated:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bookend.archive import EntryKind
 from bookend.build import write_image
 from bookend.closure import build_closure
 from bookend.errors import ConfigError
@@ -204,6 +205,14 @@ def iscsi_sysroot(root_tree: Path) -> Path:
     return root_tree
 
 
+def record_directories(plan: Plan) -> set[str]:
+    return {
+        g.entry.path
+        for g in plan.generated
+        if g.entry.kind is EntryKind.DIRECTORY and "node records" in g.reason
+    }
+
+
 def test_feature_brings_network_tools_modules_and_exitrd_steps(root_tree: Path) -> None:
     values = {"sysroot": str(iscsi_sysroot(root_tree)), "features": ["iscsi"]}
     config = load_config(None, {**values, "mode": "generic"})
@@ -229,6 +238,19 @@ def test_feature_brings_network_tools_modules_and_exitrd_steps(root_tree: Path) 
         assert (RequestKind.EXECUTABLE, program) in exitrd_wants
     hostonly = make_plan(load_config(None, {**values, "mode": "hostonly"}))
     assert (RequestKind.PATH, INITIATOR_FILE) in {(r.kind, r.name) for r in hostonly.requests}
+    # open-iscsi before 2.1.10 keeps node records in /etc/iscsi: only that is made.
+    directories = record_directories(plan)
+    assert directories == {"/etc/iscsi"}
+
+
+def test_node_records_go_where_the_sysroots_open_iscsi_keeps_them(root_tree: Path) -> None:
+    """open-iscsi 2.1.10 and later (Debian 13) keep node records in /var/lib/iscsi,
+    which iscsiadm does not make; the package made it in the sysroot."""
+    (iscsi_sysroot(root_tree) / "var/lib/iscsi").mkdir(parents=True)
+    config = load_config(None, {"sysroot": str(root_tree), "features": ["iscsi"]})
+    plan = make_plan(config)
+    directories = record_directories(plan)
+    assert directories == {"/etc/iscsi", "/var/lib/iscsi"}
 
 
 def test_iscsi_without_iscsid_is_an_error(root_tree: Path) -> None:
@@ -254,6 +276,21 @@ def test_the_host_iscsi_credentials_stay_out_of_a_directory(root_tree: Path) -> 
     assert "/etc/iscsi/initiatorname.iscsi" in entries
     assert "/etc/iscsi/iscsid.conf" not in entries
     assert not any(path.startswith("/etc/iscsi/nodes/") and "default" in path for path in entries)
+
+
+def test_newer_node_records_stay_out_of_a_directory_too(root_tree: Path) -> None:
+    """open-iscsi 2.1.10 and later keep the records, CHAP passwords included, in
+    /var/lib/iscsi."""
+    iscsi_sysroot(root_tree)
+    node = root_tree / "var/lib/iscsi/nodes/iqn.x/10.0.0.1,3260,1/default"
+    node.parent.mkdir(parents=True)
+    node.write_text("node.session.auth.password = s3cret\n")
+    config = load_config(None, {"sysroot": str(root_tree), "files": ["/var/lib/iscsi"]})
+    request = Request(RequestKind.PATH, "/var/lib/iscsi", "files (test)")
+    plan = Plan(features=(), requests=(request,), generated=())
+    entries = build_closure(config, plan).entries
+    assert "/var/lib/iscsi/nodes/iqn.x" in entries  # the directories, not the record
+    assert not any(path.endswith("/default") for path in entries)
 
 
 def test_iscsi_config_makes_the_image_root_only_and_marked(root_tree: Path, tmp_path: Path) -> None:
