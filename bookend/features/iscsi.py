@@ -199,6 +199,7 @@ Description=iSCSI initiator daemon for the root (iscsid)
 Documentation=man:iscsid(8)
 DefaultDependencies=no
 IgnoreOnIsolate=yes
+@SURVIVE@
 Wants=modprobe@iscsi_tcp.service
 After=modprobe@iscsi_tcp.service
 Before=initrd-root-device.target
@@ -208,7 +209,6 @@ Type=forking
 PIDFile=/run/iscsid.pid
 ExecStart=@EXEC@ -i $1
 @ANNOUNCE@
-@SURVIVE@
 EOF
 }
 
@@ -390,7 +390,8 @@ def _embedded_config(sysroot: Sysroot, config: Config) -> Generated:
 
 
 def _exitrd(context: FeatureContext) -> Contribution:
-    """The exitrd's part: iscsiadm and the step that logs out of every session."""
+    """The exitrd's part: iscsiadm, its record directory (it gives up on any request
+    without one) and the step that logs out of every session."""
     sysroot = Sysroot(context.config.sysroot)
     iscsiadm = sysroot_program(sysroot, ADMIN_PATHS, "iscsiadm")
     mkdir = sysroot_program(sysroot, ("/usr/bin/mkdir", "/bin/mkdir"), "mkdir")
@@ -399,6 +400,7 @@ def _exitrd(context: FeatureContext) -> Contribution:
     reason = "feature iscsi: log out of iSCSI sessions after the old root is unmounted"
     return [
         Generated(ArchiveEntry(DETACH_STEP, EntryKind.FILE, 0o755, data=script), reason),
+        *_record_dirs(sysroot),
         *(Request(RequestKind.EXECUTABLE, path, reason) for path in (iscsiadm, mkdir, mount)),
     ]
 

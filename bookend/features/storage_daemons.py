@@ -99,12 +99,12 @@ def daemon_dropin(unit: str, unit_text: str, version: int | None) -> str:
         "DefaultDependencies=no",
         "IgnoreOnIsolate=yes",
         f"Before={WANTED_BY}",
-        "",
-        "[Service]",
-        announce_start(unit.removesuffix(".service")),
     ]
+    service = ["", "[Service]", announce_start(unit.removesuffix(".service"))]
     if version is not None and version >= SURVIVE_FINAL_KILL_SINCE:
-        return "\n".join([*lines, "SurviveFinalKillSignal=yes"]) + "\n"
+        # A [Unit] setting: systemd ignores it, with a warning, under [Service].
+        return "\n".join([*lines, "SurviveFinalKillSignal=yes", *service]) + "\n"
+    lines += service
     starts = [
         line.split("=", 1)[1].strip()
         for line in logical_lines(unit_text)

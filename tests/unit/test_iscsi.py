@@ -31,7 +31,7 @@ from bookend.manifest import with_manifest
 from bookend.plan import Plan, make_plan
 from tests.unit.conftest import load_config
 from tests.unit.test_network_roots import unit_lines
-from tests.unit.test_storage_daemons import run_start_post
+from tests.unit.test_storage_daemons import run_start_post, sections
 
 ISCSID, ISCSIADM = "/usr/sbin/iscsid", "/usr/sbin/iscsiadm"
 ROOT_IQN = "iqn.2009-06.dracut:target0"
@@ -164,7 +164,8 @@ def test_two_targets_two_logins_one_daemon_and_the_initiator_given(tmp_path: Pat
     assert "no server or target name in netroot=iscsi:nothing" in (tmp_path / "kmsg").read_text()
     assert written["run-bookend/initiatorname.iscsi"] == "InitiatorName=iqn.2026-01.test:me\n"
     assert starts(written, DAEMON_UNIT) == [f"{ISCSID} -i OUT/run-bookend/initiatorname.iscsi"]
-    assert "SurviveFinalKillSignal=yes" in unit_lines(written[f"run-system/{DAEMON_UNIT}"])
+    # In [Unit], where systemd reads it (it ignores it under [Service]).
+    assert "SurviveFinalKillSignal=yes" in sections(written[f"run-system/{DAEMON_UNIT}"])["Unit"]
 
 
 def test_the_image_initiator_name_is_used_when_there_is_one(tmp_path: Path) -> None:
@@ -236,6 +237,8 @@ def test_feature_brings_network_tools_modules_and_exitrd_steps(root_tree: Path) 
     exitrd_wants = {(r.kind, r.name) for r in exitrd.requests}
     for program in (ISCSIADM, "/usr/bin/mkdir", "/usr/bin/mount"):
         assert (RequestKind.EXECUTABLE, program) in exitrd_wants
+    # iscsiadm gives up on any request, a logout too, without its record directory.
+    assert record_directories(exitrd) == {"/etc/iscsi"}
     hostonly = make_plan(load_config(None, {**values, "mode": "hostonly"}))
     assert (RequestKind.PATH, INITIATOR_FILE) in {(r.kind, r.name) for r in hostonly.requests}
     # open-iscsi before 2.1.10 keeps node records in /etc/iscsi: only that is made.

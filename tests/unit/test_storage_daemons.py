@@ -48,9 +48,24 @@ def test_dropin_before_and_after_survive_final_kill_signal() -> None:
     assert "IgnoreOnIsolate=yes\n" in old and "DefaultDependencies=no\n" in old
     assert old.endswith("ExecStart=\nExecStart=@/usr/sbin/iscsid @iscsid -f\n")
     new = daemon_dropin("iscsid.service", UNIT, 256)
-    assert new.endswith("SurviveFinalKillSignal=yes\n") and "ExecStart=" not in new
+    # A [Unit] setting: under [Service] systemd ignores it, and the daemon dies at
+    # switch-root (systemd's SIGTERM to what is left of the initrd) and at shutdown.
+    assert sections(new)["Unit"] >= {"SurviveFinalKillSignal=yes", "IgnoreOnIsolate=yes"}
+    assert "ExecStart=" not in new and "SurviveFinalKillSignal" not in str(sections(new)["Service"])
     for dropin in (old, new):
         assert announce_start("iscsid") in dropin.splitlines()
+
+
+def sections(unit: str) -> dict[str, set[str]]:
+    """A unit file's lines by section, comments left out."""
+    found: dict[str, set[str]] = {}
+    current = ""
+    for line in unit.splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            current = line[1:-1]
+        elif line and not line.startswith("#"):
+            found.setdefault(current, set()).add(line)
+    return found
 
 
 def run_start_post(line: str, main_pid: int, kmsg: Path) -> str:
