@@ -117,8 +117,10 @@ def daemon_dropin(unit: str, unit_text: str, version: int | None) -> str:
 
 
 # The real root's systemd reloads units from the root at switch-root and then isolates
-# the default target: without this the daemon would be stopped right there. Installed
-# by `bookend install-exitrd --storage-daemon UNIT`.
+# the default target: without this the daemon would be stopped right there. From 255
+# on it also keeps SurviveFinalKillSignal=yes, the mark the initrd's copy of the unit
+# gave the daemon's cgroup, in the running system's copy. Installed by
+# `bookend install-exitrd --storage-daemon UNIT`.
 REAL_ROOT_DROPIN = """\
 # Written by bookend install-exitrd: a root storage daemon, started in the initrd and
 # stopped by the exitrd; the running system must not stop it (not even at shutdown).
@@ -126,6 +128,13 @@ REAL_ROOT_DROPIN = """\
 DefaultDependencies=no
 IgnoreOnIsolate=yes
 """
+
+
+def real_root_dropin(version: int | None) -> str:
+    """The running system's drop-in for a root storage daemon, for its systemd version."""
+    if version is not None and version >= SURVIVE_FINAL_KILL_SINCE:
+        return REAL_ROOT_DROPIN + "SurviveFinalKillSignal=yes\n"
+    return REAL_ROOT_DROPIN
 
 
 def _daemons(context: FeatureContext) -> Contribution:

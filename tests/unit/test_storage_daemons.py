@@ -14,6 +14,7 @@ from bookend.exitrd import make_exitrd_plan
 from bookend.features.base import RequestKind
 from bookend.features.storage_daemons import (
     DETACH_DIR,
+    DROPIN_NAME,
     STOP_HOOK,
     STOP_SCRIPT,
     announce_start,
@@ -21,6 +22,7 @@ from bookend.features.storage_daemons import (
     daemon_dropin,
     systemd_version,
 )
+from bookend.install import install_storage_daemon_dropins
 from bookend.plan import make_plan
 from bookend.sysroot import Sysroot
 from tests.unit.conftest import load_config
@@ -66,6 +68,19 @@ def sections(unit: str) -> dict[str, set[str]]:
         elif line and not line.startswith("#"):
             found.setdefault(current, set()).add(line)
     return found
+
+
+def test_the_running_systems_dropin_keeps_the_mark_from_systemd_255(tmp_path: Path) -> None:
+    """install-exitrd --storage-daemon: the running system's copy of the unit is never
+    stopped, and from 255 on is marked to survive the final kill as the initrd's was."""
+    for version, survives in ((252, False), (257, True), (None, False)):
+        units = tmp_path / str(version)
+        units.mkdir()
+        [dropin] = install_storage_daemon_dropins(["iscsid.service"], units, version)
+        assert dropin == units / "iscsid.service.d" / DROPIN_NAME
+        unit = sections(dropin.read_text())["Unit"]
+        assert {"DefaultDependencies=no", "IgnoreOnIsolate=yes"} <= unit
+        assert ("SurviveFinalKillSignal=yes" in unit) is survives, version
 
 
 def run_start_post(line: str, main_pid: int, kmsg: Path) -> str:
