@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,12 +122,18 @@ def command_for(generator: str, features: FeatureSet, output: Path, setup: Setup
 
 
 def bookend_command(mode: str, features: FeatureSet, output: Path, setup: Setup) -> Command:
-    argv = (
-        sys.executable, "-m", "bookend", "build", "--kver", setup.kver, "-o", str(output),
-        "--compress", "zstd", "--compress-level", str(setup.zstd_level), f"--{mode}",
-        *features.bookend_args,
-    )  # fmt: skip
+    argv = bookend_argv(setup.kver, output, setup.zstd_level, mode, features.bookend_args)
     return Command(argv, base_env(setup.work), output)
+
+
+def bookend_argv(
+    kver: str, output: Path, zstd_level: int, mode: str, args: Sequence[str]
+) -> tuple[str, ...]:
+    """`bookend build` of this checkout (base_env's PYTHONPATH) in mode, zstd at the level."""
+    return (
+        sys.executable, "-m", "bookend", "build", "--kver", kver, "-o", str(output),
+        "--compress", "zstd", "--compress-level", str(zstd_level), f"--{mode}", *args,
+    )  # fmt: skip
 
 
 def dracut_command(mode: str, features: FeatureSet, output: Path, setup: Setup) -> Command:

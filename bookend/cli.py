@@ -91,6 +91,9 @@ def make_parser() -> argparse.ArgumentParser:
     _add_settings(plan)
     plan.add_argument("--closure", action="store_true", help="print every file, not just requests")
     plan.add_argument("--why", metavar="PATH", help="print the chain that pulls PATH in")
+    plan.add_argument("--detect", action="store_true",
+                      help="print only what hostonly detection finds on this machine "
+                      "(the image's hostonly record), without the features")  # fmt: skip
 
     commands.add_parser("features", help="list the features")
 
@@ -297,6 +300,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     cache = ScanCache(None)  # shared by the stages, kept in memory only
     config = _config(args, cache)
+    if args.detect:
+        from bookend.hostonly import format_detection
+        from bookend.plan import host_detection
+
+        sys.stdout.write(format_detection(host_detection(config, cache)))
+        return 0
     plan = make_plan(config, cache)
     if not args.closure and not args.why:
         print(format_plan(plan))

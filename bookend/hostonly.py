@@ -17,10 +17,17 @@ What sysfs cannot tell, and the guess made instead:
 - An LVM volume's segment type shows only in the names and UUID suffixes LVM gives
   the hidden layers under it; the common ones are mapped below, others need the
   "md-dm" driver class.
+
+Network roots are found the same way: an NBD device (/sys/block/nbdN), a disk whose
+sysfs path runs through an iSCSI session (.../hostN/sessionN/target...), also under
+LUKS or LVM, and an NFS mount (mountinfo). Each brings the network storage kind, the
+"network" kind (the network feature), and the drivers of the NICs its traffic uses
+(bookend.hostnet says which and why).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections import deque
@@ -28,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bookend import hostnet
 from bookend.errors import SysrootError
 from bookend.features.luks import DEFAULT_CRYPTO
 from bookend.kmodules import ModuleDatabase
@@ -42,6 +50,7 @@ class Mount:
     majmin: str  # st_dev of the filesystem; 0:N for one without a block device
     fstype: str
     source: str
+    options: str = ""  # the superblock's options, e.g. an NFS mount's addr=SERVER
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,9 @@ LVM_NAME_LAYERS = (
 )
 
 MOUNTINFO_ESCAPE = re.compile(r"\\([0-7]{3})")
+NBD_DEVICE = re.compile(r"nbd\d+")
+
+log = logging.getLogger(__name__)
 
 
 def detect_host(
@@ -98,6 +110,7 @@ def detect_host(
     tree = _SysfsTree(sysfs)
     for mount in host_mounts(procfs / "self/mountinfo", mount_points):
         _detect_mount(tree, mount, found)
+    _network_interfaces(tree.root, procfs, found)
     return found.result()
 
 
@@ -111,6 +124,8 @@ def format_detection(detection: HostDetection) -> str:
         lines.append("storage " + " ".join(sorted(detection.storage_kinds)))
     if detection.crypt_volumes:
         lines.append("crypt-volumes " + " ".join(detection.crypt_volumes))
+    if detection.interfaces:
+        lines.append("network-interfaces " + " ".join(detection.interfaces))
     return "".join(line + "\n" for line in lines)
 
 
@@ -139,7 +154,10 @@ def parse_mountinfo(text: str) -> dict[str, Mount]:
         if len(fields) < tail + 2:
             continue
         point = _unescape(fields[4])
-        mounts[point] = Mount(point, fields[2], fields[tail], _unescape(fields[tail + 1]))
+        options = fields[tail + 2] if len(fields) > tail + 2 else ""
+        mounts[point] = Mount(
+            point, fields[2], fields[tail], _unescape(fields[tail + 1]), _unescape(options)
+        )
     return mounts
 
 
@@ -158,6 +176,10 @@ class _Found:
     block_devices: dict[str, None] = field(default_factory=dict)
     storage: dict[StorageKind, str] = field(default_factory=dict)  # kind -> where first found
     crypt_volumes: dict[str, None] = field(default_factory=dict)
+    # Each network root (what and where) -> its server's address, None where the
+    # kernel does not show it (NBD).
+    network_roots: dict[str, str | None] = field(default_factory=dict)
+    interfaces: dict[str, None] = field(default_factory=dict)
 
     def want(self, names: Iterable[str], reason: str) -> None:
         """Look names or aliases up; builtin and unknown ones mean no module."""
@@ -172,6 +194,7 @@ class _Found:
             tuple(self.block_devices),
             tuple(self.storage.items()),
             tuple(self.crypt_volumes),
+            tuple(self.interfaces),
         )
 
 
@@ -213,6 +236,14 @@ class _SysfsTree:
                 return members
         # A source like /dev/disk/by-uuid/... names no member; one btrfs can only be it.
         return filesystems[0] if len(filesystems) == 1 else []
+
+    def ancestors(self, dev: Path) -> list[Path]:
+        """The device and each device above it, up to the bus root."""
+        levels = []
+        while dev.is_relative_to(self.devices) and dev != self.devices:
+            levels.append(dev)
+            dev = dev.parent
+        return levels
 
     def stack(self, tops: Iterable[Path]) -> list[Path]:
         """The devices under these: a partition's disk, and slaves, recursively."""
@@ -257,10 +288,14 @@ def _detect_mount(tree: _SysfsTree, mount: Mount, found: _Found) -> None:
     else:
         context = f"{mount.point} ({mount.fstype} from {mount.source})"
     _filesystem(mount.fstype, context, found)
+    if mount.fstype in ("nfs", "nfs4"):
+        found.network_roots.setdefault(context, _option(mount.options, "addr"))
     for dev in devices:
         found.block_devices.setdefault(dev.name)
         _device_mapper(dev, context, found)
         _md_raid(dev, context, found)
+        _nbd(dev, context, found)
+        _iscsi(tree, dev, context, found)
         _hardware(tree, dev, context, found)
 
 
@@ -269,6 +304,8 @@ def _filesystem(fstype: str, context: str, found: _Found) -> None:
     found.filesystems.setdefault(fstype)
     if fstype == "btrfs":
         found.storage.setdefault(StorageKind.BTRFS, context)
+    if fstype in ("nfs", "nfs4"):  # served by a feature that mounts it over the network
+        found.storage.setdefault(StorageKind.NFS, context)
     base = fstype.split(".", 1)[0]
     alias = f"fs-{base}" if found.db.lookup(f"fs-{base}") else base
     found.want([alias], f"filesystem of {context}")
@@ -311,8 +348,7 @@ def _md_raid(dev: Path, context: str, found: _Found) -> None:
 
 def _hardware(tree: _SysfsTree, dev: Path, context: str, found: _Found) -> None:
     """Each device from the block device up to the bus root: its modalias and driver."""
-    level = dev
-    while level.is_relative_to(tree.devices) and level != tree.devices:
+    for level in tree.ancestors(dev):
         shown = tree.show(level)
         modalias = _read(level / "modalias")
         if modalias:
@@ -325,4 +361,67 @@ def _hardware(tree: _SysfsTree, dev: Path, context: str, found: _Found) -> None:
         handler = _read(level / "dh_state")
         if handler and handler != "detached":
             found.want([f"scsi_dh_{handler}"], f"SCSI device handler of {shown} for {context}")
-        level = level.parent
+
+
+def _option(options: str, name: str) -> str | None:
+    """A NAME=VALUE item of a comma-separated mount option list."""
+    prefix = name + "="
+    return next((o.removeprefix(prefix) for o in options.split(",") if o.startswith(prefix)), None)
+
+
+def _nbd(dev: Path, context: str, found: _Found) -> None:
+    """An NBD device: its sysfs names no server (nbd-client handed the socket to the
+    kernel and exited), so its interfaces are found without one."""
+    if not NBD_DEVICE.fullmatch(dev.name):
+        return
+    where = f"NBD device {dev.name} under {context}"
+    found.storage.setdefault(StorageKind.NBD, where)
+    found.want(["nbd"], f"NBD device {dev.name} for {context}")
+    found.network_roots.setdefault(where, None)
+
+
+def _iscsi(tree: _SysfsTree, dev: Path, context: str, found: _Found) -> None:
+    """A SCSI disk on an iSCSI session: .../platform/hostH/sessionS/targetH:C:T/H:C:T:L/
+    block/sdX. The session names its target, each connection the server's portal, and
+    the SCSI host's proc_name its transport (iscsi_tcp, or an offload driver)."""
+    session = next(
+        (level for level in tree.ancestors(dev) if (level / "iscsi_session").is_dir()), None
+    )
+    if session is None:
+        return
+    target = _read(session / "iscsi_session" / session.name / "targetname") or "unknown target"
+    where = f"iSCSI {session.name} to {target} under {context}"
+    found.storage.setdefault(StorageKind.ISCSI, where)
+    host = session.parent
+    transport = _read(host / "scsi_host" / host.name / "proc_name")
+    if transport:
+        found.want([transport], f"iSCSI transport of {session.name} for {context}")
+    for connection in sorted(session.glob("connection*")):
+        portal = connection / "iscsi_connection" / connection.name / "persistent_address"
+        found.network_roots.setdefault(f"{where} ({connection.name})", _read(portal))
+
+
+def _network_interfaces(sysfs: Path, procfs: Path, found: _Found) -> None:
+    """For every network root: the "network" kind, and the drivers of the interfaces
+    that carry its traffic (bookend.hostnet: the route to the server where the kernel
+    shows the server, else every interface that is up with an address)."""
+    if not found.network_roots:
+        return
+    found.storage.setdefault(StorageKind.NETWORK, next(iter(found.network_roots)))
+    routes = hostnet.read_routes(procfs)
+    for where, server in found.network_roots.items():
+        interface = hostnet.route_interface(routes, server) if server else None
+        if interface:
+            chosen = {interface: f"route to {server}"}
+        else:
+            why = f"no route to {server}" if server else "the kernel shows no server address"
+            up = hostnet.addressed_interfaces(sysfs, procfs)
+            chosen = {name: f"up with an address, {why}" for name in up}
+        if not chosen:
+            advice = "add the NIC's driver (--add-module, --add-driver-class net)"
+            log.warning("hostonly: no interface is up with an address for %s; %s", where, advice)
+        for name, how in chosen.items():
+            for lower in hostnet.lower_interfaces(sysfs, name):
+                found.interfaces.setdefault(lower)
+                for module, what in hostnet.nic_modules(sysfs, lower):
+                    found.want([module], f"{what}: NIC {lower} ({how}) for {where}")

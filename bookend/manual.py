@@ -71,11 +71,15 @@ PAGES: dict[str, Page] = {
         "Print what `bookend build` would put in the image, without building it: the "
         "features and what each asks for, the kernel modules and why. --closure prints "
         "every file with its type and source; --why PATH prints the chain of reasons that "
-        "pulls PATH in.\n\n" + _SETTINGS_NOTE,
+        "pulls PATH in. --detect prints only what hostonly detection finds on this machine "
+        "(modules and why, filesystems, devices, storage kinds, the network interfaces a "
+        "network root uses), as the image records it, whatever the features need.\n\n"
+        + _SETTINGS_NOTE,
         (
             ("bookend plan", "the features, programs, units and modules requested"),
             ("bookend plan --closure | grep firmware", "which firmware files would go in"),
             ("bookend plan --why /usr/lib/x86_64-linux-gnu/libcrypt.so.1", "who wants it"),
+            ("bookend plan --detect", "what hostonly mode finds this machine's root on"),
         ),
         exit_status="0 on success, 1 when --why names a file the image would not hold, "
         "2 for bad input.",
@@ -83,7 +87,8 @@ PAGES: dict[str, Page] = {
     "features": Page(
         "List the features bookend knows, each with what it is for; those marked with '*' "
         "are on by default. Others are switched on with --add-feature NAME or by what "
-        "hostonly detection finds (LUKS, LVM, MD RAID, btrfs under the root).",
+        "hostonly detection finds (LUKS, LVM, MD RAID, btrfs under the root; an NBD, iSCSI "
+        "or NFS root, which brings network too).",
         (("bookend features", "the list"),),
     ),
     "install-exitrd": Page(

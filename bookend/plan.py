@@ -98,9 +98,7 @@ def module_mode_requests(
     items: list[Request | Generated] = [
         _class_request(name, f"driver_classes ({origin})") for name in classes
     ]
-    db = kmodules.shared_database(sysroot, config.kver, cache)
-    points = ("/", "/usr", *(point for point, _ in initrd_mounts))
-    found = hostonly.detect_host(config.sysfs, config.procfs, db, points)
+    found = host_detection(config, cache)
     items += [
         Request(RequestKind.MODULE, name, f"hostonly: {reason}", optional=True)
         for name, reason in found.modules
@@ -113,6 +111,16 @@ def module_mode_requests(
         )
     )
     return _extended(config, filesystems=found.filesystems), items, found
+
+
+def host_detection(config: Config, cache: ScanCache) -> HostDetection:
+    """What hostonly detection finds on this machine for /, /usr and the sysroot's
+    x-initrd.mount filesystems, looked up in the image kernel's module database."""
+    sysroot = Sysroot(config.sysroot)
+    initrd_mounts = filesystems.initrd_mounts(sysroot.read_text("/etc/fstab") or "")
+    db = kmodules.shared_database(sysroot, config.kver, cache)
+    points = ("/", "/usr", *(point for point, _ in initrd_mounts))
+    return hostonly.detect_host(config.sysfs, config.procfs, db, points)
 
 
 def _extended(config: Config, *, filesystems: Iterable[str] = ()) -> Config:
@@ -130,7 +138,7 @@ def switched_on(config: Config, detection: HostDetection | None) -> list[str]:
     by_setting = [
         name
         for name, feature in ALL.items()
-        if feature.switch_on.setting and getattr(config, feature.switch_on.setting)
+        if any(getattr(config, setting) for setting in feature.switch_on.settings)
     ]
     return [*always, *config.features, *storage_features(config, detection), *by_setting]
 

@@ -19,10 +19,16 @@ class StorageKind(enum.StrEnum):
     MDRAID = "md"  # MD RAID arrays; "md" as the hostonly record has always named it
     BTRFS = "btrfs"  # btrfs, possibly over several devices
     MULTIPATH = "multipath"  # dm-multipath maps
-    # Network storage, for the features to come.
+    # Network storage: a root reached through a network interface.
     NBD = "nbd"
     ISCSI = "iscsi"
     NFS = "nfs"
+    # The network any of those is reached through: its interfaces and their drivers.
+    NETWORK = "network"
+
+
+# The kinds of storage served over a network (each also brings StorageKind.NETWORK).
+NETWORK_STORAGE = frozenset({StorageKind.NBD, StorageKind.ISCSI, StorageKind.NFS})
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,9 @@ class HostDetection:
     # Each storage kind found, with where it was first found, e.g. "/ (ext4 on /dev/dm-1)".
     storage: tuple[tuple[StorageKind, str], ...]
     crypt_volumes: tuple[str, ...] = ()  # dm names of the dm-crypt volumes, as crypttab names
+    # The network interfaces a network root's traffic uses (with the devices under a
+    # bond, VLAN or bridge), e.g. ("ens3",).
+    interfaces: tuple[str, ...] = ()
 
     @property
     def storage_kinds(self) -> frozenset[StorageKind]:

@@ -9,6 +9,7 @@ then powers the machine off, which is the shutdown under test. It records in
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,9 +38,12 @@ if [ -e /run/initramfs ]; then du -sk /run/initramfs | cut -f1; else echo 0; fi 
 """
 
 
-def install_exitrd_job(path: Path, exitrd_dir: Path, then: str = "") -> Disk:
-    """The job disk at path: install exitrd_dir's exitrd.img, then run the shell lines then."""
-    files = {"src/bookend": Path(bookend.__file__).parent, "exitrd": exitrd_dir}
+def install_exitrd_job(
+    path: Path, exitrd_dir: Path, then: str = "", files: Mapping[str, Path] = {}
+) -> Disk:
+    """The job disk at path: install exitrd_dir's exitrd.img, then run the shell lines then
+    (in bookend's source directory); files go on the disk too (make_job_disk)."""
+    files = {"src/bookend": Path(bookend.__file__).parent, "exitrd": exitrd_dir, **files}
     return make_job_disk(path, INSTALL_EXITRD_JOB + then, files=files)
 
 

@@ -14,10 +14,13 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from bookend.kmodules import DATABASE_FILES
 
 if TYPE_CHECKING:  # the run's summary imports this module; it needs no QEMU
     from harness.qemu import Boot
@@ -43,7 +46,8 @@ def overlay_of(image: Path, path: Path) -> Path:
 
 
 # systemd 252 greets an initrd with "Welcome to", 257 with "Booting initrd of"; the
-# real root's greeting ("Welcome to Debian GNU/Linux 12 (bookworm)!") is any other.
+# real root's greeting is any other. Not "no parenthesis": Debian's own greeting has
+# one ("Welcome to Debian GNU/Linux 12 (bookworm)!").
 INITRD_GREETING = r"(Welcome to|Booting initrd of) [^\n]*\(bookend initrd\)"
 ROOT_GREETING = r"Welcome to (?![^\n]*\(bookend initrd\))[^\n]*!"
 
@@ -53,6 +57,32 @@ def expect_initrd_then_root(vm: Boot) -> None:
     vm.expect(INITRD_GREETING, timeout=300)
     vm.expect(r"Reached target .*initrd\.target", timeout=400)
     vm.expect(ROOT_GREETING, timeout=200)
+
+
+# bookend's own hostonly detection run on the live network root, by the job (after the
+# exitrd job, in bookend's source directory): `plan --detect` needs none of the features'
+# programs (the root has no nbd-client or iscsid), only the kernel's module index, which
+# the job disk brings (module_index_tree) since the root has no /lib/modules.
+DETECTION_FILES = "kindex"  # where the job disk holds module_index_tree's tree
+DETECTION_CHECK = f"""
+python3 -m bookend plan --detect --sysroot /job/{DETECTION_FILES} --kver "$(uname -r)" \\
+    > /job/out/detection 2>&1 || echo "bookend plan --detect failed: $?" >> /job/out/detection
+"""
+
+
+def module_index_tree(kver: str, tree: Path, source: Path = Path("/")) -> Path:
+    """A sysroot holding only the kernel's module index files (what detection looks
+    names up in): a few MB on the job disk instead of the whole /lib/modules/KVER.
+    source: the tree the kernel's modules are in (the guest's sysroot)."""
+    moddir = tree / "usr/lib/modules" / kver
+    moddir.mkdir(parents=True)
+    (tree / "etc").mkdir()
+    (tree / "lib").symlink_to("usr/lib")
+    for name in DATABASE_FILES:
+        index = source / "lib/modules" / kver / name
+        if index.exists():
+            shutil.copy2(index, moddir / name)
+    return tree
 
 
 def assert_clean_ext4(raw: Path) -> None:

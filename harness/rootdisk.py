@@ -244,12 +244,13 @@ def default_recipe() -> Recipe:
 def trixie_recipe() -> Recipe:
     """A Debian 13 (trixie, systemd 257) disk: the same report and job units, none of
     the block-stack tools. Its tests boot trixie's kernel and an image built from a
-    trixie tree (harness/ukisysroot.py)."""
+    trixie tree (harness/ukisysroot.py). It has open-iscsi, as a real root on iSCSI
+    would: its own iscsid units and open-iscsi.service run beside the initrd's iscsid."""
     return dataclasses.replace(
         default_recipe(),
         suite="trixie",
         components=("main",),
-        include=BASE_PACKAGES,
+        include=(*BASE_PACKAGES, "open-iscsi"),
         disabled=(*BASE_DISABLED, *E2SCRUB_DISABLED),
     )
 

@@ -4,7 +4,9 @@
   `bond=`, `bridge=`, `vlan=`) is turned into .network/.netdev/.link files under
   /run/systemd/network by systemd's own systemd-network-generator.
 - bookend's `network_files` (.network/.netdev/.link files of the sysroot) go into the
-  image's /etc/systemd/network.
+  image's /etc/systemd/network; with `host_network_files`, so do the sysroot's own
+  files there and their drop-ins, except those holding a secret (WireGuard or MACsec
+  keys, or the files naming them), which stay out with a warning.
 - The root waits for the network only when it needs it: `rd.neednet=1`, or a network
   root whose unit pulls in network-online.target. A generator of bookend's reads the
   command line for rd.neednet= and rd.net.timeout.ifup= (dracut's names) and scopes
@@ -17,13 +19,14 @@
   address the root filesystem is reached through.
 - NIC drivers: generic mode takes the `net` driver class; hostonly mode the drivers
   (and modaliases up the bus) of the host's interfaces that carry a default route and
-  of those the network_files' [Match] Name= lines name exactly.
+  of those the network files' [Match] Name= lines name exactly. For a root reached
+  over the network, hostonly detection switches the feature on and adds the drivers
+  of the interfaces the root's traffic uses (bookend.hostnet).
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+import logging
 
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config, ModuleMode
@@ -36,7 +39,11 @@ from bookend.features.base import (
     RequestKind,
     SwitchOn,
 )
+from bookend.hostnet import default_route_interfaces, nic_modules
+from bookend.storage import StorageKind
 from bookend.sysroot import Sysroot
+
+log = logging.getLogger(__name__)
 
 UNIT_DIR = "/etc/systemd/system"
 NETWORK_DIR = "/etc/systemd/network"
@@ -222,67 +229,68 @@ def _units() -> list[Request | Generated]:
 
 
 def _network_files(config: Config) -> list[Request | Generated]:
-    """bookend's network_files, where networkd reads them."""
+    """bookend's network_files, where networkd reads them; then, with host_network_files,
+    the sysroot's own (a file network_files names wins over the host's of that name)."""
     sysroot = Sysroot(config.sysroot)
     items: list[Request | Generated] = []
+    taken: set[str] = set()
     for index, path in enumerate(config.network_files):
         text = sysroot.read_text(path) or ""
         name = path.rsplit("/", 1)[-1]
         origin = config.origin_of("network_files", index)
         items.append(_file(f"{NETWORK_DIR}/{name}", text, f"network_files ({origin}): {path}"))
+        taken.add(name)
+    if config.host_network_files:
+        for path, text in host_network_files(sysroot):
+            relative = path.removeprefix(NETWORK_DIR + "/")
+            if relative not in taken:
+                items.append(_file(path, text, f"host_network_files: {path}"))
     return items
 
 
-def default_route_interfaces(procfs: Path) -> list[str]:
-    """Interfaces with an IPv4 or IPv6 default route, from procfs' route tables."""
-    names: dict[str, None] = {}
-    try:
-        lines = (procfs / "net/route").read_text().splitlines()[1:]
-    except OSError:
-        lines = []
-    for line in lines:
-        fields = line.split()
-        if len(fields) > 7 and fields[1] == "00000000" and fields[7] == "00000000":
-            names[fields[0]] = None
-    try:
-        lines6 = (procfs / "net/ipv6_route").read_text().splitlines()
-    except OSError:
-        lines6 = []
-    for line in lines6:
-        fields = line.split()
-        if len(fields) == 10 and fields[0] == "0" * 32 and fields[1] == "00" and fields[9] != "lo":
-            names[fields[9]] = None
-    return list(names)
+NETWORKD_SUFFIXES = (".network", ".netdev", ".link")
+# Keys whose value is a secret or names a file holding one (WireGuard keys, MACsec keys).
+# Such a file stays out of the image: an initrd is readable by whoever reads /boot.
+SECRET_KEYS = frozenset(
+    ("PrivateKey", "PrivateKeyFile", "PresharedKey", "PresharedKeyFile", "Key", "KeyFile")
+)
 
 
-def nic_modules(sysfs: Path, interface: str) -> list[tuple[str, str]]:
-    """(module or modalias, why) for an interface's device and every device above it."""
+def host_network_files(sysroot: Sysroot) -> list[tuple[str, str]]:
+    """(path, text) of the sysroot's own networkd files in /etc/systemd/network and
+    their drop-ins, in name order; masked files and files holding a secret left out."""
     found: list[tuple[str, str]] = []
-    devices = Path(os.path.realpath(sysfs / "devices"))
-    link = sysfs / "class/net" / interface / "device"
-    if not os.path.lexists(link):
-        return found  # virtual (bridge, bond...) or gone: no hardware driver
-    level = Path(os.path.realpath(link))
-    while level.is_relative_to(devices) and level != devices:
-        shown = "/sys/" + level.relative_to(devices.parent).as_posix()
-        why = f"hostonly: NIC {interface}: {shown}"
-        modalias = _read(level / "modalias")
-        if modalias:
-            found.append((modalias, f"{why} modalias"))
-        if os.path.lexists(level / "driver"):
-            driver = Path(os.readlink(level / "driver")).name
-            module_link = level / "driver/module"
-            module = Path(os.readlink(module_link)).name if os.path.lexists(module_link) else driver
-            found.append((module, f"{why} driver {driver}"))
-        level = level.parent
+    for name in sorted(sysroot.listdir(NETWORK_DIR)):
+        path = f"{NETWORK_DIR}/{name}"
+        if name.endswith(NETWORKD_SUFFIXES):
+            found += _unless_secret_or_masked(sysroot, path)
+        elif name.endswith(tuple(suffix + ".d" for suffix in NETWORKD_SUFFIXES)):
+            for conf in sorted(sysroot.listdir(path)):
+                if conf.endswith(".conf"):
+                    found += _unless_secret_or_masked(sysroot, f"{path}/{conf}")
     return found
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
+def _unless_secret_or_masked(sysroot: Sysroot, path: str) -> list[tuple[str, str]]:
+    text = sysroot.read_text(path)
+    # A symlink to /dev/null or an empty file masks the vendor file of its name: the
+    # image has no vendor network files to mask, so it needs no mask either.
+    if not text or not text.strip():
+        return []
+    secret = secret_key(text)
+    if secret:
+        log.warning("leaving %s out of the initrd: it holds a secret (%s=)", path, secret)
+        return []
+    return [(path, text)]
+
+
+def secret_key(text: str) -> str | None:
+    """The first key of a networkd file that holds a secret, if any."""
+    for line in text.splitlines():
+        key, sep, _ = line.strip().partition("=")
+        if sep and key.strip() in SECRET_KEYS:
+            return key.strip()
+    return None
 
 
 def matched_names(network_file: str) -> list[str]:
@@ -301,20 +309,20 @@ def matched_names(network_file: str) -> list[str]:
 
 def _drivers(config: Config) -> list[Request | Generated]:
     """Generic: the net class. Hostonly: what the host's default-route NICs use, and
-    the NICs network_files name."""
+    the NICs network_files name. (A network root's own NICs come from hostonly
+    detection, bookend.hostonly, with the root's other drivers.)"""
     if config.mode is ModuleMode.GENERIC:
         return [Request(RequestKind.DRIVER_CLASS, "net", "feature network: mode generic", True)]
     sysroot = Sysroot(config.sysroot)
-    named = [
-        name
-        for path in config.network_files
-        for name in matched_names(sysroot.read_text(path) or "")
-    ]
+    texts = [sysroot.read_text(path) or "" for path in config.network_files]
+    if config.host_network_files:
+        texts += [text for _, text in host_network_files(sysroot)]
+    named = [name for text in texts for name in matched_names(text)]
     interfaces = dict.fromkeys([*default_route_interfaces(config.procfs), *named])
     return [
-        Request(RequestKind.MODULE, name, why, optional=True)
+        Request(RequestKind.MODULE, name, f"hostonly: NIC {interface}: {what}", optional=True)
         for interface in interfaces
-        for name, why in nic_modules(config.sysfs, interface)
+        for name, what in nic_modules(config.sysfs, interface)
     ]
 
 
@@ -358,5 +366,7 @@ FEATURE = Feature(
     # What bond=, bridge= and vlan= create (hostonly detection cannot see them coming).
     modules=("?af_packet", "?bonding", "?bridge", "?8021q"),
     compute=_compute,
-    switch_on=SwitchOn(setting="network_files"),
+    switch_on=SwitchOn(settings=("network_files", "host_network_files")),
+    # Hostonly: a root or /usr reached over a network (NBD, iSCSI, NFS) switches it on.
+    serves=StorageKind.NETWORK,
 )

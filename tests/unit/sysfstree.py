@@ -70,8 +70,34 @@ class FakeHost:
             relative_link(directory / "slaves" / slave.name, slave)
         return directory
 
-    def mount(self, point: str, majmin: str, fstype: str, source: str) -> None:
+    def mount(self, point: str, majmin: str, fstype: str, source: str, options: str = "rw") -> None:
+        """A mountinfo line; options are the superblock's (the last field)."""
         escaped = point.replace(" ", "\\040")
         number = 30 + len(self.lines)
-        self.lines.append(f"{number} 1 {majmin} / {escaped} rw,relatime - {fstype} {source} rw")
+        line = f"{number} 1 {majmin} / {escaped} rw,relatime - {fstype} {source} {options}"
+        self.lines.append(line)
         (self.proc / "self/mountinfo").write_text("".join(f"{line}\n" for line in self.lines))
+
+    def interface(
+        self, name: str, device: str | None, flags: str = "0x1003", lower: Iterable[str] = ()
+    ) -> Path:
+        """/sys/class/net/NAME: under devices/DEVICE/net/ with a device link, or under
+        devices/virtual/net/ without one (lo, a bond); lower_* links to the interfaces
+        under it, as a bond, VLAN or bridge has them."""
+        parent = self.sys / "devices" / (device or "virtual") / "net"
+        directory = parent / name
+        directory.mkdir(parents=True)
+        (directory / "flags").write_text(flags + "\n")
+        if device is not None:
+            relative_link(directory / "device", self.sys / "devices" / device)
+        relative_link(self.sys / "class/net" / name, directory)
+        for below in lower:
+            target = Path(os.path.realpath(self.sys / "class/net" / below))
+            relative_link(directory / f"lower_{below}", target)
+        return directory
+
+    def proc_file(self, relative: str, text: str) -> None:
+        """A file under the fake /proc, e.g. net/route."""
+        path = self.proc / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)

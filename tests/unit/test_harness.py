@@ -213,6 +213,12 @@ Welcome to Debian GNU/Linux 12 (bookworm)!
 """
 
 
+def test_the_real_roots_greeting_is_told_from_the_initrds() -> None:
+    greeting = re.search(ROOT_GREETING, CONSOLE)
+    assert greeting and greeting[0] == "Welcome to Debian GNU/Linux 12 (bookworm)!"
+    assert re.search(ROOT_GREETING, CONSOLE.split("[    8.5")[0]) is None
+
+
 def test_switch_root_time_is_the_real_roots_first_systemd_line() -> None:
     assert switch_root_seconds(CONSOLE) == pytest.approx(18.947728)
     with pytest.raises(AssertionError, match="no systemd started after switching root"):

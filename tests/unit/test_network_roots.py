@@ -11,13 +11,9 @@ from bookend.errors import ConfigError
 from bookend.exitrd import make_exitrd_plan
 from bookend.features.base import RequestKind
 from bookend.features.nbd import DETACH_STEP, GENERATOR, UNIT, generator_script
-from bookend.features.network import (
-    GENERATOR_SCRIPT,
-    default_route_interfaces,
-    matched_names,
-    nic_modules,
-)
+from bookend.features.network import GENERATOR_SCRIPT, matched_names
 from bookend.features.storage_daemons import STOP_HOOK
+from bookend.hostnet import default_route_interfaces, nic_modules
 from bookend.plan import make_plan
 from tests.unit.conftest import load_config
 
@@ -173,6 +169,43 @@ def test_network_files_go_to_etc_systemd_network_and_enable_network(root_tree: P
     entry = files["/etc/systemd/network/10-uplink.network"]
     assert entry.entry.data == b"[Match]\nName=ens3\n"
     assert "/etc/net/10-uplink.network" in entry.reason
+
+
+def test_host_network_files_are_opt_in_and_never_carry_a_secret(
+    root_tree: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    network = root_tree / "etc/systemd/network"
+    (network / "10-uplink.network.d").mkdir(parents=True)
+    (network / "10-uplink.network").write_text("[Match]\nName=ens3\n[Network]\nDHCP=yes\n")
+    (network / "10-uplink.network.d/mtu.conf").write_text("[Link]\nMTUBytes=9000\n")
+    (network / "20-vpn.netdev").write_text("[NetDev]\nKind=wireguard\n[WireGuard]\nPrivateKey=x\n")
+    (network / "30-vpn.network").write_text("[Match]\nName=wg0\n")
+    (network / "40-masked.network").symlink_to("/dev/null")
+    (network / "README").write_text("not a networkd file\n")
+    (root_tree / "etc/net").mkdir()
+    (root_tree / "etc/net/30-vpn.network").write_text("[Match]\nName=ens4\n")
+    values = {"sysroot": str(root_tree), "mode": "generic"}
+
+    def network_entries(**more: object) -> dict[str, bytes | None]:
+        plan = make_plan(load_config(None, {**values, **more}))
+        prefix = "/etc/systemd/network/"
+        return {
+            g.entry.path: g.entry.data for g in plan.generated if g.entry.path.startswith(prefix)
+        }
+
+    assert network_entries() == {}  # the host's files only when asked for
+    with caplog.at_level("WARNING"):
+        entries = network_entries(
+            host_network_files=True, network_files=["/etc/net/30-vpn.network"]
+        )
+    assert entries == {
+        "/etc/systemd/network/10-uplink.network": b"[Match]\nName=ens3\n[Network]\nDHCP=yes\n",
+        "/etc/systemd/network/10-uplink.network.d/mtu.conf": b"[Link]\nMTUBytes=9000\n",
+        # the file network_files names wins over the host's of that name
+        "/etc/systemd/network/30-vpn.network": b"[Match]\nName=ens4\n",
+    }
+    assert "leaving /etc/systemd/network/20-vpn.netdev out of the initrd" in caplog.text
+    assert "(PrivateKey=)" in caplog.text
 
 
 def test_network_files_must_be_networkd_files_that_exist(root_tree: Path) -> None:

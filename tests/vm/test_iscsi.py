@@ -38,10 +38,13 @@ from harness.guestjob import read_job_output, run_job
 from harness.guests import DEBIAN12, DEBIAN13, Guest
 from harness.images import QEMU_VIRTIO_EXT4, build_image
 from harness.netroot import (
+    DETECTION_CHECK,
+    DETECTION_FILES,
     SYSTEMD_START,
     assert_clean_ext4,
     copy_of,
     expect_initrd_then_root,
+    module_index_tree,
     record_scenario,
 )
 from harness.network import USER_SERVER_ADDRESS, user_network
@@ -56,8 +59,11 @@ SPARE_IQN = "iqn.2026-12.test.bookend:spare"
 INITIATOR = "iqn.2026-12.test.bookend:client"
 
 # After the exitrd is installed, the job also records the daemon and the sessions as
-# the running root sees them, the daemon's unit as the generator wrote it, and systemd.
-ISCSI_CHECKS = """
+# the running root sees them, the daemon's unit as the generator wrote it, systemd, and
+# what bookend's hostonly detection finds on it.
+ISCSI_CHECKS = (
+    DETECTION_CHECK
+    + """
 pid=$(systemctl show -P MainPID bookend-iscsid.service)
 state=$(systemctl show -P ActiveState bookend-iscsid.service)
 argv0=$(tr '\\0' '\\n' < /proc/$pid/cmdline | head -n 1)
@@ -76,6 +82,7 @@ else
     echo "$files no" > /job/out/iscsid-files
 fi
 """
+)
 # The daemon's unit announces its PID once it runs, in the initrd (storage_daemons.py).
 ANNOUNCED = r"bookend: root storage daemon iscsid runs as pid (\d+)"
 # How each guest's systemd spares the daemon from the final kill: "@" argv[0] before
@@ -103,7 +110,9 @@ def test_iscsi_root_boots_and_the_exitrd_logs_out(
     spare = tmp_path / "spare.raw"
     spare.write_bytes(b"")
     subprocess.run(["truncate", "-s", "16M", str(spare)], check=True)
-    job = install_exitrd_job(tmp_path / "job.img", iscsi_images, then=ISCSI_CHECKS)
+    index = module_index_tree(guest.kernel.version, tmp_path / "kindex", guest.sysroot or Path("/"))
+    job = install_exitrd_job(tmp_path / "job.img", iscsi_images, then=ISCSI_CHECKS,
+                             files={DETECTION_FILES: index})  # fmt: skip
     portal = f"{USER_SERVER_ADDRESS}::{ISCSI_PORT}::"
     append = (f"root=UUID={guest.root.uuid} rw ip=dhcp rd.iscsi.initiator={INITIATOR} "
               f"netroot=iscsi:{portal}{ROOT_IQN} netroot=iscsi:{portal}{SPARE_IQN}")  # fmt: skip
@@ -121,6 +130,7 @@ def test_iscsi_root_boots_and_the_exitrd_logs_out(
         return read_job_output(job.path, name, tmp_path / name).read_text()
 
     pid = assert_running_root(guest, output)
+    assert_detected(output("detection"))
     assert_one_daemon_from_initrd_to_exitrd(run.text, pid)
     # The target's copy of the root, read on the host once the guest is off: clean.
     assert_clean_ext4(lun)
@@ -141,6 +151,18 @@ def assert_running_root(guest: Guest, output: Callable[[str], str]) -> str:
     root = output("root-source")
     assert re.fullmatch(r"/dev/sd[a-z]+", root.strip()), root
     return pid
+
+
+def assert_detected(detection: str) -> None:
+    """Hostonly detection on the live root: the disk's iSCSI session, its transport, and
+    the NIC with the route to the portal."""
+    assert "storage iscsi network\n" in detection, detection
+    assert "network-interfaces ens3\n" in detection, detection
+    assert re.search(r"^module iscsi_tcp: iSCSI transport of session\d+ for / ", detection, re.M)
+    driver = rf"^module virtio_net: .*NIC ens3 \(route to {re.escape(USER_SERVER_ADDRESS)}\) "
+    assert re.search(
+        driver + rf"for iSCSI session\d+ to {re.escape(ROOT_IQN)} ", detection, re.M
+    ), detection
 
 
 def assert_one_daemon_from_initrd_to_exitrd(text: str, pid: str) -> None:
@@ -204,7 +226,9 @@ def test_lvm_on_luks2_on_an_iscsi_lun_unlocks_boots_and_detaches(
     build_image(images / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4, "--add-feature",
                 "iscsi", "--add-feature", "lvm", "--add-feature", "luks", "--add-module",
                 "virtio_net")  # fmt: skip
-    job = install_exitrd_job(tmp_path / "job.img", images)
+    index = module_index_tree(kernel.version, tmp_path / "kindex")
+    job = install_exitrd_job(tmp_path / "job.img", images, then=DETECTION_CHECK,
+                             files={DETECTION_FILES: index})  # fmt: skip
     portal = f"{USER_SERVER_ADDRESS}::{ISCSI_PORT}::"
     append = (f"root=UUID={stack.root_uuid} rd.luks.name={stack.luks_uuid}={stack.luks_name} "
               f"rw ip=dhcp netroot=iscsi:{portal}{ROOT_IQN}")  # fmt: skip
@@ -214,6 +238,10 @@ def test_lvm_on_luks2_on_an_iscsi_lun_unlocks_boots_and_detaches(
                           network=nic.args)  # fmt: skip
         text = shutdown_through(options, stack.passphrase)
     record_scenario("iscsi root, LVM on LUKS2", text, images / "initrd.img")
+    # Hostonly detection on the live root sees the whole stack, down to the NIC.
+    detection = read_job_output(job.path, "detection", tmp_path / "detection").read_text()
+    assert "storage iscsi luks lvm network\n" in detection, detection
+    assert "network-interfaces ens3\n" in detection, detection
     pivoted = after(text, "Returning to initrd...")
     detached = pivoted.find("shutdown[1]: All DM devices detached.")
     assert detached >= 0, pivoted[-3000:]

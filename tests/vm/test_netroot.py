@@ -21,7 +21,15 @@ import pytest
 from harness.exitrdjob import install_exitrd_job
 from harness.guestjob import read_job_output, run_job
 from harness.images import QEMU_VIRTIO_EXT4, build_image
-from harness.netroot import assert_clean_ext4, expect_initrd_then_root, overlay_of, record_scenario
+from harness.netroot import (
+    DETECTION_CHECK,
+    DETECTION_FILES,
+    assert_clean_ext4,
+    expect_initrd_then_root,
+    module_index_tree,
+    overlay_of,
+    record_scenario,
+)
 from harness.network import USER_GUEST_ADDRESS, USER_SERVER_ADDRESS, user_network
 from harness.qemu import BootOptions, Kernel, boot
 from harness.qmp import Qmp
@@ -36,13 +44,17 @@ NET_TIMEOUT = 20
 NETDEV = "net0"  # the id harness/network.py gives a guest's first NIC
 
 # After the exitrd is installed, the job also records the device's unit (still active:
-# nothing in the running system disconnected it), the root's source and the
-# KeepConfiguration= drop-ins the initrd left in /run.
-NBD_CHECKS = """
+# nothing in the running system disconnected it), the root's source, the
+# KeepConfiguration= drop-ins the initrd left in /run, and what bookend's hostonly
+# detection finds on this live NBD root.
+NBD_CHECKS = (
+    """
 systemctl show -P ActiveState bookend-nbd-root.service > /job/out/nbd-state
 findmnt -no SOURCE / > /job/out/root-source
 ls /run/systemd/network/*.network.d/90-bookend-keep.conf > /job/out/keep-dropins
 """
+    + DETECTION_CHECK
+)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +85,9 @@ def test_nbd_root_boots_and_the_exitrd_disconnects_it(
     addressing: str,
 ) -> None:
     overlay = overlay_of(root_disk.image, tmp_path / "root.qcow2")
-    job = install_exitrd_job(tmp_path / "job.img", nbd_images, then=NBD_CHECKS)
+    index = module_index_tree(kernel.version, tmp_path / "kindex")
+    job = install_exitrd_job(tmp_path / "job.img", nbd_images, then=NBD_CHECKS,
+                             files={DETECTION_FILES: index})  # fmt: skip
     append = f"root=nbd:{USER_SERVER_ADDRESS}:{NBD_PORT}:ext4 rw {ADDRESSING[addressing]}"
     with serve_nbd(overlay, "qcow2", tmp_path / "qemu-nbd.log") as port:
         nic = user_network(relayed=((USER_SERVER_ADDRESS, NBD_PORT, port),))
@@ -91,6 +105,15 @@ def test_nbd_root_boots_and_the_exitrd_disconnects_it(
     # The real root sees the initrd's KeepConfiguration= drop-in for ip='s network.
     keep = read_job_output(job.path, "keep-dropins", tmp_path / "keep").read_text().split()
     assert keep and all(path.startswith("/run/systemd/network/") for path in keep), keep
+    # Hostonly detection on the live root: NBD over the network, through ens3's driver
+    # (the kernel shows no NBD server, so the NIC that is up with an address).
+    detection = read_job_output(job.path, "detection", tmp_path / "detection").read_text()
+    assert "storage nbd network\n" in detection, detection
+    assert "network-interfaces ens3\n" in detection, detection
+    assert re.search(r"^module virtio_net: .*NIC ens3 \(up with an address", detection, re.M), (
+        detection
+    )
+    assert re.search(r"^module nbd: NBD device nbd0 for / \(ext4 on /dev/nbd0\)$", detection, re.M)
 
     _, marker, pivoted = done.text.partition("Returning to initrd...")
     assert marker, "no pivot into the exitrd on the console"
