@@ -375,11 +375,14 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_install_exitrd(args: argparse.Namespace) -> int:
+    from bookend.features.storage_daemons import systemd_version
     from bookend.install import LoadAt, install_exitrd_unit, install_storage_daemon_dropins
+    from bookend.sysroot import Sysroot
 
     unit = install_exitrd_unit(args.image.absolute(), LoadAt(args.at), args.unit_dir)
     print(f"{unit}: installed and enabled; the exitrd is unpacked at {args.at}")
-    for dropin in install_storage_daemon_dropins(args.storage_daemon, args.unit_dir):
+    systemd = systemd_version(Sysroot(Path("/"))) if args.storage_daemon else None
+    for dropin in install_storage_daemon_dropins(args.storage_daemon, args.unit_dir, systemd):
         print(f"{dropin}: the running system leaves this root storage daemon to the exitrd")
     return 0
 

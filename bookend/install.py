@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from bookend.archive import write_atomically
 from bookend.errors import ConfigError
-from bookend.features.storage_daemons import DROPIN_NAME, REAL_ROOT_DROPIN
+from bookend.features.storage_daemons import DROPIN_NAME, real_root_dropin
 
 UNIT_NAME = "bookend-exitrd.service"
 WANTED_BY = "multi-user.target"
@@ -44,15 +44,19 @@ def unit_text(image: Path, when: LoadAt, python: str = sys.executable) -> str:
     return template.replace("ExecStop=\n", "")
 
 
-def install_storage_daemon_dropins(units: list[str], unit_dir: Path) -> list[Path]:
-    """Keep the root storage daemons running in the real root until the exitrd."""
+def install_storage_daemon_dropins(
+    units: list[str], unit_dir: Path, systemd: int | None
+) -> list[Path]:
+    """Keep the root storage daemons running in the real root until the exitrd.
+
+    systemd: the running system's version (SurviveFinalKillSignal= from 255 on)."""
     written = []
     for unit in units:
         if "/" in unit or not unit.endswith(".service"):
             raise ConfigError(f"--storage-daemon {unit}: not a service unit name")
         dropin = unit_dir / f"{unit}.d" / DROPIN_NAME
         dropin.parent.mkdir(exist_ok=True)
-        data = REAL_ROOT_DROPIN.encode()
+        data = real_root_dropin(systemd).encode()
 
         def write(out: BinaryIO, data: bytes = data) -> None:
             out.write(data)

@@ -32,6 +32,8 @@ DENYLIST = (
     "/etc/iscsi/iscsid.conf",
     "/etc/iscsi/nodes/*",
     "/etc/iscsi/send_targets/*",
+    "/var/lib/iscsi/nodes/*",  # open-iscsi 2.1.10 and later keep the records here
+    "/var/lib/iscsi/send_targets/*",
 )
 
 

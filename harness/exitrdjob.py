@@ -8,6 +8,7 @@ then powers the machine off, which is the shutdown under test. It records in
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -59,6 +60,18 @@ def shutdown_through(options: BootOptions, passphrase: str | None = None) -> str
                    exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
     assert done.status == 0, f"the install job failed; see {options.log_path}"
     return done.text
+
+
+# systemd-shutdown's line as it pivots into the exitrd: 252 says "Returning to
+# initrd...", 257 "Entering exitrd...".
+PIVOT = re.compile(r"Returning to initrd\.\.\.|Entering exitrd\.\.\.")
+
+
+def split_at_pivot(text: str) -> tuple[str, str]:
+    """The console before the pivot into the exitrd (the running system), and from it on."""
+    pivot = PIVOT.search(text)
+    assert pivot, "no pivot into the exitrd on the console"
+    return text[: pivot.start()], text[pivot.start() :]
 
 
 def after(text: str, marker: str) -> str:

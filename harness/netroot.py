@@ -27,9 +27,6 @@ if TYPE_CHECKING:  # the run's summary imports this module; it needs no QEMU
 
 SCENARIOS_ENV = "BOOKEND_TEST_SCENARIOS"
 
-# The real root's greeting: any but the initrd's. Not "no parenthesis": Debian's own
-# greeting has one ("Welcome to Debian GNU/Linux 12 (bookworm)!").
-ROOT_GREETING = re.compile(r"Welcome to (?![^\n]*\(bookend initrd\))[^\n]*!")
 # "[    8.947728] systemd[1]: systemd 252.39-1~deb12u2 running in system mode (...)"
 SYSTEMD_START = re.compile(r"\[\s*(\d+\.\d+)\] systemd\[1\]: systemd \S+ running in system mode")
 
@@ -48,9 +45,16 @@ def overlay_of(image: Path, path: Path) -> Path:
     return path
 
 
+# systemd 252 greets an initrd with "Welcome to", 257 with "Booting initrd of"; the
+# real root's greeting is any other. Not "no parenthesis": Debian's own greeting has
+# one ("Welcome to Debian GNU/Linux 12 (bookworm)!").
+INITRD_GREETING = r"(Welcome to|Booting initrd of) [^\n]*\(bookend initrd\)"
+ROOT_GREETING = r"Welcome to (?![^\n]*\(bookend initrd\))[^\n]*!"
+
+
 def expect_initrd_then_root(vm: Boot) -> None:
     """Wait for the initrd's greeting, its target, then the real root's greeting."""
-    vm.expect(r"Welcome to .*\(bookend initrd\)", timeout=300)
+    vm.expect(INITRD_GREETING, timeout=300)
     vm.expect(r"Reached target .*initrd\.target", timeout=400)
     vm.expect(ROOT_GREETING, timeout=200)
 
@@ -66,17 +70,18 @@ python3 -m bookend plan --detect --sysroot /job/{DETECTION_FILES} --kver "$(unam
 """
 
 
-def module_index_tree(kver: str, tree: Path) -> Path:
+def module_index_tree(kver: str, tree: Path, source: Path = Path("/")) -> Path:
     """A sysroot holding only the kernel's module index files (what detection looks
-    names up in): a few MB on the job disk instead of the whole /lib/modules/KVER."""
+    names up in): a few MB on the job disk instead of the whole /lib/modules/KVER.
+    source: the tree the kernel's modules are in (the guest's sysroot)."""
     moddir = tree / "usr/lib/modules" / kver
     moddir.mkdir(parents=True)
     (tree / "etc").mkdir()
     (tree / "lib").symlink_to("usr/lib")
     for name in DATABASE_FILES:
-        source = Path("/lib/modules") / kver / name
-        if source.exists():
-            shutil.copy2(source, moddir / name)
+        index = source / "lib/modules" / kver / name
+        if index.exists():
+            shutil.copy2(index, moddir / name)
     return tree
 
 

@@ -180,70 +180,111 @@ class Recipe:
         return hashlib.sha256(encoded).hexdigest()[:16]
 
 
+# What every root disk has: systemd, the tools a job uses, and Python for jobs that
+# run bookend itself from the job disk (with the suite's own libraries).
+BASE_PACKAGES = (
+    *("systemd-sysv", "udev", "kmod", "e2fsprogs", "util-linux", "fdisk"),
+    # On every real Debian install; without it /etc/sysctl.d/99-sysctl.conf
+    # dangles, which a bookend build in the guest would trip over.
+    "procps",
+    *("python3", "python3-zstandard", "python3-lz4", "python3-pyelftools"),
+    # python3-zstandard depends on virtual packages this one provides,
+    # and debootstrap does not resolve virtual packages.
+    "python3-cffi-backend",
+)
+# Only the bookworm disk, whose jobs make the block stacks and filesystems the host
+# kernel cannot, and build images with early microcode as on real installs.
+STACK_PACKAGES = (
+    *("cryptsetup-bin", "dmsetup", "lvm2", "mdadm", "btrfs-progs"),
+    *("dosfstools", "xfsprogs"),
+    *("amd64-microcode", "intel-microcode"),
+)
+# Timers and services a short test boot never needs, which only cost time under
+# emulation; every suite's packages enable these.
+BASE_DISABLED = (
+    "timers.target.wants/apt-daily.timer",
+    "timers.target.wants/apt-daily-upgrade.timer",
+    "timers.target.wants/dpkg-db-backup.timer",
+    "timers.target.wants/fstrim.timer",
+)
+# e2fsprogs' periodic check of LVM snapshots, and its cleanup at boot.
+E2SCRUB_DISABLED = (
+    "timers.target.wants/e2scrub_all.timer",
+    "multi-user.target.wants/e2scrub_reap.service",
+)
+
+
 def default_recipe() -> Recipe:
-    hosts = "127.0.0.1\tlocalhost\n127.0.1.1\tbookend-test\n::1\tlocalhost ip6-localhost\n"
+    """The Debian 12 (bookworm) disk most VM tests boot."""
     return Recipe(
         suite="bookworm",
         # non-free-firmware holds the CPU microcode packages.
         components=("main", "non-free-firmware"),
-        include=(
-            *("systemd-sysv", "udev", "kmod", "e2fsprogs", "util-linux", "fdisk"),
-            # On every real Debian install; without it /etc/sysctl.d/99-sysctl.conf
-            # dangles, which a bookend build in the guest would trip over.
-            "procps",
-            # Jobs run bookend itself from the job disk, with Debian's libraries.
-            *("python3", "python3-zstandard", "python3-lz4", "python3-pyelftools"),
-            # python3-zstandard depends on virtual packages this one provides,
-            # and debootstrap does not resolve virtual packages.
-            "python3-cffi-backend",
-            # Jobs make the block stacks and filesystems the host kernel cannot.
-            *("cryptsetup-bin", "dmsetup", "lvm2", "mdadm", "btrfs-progs"),
-            *("dosfstools", "xfsprogs"),
-            # Early microcode for an image built in the guest, as on real installs.
-            *("amd64-microcode", "intel-microcode"),
-        ),
+        include=(*BASE_PACKAGES, *STACK_PACKAGES),
         uuid=ROOT_UUID,
         label=ROOT_LABEL,
         size_mib=1536,
-        files=(
-            ("etc/fstab", f"UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n", 0o644),
-            ("etc/hostname", "bookend-test\n", 0o644),
-            ("etc/hosts", hosts, 0o644),
-            ("usr/local/sbin/bookend-test-report", REPORT_SCRIPT, 0o755),
-            ("etc/systemd/system/bookend-test-report.service", REPORT_UNIT, 0o644),
-            ("usr/local/sbin/bookend-test-job", JOB_SCRIPT, 0o755),
-            ("etc/systemd/system/bookend-test-job.service", JOB_UNIT, 0o644),
-        ),
-        symlinks=(
-            ("etc/systemd/system/default.target", "/lib/systemd/system/multi-user.target"),
-            (
-                "etc/systemd/system/multi-user.target.wants/bookend-test-report.service",
-                "/etc/systemd/system/bookend-test-report.service",
-            ),
-            (
-                "etc/systemd/system/multi-user.target.wants/bookend-test-job.service",
-                "/etc/systemd/system/bookend-test-job.service",
-            ),
-            # udev starts mdadm's monitor for every array a job assembles; with
-            # no mail transport its alerts go nowhere, so mask it.
-            ("etc/systemd/system/mdmonitor.service", "/dev/null"),
-            # python3.11-minimal registers .pyc files with binfmt_misc, a module
-            # the root lacks: mounting it would fail every boot. No test needs it.
-            ("etc/systemd/system/systemd-binfmt.service", "/dev/null"),
-        ),
+        files=root_files(),
+        symlinks=root_symlinks(),
         directories=("job", "usr/lib/modules"),
+        # In the order this recipe always had: its cached disk is named by a hash of it.
         disabled=(
-            "timers.target.wants/apt-daily.timer",
-            "timers.target.wants/apt-daily-upgrade.timer",
-            "timers.target.wants/dpkg-db-backup.timer",
-            "timers.target.wants/e2scrub_all.timer",
-            "timers.target.wants/fstrim.timer",
-            "multi-user.target.wants/e2scrub_reap.service",
+            *BASE_DISABLED[:3],
+            E2SCRUB_DISABLED[0],
+            BASE_DISABLED[3],
+            E2SCRUB_DISABLED[1],
             # dmeventd monitoring of LVM mirrors and snapshots, which scans every
             # disk at boot: a test boot has nothing to monitor. (mdadm's timers
             # hang off mdmonitor.service, masked above.)
             "sysinit.target.wants/lvm2-monitor.service",
         ),
+    )
+
+
+def trixie_recipe() -> Recipe:
+    """A Debian 13 (trixie, systemd 257) disk: the same report and job units, none of
+    the block-stack tools. Its tests boot trixie's kernel and an image built from a
+    trixie tree (harness/ukisysroot.py). It has open-iscsi, as a real root on iSCSI
+    would: its own iscsid units and open-iscsi.service run beside the initrd's iscsid."""
+    return dataclasses.replace(
+        default_recipe(),
+        suite="trixie",
+        components=("main",),
+        include=(*BASE_PACKAGES, "open-iscsi"),
+        disabled=(*BASE_DISABLED, *E2SCRUB_DISABLED),
+    )
+
+
+def root_files() -> tuple[tuple[str, str, int], ...]:
+    hosts = "127.0.0.1\tlocalhost\n127.0.1.1\tbookend-test\n::1\tlocalhost ip6-localhost\n"
+    return (
+        ("etc/fstab", f"UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n", 0o644),
+        ("etc/hostname", "bookend-test\n", 0o644),
+        ("etc/hosts", hosts, 0o644),
+        ("usr/local/sbin/bookend-test-report", REPORT_SCRIPT, 0o755),
+        ("etc/systemd/system/bookend-test-report.service", REPORT_UNIT, 0o644),
+        ("usr/local/sbin/bookend-test-job", JOB_SCRIPT, 0o755),
+        ("etc/systemd/system/bookend-test-job.service", JOB_UNIT, 0o644),
+    )
+
+
+def root_symlinks() -> tuple[tuple[str, str], ...]:
+    return (
+        ("etc/systemd/system/default.target", "/lib/systemd/system/multi-user.target"),
+        (
+            "etc/systemd/system/multi-user.target.wants/bookend-test-report.service",
+            "/etc/systemd/system/bookend-test-report.service",
+        ),
+        (
+            "etc/systemd/system/multi-user.target.wants/bookend-test-job.service",
+            "/etc/systemd/system/bookend-test-job.service",
+        ),
+        # udev starts mdadm's monitor for every array a job assembles; with
+        # no mail transport its alerts go nowhere, so mask it.
+        ("etc/systemd/system/mdmonitor.service", "/dev/null"),
+        # python3.11-minimal registers .pyc files with binfmt_misc, a module
+        # the root lacks: mounting it would fail every boot. No test needs it.
+        ("etc/systemd/system/systemd-binfmt.service", "/dev/null"),
     )
 
 
@@ -258,7 +299,9 @@ def ensure_root_disk(cache_dir: Path | None = None, recipe: Recipe | None = None
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = recipe.key()
     image = cache_dir / f"root-{key}.img"
-    with timed("root disk") as outcome:
+    # The bookworm disk keeps its plain name in the run's report; others name their suite.
+    what = "root disk" if recipe.suite == default_recipe().suite else f"root disk ({recipe.suite})"
+    with timed(what) as outcome:
         if not image.exists():
             # Another pytest process may be building the same disk: wait for it
             # rather than build twice, then look again.

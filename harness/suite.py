@@ -17,6 +17,9 @@ from pathlib import PurePosixPath
 from harness.timings import Timing
 
 TIERS = ("unit", "image", "vm")
+# The guests a VM test may boot (harness/guests.py), named in its parameter ids.
+DEBIAN12 = "debian12"
+DEBIAN13 = "debian13"
 
 
 def tier_of(nodeid: str) -> str:
@@ -36,37 +39,50 @@ class DiskNeeds:
 
     root_disk: bool = False
     stacks: bool = False
-    uki_tree: bool = False
+    trixie_tree: bool = False  # images built from Debian 13 (UKI, the Debian 13 guest)
+    trixie_root: bool = False  # the Debian 13 guest's root disk
     dracut: bool = False
 
     @property
     def any(self) -> bool:
-        return self.root_disk or self.stacks or self.uki_tree or self.dracut
+        return self.root_disk or self.stacks or self.trixie_tree or self.trixie_root or self.dracut
 
 
-# Test modules whose fixtures need the storage stacks, the UKI tree, or dracut.
+# Test modules whose fixtures need the storage stacks, the trixie tree, or dracut.
 STACK_MODULES = ("test_storage.py", "test_exitrd.py", "test_stackdisks.py")
 UKI_MODULES = ("test_uki.py",)
 DRACUT_MODULES = ("test_inspect_images.py",)
 
 
+def boots_debian13(nodeid: str) -> bool:
+    """Whether a test boots the Debian 13 guest: its parameter id names it
+    (harness/guests.py), e.g. tests/vm/test_iscsi.py::test_x[debian13]."""
+    _, _, params = nodeid.partition("[")
+    return DEBIAN13 in params.rstrip("]").split("-")
+
+
 def run_order(nodeid: str) -> tuple[int, bool]:
     """Sort key: quick tiers first, and last the boots that wait for the slowest disks
-    (the stacks, the UKI tree), so those are made while the other boots run."""
+    (the stacks, the trixie tree and root disk), so those are made while the other
+    boots run."""
     name = PurePosixPath(nodeid.split("::", 1)[0]).name
-    return TIERS.index(tier_of(nodeid)), name in STACK_MODULES + UKI_MODULES
+    slow = name in STACK_MODULES + UKI_MODULES or boots_debian13(nodeid)
+    return TIERS.index(tier_of(nodeid)), slow
 
 
 def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
-    root = stacks = uki = dracut = False
+    root = stacks = tree = trixie_root = dracut = False
     for nodeid in nodeids:
         path = PurePosixPath(nodeid.split("::", 1)[0])
         if tier_of(nodeid) == "vm":
-            root = True
+            debian13 = boots_debian13(nodeid)
+            root = root or not debian13
             stacks = stacks or path.name in STACK_MODULES
-            uki = uki or path.name in UKI_MODULES
+            tree = tree or path.name in UKI_MODULES or debian13
+            trixie_root = trixie_root or debian13
         dracut = dracut or path.name in DRACUT_MODULES
-    return DiskNeeds(root_disk=root, stacks=stacks, uki_tree=uki, dracut=dracut)
+    return DiskNeeds(root_disk=root, stacks=stacks, trixie_tree=tree, trixie_root=trixie_root,
+                     dracut=dracut)  # fmt: skip
 
 
 @dataclass
@@ -102,13 +118,14 @@ class EarlyBuilds:
 
 def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
     """Start making what needs names: the root disk then the stacks in one thread (the
-    stacks are made by booting the root disk), the UKI tree and dracut in another."""
+    stacks are made by booting the root disk); the trixie tree, dracut and the trixie
+    root disk in another (debootstraps and unpacking: no guest)."""
     # Imported here: collecting the unit tier alone needs none of this.
     from harness.foreign import ensure_dracut
     from harness.qemu import installed_kernels
-    from harness.rootdisk import cache_dir_default, ensure_root_disk
+    from harness.rootdisk import cache_dir_default, ensure_root_disk, trixie_recipe
     from harness.stackdisks import ensure_stack_disks
-    from harness.ukisysroot import ensure_uki_sysroot
+    from harness.ukisysroot import ensure_trixie_sysroot
 
     builds = EarlyBuilds()
     kernels = installed_kernels()
@@ -120,12 +137,14 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
     if guest_steps:
         builds.start("root disk and stacks", guest_steps)
     tree_steps: list[Callable[[], object]] = []
-    if needs.uki_tree:
-        tree_steps.append(ensure_uki_sysroot)
+    if needs.trixie_tree:
+        tree_steps.append(ensure_trixie_sysroot)
     if needs.dracut:
         tree_steps.append(lambda: ensure_dracut(cache_dir_default()))
+    if needs.trixie_root:  # after dracut: the image tests want that first
+        tree_steps.append(lambda: ensure_root_disk(recipe=trixie_recipe()))
     if tree_steps:
-        builds.start("UKI tree and dracut", tree_steps)
+        builds.start("trixie tree, dracut, trixie root disk", tree_steps)
     return builds
 
 

@@ -1,10 +1,13 @@
-"""A cached Debian trixie tree that has ukify, for building and booting a UKI.
+"""A cached Debian trixie tree (systemd 257) that images are built from.
 
-Debian 12 (the host) has systemd 252, which has no ukify; trixie's systemd-ukify
-does. The tree is only built from (`bookend build --sysroot`), never booted as a
-root, so it stays a plain directory: debootstrap'ed into a private directory and
-renamed into place, cached under a name derived from its package list like the
-root disk (harness/rootdisk.py), and built under the same kind of lock.
+Debian 12 (the host) has systemd 252. Tests that need a newer systemd build from
+this tree with `bookend build --sysroot TREE --kver KVER`, with trixie's own kernel
+(under TREE/boot): the UKI test (trixie's ukify and stub) and the Debian 13 iSCSI
+root (open-iscsi 2.1 and a systemd with SurviveFinalKillSignal=). One tree serves
+both, so a run debootstraps trixie for images once. It is never booted as a root,
+so it stays a plain directory: debootstrap'ed into a private directory and renamed
+into place, cached under a name derived from its package list like the root disk
+(harness/rootdisk.py), and built under the same kind of lock.
 """
 
 from __future__ import annotations
@@ -17,20 +20,23 @@ from pathlib import Path
 from harness.rootdisk import Recipe, bootstrap, cache_dir_default, locked, remove_tree
 from harness.timings import timed
 
-UKI_PACKAGES = (
+TRIXIE_PACKAGES = (
     *("systemd", "systemd-sysv", "udev", "kmod", "linux-image-amd64"),
     *("systemd-ukify", "systemd-boot-efi", "python3-pefile"),
     # ukify depends on python3-zstandard, which depends on virtual packages this one
     # provides, and debootstrap does not resolve virtual packages.
     "python3-cffi-backend",
+    # The iSCSI root: iscsid, iscsiadm and iscsi-iname (features iscsi and network;
+    # systemd-networkd is part of trixie's systemd).
+    "open-iscsi",
 )
 
 
-def uki_recipe() -> Recipe:
+def trixie_recipe() -> Recipe:
     return Recipe(
         suite="trixie",
         components=("main",),
-        include=UKI_PACKAGES,
+        include=TRIXIE_PACKAGES,
         uuid="",
         label="",
         size_mib=0,
@@ -41,14 +47,14 @@ def uki_recipe() -> Recipe:
     )
 
 
-def ensure_uki_sysroot(cache_dir: Path | None = None) -> Path:
+def ensure_trixie_sysroot(cache_dir: Path | None = None) -> Path:
     """The cached trixie tree, debootstrap'ed first if no finished one exists."""
-    recipe = uki_recipe()
+    recipe = trixie_recipe()
     cache_dir = cache_dir or cache_dir_default()
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = recipe.key()
     tree = cache_dir / f"sysroot-{recipe.suite}-{key}"
-    with timed("UKI tree (Debian 13)") as outcome:
+    with timed("Debian 13 tree (UKI, iSCSI)") as outcome:
         if not tree.is_dir():
             outcome.how = "waited"
             with locked(cache_dir / f"sysroot-{key}.lock"):
@@ -74,4 +80,4 @@ def _build(recipe: Recipe, tree: Path, key: str) -> None:
 
 
 if __name__ == "__main__":
-    print(ensure_uki_sysroot())
+    print(ensure_trixie_sysroot())

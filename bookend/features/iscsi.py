@@ -10,7 +10,8 @@ the target is scanned; the LUN field is read but selects nothing.
 A generator shipped in the image writes, with no loop waiting for anything:
 - `bookend-iscsid.service`: iscsid, a root storage daemon ("@" argv[0] before systemd
   255, SurviveFinalKillSignal=yes from 255; no default dependencies, IgnoreOnIsolate=yes),
-  written to /run/systemd/system so the real root keeps it (as nbd does). The real
+  written to /run/systemd/system so the real root keeps it (as nbd does). Once iscsid
+  runs, the console says "bookend: root storage daemon iscsid runs as pid N". The real
   root's own iscsid.service and iscsid.socket (open-iscsi's) are masked there for the
   boot: there is one iscsid a system. Its initiator
   name: rd.iscsi.initiator=, else the image's /etc/iscsi/initiatorname.iscsi (hostonly
@@ -44,6 +45,7 @@ from bookend.features.base import (
 from bookend.features.storage_daemons import (
     DETACH_DIR,
     SURVIVE_FINAL_KILL_SINCE,
+    announce_start,
     systemd_version,
 )
 from bookend.storage import StorageKind
@@ -57,7 +59,10 @@ FIRMWARE_UNIT = "bookend-iscsi-firmware.service"
 FILES_UNIT = "bookend-iscsid-files.service"
 INITIATOR_FILE = "/etc/iscsi/initiatorname.iscsi"
 CONFIG_FILE = "/etc/iscsi/iscsid.conf"
-RECORD_DIR = "/etc/iscsi"
+# Where iscsiadm keeps its node records, which it does not make itself: /etc/iscsi up
+# to open-iscsi 2.1.9 (Debian 12), /var/lib/iscsi from then on (Debian 13, Fedora).
+# The package makes the directory, so the sysroot shows which one its iscsiadm uses.
+RECORD_DIRS = ("/etc/iscsi", "/var/lib/iscsi")
 DAEMON_PATHS = ("/usr/sbin/iscsid", "/sbin/iscsid")
 ADMIN_PATHS = ("/usr/sbin/iscsiadm", "/sbin/iscsiadm", "/usr/bin/iscsiadm")
 # open-iscsi's own units, as the real root may have them: masked there for the boot.
@@ -198,6 +203,7 @@ Description=iSCSI initiator daemon for the root (iscsid)
 Documentation=man:iscsid(8)
 DefaultDependencies=no
 IgnoreOnIsolate=yes
+@SURVIVE@
 Wants=modprobe@iscsi_tcp.service
 After=modprobe@iscsi_tcp.service
 Before=initrd-root-device.target
@@ -206,7 +212,7 @@ Before=initrd-root-device.target
 Type=forking
 PIDFile=/run/iscsid.pid
 ExecStart=@EXEC@ -i $1
-@SURVIVE@
+@ANNOUNCE@
 EOF
 }
 
@@ -330,6 +336,8 @@ def generator_script(iscsid: str, iscsiadm: str, iname: str, systemd: int | None
     replacements = {
         "@EXEC@": exec_start,
         "@SURVIVE@": survive,
+        # In the generator's here-document, where "$" must be escaped to stay itself.
+        "@ANNOUNCE@": announce_start("iscsid").replace("$", "\\$"),
         "@ISCSIADM@": iscsiadm,
         "@INAME@": iname,
         "@DAEMON_UNIT@": DAEMON_UNIT,
@@ -358,11 +366,9 @@ def _generator(context: FeatureContext) -> Contribution:
     iscsid, iscsiadm, iname = _programs(sysroot)
     script = generator_script(iscsid, iscsiadm, iname, systemd_version(sysroot))
     entry = ArchiveEntry(GENERATOR, EntryKind.FILE, 0o755, data=script.encode())
-    # iscsiadm writes its node records under /etc/iscsi, which it does not make itself.
-    records = ArchiveEntry(RECORD_DIR, EntryKind.DIRECTORY, 0o755)
     contribution: list[Request | Generated] = [
         Generated(entry, "feature iscsi: netroot=iscsi:... into units"),
-        Generated(records, "feature iscsi: where iscsiadm keeps node records"),
+        *_record_dirs(sysroot),
         Request(RequestKind.EXECUTABLE, iscsid, "feature iscsi: the root storage daemon"),
         Request(RequestKind.EXECUTABLE, iscsiadm, "feature iscsi: logs in to the targets"),
         Request(RequestKind.EXECUTABLE, iname, "feature iscsi: an initiator name", True),
@@ -373,6 +379,13 @@ def _generator(context: FeatureContext) -> Contribution:
     if config.iscsi_config is not None:
         contribution.append(_embedded_config(sysroot, config))
     return contribution
+
+
+def _record_dirs(sysroot: Sysroot) -> list[Generated]:
+    """Empty directories for iscsiadm's node records, where the sysroot has them."""
+    found = [path for path in RECORD_DIRS if sysroot.is_dir(path)] or [RECORD_DIRS[0]]
+    reason = "feature iscsi: where iscsiadm keeps node records"
+    return [Generated(ArchiveEntry(path, EntryKind.DIRECTORY, 0o755), reason) for path in found]
 
 
 def _embedded_config(sysroot: Sysroot, config: Config) -> Generated:
@@ -388,7 +401,8 @@ def _embedded_config(sysroot: Sysroot, config: Config) -> Generated:
 
 
 def _exitrd(context: FeatureContext) -> Contribution:
-    """The exitrd's part: iscsiadm and the step that logs out of every session."""
+    """The exitrd's part: iscsiadm, its record directory (it gives up on any request
+    without one) and the step that logs out of every session."""
     sysroot = Sysroot(context.config.sysroot)
     iscsiadm = sysroot_program(sysroot, ADMIN_PATHS, "iscsiadm")
     mkdir = sysroot_program(sysroot, ("/usr/bin/mkdir", "/bin/mkdir"), "mkdir")
@@ -397,6 +411,7 @@ def _exitrd(context: FeatureContext) -> Contribution:
     reason = "feature iscsi: log out of iSCSI sessions after the old root is unmounted"
     return [
         Generated(ArchiveEntry(DETACH_STEP, EntryKind.FILE, 0o755, data=script), reason),
+        *_record_dirs(sysroot),
         *(Request(RequestKind.EXECUTABLE, path, reason) for path in (iscsiadm, mkdir, mount)),
     ]
 

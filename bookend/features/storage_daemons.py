@@ -14,9 +14,11 @@ drop-in written here gives the sysroot's unit without editing it:
 from __future__ import annotations
 
 import re
+import stat
 
 from bookend.archive import ArchiveEntry, EntryKind
-from bookend.errors import SysrootError
+from bookend.elf import read_elf
+from bookend.errors import ElfError, SysrootError
 from bookend.features.base import (
     Contribution,
     ExitrdPart,
@@ -34,16 +36,35 @@ SURVIVE_FINAL_KILL_SINCE = 255
 DROPIN_NAME = "bookend-storage-daemon.conf"
 # Started while the initrd looks for the root, which may need them to appear at all.
 WANTED_BY = "initrd-root-device.target"
-SHARED_LIBRARY = re.compile(r"libsystemd-shared-(\d+)")
+SHARED_LIBRARY = re.compile(r"libsystemd-shared-(\d+)\.so")
+# systemd's manager and the program the exitrd runs: both link libsystemd-shared-N.so.
+VERSIONED_PROGRAMS = ("/usr/lib/systemd/systemd", "/usr/lib/systemd/systemd-shutdown")
 
 
 def systemd_version(sysroot: Sysroot) -> int | None:
-    """The sysroot's systemd version, from the name of its shared library."""
-    for pattern in ("/usr/lib/systemd/libsystemd-shared-*.so", "/usr/lib/*/systemd/*.so"):
-        for path in sysroot.glob(pattern):
-            match = SHARED_LIBRARY.search(path)
+    """The sysroot's systemd version, from the name of its private shared library.
+
+    systemd's programs link libsystemd-shared-N.so wherever the distribution put it
+    (Debian: /usr/lib/<multiarch>/systemd; Fedora, Arch: /usr/lib/systemd), so the
+    programs' DT_NEEDED names it. A tree with no readable program (a test fixture)
+    is looked at for the library itself in systemd's own directory.
+    """
+    for program in VERSIONED_PROGRAMS:
+        resolved = sysroot.resolve(program)
+        if resolved.st is None or not stat.S_ISREG(resolved.st.st_mode):
+            continue
+        try:
+            needed = read_elf(sysroot.host_path(resolved.path)).needed
+        except ElfError:
+            continue
+        for name in needed:
+            match = SHARED_LIBRARY.fullmatch(name)
             if match:
                 return int(match.group(1))
+    for path in sysroot.glob("/usr/lib/systemd/libsystemd-shared-*.so"):
+        match = SHARED_LIBRARY.fullmatch(path.rsplit("/", 1)[-1])
+        if match:
+            return int(match.group(1))
     return None
 
 
@@ -59,18 +80,31 @@ def at_argv0(exec_start: str) -> str:
     return f"@{prefix}{program} {argv0} {rest}".rstrip()
 
 
-def daemon_dropin(unit_text: str, version: int | None) -> str:
+def announce_start(name: str) -> str:
+    """An ExecStartPost= line that puts the daemon's PID on the console once it runs.
+
+    The exitrd's stop hook names the PID it stops, so the console follows one daemon
+    from the initrd to the exitrd (a restart would show a second PID). systemd gives
+    ExecStartPost= the main PID in $MAINPID ("$$": the shell, not systemd, expands it);
+    "-": a console that cannot be written never fails the daemon.
+    """
+    message = f"bookend: root storage daemon {name} runs as pid $$MAINPID"
+    return f"ExecStartPost=-/bin/sh -c 'echo \"{message}\" > /dev/kmsg'"
+
+
+def daemon_dropin(unit: str, unit_text: str, version: int | None) -> str:
     lines = [
         "# Written by bookend: a root storage daemon, kept running until the exitrd.",
         "[Unit]",
         "DefaultDependencies=no",
         "IgnoreOnIsolate=yes",
         f"Before={WANTED_BY}",
-        "",
-        "[Service]",
     ]
+    service = ["", "[Service]", announce_start(unit.removesuffix(".service"))]
     if version is not None and version >= SURVIVE_FINAL_KILL_SINCE:
-        return "\n".join([*lines, "SurviveFinalKillSignal=yes"]) + "\n"
+        # A [Unit] setting: systemd ignores it, with a warning, under [Service].
+        return "\n".join([*lines, "SurviveFinalKillSignal=yes", *service]) + "\n"
+    lines += service
     starts = [
         line.split("=", 1)[1].strip()
         for line in logical_lines(unit_text)
@@ -83,8 +117,10 @@ def daemon_dropin(unit_text: str, version: int | None) -> str:
 
 
 # The real root's systemd reloads units from the root at switch-root and then isolates
-# the default target: without this the daemon would be stopped right there. Installed
-# by `bookend install-exitrd --storage-daemon UNIT`.
+# the default target: without this the daemon would be stopped right there. From 255
+# on it also keeps SurviveFinalKillSignal=yes, the mark the initrd's copy of the unit
+# gave the daemon's cgroup, in the running system's copy. Installed by
+# `bookend install-exitrd --storage-daemon UNIT`.
 REAL_ROOT_DROPIN = """\
 # Written by bookend install-exitrd: a root storage daemon, started in the initrd and
 # stopped by the exitrd; the running system must not stop it (not even at shutdown).
@@ -92,6 +128,13 @@ REAL_ROOT_DROPIN = """\
 DefaultDependencies=no
 IgnoreOnIsolate=yes
 """
+
+
+def real_root_dropin(version: int | None) -> str:
+    """The running system's drop-in for a root storage daemon, for its systemd version."""
+    if version is not None and version >= SURVIVE_FINAL_KILL_SINCE:
+        return REAL_ROOT_DROPIN + "SurviveFinalKillSignal=yes\n"
+    return REAL_ROOT_DROPIN
 
 
 def _daemons(context: FeatureContext) -> Contribution:
@@ -113,7 +156,7 @@ def _daemons(context: FeatureContext) -> Contribution:
             Request(RequestKind.UNIT, unit, reason),
             Generated(
                 ArchiveEntry(
-                    dropin, EntryKind.FILE, 0o644, data=daemon_dropin(text, version).encode()
+                    dropin, EntryKind.FILE, 0o644, data=daemon_dropin(unit, text, version).encode()
                 ),
                 reason,
             ),
@@ -190,6 +233,7 @@ exit 0
 FEATURE = Feature(
     name="storage-daemons",
     help="root storage daemons (storage_daemons): run from the initrd until the exitrd",
+    executables=("/bin/sh",),  # the start announcement
     compute=_daemons,
     switch_on=SwitchOn(settings=("storage_daemons",)),
     exitrd=ExitrdPart(

@@ -118,7 +118,10 @@ def test_exitrd_part_of_each_feature(name: str, root_tree: Path) -> None:
             "exitrd: stop the root storage daemons (storage_daemons)"
         }
     elif name in ("nbd", "iscsi"):
-        [step] = [g.entry for g in generated]
+        [step] = [g.entry for g in generated if g.entry.kind is EntryKind.FILE]
+        # iscsiadm refuses every request, a logout too, without its record directory.
+        directories = [g.entry.path for g in generated if g.entry.kind is EntryKind.DIRECTORY]
+        assert directories == (["/etc/iscsi"] if name == "iscsi" else [])
         assert step.path.startswith(f"{DETACH_DIR}/") and step.mode == 0o755
         detach = b"/usr/sbin/nbd-client -d" if name == "nbd" else b"/usr/sbin/iscsiadm -m session"
         assert detach in (step.data or b"")

@@ -3,6 +3,7 @@ a run must make early, the time summary, and QEMU's command line."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from bookend.errors import BookendError
 from bookend.proc import run
 from harness.mirror import MIRROR_ENV, archive_for, debian_mirror, host_suite, parse_records
 from harness.netroot import (
+    INITRD_GREETING,
     ROOT_GREETING,
     SCENARIOS_ENV,
     read_scenarios,
@@ -105,31 +107,51 @@ def test_tiers_follow_the_directories() -> None:
 def test_quick_tiers_run_first_and_boots_waiting_for_slow_disks_last() -> None:
     nodeids = [
         "tests/vm/test_storage.py::a",
+        "tests/vm/test_iscsi.py::x[debian13]",
         "tests/vm/test_boot.py::b",
         "tests/image/test_host_image.py::c",
         "tests/test_lint.py::d",
+        "tests/vm/test_iscsi.py::x[debian12]",
         "tests/vm/test_uki.py::e",
         "tests/unit/test_elf.py::f",
     ]
-    assert [n[-1] for n in sorted(nodeids, key=run_order)] == ["d", "f", "c", "b", "a", "e"]
+    assert [n.split("::")[1] for n in sorted(nodeids, key=run_order)] == [
+        "d", "f", "c", "b", "x[debian12]", "a", "x[debian13]", "e",
+    ]  # fmt: skip
+
+
+def needs_of(*nodeids: str) -> tuple[bool, ...]:
+    needs = disk_needs(nodeids)
+    return needs.root_disk, needs.stacks, needs.trixie_tree, needs.trixie_root, needs.dracut
 
 
 def test_early_builds_are_only_what_the_selected_tests_need() -> None:
     assert not disk_needs(["tests/unit/test_elf.py::test_x"]).any
-    needs = disk_needs(["tests/vm/test_boot.py::a", "tests/image/test_inspect_images.py::b"])
-    assert (needs.root_disk, needs.stacks, needs.uki_tree, needs.dracut) == (
-        True,
-        False,
-        False,
-        True,
-    )
-    needs = disk_needs(["tests/vm/test_storage.py::a", "tests/vm/test_uki.py::b"])
-    assert (needs.root_disk, needs.stacks, needs.uki_tree, needs.dracut) == (
-        True,
-        True,
-        True,
-        False,
-    )
+    assert needs_of("tests/vm/test_boot.py::a", "tests/image/test_inspect_images.py::b") == (
+        True, False, False, False, True,
+    )  # fmt: skip
+    assert needs_of("tests/vm/test_storage.py::a", "tests/vm/test_uki.py::b") == (
+        True, True, True, False, False,
+    )  # fmt: skip
+    # The Debian 13 guest boots its own root disk, from images of the trixie tree.
+    assert needs_of("tests/vm/test_iscsi.py::t[debian13]") == (False, False, True, True, False)
+    assert needs_of("tests/vm/test_iscsi.py::t[debian12]") == (True, False, False, False, False)
+    # An id that only contains the name is no Debian 13 guest.
+    assert needs_of("tests/vm/test_x.py::t[notdebian13]") == (True, False, False, False, False)
+
+
+def test_greetings_tell_the_initrd_from_the_real_root() -> None:
+    """systemd 252 greets an initrd with "Welcome to", 257 with "Booting initrd of"."""
+    initrds = ["Welcome to Debian GNU/Linux 12 (bookworm) (bookend initrd)!",
+               "Booting initrd of Debian GNU/Linux 13 (trixie) (bookend initrd)."]  # fmt: skip
+    roots = [
+        "Welcome to Debian GNU/Linux 12 (bookworm)!",
+        "Welcome to Debian GNU/Linux 13 (trixie)!",
+    ]
+    for line in initrds:
+        assert re.search(INITRD_GREETING, line) and not re.search(ROOT_GREETING, line)
+    for line in roots:
+        assert re.search(ROOT_GREETING, line) and not re.search(INITRD_GREETING, line)
 
 
 def test_time_summary_compares_vm_tests_in_a_row_with_the_wall_time() -> None:
@@ -204,9 +226,9 @@ Welcome to Debian GNU/Linux 12 (bookworm)!
 
 
 def test_the_real_roots_greeting_is_told_from_the_initrds() -> None:
-    greeting = ROOT_GREETING.search(CONSOLE)
+    greeting = re.search(ROOT_GREETING, CONSOLE)
     assert greeting and greeting[0] == "Welcome to Debian GNU/Linux 12 (bookworm)!"
-    assert ROOT_GREETING.search(CONSOLE.split("[    8.5")[0]) is None
+    assert re.search(ROOT_GREETING, CONSOLE.split("[    8.5")[0]) is None
 
 
 def test_switch_root_time_is_the_real_roots_first_systemd_line() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bookend.archive import EntryKind
 from bookend.build import write_image
 from bookend.closure import build_closure
 from bookend.errors import ConfigError
@@ -30,6 +31,7 @@ from bookend.manifest import with_manifest
 from bookend.plan import Plan, make_plan
 from tests.unit.conftest import load_config
 from tests.unit.test_network_roots import unit_lines
+from tests.unit.test_storage_daemons import run_start_post, sections
 
 ISCSID, ISCSIADM = "/usr/sbin/iscsid", "/usr/sbin/iscsiadm"
 ROOT_IQN = "iqn.2009-06.dracut:target0"
@@ -92,6 +94,10 @@ def test_dracut_form_becomes_login_unit_and_root_storage_daemon(tmp_path: Path) 
     daemon = unit_lines(written[f"run-system/{DAEMON_UNIT}"])
     assert "IgnoreOnIsolate=yes" in daemon and "DefaultDependencies=no" in daemon
     assert not any(line.startswith("SurviveFinalKillSignal") for line in daemon)
+    # Once iscsid runs, the console names its PID (the exitrd's stop line names it too).
+    [announce] = [line for line in daemon if line.startswith("ExecStartPost=")]
+    said = run_start_post(announce, 1234, tmp_path / "announced")
+    assert said == "bookend: root storage daemon iscsid runs as pid 1234\n"
     initiator = written["run-bookend/initiatorname.iscsi"]
     assert initiator == "InitiatorName=iqn.2016-04.com.open-iscsi:generated\n"
     # The real root (not the initrd) gives iscsid back its files, from /run.
@@ -161,7 +167,8 @@ def test_two_targets_two_logins_one_daemon_and_the_initiator_given(tmp_path: Pat
     assert "no server or target name in netroot=iscsi:nothing" in (tmp_path / "kmsg").read_text()
     assert written["run-bookend/initiatorname.iscsi"] == "InitiatorName=iqn.2026-01.test:me\n"
     assert starts(written, DAEMON_UNIT) == [f"{ISCSID} -i OUT/run-bookend/initiatorname.iscsi"]
-    assert "SurviveFinalKillSignal=yes" in unit_lines(written[f"run-system/{DAEMON_UNIT}"])
+    # In [Unit], where systemd reads it (it ignores it under [Service]).
+    assert "SurviveFinalKillSignal=yes" in sections(written[f"run-system/{DAEMON_UNIT}"])["Unit"]
 
 
 def test_the_image_initiator_name_is_used_when_there_is_one(tmp_path: Path) -> None:
@@ -202,6 +209,14 @@ def iscsi_sysroot(root_tree: Path) -> Path:
     return root_tree
 
 
+def record_directories(plan: Plan) -> set[str]:
+    return {
+        g.entry.path
+        for g in plan.generated
+        if g.entry.kind is EntryKind.DIRECTORY and "node records" in g.reason
+    }
+
+
 def test_feature_brings_network_tools_modules_and_exitrd_steps(root_tree: Path) -> None:
     values = {"sysroot": str(iscsi_sysroot(root_tree)), "features": ["iscsi"]}
     config = load_config(None, {**values, "mode": "generic"})
@@ -225,8 +240,23 @@ def test_feature_brings_network_tools_modules_and_exitrd_steps(root_tree: Path) 
     exitrd_wants = {(r.kind, r.name) for r in exitrd.requests}
     for program in (ISCSIADM, "/usr/bin/mkdir", "/usr/bin/mount"):
         assert (RequestKind.EXECUTABLE, program) in exitrd_wants
+    # iscsiadm gives up on any request, a logout too, without its record directory.
+    assert record_directories(exitrd) == {"/etc/iscsi"}
     hostonly = make_plan(load_config(None, {**values, "mode": "hostonly"}))
     assert (RequestKind.PATH, INITIATOR_FILE) in {(r.kind, r.name) for r in hostonly.requests}
+    # open-iscsi before 2.1.10 keeps node records in /etc/iscsi: only that is made.
+    directories = record_directories(plan)
+    assert directories == {"/etc/iscsi"}
+
+
+def test_node_records_go_where_the_sysroots_open_iscsi_keeps_them(root_tree: Path) -> None:
+    """open-iscsi 2.1.10 and later (Debian 13) keep node records in /var/lib/iscsi,
+    which iscsiadm does not make; the package made it in the sysroot."""
+    (iscsi_sysroot(root_tree) / "var/lib/iscsi").mkdir(parents=True)
+    config = load_config(None, {"sysroot": str(root_tree), "features": ["iscsi"]})
+    plan = make_plan(config)
+    directories = record_directories(plan)
+    assert directories == {"/etc/iscsi", "/var/lib/iscsi"}
 
 
 def test_iscsi_without_iscsid_is_an_error(root_tree: Path) -> None:
@@ -252,6 +282,21 @@ def test_the_host_iscsi_credentials_stay_out_of_a_directory(root_tree: Path) -> 
     assert "/etc/iscsi/initiatorname.iscsi" in entries
     assert "/etc/iscsi/iscsid.conf" not in entries
     assert not any(path.startswith("/etc/iscsi/nodes/") and "default" in path for path in entries)
+
+
+def test_newer_node_records_stay_out_of_a_directory_too(root_tree: Path) -> None:
+    """open-iscsi 2.1.10 and later keep the records, CHAP passwords included, in
+    /var/lib/iscsi."""
+    iscsi_sysroot(root_tree)
+    node = root_tree / "var/lib/iscsi/nodes/iqn.x/10.0.0.1,3260,1/default"
+    node.parent.mkdir(parents=True)
+    node.write_text("node.session.auth.password = s3cret\n")
+    config = load_config(None, {"sysroot": str(root_tree), "files": ["/var/lib/iscsi"]})
+    request = Request(RequestKind.PATH, "/var/lib/iscsi", "files (test)")
+    plan = Plan(features=(), requests=(request,), generated=())
+    entries = build_closure(config, plan).entries
+    assert "/var/lib/iscsi/nodes/iqn.x" in entries  # the directories, not the record
+    assert not any(path.endswith("/default") for path in entries)
 
 
 def test_iscsi_config_makes_the_image_root_only_and_marked(root_tree: Path, tmp_path: Path) -> None:

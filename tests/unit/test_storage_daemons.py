@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,15 +14,19 @@ from bookend.exitrd import make_exitrd_plan
 from bookend.features.base import RequestKind
 from bookend.features.storage_daemons import (
     DETACH_DIR,
+    DROPIN_NAME,
     STOP_HOOK,
     STOP_SCRIPT,
+    announce_start,
     at_argv0,
     daemon_dropin,
     systemd_version,
 )
+from bookend.install import install_storage_daemon_dropins
 from bookend.plan import make_plan
 from bookend.sysroot import Sysroot
 from tests.unit.conftest import load_config
+from tests.unit.elftree import compile_c, install_libc, shared_library
 
 UNIT = (
     "[Unit]\nDescription=iSCSI\n[Service]\nExecStartPre=/bin/true\nExecStart=/usr/sbin/iscsid -f\n"
@@ -41,11 +46,57 @@ def test_argv0_starts_with_at(value: str, expected: str) -> None:
 
 
 def test_dropin_before_and_after_survive_final_kill_signal() -> None:
-    old = daemon_dropin(UNIT, 252)
+    old = daemon_dropin("iscsid.service", UNIT, 252)
     assert "IgnoreOnIsolate=yes\n" in old and "DefaultDependencies=no\n" in old
     assert old.endswith("ExecStart=\nExecStart=@/usr/sbin/iscsid @iscsid -f\n")
-    new = daemon_dropin(UNIT, 256)
-    assert new.endswith("SurviveFinalKillSignal=yes\n") and "ExecStart" not in new
+    new = daemon_dropin("iscsid.service", UNIT, 256)
+    # A [Unit] setting: under [Service] systemd ignores it, and the daemon dies at
+    # switch-root (systemd's SIGTERM to what is left of the initrd) and at shutdown.
+    assert sections(new)["Unit"] >= {"SurviveFinalKillSignal=yes", "IgnoreOnIsolate=yes"}
+    assert "ExecStart=" not in new and "SurviveFinalKillSignal" not in str(sections(new)["Service"])
+    for dropin in (old, new):
+        assert announce_start("iscsid") in dropin.splitlines()
+
+
+def sections(unit: str) -> dict[str, set[str]]:
+    """A unit file's lines by section, comments left out."""
+    found: dict[str, set[str]] = {}
+    current = ""
+    for line in unit.splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            current = line[1:-1]
+        elif line and not line.startswith("#"):
+            found.setdefault(current, set()).add(line)
+    return found
+
+
+def test_the_running_systems_dropin_keeps_the_mark_from_systemd_255(tmp_path: Path) -> None:
+    """install-exitrd --storage-daemon: the running system's copy of the unit is never
+    stopped, and from 255 on is marked to survive the final kill as the initrd's was."""
+    for version, survives in ((252, False), (257, True), (None, False)):
+        units = tmp_path / str(version)
+        units.mkdir()
+        [dropin] = install_storage_daemon_dropins(["iscsid.service"], units, version)
+        assert dropin == units / "iscsid.service.d" / DROPIN_NAME
+        unit = sections(dropin.read_text())["Unit"]
+        assert {"DefaultDependencies=no", "IgnoreOnIsolate=yes"} <= unit
+        assert ("SurviveFinalKillSignal=yes" in unit) is survives, version
+
+
+def run_start_post(line: str, main_pid: int, kmsg: Path) -> str:
+    """Run an ExecStartPost= line as systemd would ("$$" is "$", quotes split words, "-"
+    ignores failure), with $MAINPID set and kmsg for /dev/kmsg: what it wrote there."""
+    command = line.removeprefix("ExecStartPost=").removeprefix("-")
+    argv = shlex.split(command.replace("$$", "$").replace("/dev/kmsg", str(kmsg)))
+    subprocess.run(argv, env={"MAINPID": str(main_pid)}, check=True)
+    return kmsg.read_text()
+
+
+def test_start_announcement_names_the_main_pid(tmp_path: Path) -> None:
+    line = announce_start("nbd-client")
+    assert line.startswith("ExecStartPost=-/bin/sh ")  # a console error never fails it
+    said = run_start_post(line, 4321, tmp_path / "kmsg")
+    assert said == "bookend: root storage daemon nbd-client runs as pid 4321\n"
 
 
 def test_plan_brings_unit_dropin_and_wants_link(root_tree: Path) -> None:
@@ -61,13 +112,35 @@ def test_plan_brings_unit_dropin_and_wants_link(root_tree: Path) -> None:
     assert "storage-daemons" in plan.features
     files = {g.entry.path: g.entry for g in plan.generated}
     dropin = files["/etc/systemd/system/iscsid.service.d/bookend-storage-daemon.conf"]
-    assert dropin.data == daemon_dropin(UNIT, 252).encode()
+    assert dropin.data == daemon_dropin("iscsid.service", UNIT, 252).encode()
     wants = files["/etc/systemd/system/initrd-root-device.target.wants/iscsid.service"]
     assert wants.target == "/usr/lib/systemd/system/iscsid.service"
     assert any(r.kind is RequestKind.UNIT and r.name == "iscsid.service" for r in plan.requests)
     exitrd = make_exitrd_plan(config, plan)
     hook = next(g.entry for g in exitrd.generated if g.entry.path == STOP_HOOK)
     assert hook.mode == 0o755 and hook.data == STOP_SCRIPT.encode()
+
+
+def test_systemd_version_from_the_library_its_manager_links(tmp_path: Path) -> None:
+    """Debian keeps libsystemd-shared-N.so in a multiarch directory: the manager's
+    DT_NEEDED names it wherever it is, and /lib -> usr/lib is followed on the way."""
+    if shutil.which("gcc") is None:
+        pytest.skip("needs gcc")
+    root = tmp_path / "root"
+    install_libc(root)
+    (root / "lib").symlink_to("usr/lib")
+    library = "usr/lib/x86_64-linux-gnu/systemd"
+    shared_library(root, library, "libsystemd-shared-257.so", "int shared(void) { return 0; }")
+    manager = root / "usr/lib/systemd/systemd"
+    compile_c("int shared(void); int main(void) { return shared(); }", manager,
+              f"-L{root / library}", "-l:libsystemd-shared-257.so")  # fmt: skip
+    # A stray library of another version elsewhere does not fool it.
+    (root / "usr/lib/systemd/libsystemd-shared-252.so").write_text("")
+    assert systemd_version(Sysroot(root)) == 257
+    manager.unlink()  # no program to read: the library in systemd's own directory
+    assert systemd_version(Sysroot(root)) == 252
+    (root / "usr/lib/systemd/libsystemd-shared-252.so").unlink()
+    assert systemd_version(Sysroot(root)) is None
 
 
 def test_unknown_daemon_unit_is_an_error(root_tree: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.guests import DEBIAN12, DEBIAN13, Guest, debian12_guest, debian13_guest
 from harness.images import QEMU_VIRTIO_EXT4, build_image
 from harness.qemu import BootOptions, Kernel, installed_kernels
 from harness.rootdisk import RootDisk, ensure_root_disk
@@ -29,6 +30,22 @@ def kernel() -> Kernel:
 @pytest.fixture(scope="session")
 def root_disk() -> RootDisk:
     return ensure_root_disk()
+
+
+@pytest.fixture(scope="session")
+def guest(request: pytest.FixtureRequest) -> Guest:
+    """The Debian release a test boots, by name: parametrize a test with
+    `@pytest.mark.parametrize("guest", GUESTS, indirect=True)` to run it on each. The
+    Debian 13 one is made only for the tests that ask for it."""
+    name = getattr(request, "param", DEBIAN12)
+    if name == DEBIAN13:
+        return debian13_guest()
+    assert name == DEBIAN12, f"no guest named {name!r}"
+    return debian12_guest(request.getfixturevalue("kernel"), request.getfixturevalue("root_disk"))
+
+
+# Every guest, for a test parametrized over them (see `guest`).
+GUESTS = (DEBIAN12, DEBIAN13)
 
 
 @pytest.fixture(scope="session")

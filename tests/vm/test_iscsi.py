@@ -7,23 +7,40 @@ the cached root disk as target 1 and a small blank disk as target 2, both named 
 command line (two netroot=iscsi:); the guest reaches them only through a restricted
 user network's relayed forward (harness/network.py), logging in to the guest-side
 portal directly.
+
+The two-target boot runs on each guest (harness/guests.py): Debian 12, whose systemd
+252 spares iscsid by its "@" argv[0], and Debian 13 (trixie's kernel, images built from
+the trixie tree, the trixie root disk as the LUN), whose systemd 257 spares it by
+SurviveFinalKillSignal=yes. On both, iscsid's PID is the same in the initrd (its unit
+announces it), in the running root (the job reads it) and in the exitrd (the hook names
+the PID it stops after the unmount and the logouts).
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from harness.exitrdjob import SHUTDOWN_LIMIT, after, install_exitrd_job, shutdown_through
+from bookend.features.storage_daemons import SURVIVE_FINAL_KILL_SINCE
+from harness.exitrdjob import (
+    SHUTDOWN_LIMIT,
+    after,
+    install_exitrd_job,
+    shutdown_through,
+    split_at_pivot,
+)
 from harness.guestjob import read_job_output, run_job
+from harness.guests import DEBIAN12, DEBIAN13, Guest
 from harness.images import QEMU_VIRTIO_EXT4, build_image
 from harness.netroot import (
     DETECTION_CHECK,
     DETECTION_FILES,
+    SYSTEMD_START,
     assert_clean_ext4,
     copy_of,
     expect_initrd_then_root,
@@ -32,9 +49,9 @@ from harness.netroot import (
 )
 from harness.network import USER_SERVER_ADDRESS, user_network
 from harness.qemu import BootOptions, Kernel
-from harness.rootdisk import RootDisk
 from harness.servers import ISCSI_PORT, serve_iscsi
 from harness.stackdisks import StackDisks
+from tests.vm.conftest import GUESTS
 
 BOOT_LIMIT = 900
 ROOT_IQN = "iqn.2026-12.test.bookend:root"
@@ -42,7 +59,8 @@ SPARE_IQN = "iqn.2026-12.test.bookend:spare"
 INITIATOR = "iqn.2026-12.test.bookend:client"
 
 # After the exitrd is installed, the job also records the daemon and the sessions as
-# the running root sees them, and what bookend's hostonly detection finds on it.
+# the running root sees them, the daemon's unit as the generator wrote it, systemd, and
+# what bookend's hostonly detection finds on it.
 ISCSI_CHECKS = (
     DETECTION_CHECK
     + """
@@ -51,9 +69,15 @@ state=$(systemctl show -P ActiveState bookend-iscsid.service)
 argv0=$(tr '\\0' '\\n' < /proc/$pid/cmdline | head -n 1)
 exe=$(readlink /proc/$pid/exe)
 echo "$state $pid $argv0 $exe" > /job/out/daemon
+grep -E '^(ExecStart|SurviveFinalKillSignal)=' /run/systemd/system/bookend-iscsid.service \\
+    > /job/out/daemon-unit
+systemctl --version | head -n 1 > /job/out/systemd
 cat /sys/class/iscsi_session/session*/targetname | sort > /job/out/targets
 cat /sys/class/iscsi_session/session*/initiatorname | sort -u > /job/out/initiator
 findmnt -no SOURCE / > /job/out/root-source
+for unit in iscsid.service iscsid.socket open-iscsi.service; do
+    echo "$unit $(systemctl show -P LoadState $unit) $(systemctl show -P ActiveState $unit)"
+done > /job/out/open-iscsi
 files=$(systemctl show -P ActiveState bookend-iscsid-files.service)
 if [ -d /proc/$pid/root/sys/class/iscsi_session ] && [ -s /proc/$pid/root/etc/passwd ]; then
     echo "$files yes" > /job/out/iscsid-files
@@ -62,57 +86,82 @@ else
 fi
 """
 )
+# The daemon's unit announces its PID once it runs, in the initrd (storage_daemons.py).
+ANNOUNCED = r"bookend: root storage daemon iscsid runs as pid (\d+)"
+# How each guest's systemd spares the daemon from the final kill: "@" argv[0] before
+# 255, SurviveFinalKillSignal=yes from then on.
+SURVIVES_BY_CGROUP = {DEBIAN12: False, DEBIAN13: True}
 
 
 @pytest.fixture(scope="module")
-def iscsi_images(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def iscsi_images(guest: Guest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An initrd (and its exitrd beside it) with the iscsi feature and a virtio NIC driver."""
     directory = tmp_path_factory.mktemp("iscsi-images")
-    build_image(directory / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4,
-                "--add-feature", "iscsi", "--add-module", "virtio_net")  # fmt: skip
+    guest.build_image(directory / "initrd.img", *QEMU_VIRTIO_EXT4,
+                      "--add-feature", "iscsi", "--add-module", "virtio_net")  # fmt: skip
     return directory
 
 
+@pytest.mark.parametrize("guest", GUESTS, indirect=True)
 def test_iscsi_root_boots_and_the_exitrd_logs_out(
-    kernel: Kernel, root_disk: RootDisk, iscsi_images: Path, console_log: Path, tmp_path: Path
+    guest: Guest, iscsi_images: Path, console_log: Path, tmp_path: Path
 ) -> None:
-    lun = copy_of(root_disk.image, tmp_path / "root.raw")
+    """Issue 14's fourth proof too: iscsid keeps one PID from the initrd, through the
+    running root, to the exitrd after the unmount and the logouts, on systemd 252 ("@")
+    and 257 (SurviveFinalKillSignal=yes)."""
+    lun = copy_of(guest.root.image, tmp_path / "root.raw")
     spare = tmp_path / "spare.raw"
     spare.write_bytes(b"")
     subprocess.run(["truncate", "-s", "16M", str(spare)], check=True)
-    index = module_index_tree(kernel.version, tmp_path / "kindex")
+    index = module_index_tree(guest.kernel.version, tmp_path / "kindex", guest.sysroot or Path("/"))
     job = install_exitrd_job(tmp_path / "job.img", iscsi_images, then=ISCSI_CHECKS,
                              files={DETECTION_FILES: index})  # fmt: skip
     portal = f"{USER_SERVER_ADDRESS}::{ISCSI_PORT}::"
-    append = (f"root=UUID={root_disk.uuid} rw ip=dhcp rd.iscsi.initiator={INITIATOR} "
+    append = (f"root=UUID={guest.root.uuid} rw ip=dhcp rd.iscsi.initiator={INITIATOR} "
               f"netroot=iscsi:{portal}{ROOT_IQN} netroot=iscsi:{portal}{SPARE_IQN}")  # fmt: skip
     with serve_iscsi({ROOT_IQN: lun, SPARE_IQN: spare}, tmp_path / "tgtd.log") as port:
         nic = user_network(relayed=((USER_SERVER_ADDRESS, ISCSI_PORT, port),))
-        options = BootOptions(kernel=kernel.path, initrd=iscsi_images / "initrd.img",
+        options = BootOptions(kernel=guest.kernel.path, initrd=iscsi_images / "initrd.img",
                               disks=(job,), append=append, network=nic.args,
                               timeout=BOOT_LIMIT, log_path=console_log)  # fmt: skip
         run = run_job(options, on_the_way=expect_initrd_then_root, exit_timeout=SHUTDOWN_LIMIT)
     assert run.status == 0, f"the job failed; see {console_log}"
-    text = run.text
-    record_scenario("iscsi root, two targets", text, iscsi_images / "initrd.img")
+    name = "iscsi root, two targets" + ("" if guest.name == DEBIAN12 else f" ({guest.name})")
+    record_scenario(name, run.text, iscsi_images / "initrd.img")
 
-    daemon = read_job_output(job.path, "daemon", tmp_path / "daemon").read_text()
+    def output(name: str) -> str:
+        return read_job_output(job.path, name, tmp_path / name).read_text()
+
+    pid = assert_running_root(guest, output)
+    assert_detected(output("detection"))
+    # A root with open-iscsi of its own logs out of the sessions it does not stand on
+    # as it stops open-iscsi.service (Debian's umountiscsi.sh keeps the root's).
+    exitrd_logs_out = [ROOT_IQN] if has_own_open_iscsi(output("open-iscsi")) else []
+    assert_one_daemon_from_initrd_to_exitrd(run.text, pid, exitrd_logs_out or [ROOT_IQN, SPARE_IQN])
+    # The target's copy of the root, read on the host once the guest is off: clean.
+    assert_clean_ext4(lun)
+
+
+def assert_running_root(guest: Guest, output: Callable[[str], str]) -> str:
+    """What the job saw in the running root: iscsid alive, from the initrd's files,
+    spared the guest's way, with both sessions. Returns iscsid's PID."""
+    daemon = output("daemon")
     state, pid, argv0, exe = daemon.split(maxsplit=3)
-    # Alive in the real root, spared by its "@", running from the initrd's files.
-    assert (state, argv0) == ("active", "@iscsid"), daemon
+    assert state == "active", daemon
     assert exe.strip().endswith("iscsid (deleted)"), daemon
-    targets = read_job_output(job.path, "targets", tmp_path / "targets").read_text()
-    assert targets.split() == [ROOT_IQN, SPARE_IQN]
-    initiator = read_job_output(job.path, "initiator", tmp_path / "initiator").read_text()
-    assert initiator.strip() == INITIATOR
-    # In the running root, iscsid's emptied initrd root has the files it needs again.
-    files = read_job_output(job.path, "iscsid-files", tmp_path / "iscsid-files").read_text()
-    assert files.split() == ["active", "yes"], files
-    root = read_job_output(job.path, "root-source", tmp_path / "root-source").read_text()
+    assert_spared_the_guests_way(guest, argv0, output("daemon-unit"), output("systemd"))
+    assert output("targets").split() == [ROOT_IQN, SPARE_IQN]
+    assert output("initiator").strip() == INITIATOR
+    # iscsid's emptied initrd root has the files it needs again.
+    assert output("iscsid-files").split() == ["active", "yes"]
+    root = output("root-source")
     assert re.fullmatch(r"/dev/sd[a-z]+", root.strip()), root
-    # Hostonly detection on the live root: the disk's iSCSI session, its transport, and
-    # the NIC with the route to the portal.
-    detection = read_job_output(job.path, "detection", tmp_path / "detection").read_text()
+    return pid
+
+
+def assert_detected(detection: str) -> None:
+    """Hostonly detection on the live root: the disk's iSCSI session, its transport, and
+    the NIC with the route to the portal."""
     assert "storage iscsi network\n" in detection, detection
     assert "network-interfaces ens3\n" in detection, detection
     assert re.search(r"^module iscsi_tcp: iSCSI transport of session\d+ for / ", detection, re.M)
@@ -121,13 +170,36 @@ def test_iscsi_root_boots_and_the_exitrd_logs_out(
         driver + rf"for iSCSI session\d+ to {re.escape(ROOT_IQN)} ", detection, re.M
     ), detection
 
-    before, marker, pivoted = text.partition("Returning to initrd...")
-    assert marker, "no pivot into the exitrd on the console"
-    assert f"(pid {pid})" not in before  # nothing stopped the daemon in the running system
+
+def has_own_open_iscsi(states: str) -> bool:
+    """Whether the real root has open-iscsi's units; if so, its iscsid units are
+    masked (the initrd's generator did it) and open-iscsi.service ran."""
+    units = {unit: (load, active) for unit, load, active in map(str.split, states.splitlines())}
+    if units["open-iscsi.service"][0] == "not-found":
+        return False
+    assert units["iscsid.service"] == ("masked", "inactive"), states
+    assert units["iscsid.socket"] == ("masked", "inactive"), states
+    assert units["open-iscsi.service"] == ("loaded", "active"), states
+    return True
+
+
+def assert_one_daemon_from_initrd_to_exitrd(text: str, pid: str, targets: list[str]) -> None:
+    """The console: iscsid announced pid once, in the initrd; nothing stopped it while
+    the system ran; the exitrd logged out of targets after the unmount, then stopped
+    pid."""
+    announced = list(re.finditer(ANNOUNCED, text))
+    # Once: the unit never started iscsid again.
+    assert [found.group(1) for found in announced] == [pid], text[-3000:]
+    real_root = list(SYSTEMD_START.finditer(text))[1].start()
+    assert announced[0].start() < real_root, "iscsid's PID announced only in the real root"
+    before, pivoted = split_at_pivot(text)
+    assert "Stopping bookend-iscsid" not in before and "Stopped bookend-iscsid" not in before
+    assert "bookend: stopping root storage daemon" not in before
     unmounted = re.search(r"shutdown\[1\]: .*(Unmounting|unmounted)", pivoted)
     assert unmounted, pivoted[-3000:]
+    assert not re.search(rf"Logout of \[sid: \d+, target: {re.escape(ROOT_IQN)},", before)
     last_logout = 0
-    for iqn in (ROOT_IQN, SPARE_IQN):
+    for iqn in targets:
         logout = re.search(
             rf"bookend: logging out of iSCSI session\d+ to {re.escape(iqn)} \(/oldroot unmounted\)",
             pivoted,
@@ -142,8 +214,23 @@ def test_iscsi_root_boots_and_the_exitrd_logs_out(
     assert "50-iscsi failed" not in pivoted
     stopped = re.search(rf"bookend: stopping root storage daemon iscsid \(pid {pid}\)", pivoted)
     assert stopped and stopped.start() > last_logout, pivoted[-3000:]
-    # The target's copy of the root, read on the host once the guest is off: clean.
-    assert_clean_ext4(lun)
+
+
+def assert_spared_the_guests_way(guest: Guest, argv0: str, unit: str, systemd: str) -> None:
+    """The guest runs the systemd its images were built for, and the daemon's unit
+    (as the generator wrote it at boot) spares iscsid the way that systemd knows."""
+    assert systemd.split()[:2] == ["systemd", str(guest.systemd)], systemd
+    by_cgroup = guest.systemd >= SURVIVE_FINAL_KILL_SINCE
+    assert by_cgroup == SURVIVES_BY_CGROUP[guest.name], guest
+    starts = [line for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert len(starts) == 1, unit
+    if by_cgroup:
+        assert "SurviveFinalKillSignal=yes" in unit.splitlines(), unit
+        assert "@" not in starts[0] and not argv0.startswith("@"), (unit, argv0)
+    else:
+        assert "SurviveFinalKillSignal" not in unit, unit
+        assert starts[0].startswith("ExecStart=@/") and " @iscsid " in starts[0], unit
+        assert argv0 == "@iscsid", argv0
 
 
 def test_lvm_on_luks2_on_an_iscsi_lun_unlocks_boots_and_detaches(

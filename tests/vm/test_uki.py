@@ -20,7 +20,7 @@ from harness.images import QEMU_VIRTIO_EXT4, bookend
 from harness.qemu import OVMF, Boot, BootOptions
 from harness.rootdisk import RootDisk
 from harness.token import boot_to_token, new_token
-from harness.ukisysroot import ensure_uki_sysroot
+from harness.ukisysroot import ensure_trixie_sysroot
 
 BOOT_LIMIT = 600
 
@@ -29,7 +29,7 @@ BOOT_LIMIT = 600
 def uki_sysroot() -> Path:
     if not OVMF.is_file():
         pytest.skip(f"no UEFI firmware {OVMF} (apt install ovmf)")
-    return ensure_uki_sysroot()
+    return ensure_trixie_sysroot()
 
 
 def pe_sections(image: Path) -> dict[str, bytes]:
