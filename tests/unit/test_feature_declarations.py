@@ -96,6 +96,7 @@ EXITRD_TOOLS = {
     # Computed: the sysroot's own programs.
     "nbd": {("/usr/sbin/nbd-client", False)},
     "iscsi": {("/usr/sbin/iscsiadm", False), ("/usr/bin/mkdir", False), ("/usr/bin/mount", False)},
+    "nfs": {("/bin/sh", False), ("umount", False)},
 }
 
 
@@ -114,10 +115,14 @@ def test_exitrd_part_of_each_feature(name: str, root_tree: Path) -> None:
         assert {i.reason for i in items} == {
             "exitrd: stop the root storage daemons (storage_daemons)"
         }
-    elif name in ("nbd", "iscsi"):
+    elif name in ("nbd", "iscsi", "nfs"):
         [step] = [g.entry for g in generated]
         assert step.path.startswith(f"{DETACH_DIR}/") and step.mode == 0o755
-        detach = b"/usr/sbin/nbd-client -d" if name == "nbd" else b"/usr/sbin/iscsiadm -m session"
+        detach = {
+            "nbd": b"/usr/sbin/nbd-client -d",
+            "iscsi": b"/usr/sbin/iscsiadm -m session",
+            "nfs": b'umount -f -l "$point"',
+        }[name]
         assert detach in (step.data or b"")
     else:
         assert generated == []
