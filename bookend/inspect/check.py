@@ -311,12 +311,17 @@ class _Modules:
     builtin_aliases: set[str]  # what modules.builtin.modinfo says built-in modules answer to
 
 
+KERNEL_MODULE_FILES = ("modules.dep", "modules.builtin", "modules.order")
+
+
 def _module_databases(sysroot: Sysroot) -> dict[str, _Modules]:
     """The image's module database for each kernel it has a /lib/modules/KVER for."""
     databases = {}
     for kver in sysroot.listdir("/lib/modules"):
         moddir = f"/lib/modules/{kver}"
-        if not sysroot.is_dir(moddir):
+        # Not every directory there is a kernel's: dracut's modsign puts the module
+        # signing keys in /lib/modules/keys. A kernel's has depmod's files.
+        if not any(sysroot.exists(f"{moddir}/{name}") for name in KERNEL_MODULE_FILES):
             continue
         if sysroot.read_bytes(f"{moddir}/modules.dep") is not None:
             db = kmodules.load_database(sysroot, kver)

@@ -192,6 +192,12 @@ def test_no_modules_at_all_for_a_root_filesystem(tree: Path, tmp_path: Path) -> 
     ]
 
 
+def test_a_directory_of_keys_is_no_kernels_module_directory(tree: Path, tmp_path: Path) -> None:
+    # dracut's modsign module (with keyutils installed) adds an empty /lib/modules/keys.
+    (tree / "usr/lib/modules/keys").mkdir()
+    assert problems(tree, tmp_path) == []
+
+
 def test_a_module_whose_dependency_is_missing(tree: Path, tmp_path: Path) -> None:
     drop = [f"/usr/lib/modules/{KVER}/kernel/fs/jbd2/jbd2.ko"]
     assert problems(tree, tmp_path, drop) == [
