@@ -269,6 +269,8 @@ def _filesystem(fstype: str, context: str, found: _Found) -> None:
     found.filesystems.setdefault(fstype)
     if fstype == "btrfs":
         found.storage.setdefault(StorageKind.BTRFS, context)
+    if fstype in ("nfs", "nfs4"):  # served by a feature that mounts it over the network
+        found.storage.setdefault(StorageKind.NFS, context)
     base = fstype.split(".", 1)[0]
     alias = f"fs-{base}" if found.db.lookup(f"fs-{base}") else base
     found.want([alias], f"filesystem of {context}")
