@@ -130,7 +130,7 @@ def switched_on(config: Config, detection: HostDetection | None) -> list[str]:
     by_setting = [
         name
         for name, feature in ALL.items()
-        if feature.switch_on.setting and getattr(config, feature.switch_on.setting)
+        if any(getattr(config, setting) for setting in feature.switch_on.settings)
     ]
     return [*always, *config.features, *storage_features(config, detection), *by_setting]
 

@@ -234,6 +234,12 @@ class Config:
             r"/\S*\.(network|netdev|link)", "an absolute path of a .network, .netdev or .link file"
         ),
     )
+    host_network_files: bool = setting(
+        "also take the sysroot's own systemd-networkd files (/etc/systemd/network), "
+        "leaving out any that hold a secret (feature network)",
+        False,
+        off_help="take only the network files named by network_files",
+    )
     iscsi_config: str | None = setting(
         "iscsid.conf for the initrd, e.g. with CHAP credentials (feature iscsi; "
         "the image is then written mode 0600)",

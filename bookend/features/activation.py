@@ -88,5 +88,5 @@ FEATURE = Feature(
     help="run a command of the real root, inside /sysroot, before switch-root; "
     "failure means emergency mode",
     compute=_activation,
-    switch_on=SwitchOn(setting="activation"),
+    switch_on=SwitchOn(settings=("activation",)),
 )

@@ -83,7 +83,8 @@ class SwitchOn:
     serves switches it on too."""
 
     always: bool = False  # every image has it
-    setting: str | None = None  # a Config field: on when it is set (not None, not empty)
+    # Config fields: on when any of them is set (true, not None, not empty)
+    settings: tuple[str, ...] = ()
     program: str | None = None  # generic mode: on when the sysroot has this program
 
 

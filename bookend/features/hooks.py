@@ -134,5 +134,5 @@ FEATURE = Feature(
     help="run configured shell commands at boot points (" + ", ".join(HOOK_POINTS) + ")",
     executables=("/bin/sh",),
     compute=_hooks,
-    switch_on=SwitchOn(setting="hooks"),
+    switch_on=SwitchOn(settings=("hooks",)),
 )

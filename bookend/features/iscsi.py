@@ -10,7 +10,9 @@ the target is scanned; the LUN field is read but selects nothing.
 A generator shipped in the image writes, with no loop waiting for anything:
 - `bookend-iscsid.service`: iscsid, a root storage daemon ("@" argv[0] before systemd
   255, SurviveFinalKillSignal=yes from 255; no default dependencies, IgnoreOnIsolate=yes),
-  written to /run/systemd/system so the real root keeps it (as nbd does). Its initiator
+  written to /run/systemd/system so the real root keeps it (as nbd does). The real
+  root's own iscsid.service and iscsid.socket (open-iscsi's) are masked there for the
+  boot: there is one iscsid a system. Its initiator
   name: rd.iscsi.initiator=, else the image's /etc/iscsi/initiatorname.iscsi (hostonly
   images carry the sysroot's, so a target's ACL knows this machine), else one made at
   boot by iscsi-iname (new every boot: a target with ACLs needs one of the first two).
@@ -58,6 +60,8 @@ CONFIG_FILE = "/etc/iscsi/iscsid.conf"
 RECORD_DIR = "/etc/iscsi"
 DAEMON_PATHS = ("/usr/sbin/iscsid", "/sbin/iscsid")
 ADMIN_PATHS = ("/usr/sbin/iscsiadm", "/sbin/iscsiadm", "/usr/bin/iscsiadm")
+# open-iscsi's own units, as the real root may have them: masked there for the boot.
+REAL_ROOT_UNITS = ("iscsid.service", "iscsid.socket")
 
 GENERATOR_TEMPLATE = r"""#!/bin/sh
 # Written by bookend: netroot=iscsi:... (any number) and rd.iscsi.firmware become
@@ -261,6 +265,12 @@ elif [ ! -s "$initiator_file" ]; then
 fi
 write_daemon_unit "$initiator_file"
 ln -sf "$unitdir/@DAEMON_UNIT@" "$wants/@DAEMON_UNIT@"
+# One iscsid a system: the kernel's iSCSI netlink socket and iscsiadm's abstract socket
+# take one listener each. The real root's own iscsid units (open-iscsi's) are masked
+# for this boot, in /run, which it keeps; its iscsiadm talks to this daemon instead.
+for unit in @REAL_ROOT_UNITS@; do
+    ln -sf /dev/null "$unitdir/$unit"
+done
 write_files_unit
 exit 0
 """
@@ -326,6 +336,7 @@ def generator_script(iscsid: str, iscsiadm: str, iname: str, systemd: int | None
         "@FIRMWARE_UNIT@": FIRMWARE_UNIT,
         "@INITIATOR_FILE@": INITIATOR_FILE,
         "@FILES_UNIT@": FILES_UNIT,
+        "@REAL_ROOT_UNITS@": " ".join(REAL_ROOT_UNITS),
         "@GIVE_BACK@": GIVE_BACK_TEMPLATE.replace("@MKDIR@", "mkdir").replace("@MOUNT@", "mount"),
     }
     text = GENERATOR_TEMPLATE

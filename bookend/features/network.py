@@ -4,7 +4,9 @@
   `bond=`, `bridge=`, `vlan=`) is turned into .network/.netdev/.link files under
   /run/systemd/network by systemd's own systemd-network-generator.
 - bookend's `network_files` (.network/.netdev/.link files of the sysroot) go into the
-  image's /etc/systemd/network.
+  image's /etc/systemd/network; with `host_network_files`, so do the sysroot's own
+  files there and their drop-ins, except those holding a secret (WireGuard or MACsec
+  keys, or the files naming them), which stay out with a warning.
 - The root waits for the network only when it needs it: `rd.neednet=1`, or a network
   root whose unit pulls in network-online.target. A generator of bookend's reads the
   command line for rd.neednet= and rd.net.timeout.ifup= (dracut's names) and scopes
@@ -17,11 +19,12 @@
   address the root filesystem is reached through.
 - NIC drivers: generic mode takes the `net` driver class; hostonly mode the drivers
   (and modaliases up the bus) of the host's interfaces that carry a default route and
-  of those the network_files' [Match] Name= lines name exactly.
+  of those the network files' [Match] Name= lines name exactly.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -37,6 +40,8 @@ from bookend.features.base import (
     SwitchOn,
 )
 from bookend.sysroot import Sysroot
+
+log = logging.getLogger(__name__)
 
 UNIT_DIR = "/etc/systemd/system"
 NETWORK_DIR = "/etc/systemd/network"
@@ -222,15 +227,68 @@ def _units() -> list[Request | Generated]:
 
 
 def _network_files(config: Config) -> list[Request | Generated]:
-    """bookend's network_files, where networkd reads them."""
+    """bookend's network_files, where networkd reads them; then, with host_network_files,
+    the sysroot's own (a file network_files names wins over the host's of that name)."""
     sysroot = Sysroot(config.sysroot)
     items: list[Request | Generated] = []
+    taken: set[str] = set()
     for index, path in enumerate(config.network_files):
         text = sysroot.read_text(path) or ""
         name = path.rsplit("/", 1)[-1]
         origin = config.origin_of("network_files", index)
         items.append(_file(f"{NETWORK_DIR}/{name}", text, f"network_files ({origin}): {path}"))
+        taken.add(name)
+    if config.host_network_files:
+        for path, text in host_network_files(sysroot):
+            relative = path.removeprefix(NETWORK_DIR + "/")
+            if relative not in taken:
+                items.append(_file(path, text, f"host_network_files: {path}"))
     return items
+
+
+NETWORKD_SUFFIXES = (".network", ".netdev", ".link")
+# Keys whose value is a secret or names a file holding one (WireGuard keys, MACsec keys).
+# Such a file stays out of the image: an initrd is readable by whoever reads /boot.
+SECRET_KEYS = frozenset(
+    ("PrivateKey", "PrivateKeyFile", "PresharedKey", "PresharedKeyFile", "Key", "KeyFile")
+)
+
+
+def host_network_files(sysroot: Sysroot) -> list[tuple[str, str]]:
+    """(path, text) of the sysroot's own networkd files in /etc/systemd/network and
+    their drop-ins, in name order; masked files and files holding a secret left out."""
+    found: list[tuple[str, str]] = []
+    for name in sorted(sysroot.listdir(NETWORK_DIR)):
+        path = f"{NETWORK_DIR}/{name}"
+        if name.endswith(NETWORKD_SUFFIXES):
+            found += _unless_secret_or_masked(sysroot, path)
+        elif name.endswith(tuple(suffix + ".d" for suffix in NETWORKD_SUFFIXES)):
+            for conf in sorted(sysroot.listdir(path)):
+                if conf.endswith(".conf"):
+                    found += _unless_secret_or_masked(sysroot, f"{path}/{conf}")
+    return found
+
+
+def _unless_secret_or_masked(sysroot: Sysroot, path: str) -> list[tuple[str, str]]:
+    text = sysroot.read_text(path)
+    # A symlink to /dev/null or an empty file masks the vendor file of its name: the
+    # image has no vendor network files to mask, so it needs no mask either.
+    if not text or not text.strip():
+        return []
+    secret = secret_key(text)
+    if secret:
+        log.warning("leaving %s out of the initrd: it holds a secret (%s=)", path, secret)
+        return []
+    return [(path, text)]
+
+
+def secret_key(text: str) -> str | None:
+    """The first key of a networkd file that holds a secret, if any."""
+    for line in text.splitlines():
+        key, sep, _ = line.strip().partition("=")
+        if sep and key.strip() in SECRET_KEYS:
+            return key.strip()
+    return None
 
 
 def default_route_interfaces(procfs: Path) -> list[str]:
@@ -305,11 +363,10 @@ def _drivers(config: Config) -> list[Request | Generated]:
     if config.mode is ModuleMode.GENERIC:
         return [Request(RequestKind.DRIVER_CLASS, "net", "feature network: mode generic", True)]
     sysroot = Sysroot(config.sysroot)
-    named = [
-        name
-        for path in config.network_files
-        for name in matched_names(sysroot.read_text(path) or "")
-    ]
+    texts = [sysroot.read_text(path) or "" for path in config.network_files]
+    if config.host_network_files:
+        texts += [text for _, text in host_network_files(sysroot)]
+    named = [name for text in texts for name in matched_names(text)]
     interfaces = dict.fromkeys([*default_route_interfaces(config.procfs), *named])
     return [
         Request(RequestKind.MODULE, name, why, optional=True)
@@ -358,5 +415,5 @@ FEATURE = Feature(
     # What bond=, bridge= and vlan= create (hostonly detection cannot see them coming).
     modules=("?af_packet", "?bonding", "?bridge", "?8021q"),
     compute=_compute,
-    switch_on=SwitchOn(setting="network_files"),
+    switch_on=SwitchOn(settings=("network_files", "host_network_files")),
 )

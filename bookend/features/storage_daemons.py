@@ -191,7 +191,7 @@ FEATURE = Feature(
     name="storage-daemons",
     help="root storage daemons (storage_daemons): run from the initrd until the exitrd",
     compute=_daemons,
-    switch_on=SwitchOn(setting="storage_daemons"),
+    switch_on=SwitchOn(settings=("storage_daemons",)),
     exitrd=ExitrdPart(
         executables=("/bin/sh", "sleep"),
         files=(ArchiveEntry(STOP_HOOK, EntryKind.FILE, 0o755, data=STOP_SCRIPT.encode()),),

@@ -50,6 +50,7 @@ def test_systemd_alone_is_always_on_and_brings_what_it_requires(root_tree: Path)
         ({"hooks": ["pre-mount=true"]}, "hooks"),
         ({"storage_daemons": ["storaged.service"]}, "storage-daemons"),
         ({"network_files": ["/etc/net/10-up.network"]}, "network"),
+        ({"host_network_files": True}, "network"),
     ],
 )
 def test_a_setting_that_is_set_switches_on_its_feature(
@@ -63,8 +64,10 @@ def test_a_setting_that_is_set_switches_on_its_feature(
 
 
 def test_settings_that_switch_features_on_are_config_fields() -> None:
-    declared = {f.switch_on.setting for f in ALL.values() if f.switch_on.setting}
-    assert declared == {"activation", "hooks", "storage_daemons", "network_files"}
+    declared = {setting for f in ALL.values() for setting in f.switch_on.settings}
+    assert declared == {
+        *("activation", "hooks", "storage_daemons", "network_files", "host_network_files")
+    }
     assert declared <= {field.name for field in dataclasses.fields(Config)}
 
 
@@ -76,7 +79,7 @@ def test_features_required_by_one_switched_on_come_first(root_tree: Path) -> Non
 
 
 def test_no_feature_setting_or_storage_kind_is_named_by_the_plan_or_the_exitrd() -> None:
-    names = {*ALL, *(f.switch_on.setting for f in ALL.values() if f.switch_on.setting)}
+    names = {*ALL, *(setting for f in ALL.values() for setting in f.switch_on.settings)}
     names |= {kind.value for kind in StorageKind}
     for module in (bookend.plan, bookend.exitrd):
         assert module.__file__ is not None

@@ -11,6 +11,7 @@ from bookend.errors import BookendError
 from bookend.proc import run
 from harness.mirror import MIRROR_ENV, archive_for, debian_mirror, host_suite, parse_records
 from harness.netroot import (
+    ROOT_GREETING,
     SCENARIOS_ENV,
     read_scenarios,
     record_scenario,
@@ -188,6 +189,12 @@ Welcome to Debian GNU/Linux 12 (bookworm) (bookend initrd)!
 [   18.947728] systemd[1]: systemd 252.39-1~deb12u2 running in system mode (+PAM)
 Welcome to Debian GNU/Linux 12 (bookworm)!
 """
+
+
+def test_the_real_roots_greeting_is_told_from_the_initrds() -> None:
+    greeting = ROOT_GREETING.search(CONSOLE)
+    assert greeting and greeting[0] == "Welcome to Debian GNU/Linux 12 (bookworm)!"
+    assert ROOT_GREETING.search(CONSOLE.split("[    8.5")[0]) is None
 
 
 def test_switch_root_time_is_the_real_roots_first_systemd_line() -> None:

@@ -107,6 +107,9 @@ def test_dracut_form_becomes_login_unit_and_root_storage_daemon(tmp_path: Path) 
         assert written[f"{wants}/{unit}"] == f"-> OUT/run-system/{unit}"
     assert not any(name.startswith(("early/", "late/")) for name in written)
     assert (tmp_path / "out/lock/iscsi").is_dir()  # iscsiadm's lock directory's parent
+    # The real root's own open-iscsi daemon units are masked for the boot, in /run.
+    for unit in ("iscsid.service", "iscsid.socket"):
+        assert written[f"run-system/{unit}"] == "-> /dev/null"
 
 
 @pytest.mark.parametrize(

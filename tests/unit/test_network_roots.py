@@ -175,6 +175,43 @@ def test_network_files_go_to_etc_systemd_network_and_enable_network(root_tree: P
     assert "/etc/net/10-uplink.network" in entry.reason
 
 
+def test_host_network_files_are_opt_in_and_never_carry_a_secret(
+    root_tree: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    network = root_tree / "etc/systemd/network"
+    (network / "10-uplink.network.d").mkdir(parents=True)
+    (network / "10-uplink.network").write_text("[Match]\nName=ens3\n[Network]\nDHCP=yes\n")
+    (network / "10-uplink.network.d/mtu.conf").write_text("[Link]\nMTUBytes=9000\n")
+    (network / "20-vpn.netdev").write_text("[NetDev]\nKind=wireguard\n[WireGuard]\nPrivateKey=x\n")
+    (network / "30-vpn.network").write_text("[Match]\nName=wg0\n")
+    (network / "40-masked.network").symlink_to("/dev/null")
+    (network / "README").write_text("not a networkd file\n")
+    (root_tree / "etc/net").mkdir()
+    (root_tree / "etc/net/30-vpn.network").write_text("[Match]\nName=ens4\n")
+    values = {"sysroot": str(root_tree), "mode": "generic"}
+
+    def network_entries(**more: object) -> dict[str, bytes | None]:
+        plan = make_plan(load_config(None, {**values, **more}))
+        prefix = "/etc/systemd/network/"
+        return {
+            g.entry.path: g.entry.data for g in plan.generated if g.entry.path.startswith(prefix)
+        }
+
+    assert network_entries() == {}  # the host's files only when asked for
+    with caplog.at_level("WARNING"):
+        entries = network_entries(
+            host_network_files=True, network_files=["/etc/net/30-vpn.network"]
+        )
+    assert entries == {
+        "/etc/systemd/network/10-uplink.network": b"[Match]\nName=ens3\n[Network]\nDHCP=yes\n",
+        "/etc/systemd/network/10-uplink.network.d/mtu.conf": b"[Link]\nMTUBytes=9000\n",
+        # the file network_files names wins over the host's of that name
+        "/etc/systemd/network/30-vpn.network": b"[Match]\nName=ens4\n",
+    }
+    assert "leaving /etc/systemd/network/20-vpn.netdev out of the initrd" in caplog.text
+    assert "(PrivateKey=)" in caplog.text
+
+
 def test_network_files_must_be_networkd_files_that_exist(root_tree: Path) -> None:
     (root_tree / "etc/hosts").write_text("")
     values = {"sysroot": str(root_tree), "network_files": ["/etc/hosts", "/etc/x.network"]}
