@@ -38,16 +38,19 @@ class DiskNeeds:
     stacks: bool = False
     uki_tree: bool = False
     dracut: bool = False
+    nfs_server: bool = False
 
     @property
     def any(self) -> bool:
-        return self.root_disk or self.stacks or self.uki_tree or self.dracut
+        return self.root_disk or self.stacks or self.uki_tree or self.dracut or self.nfs_server
 
 
 # Test modules whose fixtures need the storage stacks, the UKI tree, or dracut.
 STACK_MODULES = ("test_storage.py", "test_exitrd.py", "test_stackdisks.py")
 UKI_MODULES = ("test_uki.py",)
 DRACUT_MODULES = ("test_inspect_images.py",)
+# ... and the NFS server guest's disk (harness/serverguest.py).
+NFS_SERVER_MODULES = ("test_nfs.py",)
 
 
 def run_order(nodeid: str) -> tuple[int, bool]:
@@ -58,15 +61,17 @@ def run_order(nodeid: str) -> tuple[int, bool]:
 
 
 def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
-    root = stacks = uki = dracut = False
+    root = stacks = uki = dracut = nfs_server = False
     for nodeid in nodeids:
         path = PurePosixPath(nodeid.split("::", 1)[0])
         if tier_of(nodeid) == "vm":
             root = True
             stacks = stacks or path.name in STACK_MODULES
             uki = uki or path.name in UKI_MODULES
+            nfs_server = nfs_server or path.name in NFS_SERVER_MODULES
         dracut = dracut or path.name in DRACUT_MODULES
-    return DiskNeeds(root_disk=root, stacks=stacks, uki_tree=uki, dracut=dracut)
+    return DiskNeeds(root_disk=root, stacks=stacks, uki_tree=uki, dracut=dracut,
+                     nfs_server=nfs_server)  # fmt: skip
 
 
 @dataclass
@@ -102,11 +107,13 @@ class EarlyBuilds:
 
 def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
     """Start making what needs names: the root disk then the stacks in one thread (the
-    stacks are made by booting the root disk), the UKI tree and dracut in another."""
+    stacks are made by booting the root disk), the UKI tree and dracut in another, the
+    NFS server's disk (a debootstrap of its own) in a third."""
     # Imported here: collecting the unit tier alone needs none of this.
     from harness.foreign import ensure_dracut
     from harness.qemu import installed_kernels
     from harness.rootdisk import cache_dir_default, ensure_root_disk
+    from harness.serverguest import ensure_server_disk
     from harness.stackdisks import ensure_stack_disks
     from harness.ukisysroot import ensure_uki_sysroot
 
@@ -126,6 +133,8 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
         tree_steps.append(lambda: ensure_dracut(cache_dir_default()))
     if tree_steps:
         builds.start("UKI tree and dracut", tree_steps)
+    if needs.nfs_server:
+        builds.start("NFS server disk", [ensure_server_disk])
     return builds
 
 

@@ -118,6 +118,8 @@ def test_early_builds_are_only_what_the_selected_tests_need() -> None:
         True,
         False,
     )
+    assert not needs.nfs_server
+    assert disk_needs(["tests/vm/test_nfs.py::a"]).nfs_server
 
 
 def test_time_summary_compares_vm_tests_in_a_row_with_the_wall_time() -> None:
