@@ -292,8 +292,11 @@ def cache_dir_default() -> Path:
     return Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
 
 
-def ensure_root_disk(cache_dir: Path | None = None, recipe: Recipe | None = None) -> RootDisk:
-    """The cached root disk for recipe, built first if no finished one exists."""
+def ensure_root_disk(
+    cache_dir: Path | None = None, recipe: Recipe | None = None, what: str = "root disk"
+) -> RootDisk:
+    """The cached root disk for recipe, built first if no finished one exists; what
+    names it in the run's timings (another recipe is another disk)."""
     recipe = recipe or default_recipe()
     cache_dir = cache_dir or cache_dir_default()
     cache_dir.mkdir(parents=True, exist_ok=True)

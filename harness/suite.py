@@ -42,16 +42,20 @@ class DiskNeeds:
     trixie_tree: bool = False  # images built from Debian 13 (UKI, the Debian 13 guest)
     trixie_root: bool = False  # the Debian 13 guest's root disk
     dracut: bool = False
+    nfs_server: bool = False
 
     @property
     def any(self) -> bool:
-        return self.root_disk or self.stacks or self.trixie_tree or self.trixie_root or self.dracut
+        return (self.root_disk or self.stacks or self.trixie_tree or self.trixie_root
+                or self.dracut or self.nfs_server)  # fmt: skip
 
 
 # Test modules whose fixtures need the storage stacks, the trixie tree, or dracut.
 STACK_MODULES = ("test_storage.py", "test_exitrd.py", "test_stackdisks.py")
-UKI_MODULES = ("test_uki.py",)
+TRIXIE_TREE_MODULES = ("test_uki.py", "test_units.py")  # images built from the trixie tree
 DRACUT_MODULES = ("test_inspect_images.py",)
+# ... and the NFS server guest's disk (harness/serverguest.py).
+NFS_SERVER_MODULES = ("test_nfs.py",)
 
 
 def boots_debian13(nodeid: str) -> bool:
@@ -63,26 +67,29 @@ def boots_debian13(nodeid: str) -> bool:
 
 def run_order(nodeid: str) -> tuple[int, bool]:
     """Sort key: quick tiers first, and last the boots that wait for the slowest disks
-    (the stacks, the trixie tree and root disk), so those are made while the other
-    boots run."""
+    (the stacks, the trixie tree and root disk, the NFS server's disk), so those are
+    made while the other boots run."""
     name = PurePosixPath(nodeid.split("::", 1)[0]).name
-    slow = name in STACK_MODULES + UKI_MODULES or boots_debian13(nodeid)
+    slow = name in STACK_MODULES + TRIXIE_TREE_MODULES + NFS_SERVER_MODULES or boots_debian13(
+        nodeid
+    )
     return TIERS.index(tier_of(nodeid)), slow
 
 
 def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
-    root = stacks = tree = trixie_root = dracut = False
+    root = stacks = tree = trixie_root = dracut = nfs_server = False
     for nodeid in nodeids:
         path = PurePosixPath(nodeid.split("::", 1)[0])
         if tier_of(nodeid) == "vm":
             debian13 = boots_debian13(nodeid)
             root = root or not debian13
             stacks = stacks or path.name in STACK_MODULES
-            tree = tree or path.name in UKI_MODULES or debian13
+            tree = tree or path.name in TRIXIE_TREE_MODULES or debian13
             trixie_root = trixie_root or debian13
+            nfs_server = nfs_server or path.name in NFS_SERVER_MODULES
         dracut = dracut or path.name in DRACUT_MODULES
     return DiskNeeds(root_disk=root, stacks=stacks, trixie_tree=tree, trixie_root=trixie_root,
-                     dracut=dracut)  # fmt: skip
+                     dracut=dracut, nfs_server=nfs_server)  # fmt: skip
 
 
 @dataclass
@@ -119,11 +126,13 @@ class EarlyBuilds:
 def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
     """Start making what needs names: the root disk then the stacks in one thread (the
     stacks are made by booting the root disk); the trixie tree, dracut and the trixie
-    root disk in another (debootstraps and unpacking: no guest)."""
+    root disk in another (debootstraps and unpacking: no guest); the NFS server's disk
+    (a debootstrap of its own) in a third."""
     # Imported here: collecting the unit tier alone needs none of this.
     from harness.foreign import ensure_dracut
     from harness.qemu import installed_kernels
     from harness.rootdisk import cache_dir_default, ensure_root_disk, trixie_recipe
+    from harness.serverguest import ensure_server_disk
     from harness.stackdisks import ensure_stack_disks
     from harness.ukisysroot import ensure_trixie_sysroot
 
@@ -145,6 +154,8 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
         tree_steps.append(lambda: ensure_root_disk(recipe=trixie_recipe()))
     if tree_steps:
         builds.start("trixie tree, dracut, trixie root disk", tree_steps)
+    if needs.nfs_server:
+        builds.start("NFS server disk", [ensure_server_disk])
     return builds
 
 

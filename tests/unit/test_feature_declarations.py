@@ -99,6 +99,7 @@ EXITRD_TOOLS = {
     # Computed: the sysroot's own programs.
     "nbd": {("/usr/sbin/nbd-client", False)},
     "iscsi": {("/usr/sbin/iscsiadm", False), ("/usr/bin/mkdir", False), ("/usr/bin/mount", False)},
+    "nfs": {("/bin/sh", False), ("umount", False)},
 }
 
 
@@ -117,13 +118,17 @@ def test_exitrd_part_of_each_feature(name: str, root_tree: Path) -> None:
         assert {i.reason for i in items} == {
             "exitrd: stop the root storage daemons (storage_daemons)"
         }
-    elif name in ("nbd", "iscsi"):
+    elif name in ("nbd", "iscsi", "nfs"):
         [step] = [g.entry for g in generated if g.entry.kind is EntryKind.FILE]
         # iscsiadm refuses every request, a logout too, without its record directory.
         directories = [g.entry.path for g in generated if g.entry.kind is EntryKind.DIRECTORY]
         assert directories == (["/etc/iscsi"] if name == "iscsi" else [])
         assert step.path.startswith(f"{DETACH_DIR}/") and step.mode == 0o755
-        detach = b"/usr/sbin/nbd-client -d" if name == "nbd" else b"/usr/sbin/iscsiadm -m session"
+        detach = {
+            "nbd": b"/usr/sbin/nbd-client -d",
+            "iscsi": b"/usr/sbin/iscsiadm -m session",
+            "nfs": b'umount -f -l "$point"',
+        }[name]
         assert detach in (step.data or b"")
     else:
         assert generated == []

@@ -28,7 +28,7 @@ from harness.qemu import Boot, BootOptions
 from harness.rootdisk import RootDisk
 from harness.token import boot_to_token, new_token, with_token
 from harness.treecopy import linked_copy, put_file, remove_copy
-from harness.ukisysroot import ensure_uki_sysroot
+from harness.ukisysroot import ensure_trixie_sysroot
 
 BOOT_LIMIT = 600
 UNIT = "bookend-demo.service"
@@ -68,7 +68,7 @@ PACKAGE_FILES = {
 @pytest.fixture(scope="module")
 def demo_sysroot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The Debian 13 tree with the test package's files."""
-    root = linked_copy(ensure_uki_sysroot(), tmp_path_factory.mktemp("units") / "sysroot")
+    root = linked_copy(ensure_trixie_sysroot(), tmp_path_factory.mktemp("units") / "sysroot")
     for path, (text, mode) in PACKAGE_FILES.items():
         put_file(root, path, text, mode)
     yield root
