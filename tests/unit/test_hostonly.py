@@ -136,13 +136,6 @@ def test_virtio_partition_with_ext4(host: FakeHost, db: ModuleDatabase) -> None:
     )
 
 
-def test_nfs_root_is_nfs_storage(host: FakeHost, db: ModuleDatabase) -> None:
-    host.mount("/", "0:23", "nfs4", "192.168.50.1:/srv/root")
-    found = detect_host(host.sys, host.proc, db)
-    assert found.storage == ((StorageKind.NFS, "/ (nfs4 from 192.168.50.1:/srv/root)"),)
-    assert found.filesystems == ("nfs4",) and found.block_devices == ()
-
-
 def test_nvme_luks_lvm_stack(host: FakeHost, db: ModuleDatabase) -> None:
     part = nvme_partition(host, 2)
     luks = host.block("virtual/block/dm-0", "253:0", [part], {"dm/uuid": LUKS_UUID})

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from bookend.errors import SysrootError
 from bookend.features import ALL
 from bookend.features.base import RequestKind
 from bookend.hostnet import (
@@ -241,24 +240,15 @@ def test_nfs_root_is_nfs_and_network_storage_reached_by_its_route(
     assert modules(found.modules)["nfsv4"] == f"filesystem of {where}"
 
 
-def test_nfs_root_needs_a_feature_that_serves_nfs(
+def test_nfs_root_switches_on_the_feature_that_serves_it_and_network(
     host: FakeHost, db: ModuleDatabase, root_tree: Path
 ) -> None:
-    """Without one (the nfs feature is being written), a hostonly build stops naming
-    the root; with one, that feature and network are switched on."""
     host.mount("/", "0:35", "nfs4", "10.0.2.100:/srv/root", NFS_OPTIONS)
     config = load_config(None, {"sysroot": str(root_tree), "sysfs": str(host.sys),
                                 "procfs": str(host.proc)})  # fmt: skip
     serving = [name for name, feature in ALL.items() if feature.serves is StorageKind.NFS]
-    if not serving:
-        with pytest.raises(SysrootError) as failure:
-            make_plan(config)
-        assert str(failure.value) == (
-            "hostonly: / (nfs4 from 10.0.2.100:/srv/root): no feature serves nfs storage, "
-            "so the image could not mount it"
-        )
-    else:
-        assert {"network", *serving} <= set(make_plan(config).features)
+    assert serving == ["nfs"]
+    assert {"network", "nfs"} <= set(make_plan(config).features)
 
 
 def test_the_longest_prefix_wins_and_the_default_route_takes_the_rest(host: FakeHost) -> None:
