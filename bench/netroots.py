@@ -28,7 +28,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.measure import ImageFacts, read_image_facts, run_build
-from bench.tools import FEATURE_SETS, ROOT, Command, base_env, bookend_argv
+from bench.tools import FEATURE_SETS, Command, base_env, bookend_argv, progress, write_report
 from bookend.archive.compress import DEFAULT_LEVELS, Compression
 from bookend.features import ALL
 from bookend.storage import NETWORK_STORAGE
@@ -83,10 +83,6 @@ class Built:
     mode: str
     initrd: Sizes
     exitrd: Sizes
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def build(variant: Variant, mode: str, kver: str, work: Path) -> Built:
@@ -179,11 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="bookend-netroots-", dir="/var/tmp"))
     built = measure(kver, args.mode or MODES, work, variants())
     text = render_report(built, kver)
-    out = args.out or ROOT / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}-netroots.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    progress(f"report written to {out} (work directory {work})")
-    print(text)
+    write_report(text, args.out, "-netroots", work)
     return 0
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -36,10 +35,11 @@ from bench.tools import (
     DEFAULT_CACHE,
     FEATURE_SETS,
     GENERATORS,
-    ROOT,
     FeatureSet,
     Setup,
     command_for,
+    progress,
+    write_report,
 )
 from bookend.archive.compress import DEFAULT_LEVELS, Compression
 from harness.foreign import ensure_dracut, unpack_debs
@@ -47,10 +47,6 @@ from harness.qemu import Disk, installed_kernels
 from harness.rootdisk import ensure_root_disk
 
 DEFAULT_LEVEL = DEFAULT_LEVELS[Compression.ZSTD]  # bookend's own zstd default, given to every tool
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -261,11 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         notes.dracut_fell_back(work / "logs"),
     )  # fmt: skip
     text = notes.render_report(report, before, notes.machine_state())
-    out = args.out or ROOT / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
-    progress(f"report written to {out} (work directory {work})")
-    print(text)
+    write_report(text, args.out, "", work)
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,3 +210,17 @@ def add_crypt_hooks(conf: Path, crypt_root: Path) -> None:
         target = conf / "scripts" / script
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(share / "scripts" / script, target)
+
+
+def progress(message: str) -> None:
+    """A timestamped line on stderr: the report itself goes to stdout and a file."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def write_report(text: str, out: Path | None, suffix: str, work: Path) -> None:
+    """The report to out (default bench/results/DATE{suffix}.md) and to stdout."""
+    out = out or ROOT / "bench" / "results" / f"{time.strftime('%Y-%m-%d')}{suffix}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    progress(f"report written to {out} (work directory {work})")
+    print(text)
