@@ -105,11 +105,21 @@ def find_drop_ins(config_root: Path, problems: Problems) -> list[Path]:
     a symlink to /dev/null so masks a file without adding values); the files left
     apply in lexical order of their names, whichever directory they are in.
     """
+    return masked_toml_files([config_root / d for d in CONF_DIRS], problems)
+
+
+def masked_toml_files(
+    directories: Sequence[Path], problems: Problems, required: Sequence[Path] = ()
+) -> list[Path]:
+    """The *.toml files of directories, a name in a later one masking the same name in
+    an earlier one, in name order. An absent directory is skipped, unless required."""
     by_name: dict[str, Path] = {}
-    for directory in (config_root / d for d in CONF_DIRS):
+    for directory in directories:
         try:
             names = os.listdir(directory)
         except (FileNotFoundError, NotADirectoryError):
+            if directory in required:
+                problems.add_file(directory, "no such directory")
             continue
         except OSError as exc:
             problems.add_file(directory, f"cannot list: {exc.strerror}")

@@ -14,14 +14,13 @@ reported together before anything is planned.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from bookend.config import SETTINGS_BY_KEY, Problems
-from bookend.config.sources import describe, read_toml
+from bookend.config.sources import describe, masked_toml_files, read_toml
 from bookend.drivers import DRIVER_CLASSES
 from bookend.features.base import ExitrdPart, Feature, SwitchOn
 from bookend.suggest import did_you_mean
@@ -45,21 +44,8 @@ def find_feature_files(
     config_root: Path, feature_dirs: Sequence[Path], problems: Problems
 ) -> list[Path]:
     """The *.toml files that declare features, masking applied, in name order."""
-    by_name: dict[str, Path] = {}
-    for directory in [*(config_root / d for d in FEATURE_DIRS), *feature_dirs]:
-        try:
-            names = os.listdir(directory)
-        except (FileNotFoundError, NotADirectoryError):
-            if directory in feature_dirs:
-                problems.add_file(directory, "no such feature directory")
-            continue
-        except OSError as exc:
-            problems.add_file(directory, f"cannot list: {exc.strerror}")
-            continue
-        for name in names:
-            if name.endswith(".toml") and not name.startswith("."):
-                by_name[name] = directory / name
-    return [by_name[name] for name in sorted(by_name)]
+    directories = [*(config_root / d for d in FEATURE_DIRS), *feature_dirs]
+    return masked_toml_files(directories, problems, required=feature_dirs)
 
 
 def load_features(
