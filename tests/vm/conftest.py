@@ -62,6 +62,16 @@ def host_initrd(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="session")
+def nbd_images(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory of an initrd (and its exitrd beside it) with the nbd feature and a
+    virtio NIC driver, for the NBD root tests."""
+    directory = tmp_path_factory.mktemp("nbd-images")
+    build_image(directory / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4,
+                "--add-feature", "nbd", "--add-module", "virtio_net")  # fmt: skip
+    return directory
+
+
+@pytest.fixture(scope="session")
 def generic_initrd(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A generic initrd (every storage driver and feature), and its exitrd beside it."""
     output = tmp_path_factory.mktemp("generic") / "initrd.img"

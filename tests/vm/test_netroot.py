@@ -20,7 +20,6 @@ import pytest
 
 from harness.exitrdjob import install_exitrd_job
 from harness.guestjob import read_job_output, run_job
-from harness.images import QEMU_VIRTIO_EXT4, build_image
 from harness.netroot import (
     DETECTION_CHECK,
     DETECTION_FILES,
@@ -55,15 +54,6 @@ ls /run/systemd/network/*.network.d/90-bookend-keep.conf > /job/out/keep-dropins
 """
     + DETECTION_CHECK
 )
-
-
-@pytest.fixture(scope="module")
-def nbd_images(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An initrd (and its exitrd beside it) with the nbd feature and a virtio NIC driver."""
-    directory = tmp_path_factory.mktemp("nbd-images")
-    build_image(directory / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4,
-                "--add-feature", "nbd", "--add-module", "virtio_net")  # fmt: skip
-    return directory
 
 
 # slirp's DHCP, or the address it would give, set statically on the NIC by name: the

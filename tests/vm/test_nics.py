@@ -184,15 +184,6 @@ def assert_write_waited_for_the_server(steps: dict[str, float]) -> None:
 
 
 @pytest.fixture(scope="module")
-def nbd_images(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An initrd (and its exitrd beside it) with the nbd feature and a virtio NIC driver."""
-    directory = tmp_path_factory.mktemp("nics-nbd-images")
-    build_image(directory / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4,
-                "--add-feature", "nbd", "--add-module", "virtio_net")  # fmt: skip
-    return directory
-
-
-@pytest.fixture(scope="module")
 def iscsi_images(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An initrd (and its exitrd beside it) with the iscsi feature and a virtio NIC driver."""
     directory = tmp_path_factory.mktemp("nics-iscsi-images")
