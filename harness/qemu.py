@@ -144,6 +144,8 @@ class BootOptions:
     qmp_socket: Path | None = None
     # QEMU arguments for network devices (harness/network.py makes them); none: no NIC.
     network: tuple[str, ...] = ()
+    # More QEMU arguments for devices a test adds: a TPM (-tpmdev/-device), a display.
+    devices: tuple[str, ...] = ()
     # Descriptors QEMU inherits, e.g. the sockets of a network link between guests.
     pass_fds: tuple[int, ...] = ()
     # Seconds after which QEMU is killed, whatever the test still waits for.
@@ -193,7 +195,7 @@ def qemu_argv(options: BootOptions) -> list[str]:
         argv += uefi_args(options.esp)
     if options.qmp_socket is not None:
         argv += ["-qmp", f"unix:{os.fspath(options.qmp_socket)},server=on,wait=off"]
-    return argv + drive_args(options.attached)
+    return argv + list(options.devices) + drive_args(options.attached)
 
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")

@@ -13,6 +13,7 @@ import pytest
 
 from bookend.errors import BookendError
 from bookend.proc import run
+from harness.keys import chords_for
 from harness.mirror import MIRROR_ENV, archive_for, debian_mirror, host_suite, parse_records
 from harness.netroot import (
     INITRD_GREETING,
@@ -287,3 +288,25 @@ def test_the_relay_closes_the_guests_connection_silently_when_no_server_listens(
         relay_end.close()
         assert relay.returncode == 1
         assert guest.recv(4096) == b""  # no traceback sent to the guest
+
+
+def test_typing_on_a_german_keymap_presses_other_keys_than_on_a_us_one() -> None:
+    assert chords_for("yz@", "us") == [("y",), ("z",), ("shift", "2")]
+    assert chords_for("yz@", "de") == [("z",), ("y",), ("alt_r", "q")]
+    assert chords_for("Pa-ss 1\n", "us") == [
+        *(("shift", "p"), ("a",), ("minus",), ("s",), ("s",)),
+        *(("spc",), ("1",), ("ret",)),
+    ]
+
+
+def test_a_character_the_keymap_cannot_type_is_refused() -> None:
+    with pytest.raises(ValueError, match="keymap 'us': no key here types 'ß€'"):
+        chords_for("aß€", "us")
+
+
+def test_devices_are_passed_to_qemu_before_the_disks(tmp_path: Path) -> None:
+    tpm = ("-tpmdev", "emulator,id=tpm0,chardev=chrtpm", "-device", "tpm-tis,tpmdev=tpm0")
+    argv = qemu_argv(BootOptions(kernel=tmp_path / "k", devices=tpm, disks=(tmp_path / "d",)))
+    at = argv.index("-tpmdev")
+    assert argv[at : at + 4] == list(tpm)
+    assert at < argv.index("-drive")
