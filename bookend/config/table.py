@@ -97,6 +97,8 @@ def absolute_path(name: str) -> str | None:
 
 # A unit name as systemd spells it on disk (no '/', no spaces), of a kind one can add.
 UNIT_NAME = r"[A-Za-z0-9_.\\@-]+\.(service|socket|target|timer|path|mount)"
+# UNIT[:TARGET]: both names become paths in the image: no '/', no spaces; ':' only parts them.
+UNIT_ITEM = rf"{UNIT_NAME}(:[A-Za-z0-9_.\\@-]+\.target)?"
 
 
 def parse_unit_item(item: str) -> tuple[str, str | None]:
@@ -302,9 +304,8 @@ class Config:
         [],
         flag="--add-unit",
         metavar="UNIT[:TARGET]",
-        # Both names become paths in the image: no '/', no spaces; ':' only parts them.
         check=matching(
-            rf"{UNIT_NAME}(:[A-Za-z0-9_.\\@-]+\.target)?",
+            UNIT_ITEM,
             "UNIT[:TARGET] such as foo.service or foo.service:initrd.target",
         ),
         parse_item=parse_unit_item,

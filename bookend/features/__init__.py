@@ -1,9 +1,12 @@
-"""The feature registry: every feature module, by name."""
+"""The feature registry: every feature of bookend's own, by name.
+
+Most are Python modules; those that only declare are feature files shipped in the
+package (bookend/data/features.d, read by bookend.features.datafiles), as a user's
+feature would be written.
+"""
 
 from bookend.features import (
     activation,
-    btrfs,
-    devmapper,
     emergency,
     filesystems,
     hooks,
@@ -22,33 +25,35 @@ from bookend.features import (
     units,
 )
 from bookend.features.base import Feature
+from bookend.features.datafiles import shipped_features
+
+SHIPPED = shipped_features()
 
 # In the order the plan switches them on within each group (always, configured,
-# storage, settings), so the plan and the images read the same run after run.
-ALL: dict[str, Feature] = {
-    module.FEATURE.name: module.FEATURE
-    for module in (
-        systemd,
-        udev,
-        kmod,
-        filesystems,
-        emergency,
-        release,
-        devmapper,
-        luks,
-        lvm,
-        mdraid,
-        btrfs,
-        network,
-        nbd,
-        iscsi,
-        nfs,
-        activation,
-        hooks,
-        storage_daemons,
-        units,
-    )
-}
+# storage, settings), so the plan and the images read the same run after run. A
+# feature file shipped later and not placed here comes last.
+_ORDER: tuple[Feature, ...] = (
+    systemd.FEATURE,
+    udev.FEATURE,
+    kmod.FEATURE,
+    filesystems.FEATURE,
+    emergency.FEATURE,
+    release.FEATURE,
+    SHIPPED["dm"],
+    luks.FEATURE,
+    lvm.FEATURE,
+    mdraid.FEATURE,
+    SHIPPED["btrfs"],
+    network.FEATURE,
+    nbd.FEATURE,
+    iscsi.FEATURE,
+    nfs.FEATURE,
+    activation.FEATURE,
+    hooks.FEATURE,
+    storage_daemons.FEATURE,
+    units.FEATURE,
+)
+ALL: dict[str, Feature] = {feature.name: feature for feature in (*_ORDER, *SHIPPED.values())}
 
 # Every initrd gets these (and what they require); `bookend features` marks them.
 DEFAULT = tuple(name for name, feature in ALL.items() if feature.switch_on.always)

@@ -125,7 +125,11 @@ class Feature:
     # What the finished image says of the feature's work: warnings (one line each) about
     # what may not run, given the image paths of the closure.
     image_warnings: Callable[[FeatureContext, Collection[str]], list[str]] | None = None
-    origin: str | None = None  # the file declaring it (bookend.features.datafiles); None: built in
+    origin: str | None = None  # the file declaring it (bookend.features.datafiles); None: Python
+    # One of bookend's own feature files (bookend/data/features.d): its reasons say
+    # "feature NAME" alone, as a Python feature's do, so an image does not depend on
+    # where bookend is installed.
+    shipped: bool = False
 
     def requests(self) -> list[Request]:
         """The declared names as requests, "?" turned into optional."""
@@ -138,8 +142,13 @@ class Feature:
             (RequestKind.PATH, self.files),
             (RequestKind.DRIVER_CLASS, self.driver_classes),
         )
-        reason = f"feature {self.name}" + (f" ({self.origin})" if self.origin else "")
-        return [_request(kind, name, reason) for kind, names in declared for name in names]
+        return [_request(kind, name, self.reason) for kind, names in declared for name in names]
+
+    @property
+    def reason(self) -> str:
+        """Why its files are in the image: the feature, and the user's file declaring it."""
+        user_file = self.origin if self.origin and not self.shipped else None
+        return f"feature {self.name}" + (f" ({user_file})" if user_file else "")
 
     def exitrd_contribution(self, context: FeatureContext) -> list[Request | Generated]:
         """The exitrd's part of this feature: its files, its executables, then what it

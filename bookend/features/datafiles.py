@@ -3,28 +3,54 @@
 A file NAME.toml in a feature directory declares the feature NAME: what it brings
 (`executables`, `units`, `generators`, `udev_rules`, `modules`, `files`,
 `driver_classes`, `requires`; a "?" before a name makes it wanted only where the sysroot
-has it), what switches it on (`[switch_on]`: `always`, `settings`, `program`) and what
-the exitrd needs from it (`[exitrd]`: `executables`, `purpose`). The directories are
-read as configuration drop-ins are (bookend.config.sources): usr/lib, etc and run under
-the configuration root, then each --feature-dir; a name in a later one masks the same
-name in an earlier one, and an empty file (or a link to /dev/null) masks without
-declaring anything. Every problem, of every file, is one `FILE: key: message` line,
-reported together before anything is planned.
+has it), the storage kind it sets up (`serves`: hostonly detection finding that kind
+switches it on), what else switches it on (`[switch_on]`: `always`, `settings`,
+`program`) and what the exitrd needs from it (`[exitrd]`: `executables`, `purpose`).
+Its `units` come as `--add-unit` brings a unit: with what they run and need, enabled
+per their [Install] section or for the TARGET of `UNIT:TARGET`.
+
+Some of bookend's own features are such files (bookend/data/features.d, SHIPPED_DIR):
+the lowest layer. Then the directories are read as configuration drop-ins are
+(bookend.config.sources): usr/lib, etc and run under the configuration root, then each
+--feature-dir; a name in a later one masks the same name in an earlier one, a shipped
+feature's too, and an empty file (or a link to /dev/null) masks without declaring
+anything. A feature written in Python cannot be replaced. Every problem, of every file,
+is one `FILE: key: message` line, reported together before anything is planned.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from bookend.config import SETTINGS_BY_KEY, Problems
 from bookend.config.sources import describe, masked_toml_files, read_toml
+from bookend.config.table import UNIT_ITEM, parse_unit_item
 from bookend.drivers import DRIVER_CLASSES
-from bookend.features.base import ExitrdPart, Feature, SwitchOn
+from bookend.features.base import (
+    Contribution,
+    ExitrdPart,
+    Feature,
+    FeatureContext,
+    Generated,
+    Request,
+    SwitchOn,
+)
+from bookend.features.units import unit_contribution, unit_warnings
+from bookend.storage import StorageKind
 from bookend.suggest import did_you_mean
+from bookend.sysroot import Sysroot
+from bookend.units import find_unit
 
+# bookend's own feature files, inside the package: a real directory in every install
+# bookend supports (a wheel unpacked into site-packages, a checkout, a distribution
+# package), which masked_toml_files lists as it lists the others.
+SHIPPED_DIR = Path(str(resources.files("bookend").joinpath("data", "features.d")))
 FEATURE_DIRS = ("usr/lib/bookend/features.d", "etc/bookend/features.d", "run/bookend/features.d")
 NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 # Reports a problem with a key (dotted inside a table) of the file being read.
@@ -34,7 +60,7 @@ LIST_KEYS = (
     "driver_classes",
 )
 TABLE_KEYS = {
-    "": ("help", *LIST_KEYS, "switch_on", "exitrd"),
+    "": ("help", *LIST_KEYS, "serves", "switch_on", "exitrd"),
     "switch_on.": ("always", "settings", "program"),
     "exitrd.": ("executables", "purpose"),
 }
@@ -43,37 +69,74 @@ TABLE_KEYS = {
 def find_feature_files(
     config_root: Path, feature_dirs: Sequence[Path], problems: Problems
 ) -> list[Path]:
-    """The *.toml files that declare features, masking applied, in name order."""
+    """The users' *.toml files that declare features, masking applied, in name order."""
     directories = [*(config_root / d for d in FEATURE_DIRS), *feature_dirs]
     return masked_toml_files(directories, problems, required=feature_dirs)
+
+
+def shipped_features() -> dict[str, Feature]:
+    """bookend's own feature files, by name; a bad one is a ConfigError (a broken install)."""
+    problems = Problems()
+    found: dict[str, Feature] = {}
+    for path in masked_toml_files([SHIPPED_DIR], problems, required=[SHIPPED_DIR]):
+        name = path.name.removesuffix(".toml")
+        feature = parse_feature(name, path, read_toml(path, problems) or {}, problems)
+        if feature is not None:
+            found[name] = dataclasses.replace(feature, shipped=True)
+    problems.raise_if_any()
+    return found
 
 
 def load_features(
     config_root: Path, feature_dirs: Sequence[Path], builtin: Mapping[str, Feature]
 ) -> dict[str, Feature]:
-    """bookend's own features and those the feature files declare; ConfigError naming
-    every bad file and key."""
+    """bookend's own features and those the feature files declare, a shipped feature
+    replaced or masked by a user's file of its name; ConfigError naming every bad file
+    and key."""
     problems = Problems()
-    declared: dict[str, Feature] = {}
+    registry = dict(builtin)  # a replaced feature keeps its place: the plan's order
+    masked: dict[str, Path] = {}
     for path in find_feature_files(config_root, feature_dirs, problems):
         name = path.name.removesuffix(".toml")
         if not NAME.fullmatch(name):
             problems.add_file(path, f"'{name}' is not a feature name (a-z, 0-9 and '-')")
-        elif name in builtin:
-            problems.add_file(path, f"'{name}' is one of bookend's own features; name it otherwise")
+        elif name in builtin and not builtin[name].shipped:
+            problems.add_file(
+                path, f"'{name}' is one of bookend's own features, in Python; name it otherwise"
+            )
         else:
             table = read_toml(path, problems)
-            feature = parse_feature(name, path, table, problems) if table else None
-            if feature is not None:
-                declared[name] = feature
-    known = [*builtin, *declared]
-    for feature in declared.values():
-        for required in feature.requires:
-            if required not in known:
-                message = f"unknown feature '{required}'" + did_you_mean(required, known)
-                problems.add(str(feature.origin), "requires", message)
+            if table == {} and name in registry:  # an empty file masks
+                del registry[name]
+                masked[name] = path
+            elif table:
+                feature = parse_feature(name, path, table, problems)
+                if feature is not None:
+                    registry[name] = feature
+    _check_requires(registry, masked, problems)
     problems.raise_if_any()
-    return {**builtin, **declared}
+    return registry
+
+
+def _check_requires(
+    registry: Mapping[str, Feature], masked: Mapping[str, Path], problems: Problems
+) -> None:
+    """Every required feature is there: an unknown name is its file's problem, a masked
+    one the masking file's."""
+    needed_by: dict[str, list[str]] = {}
+    for feature in registry.values():
+        for required in feature.requires:
+            if required in registry:
+                continue
+            if required in masked:
+                needed_by.setdefault(required, []).append(feature.name)
+            elif feature.origin and not feature.shipped:
+                message = f"unknown feature '{required}'" + did_you_mean(required, list(registry))
+                problems.add(feature.origin, "requires", message)
+    for name, dependents in needed_by.items():
+        problems.add_file(
+            masked[name], f"masks feature '{name}', which {', '.join(dependents)} require"
+        )
 
 
 def parse_feature(
@@ -91,25 +154,63 @@ def parse_feature(
         bad("help", f"expected a string saying what the feature brings, not {_got(help_text)}")
     lists = {key: _strings(table, key, "", bad) for key in LIST_KEYS}
     _check_names(lists, bad)
+    units = _units(lists["units"], bad)
+    serves = _serves(table.get("serves"), bad)
     switch_on = _switch_on(_table(table, "switch_on", bad), bad)
     exitrd = _exitrd(_table(table, "exitrd", bad), bad) if "exitrd" in table else None
     if len(problems.messages) > before:
         return None
-    return Feature(
+    feature = Feature(
         name=name,
         help=str(help_text),
         requires=tuple(lists["requires"]),
         executables=tuple(lists["executables"]),
-        units=tuple(lists["units"]),
         generators=tuple(lists["generators"]),
         udev_rules=tuple(lists["udev_rules"]),
         modules=tuple(lists["modules"]),
         files=tuple(lists["files"]),
         driver_classes=tuple(lists["driver_classes"]),
         switch_on=switch_on,
+        serves=serves,
         exitrd=exitrd,
         origin=str(path),
     )
+    if not units:
+        return feature
+    # The reason names the feature (and the user's file): FeatureUnits reads it back.
+    declared = FeatureUnits(units, feature.reason)
+    return dataclasses.replace(feature, compute=declared, image_warnings=declared.warnings)
+
+
+@dataclass(frozen=True)
+class FeatureUnits:
+    """A feature file's units, each brought as --add-unit brings one (bookend.features.
+    units): with the units it needs, the files it reads and the link that enables it,
+    for the reason `feature NAME (FILE): UNIT`."""
+
+    units: tuple[tuple[str, str | None, bool], ...]  # (unit, target or None, optional)
+    reason: str  # the feature's
+
+    def present(self, sysroot: Sysroot) -> list[tuple[str, str | None, str]]:
+        """(unit, target, reason) of each unit the sysroot has; a missing one that is not
+        optional is left to unit_contribution, which says so."""
+        return [
+            (unit, target, f"{self.reason}: {unit}")
+            for unit, target, optional in self.units
+            if not optional or find_unit(sysroot, unit) is not None
+        ]
+
+    def __call__(self, context: FeatureContext) -> Contribution:
+        sysroot = Sysroot(context.config.sysroot)
+        items: list[Request | Generated] = []
+        for unit, target, reason in self.present(sysroot):
+            items += unit_contribution(sysroot, unit, target, reason)
+        return items
+
+    def warnings(self, context: FeatureContext, image_paths: Collection[str]) -> list[str]:
+        """Why each of its units may not start in the finished image, one line each."""
+        sysroot = Sysroot(context.config.sysroot)
+        return unit_warnings(sysroot, self.present(sysroot), image_paths)
 
 
 def _got(value: Any) -> str:
@@ -150,6 +251,32 @@ def _check_names(lists: Mapping[str, list[str]], bad: Bad) -> None:
                 "driver_classes",
                 f"unknown driver class '{name}'" + did_you_mean(name, sorted(DRIVER_CLASSES)),
             )
+
+
+def _units(names: Sequence[str], bad: Bad) -> tuple[tuple[str, str | None, bool], ...]:
+    """units as (unit, target or None, optional): UNIT[:TARGET], as --add-unit takes them."""
+    found = []
+    for name in names:
+        item = name.removeprefix("?")
+        if not re.fullmatch(UNIT_ITEM, item):
+            bad("units", f"'{name}' is not UNIT[:TARGET], such as foo.service:initrd.target")
+            continue
+        unit, target = parse_unit_item(item)
+        found.append((unit, target, name.startswith("?")))
+    return tuple(found)
+
+
+def _serves(value: Any, bad: Bad) -> StorageKind | None:
+    if value is None:
+        return None
+    kinds = [kind.value for kind in StorageKind]
+    if isinstance(value, str) and value in kinds:
+        return StorageKind(value)
+    if isinstance(value, str):
+        bad("serves", f"unknown storage kind '{value}'" + did_you_mean(value, kinds))
+    else:
+        bad("serves", f"expected a storage kind ({', '.join(kinds)}), not {_got(value)}")
+    return None
 
 
 def _switch_on(table: Mapping[str, Any], bad: Bad) -> SwitchOn:

@@ -219,18 +219,28 @@ def _units(context: FeatureContext) -> Contribution:
 def start_warnings(context: FeatureContext, image_paths: Collection[str]) -> list[str]:
     """Why each configured unit may not start in the finished image, one line each."""
     config = context.config
-    sysroot = Sysroot(config.sysroot)
+    items = [
+        (unit, target, f"units ({config.origin_of('units', index)}): {unit}")
+        for index, (unit, target) in enumerate(config.units)
+    ]
+    return unit_warnings(Sysroot(config.sysroot), items, image_paths)
+
+
+def unit_warnings(
+    sysroot: Sysroot, items: Collection[tuple[str, str | None, str]], image_paths: Collection[str]
+) -> list[str]:
+    """Why each (unit, target, reason) may not start in the finished image, one line
+    each, starting with its reason."""
     in_image = {
         name
         for directory, _, name in (p.rpartition("/") for p in image_paths)
         if directory in UNIT_DIRS
     }
     warnings = []
-    for index, (unit, target) in enumerate(config.units):
+    for unit, target, where in items:
         text = read_unit(sysroot, unit)
         if text is None:
             continue
-        where = f"units ({config.origin_of('units', index)}): {unit}"
         warnings += [f"{where}: {why}" for why in _why_not(sysroot, unit, target, text, in_image)]
     return warnings
 
