@@ -32,6 +32,7 @@ from bookend.config import SETTINGS_BY_KEY, Problems
 from bookend.config.sources import describe, masked_toml_files, read_toml
 from bookend.config.table import UNIT_ITEM, parse_unit_item
 from bookend.drivers import DRIVER_CLASSES
+from bookend.errors import ConfigError
 from bookend.features.base import (
     Contribution,
     ExitrdPart,
@@ -178,7 +179,7 @@ def parse_feature(
     if not units:
         return feature
     # The reason names the feature (and the user's file): FeatureUnits reads it back.
-    declared = FeatureUnits(units, feature.reason)
+    declared = FeatureUnits(units, feature.reason, str(path))
     return dataclasses.replace(feature, compute=declared, image_warnings=declared.warnings)
 
 
@@ -190,15 +191,21 @@ class FeatureUnits:
 
     units: tuple[tuple[str, str | None, bool], ...]  # (unit, target or None, optional)
     reason: str  # the feature's
+    origin: str  # the file, for errors
 
     def present(self, sysroot: Sysroot) -> list[tuple[str, str | None, str]]:
-        """(unit, target, reason) of each unit the sysroot has; a missing one that is not
-        optional is left to unit_contribution, which says so."""
-        return [
-            (unit, target, f"{self.reason}: {unit}")
-            for unit, target, optional in self.units
-            if not optional or find_unit(sysroot, unit) is not None
-        ]
+        """(unit, target, reason) of each unit the sysroot has, the optional ones left
+        out where it lacks them; ConfigError naming the file for any other."""
+        found = []
+        for unit, target, optional in self.units:
+            if find_unit(sysroot, unit) is not None:
+                found.append((unit, target, f"{self.reason}: {unit}"))
+            elif not optional:
+                raise ConfigError(
+                    f"{self.origin}: units: no unit '{unit}' in the sysroot {sysroot.root} "
+                    f"(a '?' before the name makes it wanted only where there is one)"
+                )
+        return found
 
     def __call__(self, context: FeatureContext) -> Contribution:
         sysroot = Sysroot(context.config.sysroot)

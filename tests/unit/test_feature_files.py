@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from bookend.archive.cpio import write_cpio
 from bookend.cli import main, vocabularies
-from bookend.closure import build_closure
+from bookend.closure import Closure, build_closure
 from bookend.errors import ConfigError
 from bookend.exitrd import make_exitrd_plan
 from bookend.features import ALL
-from bookend.features.base import Feature, RequestKind
-from bookend.features.datafiles import FEATURE_DIRS, load_features
-from bookend.plan import Plan, make_plan
+from bookend.features.base import ExitrdPart, Feature, Request, RequestKind, SwitchOn
+from bookend.features.datafiles import FEATURE_DIRS, SHIPPED_DIR, load_features
+from bookend.manifest import with_manifest
+from bookend.plan import Plan, make_plan, storage_features
 from bookend.resolve import configure
+from bookend.storage import HostDetection, StorageKind
+from harness.images import bookend
+from tests.unit.unittree import SYSTEM, make_demo_tree, write
 
 DEMO = """\
 help = "the demo tool"
@@ -182,6 +188,27 @@ def test_unknown_feature_name_without_its_file(root_tree: Path) -> None:
             'help = "x"\n[exitrd]\nexecutables = "x"\n',
             "exitrd.executables: expected a list of names",
         ),
+        (
+            "demo.toml",
+            'help = "x"\nunits = ["demo"]\n',
+            "units: 'demo' is not UNIT[:TARGET], such as foo.service:initrd.target",
+        ),
+        (
+            "demo.toml",
+            'help = "x"\nunits = ["demo.service:initrd"]\n',
+            "units: 'demo.service:initrd' is not UNIT[:TARGET]",
+        ),
+        (
+            "demo.toml",
+            'help = "x"\nserves = "raid"\n',
+            "serves: unknown storage kind 'raid'",
+        ),
+        (
+            "demo.toml",
+            'help = "x"\nserves = ["md"]\n',
+            "serves: expected a storage kind (luks, lvm, dm, md, btrfs, multipath, nbd, iscsi, "
+            "nfs, network), not a list",
+        ),
         ("lvm.toml", 'help = "x"\n', "'lvm' is one of bookend's own features"),
         ("De mo.toml", 'help = "x"\n', "'De mo' is not a feature name"),
     ],
@@ -217,3 +244,211 @@ def test_features_command_lists_origin(tmp_path: Path, capsys: pytest.CaptureFix
     assert capsys.readouterr().err.startswith(
         f"bookend: {feature_dir(tmp_path, 2)}/demo.toml: help:"
     )
+
+
+# --- bookend's own feature files -------------------------------------------------
+
+# What bookend/features/btrfs.py and devmapper.py declared before they became files:
+# the shipped files must declare exactly this, or images would change.
+PYTHON_BTRFS = Feature(
+    name="btrfs",
+    help="btrfs: the btrfs tool and udev rules that wait for every member of a multi-device fs",
+    executables=("btrfs", "?fsck.btrfs", "?btrfsck"),
+    udev_rules=("64-btrfs.rules", "?64-btrfs-dm.rules"),
+    modules=("btrfs",),
+    switch_on=SwitchOn(program="/bin/btrfs"),
+    serves=StorageKind.BTRFS,
+    exitrd=ExitrdPart(executables=("btrfs", "?fsck.btrfs", "?btrfsck")),
+)
+PYTHON_DM = Feature(
+    name="dm",
+    help="device-mapper: dm_mod, dmsetup and its udev rules (/dev/mapper, udev sync)",
+    executables=("dmsetup",),
+    udev_rules=(
+        "55-dm.rules",
+        "60-persistent-storage-dm.rules",
+        "95-dm-notify.rules",
+        "?10-dm.rules",
+        "?13-dm-disk.rules",
+    ),
+    modules=("dm_mod",),
+    serves=StorageKind.DM,
+    exitrd=ExitrdPart(executables=("dmsetup",)),
+)
+
+
+@pytest.mark.parametrize("python", [PYTHON_BTRFS, PYTHON_DM], ids=["btrfs", "dm"])
+def test_shipped_feature_file_declares_what_the_python_did(python: Feature) -> None:
+    shipped = ALL[python.name]
+    origin = SHIPPED_DIR / f"{python.name}.toml"
+    assert shipped == dataclasses.replace(python, origin=str(origin), shipped=True)
+    assert origin.is_file()
+    # Its reasons are a Python feature's: the image does not depend on where bookend is.
+    assert shipped.requests() == python.requests()
+    assert {r.reason for r in shipped.requests()} == {f"feature {python.name}"}
+
+
+def test_shipped_features_keep_their_place_in_the_plan_order() -> None:
+    # The order features are switched on in decides which reason a shared file keeps.
+    assert list(ALL) == [
+        *("systemd", "udev", "kmod", "filesystems", "emergency", "release", "dm", "luks"),
+        *("lvm", "mdraid", "btrfs", "network", "nbd", "iscsi", "nfs", "activation", "hooks"),
+        *("storage-daemons", "units"),
+    ]
+
+
+def test_generic_plan_of_the_shipped_features(root_tree: Path) -> None:
+    (root_tree / "usr/bin/btrfs").write_text("")  # /bin -> usr/bin: switches btrfs on
+    config = configure(None, {"sysroot": str(root_tree), "mode": "generic", "features": ["lvm"]},
+                       vocabularies())  # fmt: skip
+    plan = make_plan(config)
+    assert plan.features.index("dm") < plan.features.index("lvm") < plan.features.index("btrfs")
+    for feature in (PYTHON_BTRFS, PYTHON_DM):
+        reason = f"feature {feature.name}"
+        assert [r for r in plan.requests if r.reason == reason] == feature.requests()
+    exitrd = make_exitrd_plan(config, plan)
+    assert {r.name for r in exitrd.requests if "btrfs" in r.reason} == {
+        "btrfs",
+        "fsck.btrfs",
+        "btrfsck",
+    }
+
+
+def test_hostonly_storage_kind_is_served_by_a_shipped_feature(root_tree: Path) -> None:
+    config = configure(None, {"sysroot": str(root_tree), "mode": "generic"}, vocabularies())
+    detection = HostDetection((), ("btrfs",), ("vda",), ((StorageKind.BTRFS, "/"),))
+    assert storage_features(config, detection) == ["btrfs"]
+
+
+def test_user_file_replaces_a_shipped_feature_in_its_place(tmp_path: Path) -> None:
+    mine = put(feature_dir(tmp_path, 1), "btrfs.toml", 'help = "my btrfs"\nmodules = ["btrfs"]\n')
+    registry = load_features(tmp_path, [], ALL)
+    assert list(registry) == list(ALL)
+    assert (registry["btrfs"].help, registry["btrfs"].origin) == ("my btrfs", str(mine))
+    assert not registry["btrfs"].shipped
+    assert registry["btrfs"].requests()[0].reason == f"feature btrfs ({mine})"
+
+
+def test_empty_user_file_masks_a_shipped_feature(tmp_path: Path) -> None:
+    put(feature_dir(tmp_path, 2), "btrfs.toml", "")
+    registry = load_features(tmp_path, [], ALL)
+    assert "btrfs" not in registry
+    assert list(registry) == [name for name in ALL if name != "btrfs"]
+
+
+def test_masking_a_shipped_feature_others_require_is_an_error(tmp_path: Path) -> None:
+    masking = put(feature_dir(tmp_path, 1), "dm.toml", "")
+    with pytest.raises(ConfigError) as error:
+        load_features(tmp_path, [], ALL)
+    assert str(error.value) == f"{masking}: masks feature 'dm', which luks, lvm require"
+
+
+def test_features_command_shows_shipped_origin(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["features", "--config-root", "/nonexistent"]) == 0
+    listing = capsys.readouterr().out
+    assert f"[{SHIPPED_DIR / 'btrfs.toml'}]" in listing
+    assert f"[{SHIPPED_DIR / 'dm.toml'}]" in listing
+
+
+# --- units of a feature file, and why ----------------------------------------------
+
+UNITS_FEATURE = """\
+help = "the demo service"
+units = ["demo.service", "?absent.service", "web.service:initrd.target"]
+executables = ["/usr/bin/demo-token"]
+"""
+WEB = "[Service]\nExecStart=/usr/bin/demo-token\n[Install]\nWantedBy=multi-user.target\n"
+
+
+def demo_feature_closure(root: Path, feature_dir: Path) -> tuple[Closure, Path]:
+    """The closure of what feature demo asks for (and initrd.target) in a generic image."""
+    demo = put(feature_dir, "demo.toml", UNITS_FEATURE)
+    registry = load_features(root / "no-config", [feature_dir], ALL)
+    values = {"sysroot": str(root), "mode": "generic", "features": ["demo"]}
+    config = configure(None, values, vocabularies(registry))
+    plan = make_plan(config, registry=registry)
+    mine = Plan(
+        ("demo",),
+        (
+            *(r for r in plan.requests if r.reason.startswith("feature demo ")),
+            Request(RequestKind.UNIT, "initrd.target", "feature systemd"),
+        ),
+        tuple(g for g in plan.generated if g.reason.startswith("feature demo ")),
+        registry=registry,
+    )
+    return build_closure(config, mine), demo
+
+
+def test_feature_file_units_come_and_are_enabled_as_add_unit_brings_them(
+    root_tree: Path, tmp_path: Path
+) -> None:
+    write(make_demo_tree(root_tree), f"{SYSTEM}/web.service", WEB)
+    closure, demo = demo_feature_closure(root_tree, tmp_path / "features")
+    unit = f"feature demo ({demo}): demo.service"
+    for path in (
+        f"/{SYSTEM}/demo.service",
+        "/etc/systemd/system/demo.service.d/local.conf",
+        f"/{SYSTEM}/demo-helper.service",
+        "/usr/sbin/demo-helperd",
+        "/etc/default/demo",
+        "/etc/demo.conf",
+        "/etc/systemd/system/initrd.target.wants/demo.service",  # its [Install]
+        "/etc/systemd/system/initrd.target.wants/web.service",  # UNIT:TARGET
+    ):
+        assert path in closure.entries, path
+    assert "/etc/systemd/system/multi-user.target.wants/web.service" not in closure.entries
+    assert closure.entries["/etc/default/demo"].reason == unit
+    assert closure.entries["/usr/bin/demo-token"].reason == f"feature demo ({demo})"
+    # As for --add-unit, a unit not written for the initrd is warned about, by reason.
+    assert any(
+        w.startswith(f"feature demo ({demo}): web.service: has default dependencies")
+        for w in closure.warnings
+    ), closure.warnings
+    assert not any("demo.service:" in w for w in closure.warnings)
+
+
+def test_why_names_the_feature_file_and_the_unit(
+    root_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(make_demo_tree(root_tree), f"{SYSTEM}/web.service", WEB)
+    closure, demo = demo_feature_closure(root_tree, tmp_path / "features")
+    expected = (
+        "/usr/sbin/demo-helperd <- Exec of /usr/lib/systemd/system/demo-helper.service"
+        f" <- feature demo ({demo}): demo.service"
+    )
+    # `bookend plan --why` prints the closure's chain ...
+    assert closure.format_why("/usr/sbin/demo-helperd") == expected
+    # ... and `bookend why` the same chain from the image's manifest.
+    image = tmp_path / "initrd.cpio"
+    with image.open("wb") as out:
+        write_cpio(with_manifest(closure).archive_entries(), out, epoch=0)
+    assert main(["why", str(image), "/usr/sbin/demo-helperd"]) == 0
+    assert capsys.readouterr().out == expected + "\n"
+    assert main(["why", str(image), "/etc/systemd/system/initrd.target.wants/web.service"]) == 0
+    assert capsys.readouterr().out.endswith(f"<- feature demo ({demo}): web.service\n")
+
+
+def test_missing_unit_of_a_feature_file_is_an_error_naming_file_and_key(
+    root_tree: Path, tmp_path: Path
+) -> None:
+    make_demo_tree(root_tree)  # no web.service
+    with pytest.raises(ConfigError) as error:
+        demo_feature_closure(root_tree, tmp_path / "features")
+    demo = tmp_path / "features/demo.toml"
+    assert str(error.value).startswith(f"{demo}: units: no unit 'web.service' in the sysroot ")
+
+
+def test_bad_feature_file_stops_the_build_before_anything_is_written(
+    root_tree: Path, tmp_path: Path
+) -> None:
+    bad = put(tmp_path / "features", "demo.toml", 'help = "x"\nserves = "btfrs"\n')
+    (tmp_path / "out").mkdir()
+    result = bookend("build", "--sysroot", str(root_tree), "--generic",
+                     "--config-root", str(tmp_path / "no-config"),
+                     "--feature-dir", str(bad.parent), "-o", str(tmp_path / "out/i.img"),
+                     check=False)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"bookend: {bad}: serves: unknown storage kind 'btfrs' (did you mean 'btrfs'?)\n"
+    )
+    assert list((tmp_path / "out").iterdir()) == []

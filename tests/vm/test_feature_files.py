@@ -114,6 +114,12 @@ def test_feature_file_brings_a_program_a_module_and_a_unit_that_work(
         why = bookend("why", str(initrd), path).stdout.rstrip()
         assert why.endswith(expected), why
 
+    # `bookend plan --why` gives the same chain before any image is built.
+    planned = bookend("plan", "--sysroot", str(proof_sysroot), "--kver", kver,
+                      "--feature-dir", str(feature_file.parent), "--add-feature", FEATURE,
+                      *QEMU_VIRTIO_EXT4, "--why", HELPER).stdout  # fmt: skip
+    assert planned.rstrip().endswith(f"<- {unit_reason}"), planned
+
     token = new_token()
     encoded = base64.b64encode(token.encode()).decode()
     options = BootOptions(kernel=proof_sysroot / f"boot/vmlinuz-{kver}", initrd=initrd,
