@@ -81,9 +81,9 @@ def shipped_features() -> dict[str, Feature]:
     found: dict[str, Feature] = {}
     for path in masked_toml_files([SHIPPED_DIR], problems, required=[SHIPPED_DIR]):
         name = path.name.removesuffix(".toml")
-        feature = parse_feature(name, path, read_toml(path, problems) or {}, problems)
+        feature = parse_feature(name, path, read_toml(path, problems) or {}, problems, shipped=True)
         if feature is not None:
-            found[name] = dataclasses.replace(feature, shipped=True)
+            found[name] = feature
     problems.raise_if_any()
     return found
 
@@ -141,9 +141,10 @@ def _check_requires(
 
 
 def parse_feature(
-    name: str, path: Path, table: Mapping[str, Any], problems: Problems
+    name: str, path: Path, table: Mapping[str, Any], problems: Problems, *, shipped: bool = False
 ) -> Feature | None:
-    """The Feature a file's table declares, or None with its problems added."""
+    """The Feature a file's table declares, or None with its problems added; shipped:
+    one of bookend's own (SHIPPED_DIR)."""
     before = len(problems.messages)
 
     def bad(key: str, message: str) -> None:
@@ -175,6 +176,7 @@ def parse_feature(
         serves=serves,
         exitrd=exitrd,
         origin=str(path),
+        shipped=shipped,
     )
     if not units:
         return feature
