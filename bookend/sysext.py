@@ -39,7 +39,7 @@ from pathlib import Path
 from bookend import proc
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.elf import read_elf
-from bookend.errors import ConfigError, ElfError
+from bookend.errors import CommandError, ConfigError, ElfError
 from bookend.features.base import Generated
 from bookend.scancache import stamp
 from bookend.sysroot import Sysroot, parse_os_release
@@ -52,6 +52,8 @@ SQUASHFS_MAGIC = b"hsqs"
 EROFS_MAGIC = (0xE0F5E1E2).to_bytes(4, "little")
 EROFS_MAGIC_OFFSET = 1024
 GPT_MAGIC = b"EFI PART"  # at 512: a disk image with partitions (a DDI)
+# What unpacks each kind of image in user space, and the Debian package that has it.
+UNPACKERS = {"squashfs": ("unsquashfs", "squashfs-tools"), "erofs": ("fsck.erofs", "erofs-utils")}
 # systemd's architecture names by ELF machine and class (src/basic/architecture.h).
 ARCHITECTURES = {
     ("EM_X86_64", 64): "x86-64",
@@ -114,12 +116,19 @@ def extension_tree(path: Path, work: Path) -> Path:
 
 
 def _unpack(kind: str, image: Path, destination: Path) -> None:
+    """Unpack image into destination; a tool that is missing or fails is named with it."""
+    tool, package = UNPACKERS[kind]
+    if shutil.which(tool, path=proc.SCRUBBED_PATH) is None:
+        raise CommandError(f"{image}: unpacking a {kind} image needs {tool} ({package})")
     if kind == "squashfs":
         # Extended attributes are left out: the exitrd's cpio archive holds none.
-        argv: list[str | Path] = ["unsquashfs", "-no-xattrs", "-no-progress", "-d", destination]
-        proc.run([*argv, image])
+        argv: list[str | Path] = [tool, "-no-xattrs", "-no-progress", "-d", destination, image]
     else:
-        proc.run(["fsck.erofs", f"--extract={destination}", image])
+        argv = [tool, f"--extract={destination}", image]
+    try:
+        proc.run(argv)
+    except CommandError as exc:
+        raise ConfigError(f"{image}: not a readable {kind} image ({exc})") from None
 
 
 def check_extension(path: Path, tree: Path, sysroot: Sysroot) -> None:
