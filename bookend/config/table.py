@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import re
 import types
 from collections.abc import Callable, Mapping
@@ -317,6 +318,9 @@ class Config:
         [],
         flag="--exitrd-sysext",
         metavar="FILE",
+        # A path on the building machine, relative to the current directory: kept whole,
+        # since the manifest's reasons and the up-to-date record name it.
+        parse_item=os.path.abspath,
     )
     units: tuple[tuple[str, str | None], ...] = setting(  # (unit, target or None: [Install])
         "sysroot units to add to the initrd with what they run and need, enabled per their "

@@ -359,3 +359,12 @@ def test_cli_bad_extension_exits_2_and_writes_nothing(root_tree: Path, tmp_path:
     assert result.returncode == 2, result.stderr
     assert f"command line: exitrd_sysexts: {missing}: no such file or directory" in result.stderr
     assert os.listdir(output.parent) == []
+
+
+def test_extension_path_is_kept_whole(
+    root_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_extension(tmp_path / "ext")
+    monkeypatch.chdir(tmp_path)
+    config = config_of({"sysroot": str(root_tree), "exitrd_sysexts": ["ext/demo-ext"]})
+    assert config.exitrd_sysexts == (str(tmp_path / "ext/demo-ext"),)
