@@ -368,3 +368,15 @@ def test_extension_path_is_kept_whole(
     monkeypatch.chdir(tmp_path)
     config = config_of({"sysroot": str(root_tree), "exitrd_sysexts": ["ext/demo-ext"]})
     assert config.exitrd_sysexts == (str(tmp_path / "ext/demo-ext"),)
+
+
+def test_exitrd_shutdown_is_what_runs_the_hooks(root_tree: Path) -> None:
+    """The exitrd's hooks run because its /shutdown is systemd-shutdown (or hands over
+    to it with exec): a /shutdown of another kind would have to run HOOK_DIR itself."""
+    config = config_of({"sysroot": str(exitrd_sysroot(root_tree))})
+    plan = make_exitrd_plan(config, Plan(features=(), requests=(), generated=()))
+    shutdown = next(g.entry for g in plan.generated if g.entry.path == "/shutdown")
+    if shutdown.target is not None:
+        assert "/" + shutdown.target.lstrip("/") == "/usr/lib/systemd/systemd-shutdown"
+    else:
+        assert b"exec /usr/lib/systemd/systemd-shutdown" in (shutdown.data or b"")
