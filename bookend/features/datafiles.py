@@ -5,9 +5,10 @@ A file NAME.toml in a feature directory declares the feature NAME: what it bring
 `driver_classes`, `requires`; a "?" before a name makes it wanted only where the sysroot
 has it), the storage kind it sets up (`serves`: hostonly detection finding that kind
 switches it on), what else switches it on (`[switch_on]`: `always`, `settings`,
-`program`) and what the exitrd needs from it (`[exitrd]`: `executables`, `purpose`).
-Its `units` come as `--add-unit` brings a unit: with what they run and need, enabled
-per their [Install] section or for the TARGET of `UNIT:TARGET`.
+`program`) and what the exitrd needs from it (`[exitrd]`: `executables`, `files`,
+`shutdown_hooks`, `purpose`). Its `units` come as `--add-unit` brings a unit: with what
+they run and need, enabled per their [Install] section or for the TARGET of
+`UNIT:TARGET`.
 
 Some of bookend's own features are such files (bookend/data/features.d, SHIPPED_DIR):
 the lowest layer. Then the directories are read as configuration drop-ins are
@@ -34,6 +35,7 @@ from bookend.config.table import UNIT_ITEM, parse_unit_item
 from bookend.drivers import DRIVER_CLASSES
 from bookend.errors import ConfigError
 from bookend.features.base import (
+    SHUTDOWN_HOOK_DIR,
     Contribution,
     ExitrdPart,
     Feature,
@@ -63,7 +65,7 @@ LIST_KEYS = (
 TABLE_KEYS = {
     "": ("help", *LIST_KEYS, "serves", "switch_on", "exitrd"),
     "switch_on.": ("always", "settings", "program"),
-    "exitrd.": ("executables", "purpose"),
+    "exitrd.": ("executables", "files", "shutdown_hooks", "purpose"),
 }
 
 
@@ -313,4 +315,19 @@ def _exitrd(table: Mapping[str, Any], bad: Bad) -> ExitrdPart:
         bad("exitrd.purpose", f"expected a string, not {_got(purpose)}")
         purpose = None
     executables = _strings(table, "executables", "exitrd.", bad)
-    return ExitrdPart(executables=tuple(executables), purpose=purpose)
+    files = _strings(table, "files", "exitrd.", bad)
+    for name in files:
+        if not name.removeprefix("?").startswith("/"):
+            bad("exitrd.files", f"'{name}' is not an absolute path")
+    hooks = _strings(table, "shutdown_hooks", "exitrd.", bad)
+    for name in hooks:
+        bare = name.removeprefix("?")
+        if not bare.startswith("/") and ("/" in bare or bare in (".", "..")):
+            message = f"'{name}' is neither a file name in {SHUTDOWN_HOOK_DIR} nor an absolute path"
+            bad("exitrd.shutdown_hooks", message)
+    return ExitrdPart(
+        executables=tuple(executables),
+        sysroot_files=tuple(files),
+        shutdown_hooks=tuple(hooks),
+        purpose=purpose,
+    )
