@@ -5,10 +5,10 @@ with it, and systemd's udev rule that marks it a security token (fido_id)."""
 
 from __future__ import annotations
 
-from bookend.features import tokens
 from bookend.features.base import Contribution, Feature, FeatureContext, SwitchOn
+from bookend.features.tokens import TokenKind, contribution, switch
 
-KIND = tokens.TokenKind(
+KIND = TokenKind(
     feature="fido2",
     token_type="systemd-fido2",
     crypttab_option="fido2-device",
@@ -17,7 +17,7 @@ KIND = tokens.TokenKind(
 
 
 def _contribution(context: FeatureContext) -> Contribution:
-    return tokens.contribution(KIND, context)
+    return contribution(KIND, context)
 
 
 FEATURE = Feature(
@@ -30,5 +30,5 @@ FEATURE = Feature(
     modules=("?hidraw", "?usbhid", "?hid_generic"),
     driver_classes=("keyboard",),
     compute=_contribution,
-    switch_on=SwitchOn(detected=tokens.switch(KIND)),
+    switch_on=SwitchOn(detected=switch(KIND)),
 )

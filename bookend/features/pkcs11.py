@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import posixpath
 
-from bookend.features import tokens
 from bookend.features.base import (
     Contribution,
     Feature,
@@ -23,9 +22,10 @@ from bookend.features.base import (
     RequestKind,
     SwitchOn,
 )
+from bookend.features.tokens import TokenKind, TokenSearch, compiled_paths, contribution, switch
 from bookend.sysroot import Sysroot
 
-KIND = tokens.TokenKind(
+KIND = TokenKind(
     feature="pkcs11",
     token_type="systemd-pkcs11",
     crypttab_option="pkcs11-uri",
@@ -43,19 +43,19 @@ def module_names(text: str) -> list[str]:
     return names
 
 
-def p11_kit_configuration(search: tokens.TokenSearch) -> Contribution:
+def p11_kit_configuration(search: TokenSearch) -> Contribution:
     """p11-kit's configuration files and the modules they name, at p11-kit's own paths."""
     library = search.library(KIND.libraries[0])
     if library is None:
         return []
     sysroot = search.sysroot
     binary = sysroot.read_bytes(library) or b""
-    config_dirs = tokens.compiled_paths(binary, "/modules")
-    module_dirs = tokens.compiled_paths(binary, "/pkcs11") or [posixpath.dirname(library)]
+    config_dirs = compiled_paths(binary, "/modules")
+    module_dirs = compiled_paths(binary, "/pkcs11") or [posixpath.dirname(library)]
     reason = "feature pkcs11: p11-kit's module configuration"
     items: list[Request] = [
         Request(RequestKind.PATH, path, reason, optional=True)
-        for path in (*config_dirs, *tokens.compiled_paths(binary, "/pkcs11.conf"))
+        for path in (*config_dirs, *compiled_paths(binary, "/pkcs11.conf"))
     ]
     for directory in config_dirs:
         for name in sysroot.listdir(directory):
@@ -67,8 +67,8 @@ def p11_kit_configuration(search: tokens.TokenSearch) -> Contribution:
 
 
 def _contribution(context: FeatureContext) -> Contribution:
-    search = tokens.TokenSearch(Sysroot(context.config.sysroot))
-    return [*tokens.contribution(KIND, context), *p11_kit_configuration(search)]
+    search = TokenSearch(Sysroot(context.config.sysroot))
+    return [*contribution(KIND, context), *p11_kit_configuration(search)]
 
 
 FEATURE = Feature(
@@ -78,5 +78,5 @@ FEATURE = Feature(
     # Smart card readers and tokens are USB devices.
     driver_classes=("keyboard",),
     compute=_contribution,
-    switch_on=SwitchOn(detected=tokens.switch(KIND)),
+    switch_on=SwitchOn(detected=switch(KIND)),
 )

@@ -69,10 +69,8 @@ class TokenSearch:
 
     def library(self, soname: str) -> str | None:
         """The path the loader opens for soname, dlopened by systemd-cryptsetup."""
-        if not self.sysroot.exists(CRYPTSETUP):
-            return None
-        info = self.libraries.info(CRYPTSETUP)
-        return self.libraries.find(soname, CRYPTSETUP, info)
+        info = self.libraries.info_if_elf(CRYPTSETUP) if self.sysroot.exists(CRYPTSETUP) else None
+        return None if info is None else self.libraries.find(soname, CRYPTSETUP, info)
 
     def plugin_dirs(self) -> list[str]:
         """Where libcryptsetup looks for token plugins: the directory compiled into it,

@@ -5,10 +5,10 @@ systemd 256 and later, tpm2.target and its generator order unlocking after the T
 
 from __future__ import annotations
 
-from bookend.features import tokens
 from bookend.features.base import Contribution, Feature, FeatureContext, SwitchOn
+from bookend.features.tokens import TokenKind, contribution, switch
 
-KIND = tokens.TokenKind(
+KIND = TokenKind(
     feature="tpm2",
     token_type="systemd-tpm2",
     crypttab_option="tpm2-device",
@@ -23,7 +23,7 @@ KIND = tokens.TokenKind(
 
 
 def _contribution(context: FeatureContext) -> Contribution:
-    return tokens.contribution(KIND, context)
+    return contribution(KIND, context)
 
 
 FEATURE = Feature(
@@ -34,5 +34,5 @@ FEATURE = Feature(
     generators=("?systemd-tpm2-generator",),
     driver_classes=("tpm",),
     compute=_contribution,
-    switch_on=SwitchOn(detected=tokens.switch(KIND)),
+    switch_on=SwitchOn(detected=switch(KIND)),
 )
