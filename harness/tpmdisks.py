@@ -195,7 +195,12 @@ def build_tpm_disks(kernel: Kernel, root_disk: RootDisk, directory: Path, key: s
                 sparse.truncate(DISK_MIB * 2**20)
             disks.append(Disk(work / name, snapshot=False))
         initrd = build_image(work / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4)
-        job = make_job_disk(work / "job.img", maker_script(), files=host_tss2_libraries())
+        job = make_job_disk(
+            work / "job.img",
+            maker_script(),
+            files=host_tss2_libraries(),
+            modules_kver=kernel.version,
+        )
         options = maker_options(kernel, root_disk, initrd, [job, *disks], directory)
         with software_tpm(work / "state") as tpm_devices:
             printed = run_job(replace(options, devices=(*options.devices, *tpm_devices))).status
