@@ -124,6 +124,9 @@ def format_detection(detection: HostDetection) -> str:
         lines.append("storage " + " ".join(sorted(detection.storage_kinds)))
     if detection.crypt_volumes:
         lines.append("crypt-volumes " + " ".join(detection.crypt_volumes))
+    if detection.crypt_devices:
+        devices = (f"{volume}={majmin}" for volume, majmin in detection.crypt_devices)
+        lines.append("crypt-devices " + " ".join(devices))
     if detection.interfaces:
         lines.append("network-interfaces " + " ".join(detection.interfaces))
     return "".join(line + "\n" for line in lines)
