@@ -77,11 +77,17 @@ DRIVER_CLASSES: dict[str, DriverClass] = {
         ),
         ("virtio_net", "xen-netfront", "bonding", "8021q", "bridge", "macvlan", "af_packet"),
     ),
+    "tpm": DriverClass(
+        "TPM chips, for LUKS volumes enrolled in one (the tpm2 feature takes it)",
+        ("kernel/drivers/char/tpm/",),
+        # Debian builds these two in; other kernels make them modules.
+        ("tpm_crb", "tpm_tis"),
+    ),
 }
 
-# What --generic takes: every class but net, which only an image with the network
-# feature needs (it asks for the class itself).
-GENERIC_CLASSES = tuple(name for name in DRIVER_CLASSES if name != "net")
+# What --generic takes: every class but net and tpm, which only an image with the
+# network or tpm2 feature needs (each asks for its class itself).
+GENERIC_CLASSES = tuple(name for name in DRIVER_CLASSES if name not in ("net", "tpm"))
 
 # Filesystems --generic can mount the root from: their fsck and mount helpers come too.
 GENERIC_FILESYSTEMS = ("ext4", "xfs", "btrfs", "f2fs", "vfat")

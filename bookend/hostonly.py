@@ -124,6 +124,9 @@ def format_detection(detection: HostDetection) -> str:
         lines.append("storage " + " ".join(sorted(detection.storage_kinds)))
     if detection.crypt_volumes:
         lines.append("crypt-volumes " + " ".join(detection.crypt_volumes))
+    if detection.crypt_devices:
+        devices = (f"{volume}={majmin}" for volume, majmin in detection.crypt_devices)
+        lines.append("crypt-devices " + " ".join(devices))
     if detection.interfaces:
         lines.append("network-interfaces " + " ".join(detection.interfaces))
     return "".join(line + "\n" for line in lines)
@@ -176,6 +179,7 @@ class _Found:
     block_devices: dict[str, None] = field(default_factory=dict)
     storage: dict[StorageKind, str] = field(default_factory=dict)  # kind -> where first found
     crypt_volumes: dict[str, None] = field(default_factory=dict)
+    crypt_devices: dict[tuple[str, str], None] = field(default_factory=dict)
     # Each network root (what and where) -> its server's address, None where the
     # kernel does not show it (NBD).
     network_roots: dict[str, str | None] = field(default_factory=dict)
@@ -195,6 +199,7 @@ class _Found:
             tuple(self.storage.items()),
             tuple(self.crypt_volumes),
             tuple(self.interfaces),
+            crypt_devices=tuple(self.crypt_devices),
         )
 
 
@@ -320,7 +325,12 @@ def _device_mapper(dev: Path, context: str, found: _Found) -> None:
     found.storage.setdefault(rule.storage, f"{rule.what} {dev.name} under {context}")
     if rule.storage is StorageKind.LUKS:
         # systemd-cryptsetup names the mapping after the crypttab entry that opened it.
-        found.crypt_volumes.setdefault(_read(dev / "dm/name") or dev.name)
+        volume = _read(dev / "dm/name") or dev.name
+        found.crypt_volumes.setdefault(volume)
+        for slave in sorted((dev / "slaves").glob("*")):
+            majmin = _read(slave / "dev")
+            if majmin:
+                found.crypt_devices.setdefault((volume, majmin))
     if uuid.startswith("LVM-"):
         _lvm_layers(dev, uuid, context, found)
 

@@ -286,3 +286,8 @@ def _check_detection_trees(settings: Settings, problems: Problems) -> None:
             problems.add(source, key, f"{tree} is not a directory")
         elif not os.path.exists(tree / needed):
             problems.add(source, key, f"{tree} is not a {key} (no {needed})")
+    # LUKS2 headers are read from here (the token features); a container may have no
+    # /dev/block, so only the directory itself must be there.
+    devfs: Path = settings.values["devfs"]
+    if not os.path.isdir(devfs):
+        problems.add(settings.origins["devfs"], "devfs", f"{devfs} is not a directory")

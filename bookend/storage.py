@@ -44,6 +44,9 @@ class HostDetection:
     # The network interfaces a network root's traffic uses (with the devices under a
     # bond, VLAN or bridge), e.g. ("ens3",).
     interfaces: tuple[str, ...] = ()
+    # The devices the dm-crypt volumes decrypt, as (volume, "MAJOR:MINOR"): where their
+    # LUKS headers are, which say how the volumes may be unlocked (TPM2, FIDO2, PKCS#11).
+    crypt_devices: tuple[tuple[str, str], ...] = ()
 
     @property
     def storage_kinds(self) -> frozenset[StorageKind]:

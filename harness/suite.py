@@ -62,6 +62,9 @@ TRIXIE_TREE_MODULES = (
 DRACUT_MODULES = ("test_inspect_images.py",)
 # ... and the NFS server guest's disk (harness/serverguest.py).
 NFS_SERVER_MODULES = ("test_nfs.py",)
+# ... and the TPM2 disks and TPM state, made in their own maker guest (harness/tpmdisks.py)
+# by the test that first needs them.
+TPM_MODULES = ("test_tpm2.py",)
 
 
 def boots_debian13(nodeid: str) -> bool:
@@ -76,8 +79,9 @@ def run_order(nodeid: str) -> tuple[int, bool]:
     (the stacks, the trixie tree and root disk, the NFS server's disk), so those are
     made while the other boots run."""
     name = PurePosixPath(nodeid.split("::", 1)[0]).name
-    slow = name in STACK_MODULES + TRIXIE_TREE_MODULES + NFS_SERVER_MODULES or boots_debian13(
-        nodeid
+    slow = (
+        name in STACK_MODULES + TRIXIE_TREE_MODULES + NFS_SERVER_MODULES + TPM_MODULES
+        or boots_debian13(nodeid)
     )
     return TIERS.index(tier_of(nodeid)), slow
 

@@ -224,6 +224,11 @@ class Config:
     procfs: Path = setting(
         "procfs to detect the host's mounts and CPU from (hostonly)", "/proc", metavar="DIR"
     )
+    devfs: Path = setting(
+        "devfs to read the LUKS2 headers of the host's volumes from (hostonly)",
+        "/dev",
+        metavar="DIR",
+    )
     files: tuple[str, ...] = setting(
         "extra files or directories to include",
         [],

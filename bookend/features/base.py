@@ -86,6 +86,9 @@ class SwitchOn:
     # Config fields: on when any of them is set (true, not None, not empty)
     settings: tuple[str, ...] = ()
     program: str | None = None  # generic mode: on when the sysroot has this program
+    # On when this says the image needs the feature, from what it reads in the sysroot
+    # and (hostonly) what detection found; e.g. a token enrolled on the root's volume.
+    detected: Callable[[FeatureContext], bool] | None = None
 
 
 # Where systemd-shutdown looks for the executables it runs before the final reboot(2),

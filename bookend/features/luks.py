@@ -32,23 +32,6 @@ log = logging.getLogger(__name__)
 # brings them for every LUKS volume it finds, as the cipher itself is not in sysfs.
 DEFAULT_CRYPTO = ("crypto-xts", "crypto-aes", "crypto-sha256", "algif_skcipher")
 
-# libcryptsetup dlopens its token plugins (TPM2, FIDO2, PKCS#11) from here, and the
-# plugins dlopen their own libraries; in systemd 252 neither carries a .note.dlopen.
-TOKEN_PLUGIN_DIRS = (
-    "?/usr/lib/x86_64-linux-gnu/cryptsetup",
-    "?/usr/lib64/cryptsetup",
-    "?/usr/lib/cryptsetup",
-)
-TOKEN_LIBRARIES = (
-    "?/usr/lib/x86_64-linux-gnu/libtss2-esys.so.0",
-    "?/usr/lib/x86_64-linux-gnu/libtss2-rc.so.0",
-    "?/usr/lib/x86_64-linux-gnu/libtss2-mu.so.0",
-    "?/usr/lib/x86_64-linux-gnu/libtss2-tcti-device.so.0",
-    "?/usr/lib/x86_64-linux-gnu/libfido2.so.1",
-    "?/usr/lib/x86_64-linux-gnu/libp11-kit.so.0",
-)
-
-
 # In the initrd every volume is one the root or /usr needs: when unlocking it fails for
 # good (tries= exhausted), waiting out the root device's timeout helps nobody.
 GIVE_UP_DROPIN = "/etc/systemd/system/systemd-cryptsetup@.service.d/bookend-emergency.conf"
@@ -104,7 +87,8 @@ FEATURE = Feature(
     modules=("dm_crypt", *(f"?{name}" for name in DEFAULT_CRYPTO)),
     # Whoever types the passphrase needs a keyboard that works this early.
     driver_classes=("keyboard",),
-    files=(*TOKEN_PLUGIN_DIRS, *TOKEN_LIBRARIES),
+    # Tokens systemd-cryptenroll writes (TPM2, FIDO2, PKCS#11): the tpm2, fido2 and
+    # pkcs11 features.
     compute=_keyfiles_give_up_and_crypttab,
     switch_on=SwitchOn(program="/usr/lib/systemd/systemd-cryptsetup"),
     serves=StorageKind.LUKS,

@@ -120,6 +120,8 @@ CASES = (
          flags=("--hostonly", "--sysfs", "{tmp}/nosys")),
     Case("procfs", CLI, "procfs", "{tmp}/empty is not a procfs (no self/mountinfo)",
          flags=("--hostonly", "--procfs", "{tmp}/empty")),
+    Case("devfs", CLI, "devfs", "{tmp}/nodev is not a directory",
+         flags=("--hostonly", "--devfs", "{tmp}/nodev")),
     Case("config-root", CLI, "config_root", "{tmp}/noconf is not a directory",
          flags=("--config-root", "{tmp}/noconf")),
     # --- where to write

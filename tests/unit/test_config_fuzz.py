@@ -79,6 +79,7 @@ GOOD: dict[str, list[Any]] = {
     "microcode": [True, False],
     "sysfs": ["/sys"],
     "procfs": ["/proc"],
+    "devfs": ["/dev"],
     "files": [["/etc/os-release"], ["/usr/lib"]],
     "keyfiles": [["/usr/lib/os-release"], []],
     "exitrd": [True, False],

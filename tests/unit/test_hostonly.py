@@ -159,6 +159,8 @@ def test_nvme_luks_lvm_stack(host: FakeHost, db: ModuleDatabase) -> None:
         (StorageKind.LUKS, "LUKS volume dm-0 under / (ext4 on /dev/dm-1)"),
     )
     assert found.crypt_volumes == ("dm-0",)  # no dm/name in this fixture: the kernel name
+    # Where its LUKS header is, for the token features (tokens.py).
+    assert found.crypt_devices == (("dm-0", "259:2"),)
 
 
 def test_md_raid1_over_two_ahci_disks(host: FakeHost, db: ModuleDatabase) -> None:
