@@ -3,10 +3,10 @@
 Between configuration (types and forms) and the plan. It looks into the trees the
 settings name: the sysroot is a root tree, the kernel version is installed (or the
 newest is chosen), the kernel modules are in its modules.dep, the files (files,
-keyfiles, network_files, iscsi_config) and storage daemon units exist, hostonly
-detection's sysfs and procfs are there, and the outputs can be written where they are
-named. Every problem, with the configuration's own, is reported at once as
-`SOURCE: key: message` before anything is built.
+keyfiles, network_files, iscsi_config) and storage daemon units exist, the SSH keys
+to authorize are keys, hostonly detection's sysfs and procfs are there, and the outputs
+can be written where they are named. Every problem, with the configuration's own, is
+reported at once as `SOURCE: key: message` before anything is built.
 
 The module database it reads to check module names is parsed through the shared
 ScanCache (kmodules.shared_database): pass the build's cache and the plan and closure
@@ -34,6 +34,7 @@ from bookend.config import (
 from bookend.errors import BookendError
 from bookend.exitrd_load import DIGEST_SUFFIX
 from bookend.scancache import ScanCache
+from bookend.sshkeys import read_authorized_keys
 from bookend.suggest import did_you_mean
 from bookend.sysroot import Sysroot
 from bookend.units import UNIT_DIRS, find_unit
@@ -78,6 +79,7 @@ def resolve(
     elif values["exitrd"] and output_ok and "/" not in kver:  # else no name to derive
         _check_derived_exitrd(output, kver, origins["output"], problems)
     _check_detection_trees(settings, problems)
+    _check_authorized_keys(settings, problems)
     problems.raise_if_any()
     resolved = {
         **values,
@@ -261,6 +263,15 @@ def _check_derived_exitrd(output: Path, kver: str, source: str, problems: Proble
             f"file name too long for the exitrd beside it, {derived.name} "
             f"(at most {longest} bytes, or give exitrd_output or --no-exitrd)",
         )
+
+
+def _check_authorized_keys(settings: Settings, problems: Problems) -> None:
+    """Each inline key is one, each key file (on this machine) holds keys and nothing else."""
+    for item, source in _items(settings, "ssh_authorized_keys"):
+        try:
+            read_authorized_keys(item)
+        except BookendError as exc:
+            problems.add(source, "ssh_authorized_keys", str(exc))
 
 
 def _check_detection_trees(settings: Settings, problems: Problems) -> None:
