@@ -244,7 +244,6 @@ def _compute(context: FeatureContext) -> Contribution:
     lines = [f"{KEY_OPTIONS} {key.line}\n" for key in authorized_keys(config)]
     reason = f"feature ssh ({server.value})"
     items: list[Generated] = [
-        _directory(HOME, f"{reason}: root's home", 0o700),
         _directory(f"{HOME}/.ssh", f"{reason}: root's keys", 0o700),
         _file(AUTHORIZED_KEYS, "".join(lines), f"ssh_authorized_keys ({origin})", 0o600),
         _file(UNLOCK, UNLOCK_SCRIPT, f"{reason}: what a login runs", 0o755),
