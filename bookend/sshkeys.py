@@ -38,6 +38,7 @@ KEY_TYPES = (
 )
 OPENSSH_MAGIC = b"openssh-key-v1\0"
 GENERATED_NAME = "ssh_host_ed25519_key"
+ED25519_PUBLIC = 32  # bytes of an ed25519 public key
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,8 @@ def parse_public_key(line: str) -> PublicKey | str:
     named = _first_string(blob)
     if named != fields[0].encode():
         return f"the base64 part is not a {fields[0]} key (truncated or pasted wrong?)"
+    if len(blob) < 4 + len(named) + 4 + (ED25519_PUBLIC if fields[0] == "ssh-ed25519" else 1):
+        return f"the {fields[0]} key is cut short (truncated?)"
     return PublicKey(fields[0], blob, fields[2].strip() if len(fields) > 2 else "")
 
 
