@@ -1,7 +1,7 @@
 """SSH in the initrd: log in over the network and answer the boot's passphrase prompts.
 
 - The server is dropbear or OpenSSH's sshd, whichever the sysroot has (`ssh_server`;
-  `auto` prefers dropbear: it adds a fifth of what sshd adds, see README). It starts
+  `auto` prefers dropbear: it adds 55-70% of what sshd adds, see README). It starts
   once systemd-networkd has (feature network), listens on port 22 of every address,
   and is stopped when the initrd isolates initrd-switch-root.target, its whole cgroup
   with it (the sessions and the agents they run), so nothing of it reaches the root.
