@@ -302,3 +302,10 @@ def generated_script() -> str:
     from bookend.features.ssh import UNLOCK_SCRIPT
 
     return UNLOCK_SCRIPT
+
+
+def test_misspelt_key_in_the_ssh_table_is_named(sysroot: Path, tmp_path: Path) -> None:
+    toml = tmp_path / "bookend.toml"
+    toml.write_text('[ssh]\nservr = "dropbear"\n')
+    with pytest.raises(ConfigError, match=r"bookend.toml: ssh_servr: unknown key.*ssh_server"):
+        load_config(toml, {"sysroot": str(sysroot), "mode": "generic"})
