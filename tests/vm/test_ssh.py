@@ -126,8 +126,10 @@ def test_luks_root_unlocked_over_ssh_and_nothing_of_the_server_left(
 
     port = free_loopback_port()
     nic = user_network(hostfwd=((port, 22),))
+    # As the README advises for remote unlocking: the root waits for its passphrase as long
+    # as it takes (systemd's own wait for the root device is 90 s).
     append = (f"root=UUID={stack.root_uuid} rd.luks.name={stack.luks_uuid}={stack.luks_name} "
-              "ip=dhcp rw")  # fmt: skip
+              "rootflags=x-systemd.device-timeout=0 ip=dhcp rw")  # fmt: skip
     job = install_exitrd_job(tmp_path / "job.img", images, then=PROCESSES_JOB)
     known_hosts = tmp_path / "known_hosts"
     said: dict[str, str] = {}
