@@ -309,3 +309,12 @@ def test_misspelt_key_in_the_ssh_table_is_named(sysroot: Path, tmp_path: Path) -
     toml.write_text('[ssh]\nservr = "dropbear"\n')
     with pytest.raises(ConfigError, match=r"bookend.toml: ssh_servr: unknown key.*ssh_server"):
         load_config(toml, {"sysroot": str(sysroot), "mode": "generic"})
+
+
+def test_feature_without_keys_is_one_line_exit_2(tmp_path: Path, sysroot: Path) -> None:
+    result = run_build(tmp_path, sysroot, "--add-feature", "ssh")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        "bookend: command line: features: ssh needs ssh_authorized_keys (no key would log in)"
+    ]
+    assert list((tmp_path / "out").iterdir()) == []
