@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import ExitStack, contextmanager
@@ -145,12 +146,28 @@ def build_initrd(
     # Before anything is built: a UKI the sysroot cannot make is known at once.
     uki_tools = find_uki_tools(config.sysroot, config.kver) if config.uki else None
     outputs = [config.output, *([config.exitrd_output] if config.exitrd else [])]
-    with locked_outputs(outputs):
-        return _build_locked(config, uki_tools, cache or scan_cache(), registry)
+    cache = cache or scan_cache()
+    with locked_outputs(outputs), _unpack_directory(cache) as unpack_dir:
+        return _build_locked(config, uki_tools, cache, registry, unpack_dir)
+
+
+@contextmanager
+def _unpack_directory(cache: ScanCache) -> Iterator[Path]:
+    """Where the exitrd's extension images are unpacked: beside the scan cache, where an
+    unchanged image stays unpacked between builds; without a cache, for this build."""
+    if cache.directory is not None:
+        yield cache.directory / "extensions"
+        return
+    with tempfile.TemporaryDirectory(prefix="bookend-extensions-") as directory:
+        yield Path(directory)
 
 
 def _build_locked(
-    config: Config, uki_tools: UkiTools | None, cache: ScanCache, registry: Mapping[str, Feature]
+    config: Config,
+    uki_tools: UkiTools | None,
+    cache: ScanCache,
+    registry: Mapping[str, Feature],
+    unpack_dir: Path,
 ) -> BuildResult:
     plan = make_plan(config, cache, registry)
     if plan.detection is not None:
@@ -159,7 +176,7 @@ def _build_locked(
     for warning in closure.warnings:
         log.warning("%s", warning)
     # Both closures are made, and so every input error found, before either is written.
-    exitrd = _exitrd_closure(config, plan, cache) if config.exitrd else None
+    exitrd = _exitrd_closure(config, plan, cache, unpack_dir) if config.exitrd else None
     cache.save()
     outputs = [config.output]
     if exitrd is not None:
@@ -229,8 +246,10 @@ def _replace_pair(initrd: Staged, exitrd: Staged | None) -> None:
         write_digest(exitrd.target)
 
 
-def _exitrd_closure(config: Config, initrd_plan: Plan, cache: ScanCache) -> tuple[Plan, Closure]:
+def _exitrd_closure(
+    config: Config, initrd_plan: Plan, cache: ScanCache, unpack_dir: Path
+) -> tuple[Plan, Closure]:
     from bookend.exitrd import make_exitrd_plan
 
-    plan = make_exitrd_plan(config, initrd_plan)
+    plan = make_exitrd_plan(config, initrd_plan, unpack_dir)
     return plan, with_manifest(build_closure(config, plan, cache))

@@ -280,7 +280,8 @@ def vocabularies(registry: Mapping[str, Feature] | None = None) -> Vocabularies:
     from bookend.features import ALL
 
     features = ALL if registry is None else registry
-    return {"features": sorted(features), "driver_classes": sorted(DRIVER_CLASSES)}
+    names = sorted(features)
+    return {"features": names, "exitrd_features": names, "driver_classes": sorted(DRIVER_CLASSES)}
 
 
 def _registry(args: argparse.Namespace) -> Mapping[str, Feature]:

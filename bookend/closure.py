@@ -12,10 +12,12 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import posixpath
 import stat
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bookend import firmware, kmodules, microcode, modinfo, udevrules, units
 from bookend.archive import ArchiveEntry, EntryKind
@@ -104,9 +106,12 @@ class _Builder:
     units_included: set[str] = field(default_factory=set)
     loaded_sonames: dict[str, str] = field(default_factory=dict)  # soname -> image path
     unresolved: list[tuple[str, str]] = field(default_factory=list)  # (ELF, soname)
+    # Image path -> host file of the generated entries copied from outside the sysroot
+    # (an exitrd extension's files): scanned as sysroot files are, and found first.
+    overlay: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.libraries = LibrarySearch(self.sysroot, self.cache)
+        self.libraries = LibrarySearch(self.sysroot, self.cache, self.overlay)
         self.secrets = Secrets(self.sysroot)
         # Secrets go in only when named exactly (or through a link named exactly); key
         # files named for LUKS are secret whatever their path.
@@ -118,6 +123,8 @@ class _Builder:
 
     def add_path(self, path: str, reason: str, parent: str | None, *, recurse: bool = False) -> str:
         """Add path, the links on the way and its parents; return the canonical path."""
+        if path in self.overlay:
+            return path  # put with the generated entries
         resolved = self.sysroot.resolve(path)
         if resolved.st is None:
             wanted_by = f" {parent}" if parent else ""
@@ -229,17 +236,20 @@ class _Builder:
                     f"{', '.join(note.sonames)} found; left out"
                 )
 
+    def _host(self, path: str) -> Path:
+        return self.overlay.get(path) or self.sysroot.host_path(path)
+
     def _scan_shebang(self, path: str) -> None:
         try:
-            with open(self.sysroot.host_path(path), "rb") as f:
+            with open(self._host(path), "rb") as f:
                 first = f.readline(256)
         except OSError as exc:
-            raise SysrootError(f"{self.sysroot.host_path(path)}: {exc.strerror}") from None
+            raise SysrootError(f"{self._host(path)}: {exc.strerror}") from None
         if not first.startswith(b"#!"):
             return
         words = first[2:].decode(errors="replace").split()
         if not words:
-            raise SysrootError(f"{self.sysroot.host_path(path)}: '#!' names no interpreter")
+            raise SysrootError(f"{self._host(path)}: '#!' names no interpreter")
         self.add_path(words[0], "#! interpreter of", path)
         if words[0].endswith("/env") and len(words) > 1:
             self.named(RequestKind.EXECUTABLE, words[1], "#! interpreter (via env) of", path, False)
@@ -424,10 +434,15 @@ def build_closure(config: Config, plan: Plan, cache: ScanCache | None = None) ->
     """Every entry the plan needs; cache, if given, holds earlier scans of the same files."""
     builder = _Builder(Sysroot(config.sysroot), config, cache or ScanCache(None))
     for item in plan.generated:
-        builder.put(item.entry, item.reason, None, secret=item.secret)
-        builder.add_parents(item.entry.path)
-        if item.entry.data is not None and item.entry.path.startswith(units.UNIT_DIRS):
-            builder.generated_unit_programs(item.entry.path, item.entry.data.decode())
+        entry = item.entry
+        put = builder.put(entry, item.reason, None, secret=item.secret)
+        builder.add_parents(entry.path)
+        if entry.data is not None and entry.path.startswith(units.UNIT_DIRS):
+            builder.generated_unit_programs(entry.path, entry.data.decode())
+        if put and entry.source is not None and entry.kind is EntryKind.FILE:
+            builder.overlay[entry.path] = entry.source
+            builder.scan_queue.append(entry.path)
+    _overlay_links(builder, plan)
     for request in plan.requests:
         if request.kind is RequestKind.PATH:
             _add_requested_path(builder, request)
@@ -446,6 +461,18 @@ def build_closure(config: Config, plan: Plan, cache: ScanCache | None = None) ->
         vendors = ", ".join(plan.microcode_vendors)
         builder.warnings.append(f"no early microcode for {vendors} in the sysroot's /lib/firmware")
     return Closure(dict(sorted(builder.entries.items())), tuple(builder.warnings), tuple(early))
+
+
+def _overlay_links(builder: _Builder, plan: Plan) -> None:
+    """A generated link to a file copied from outside the sysroot (libfoo.so.1 ->
+    libfoo.so.1.2 in an extension) is found as that file, as the loader would find it."""
+    for item in plan.generated:
+        entry = item.entry
+        if entry.kind is not EntryKind.SYMLINK or entry.target is None:
+            continue
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(entry.path), entry.target))
+        if target in builder.overlay and builder.entries[entry.path].entry is entry:
+            builder.overlay[entry.path] = builder.overlay[target]
 
 
 def _feature_warnings(config: Config, plan: Plan, paths: Collection[str]) -> list[str]:

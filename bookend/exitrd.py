@@ -10,24 +10,45 @@ nothing holds them, and powers off.
 The exitrd holds no kernel modules (the running kernel has them loaded) and no udev:
 only systemd-shutdown, its libraries, the release files, and what each feature the
 initrd has declares as its exitrd part (Feature.exitrd): the storage tools, for an
-administrator's or a hook's use, and the hook that stops root storage daemons.
+administrator's or a hook's use, and the hook that stops root storage daemons. What
+the configuration adds comes with it: the exitrd parts of exitrd_features, the
+exitrd_files, and the /usr and /opt of the exitrd_sysexts (bookend.sysext).
+
+Shutdown hooks: systemd-shutdown runs every executable in SHUTDOWN_HOOK_DIR, in
+parallel, with the verb in argv[1], once its loop of unmounting and detaching is done
+and right before it either pivots into /run/initramfs or calls reboot(2)
+(src/shutdown/shutdown.c: execute_directories() comes before switch_root_initramfs()).
+The running root's hooks therefore run before the pivot ("Returning to initrd...",
+257: "Entering exitrd..."), from its own directory; the exitrd's hooks run when its
+/shutdown, systemd-shutdown again, reaches the same point: after /oldroot is unmounted
+and before the power-off (in an initrd it does not pivot again). They run because
+/shutdown is systemd-shutdown: a /shutdown of another kind would have to run them.
 """
 
 from __future__ import annotations
 
+import posixpath
+import stat
+from pathlib import Path
+
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config
+from bookend.errors import ConfigError, SysrootError
 from bookend.features.base import (
+    SHUTDOWN_HOOK_DIR,
     Contribution,
     Feature,
     FeatureContext,
     Generated,
     Request,
+    RequestKind,
     split_contribution,
 )
 from bookend.features.release import release_files
 from bookend.features.systemd import skeleton
-from bookend.plan import Plan
+from bookend.plan import Plan, enabled_features
+from bookend.sysext import check_extension, extension_entries, extension_tree
+from bookend.sysroot import Sysroot
 
 SHUTDOWN = "/usr/lib/systemd/systemd-shutdown"
 # systemd-shutdown mounts these itself; /oldroot is where the old root is moved.
@@ -57,13 +78,87 @@ EXITRD = Feature(
 def exitrd_parts(initrd: Plan, context: FeatureContext) -> list[Request | Generated]:
     """What the initrd's features ask of the exitrd (dmsetup, cryptsetup, lvm, mdadm...,
     the hook that stops root storage daemons, the steps that detach network storage),
-    in the initrd's feature order."""
+    in the initrd's feature order, then what the features exitrd_features names (and
+    those they require) add that the initrd has not got."""
     features = [initrd.registry[name] for name in initrd.features]
-    return [item for feature in features for item in feature.exitrd_contribution(context)]
+    added = enabled_features(context.config.exitrd_features, initrd.registry)
+    _check_added_features(context.config, added)
+    features += [feature for feature in added if feature.name not in initrd.features]
+    return [
+        item
+        for feature in features
+        for item in [*feature.exitrd_contribution(context), *shutdown_hooks(feature, context)]
+    ]
 
 
-def make_exitrd_plan(config: Config, initrd: Plan) -> Plan:
+def _check_added_features(config: Config, added: list[Feature]) -> None:
+    """A feature named for the exitrd that adds nothing to it is a mistake worth a line."""
+    for index, name in enumerate(config.exitrd_features):
+        required = enabled_features([name], {f.name: f for f in added})
+        if all(feature.exitrd is None for feature in required):
+            origin = config.origin_of("exitrd_features", index)
+            raise ConfigError(
+                f"{origin}: exitrd_features: feature {name} declares nothing for the exitrd"
+            )
+
+
+def shutdown_hooks(feature: Feature, context: FeatureContext) -> list[Request | Generated]:
+    """The feature's shutdown hooks: each an executable of the sysroot, at its path, and
+    in SHUTDOWN_HOOK_DIR (a link there to one that lives elsewhere)."""
+    if feature.exitrd is None or not feature.exitrd.shutdown_hooks:
+        return []
+    sysroot = Sysroot(context.config.sysroot)
+    origin = f" ({feature.origin})" if feature.origin else ""
+    reason = f"exitrd: shutdown hook of feature {feature.name}{origin}"
+    items: list[Request | Generated] = []
+    for declared in feature.exitrd.shutdown_hooks:
+        name = declared.removeprefix("?")
+        path = name if name.startswith("/") else f"{SHUTDOWN_HOOK_DIR}/{name}"
+        resolved = sysroot.resolve(path)
+        if resolved.st is None and declared.startswith("?"):
+            continue
+        if resolved.st is None or not stat.S_ISREG(resolved.st.st_mode):
+            raise SysrootError(f"{sysroot.host_path(path)}: missing ({reason})")
+        if not resolved.st.st_mode & 0o111:
+            raise SysrootError(f"{sysroot.host_path(path)}: not executable ({reason})")
+        items.append(Request(RequestKind.PATH, path, reason))
+        if posixpath.dirname(path) != SHUTDOWN_HOOK_DIR:
+            link = f"{SHUTDOWN_HOOK_DIR}/{posixpath.basename(path)}"
+            entry = ArchiveEntry(link, EntryKind.SYMLINK, 0o777, target=path)
+            items.append(Generated(entry, reason))
+    return items
+
+
+def added_files(config: Config) -> list[Request]:
+    """The exitrd_files, each a path of the sysroot (resolve checked they exist)."""
+    return [
+        Request(RequestKind.PATH, name, f"exitrd_files ({config.origin_of('exitrd_files', i)})")
+        for i, name in enumerate(config.exitrd_files)
+    ]
+
+
+def extensions(config: Config, unpack_dir: Path | None) -> list[Generated]:
+    """The /usr and /opt of every exitrd_sysexts extension that fits the exitrd;
+    unpack_dir: where images are unpacked (kept between builds: bookend.sysext)."""
+    sysroot = Sysroot(config.sysroot)
+    items: list[Generated] = []
+    for index, name in enumerate(config.exitrd_sysexts):
+        path = Path(name)
+        if path.is_file() and unpack_dir is None:
+            raise ConfigError(f"{path}: no directory to unpack the extension image in")
+        tree = extension_tree(path, unpack_dir or Path())
+        check_extension(path, tree, sysroot)
+        origin = config.origin_of("exitrd_sysexts", index)
+        items += extension_entries(path, tree, f"exitrd_sysexts ({origin}): extension {name}")
+    return items
+
+
+def make_exitrd_plan(config: Config, initrd: Plan, unpack_dir: Path | None = None) -> Plan:
+    """The exitrd's plan; unpack_dir: where extension images are unpacked."""
     context = FeatureContext(config, initrd.detection)
     own = [*EXITRD.requests(), *_skeleton(context)]
-    requests, generated = split_contribution([*own, *exitrd_parts(initrd, context)])
+    # The extensions' files first: the first entry at a path wins, and an extension
+    # shows over the sysroot's tree as systemd-sysext's overlay would.
+    contribution = [*extensions(config, unpack_dir), *own, *exitrd_parts(initrd, context)]
+    requests, generated = split_contribution([*contribution, *added_files(config)])
     return Plan(features=("exitrd",), requests=tuple(requests), generated=tuple(generated))

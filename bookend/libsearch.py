@@ -8,8 +8,11 @@ as the loader skips it.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import stat
+from collections.abc import Mapping
+from pathlib import Path
 
 from bookend import elf
 from bookend.errors import ElfError
@@ -42,9 +45,16 @@ def trusted_dirs(info: elf.ElfInfo) -> list[str]:
 class LibrarySearch:
     """Library lookups inside one sysroot, with the ELF headers read once per file."""
 
-    def __init__(self, sysroot: Sysroot, cache: ScanCache | None = None) -> None:
+    def __init__(
+        self,
+        sysroot: Sysroot,
+        cache: ScanCache | None = None,
+        overlay: Mapping[str, Path] | None = None,
+    ) -> None:
         self.sysroot = sysroot
         self.cache = cache or ScanCache(None)
+        # Image paths of files from outside the sysroot (an extension's), over it.
+        self.overlay = overlay if overlay is not None else {}
         self._info: dict[str, elf.ElfInfo | None] = {}
         self._ld_so_conf: list[str] | None = None
         self.used_ld_so_cache = False
@@ -57,17 +67,21 @@ class LibrarySearch:
 
     def info_if_elf(self, path: str) -> elf.ElfInfo | None:
         """The ELF needs of the regular file at path; None when it is no ELF file."""
-        resolved = self.sysroot.resolve(path)
-        canonical = resolved.path
-        if canonical not in self._info:
-            if resolved.st is None:
-                raise ElfError(f"{self.sysroot.host_path(path)}: missing")
+        if path in self.overlay:
+            canonical, host = path, self.overlay[path]
+            st: os.stat_result | None = host.stat()
+        else:
+            resolved = self.sysroot.resolve(path)
+            canonical, st = resolved.path, resolved.st
             host = self.sysroot.host_path(canonical)
+        if canonical not in self._info:
+            if st is None:
+                raise ElfError(f"{host}: missing")
 
             def scan() -> dict[str, object] | None:
                 return elf.info_to_json(elf.read_elf(host)) if elf.is_elf(host) else None
 
-            data = self.cache.lookup("elf", str(host), stamp(resolved.st), scan)
+            data = self.cache.lookup("elf", str(host), stamp(st), scan)
             self._info[canonical] = None if data is None else elf.info_from_json(data)
         return self._info[canonical]
 
@@ -80,7 +94,9 @@ class LibrarySearch:
         """The image path the loader would open for soname, or None."""
         if "/" in soname:
             return soname if self._usable(soname, info) else None
-        origin = posixpath.dirname(self.sysroot.resolve(needed_by).path)
+        if needed_by not in self.overlay:
+            needed_by = self.sysroot.resolve(needed_by).path
+        origin = posixpath.dirname(needed_by)
         rpath = [] if info.runpath else list(info.rpath)
         explicit = [elf.expand_origin(d, origin) for d in (*rpath, *info.runpath)]
         trusted = trusted_dirs(info)
@@ -94,6 +110,9 @@ class LibrarySearch:
         return None
 
     def _usable(self, candidate: str, wanted: elf.ElfInfo) -> bool:
+        if candidate in self.overlay:
+            info = self.info_if_elf(candidate)
+            return info is not None and elf.compatible(info, wanted)
         resolved = self.sysroot.resolve(candidate)
         if resolved.st is None or not stat.S_ISREG(resolved.st.st_mode):
             return False

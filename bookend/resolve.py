@@ -3,10 +3,11 @@
 Between configuration (types and forms) and the plan. It looks into the trees the
 settings name: the sysroot is a root tree, the kernel version is installed (or the
 newest is chosen), the kernel modules are in its modules.dep, the files (files,
-keyfiles, network_files, iscsi_config) and storage daemon units exist, the SSH keys
-to authorize are keys, hostonly detection's sysfs and procfs are there, and the outputs
-can be written where they are named. Every problem, with the configuration's own, is
-reported at once as `SOURCE: key: message` before anything is built.
+keyfiles, network_files, iscsi_config, exitrd_files) and storage daemon units exist,
+the exitrd's system extensions are there, the SSH keys to authorize are keys,
+hostonly detection's sysfs and procfs are there, and the outputs can be written
+where they are named. Every problem, with the configuration's own, is reported at
+once as `SOURCE: key: message` before anything is built.
 
 The module database it reads to check module names is parsed through the shared
 ScanCache (kmodules.shared_database): pass the build's cache and the plan and closure
@@ -79,6 +80,7 @@ def resolve(
     elif values["exitrd"] and output_ok and "/" not in kver:  # else no name to derive
         _check_derived_exitrd(output, kver, origins["output"], problems)
     _check_detection_trees(settings, problems)
+    _check_sysexts(settings, problems)
     _check_authorized_keys(settings, problems)
     problems.raise_if_any()
     resolved = {
@@ -145,6 +147,7 @@ def _check_in_sysroot(settings: Settings, cache: ScanCache, problems: Problems) 
     _check_files(settings, "keyfiles", root, problems)
     _check_files(settings, "network_files", root, problems)
     _check_file(settings, "iscsi_config", root, problems)
+    _check_files(settings, "exitrd_files", root, problems)
     if kver in installed_kernels(sysroot):
         _check_modules(settings, root, kver, cache, problems)
     for unit, source in _items(settings, "storage_daemons"):
@@ -263,6 +266,15 @@ def _check_derived_exitrd(output: Path, kver: str, source: str, problems: Proble
             f"file name too long for the exitrd beside it, {derived.name} "
             f"(at most {longest} bytes, or give exitrd_output or --no-exitrd)",
         )
+
+
+def _check_sysexts(settings: Settings, problems: Problems) -> None:
+    """Each system extension is a directory or a file on this machine (what it holds is
+    bookend.sysext's to check, when the exitrd is planned)."""
+    for name, source in _items(settings, "exitrd_sysexts"):
+        if not os.path.isdir(name) and not os.path.isfile(name):
+            what = "no such file or directory" if not os.path.lexists(name) else "not a file"
+            problems.add(source, "exitrd_sysexts", f"{name}: {what}")
 
 
 def _check_authorized_keys(settings: Settings, problems: Problems) -> None:

@@ -52,7 +52,8 @@ class DiskNeeds:
 
 # Test modules whose fixtures need the storage stacks, the trixie tree, or dracut.
 STACK_MODULES = ("test_storage.py", "test_exitrd.py", "test_stackdisks.py", "test_ssh.py")
-TRIXIE_TREE_MODULES = ("test_uki.py", "test_units.py")  # images built from the trixie tree
+# Images built from the trixie tree.
+TRIXIE_TREE_MODULES = ("test_uki.py", "test_units.py", "test_exitrd_extensions.py")
 DRACUT_MODULES = ("test_inspect_images.py",)
 # ... and the NFS server guest's disk (harness/serverguest.py).
 NFS_SERVER_MODULES = ("test_nfs.py",)

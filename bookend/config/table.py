@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import os
 import re
 import types
 from collections.abc import Callable, Mapping
@@ -319,6 +320,31 @@ class Config:
         check=matching(
             r"[A-Za-z0-9:_.\\@-]+\.(service|socket|target)", "a unit name such as iscsid.service"
         ),
+    )
+    exitrd_files: tuple[str, ...] = setting(
+        "extra files or directories of the sysroot to include in the exitrd",
+        [],
+        flag="--exitrd-add-file",
+        metavar="PATH",
+        check=absolute_path,
+    )
+    exitrd_features: tuple[str, ...] = setting(
+        "features whose exitrd part (tools, files, shutdown hooks) goes into the exitrd, "
+        "even if the initrd has not got them",
+        [],
+        flag="--exitrd-add-feature",
+        metavar="NAME",
+        vocabulary="feature",
+    )
+    exitrd_sysexts: tuple[str, ...] = setting(
+        "system extensions (a directory, or a squashfs or erofs image) whose /usr and /opt "
+        "are merged into the exitrd when it is built",
+        [],
+        flag="--exitrd-sysext",
+        metavar="FILE",
+        # A path on the building machine, relative to the current directory: kept whole,
+        # since the manifest's reasons and the up-to-date record name it.
+        parse_item=os.path.abspath,
     )
     units: tuple[tuple[str, str | None], ...] = setting(  # (unit, target or None: [Install])
         "sysroot units to add to the initrd with what they run and need, enabled per their "

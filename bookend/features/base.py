@@ -88,13 +88,25 @@ class SwitchOn:
     program: str | None = None  # generic mode: on when the sysroot has this program
 
 
+# Where systemd-shutdown looks for the executables it runs before the final reboot(2),
+# in the running root and again in the exitrd (systemd's SYSTEM_SHUTDOWN_PATH).
+SHUTDOWN_HOOK_DIR = "/usr/lib/systemd/system-shutdown"
+
+
 @dataclass(frozen=True)
 class ExitrdPart:
-    """What the exitrd needs from a feature the initrd has: the tools that take its
-    storage down (for systemd-shutdown's hooks or an administrator), and files."""
+    """What the exitrd needs from a feature the initrd has (or that --exitrd-add-feature
+    names): the tools that take its storage down (for systemd-shutdown's hooks or an
+    administrator), files, and hooks for systemd-shutdown to run there."""
 
     executables: tuple[str, ...] = ()  # "?" as in Feature
     files: tuple[ArchiveEntry, ...] = ()  # entries bookend writes
+    sysroot_files: tuple[str, ...] = ()  # absolute paths in the sysroot; "?" as in Feature
+    # Executables systemd-shutdown runs with the verb as argv[1] from the exitrd's
+    # SHUTDOWN_HOOK_DIR once it has unmounted /oldroot (bookend.exitrd):
+    # a bare name is that directory's file in the sysroot, an absolute path is taken at
+    # its path and linked there. "?" as in Feature.
+    shutdown_hooks: tuple[str, ...] = ()
     purpose: str | None = None  # why, in the manifest; by default "storage tools of feature X"
     # What depends on the sysroot or the configuration (a tool's path written into a
     # detach step), computed as Feature.compute is; its items keep their own reasons.
@@ -142,13 +154,14 @@ class Feature:
         return [_request(kind, name, reason) for kind, names in declared for name in names]
 
     def exitrd_contribution(self, context: FeatureContext) -> list[Request | Generated]:
-        """The exitrd's part of this feature: its files, its executables, then what it
-        computes."""
+        """The exitrd's part of this feature: its files, its executables, its sysroot
+        files, then what it computes (its shutdown hooks are bookend.exitrd's)."""
         part = self.exitrd
         if part is None:
             return []
         reason = "exitrd: " + (part.purpose or f"storage tools of feature {self.name}")
         items: list[Request | Generated] = [Generated(e, reason) for e in part.files]
         items += [_request(RequestKind.EXECUTABLE, name, reason) for name in part.executables]
+        items += [_request(RequestKind.PATH, name, reason) for name in part.sysroot_files]
         items += part.compute(context) if part.compute else ()
         return items

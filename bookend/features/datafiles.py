@@ -4,7 +4,8 @@ A file NAME.toml in a feature directory declares the feature NAME: what it bring
 (`executables`, `units`, `generators`, `udev_rules`, `modules`, `files`,
 `driver_classes`, `requires`; a "?" before a name makes it wanted only where the sysroot
 has it), what switches it on (`[switch_on]`: `always`, `settings`, `program`) and what
-the exitrd needs from it (`[exitrd]`: `executables`, `purpose`). The directories are
+the exitrd needs from it (`[exitrd]`: `executables`, `files`, `shutdown_hooks`,
+`purpose`). The directories are
 read as configuration drop-ins are (bookend.config.sources): usr/lib, etc and run under
 the configuration root, then each --feature-dir; a name in a later one masks the same
 name in an earlier one, and an empty file (or a link to /dev/null) masks without
@@ -22,7 +23,7 @@ from typing import Any
 from bookend.config import SETTINGS_BY_KEY, Problems
 from bookend.config.sources import describe, masked_toml_files, read_toml
 from bookend.drivers import DRIVER_CLASSES
-from bookend.features.base import ExitrdPart, Feature, SwitchOn
+from bookend.features.base import SHUTDOWN_HOOK_DIR, ExitrdPart, Feature, SwitchOn
 from bookend.suggest import did_you_mean
 
 FEATURE_DIRS = ("usr/lib/bookend/features.d", "etc/bookend/features.d", "run/bookend/features.d")
@@ -36,7 +37,7 @@ LIST_KEYS = (
 TABLE_KEYS = {
     "": ("help", *LIST_KEYS, "switch_on", "exitrd"),
     "switch_on.": ("always", "settings", "program"),
-    "exitrd.": ("executables", "purpose"),
+    "exitrd.": ("executables", "files", "shutdown_hooks", "purpose"),
 }
 
 
@@ -177,4 +178,19 @@ def _exitrd(table: Mapping[str, Any], bad: Bad) -> ExitrdPart:
         bad("exitrd.purpose", f"expected a string, not {_got(purpose)}")
         purpose = None
     executables = _strings(table, "executables", "exitrd.", bad)
-    return ExitrdPart(executables=tuple(executables), purpose=purpose)
+    files = _strings(table, "files", "exitrd.", bad)
+    for name in files:
+        if not name.removeprefix("?").startswith("/"):
+            bad("exitrd.files", f"'{name}' is not an absolute path")
+    hooks = _strings(table, "shutdown_hooks", "exitrd.", bad)
+    for name in hooks:
+        bare = name.removeprefix("?")
+        if not bare.startswith("/") and ("/" in bare or bare in (".", "..")):
+            message = f"'{name}' is neither a file name in {SHUTDOWN_HOOK_DIR} nor an absolute path"
+            bad("exitrd.shutdown_hooks", message)
+    return ExitrdPart(
+        executables=tuple(executables),
+        sysroot_files=tuple(files),
+        shutdown_hooks=tuple(hooks),
+        purpose=purpose,
+    )
