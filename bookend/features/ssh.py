@@ -238,10 +238,11 @@ def _openssh_files(keys: list[Generated]) -> list[Generated]:
 
 def _compute(context: FeatureContext) -> Contribution:
     config = context.config
+    # The checks first: a host key is made (and kept) only for an image that can be built.
+    lines = [f"{KEY_OPTIONS} {key.line}\n" for key in authorized_keys(config)]
     server, program = chosen_server(config)
     keys = _host_key_entries(server, host_keys(config, server))
     origin = config.origins.get("ssh_authorized_keys", "config")
-    lines = [f"{KEY_OPTIONS} {key.line}\n" for key in authorized_keys(config)]
     reason = f"feature ssh ({server.value})"
     items: list[Generated] = [
         _directory(f"{HOME}/.ssh", f"{reason}: root's keys", 0o700),

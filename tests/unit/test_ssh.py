@@ -155,7 +155,7 @@ def run_build(tmp_path: Path, sysroot: Path, *flags: str) -> subprocess.Complete
     ids=["missing", "empty", "truncated", "dsa", "relative-path"],
 )
 def test_bad_key_file_is_one_line_exit_2_nothing_written(
-    tmp_path: Path, sysroot: Path, content: str | None, phrase: str
+    tmp_path: Path, sysroot: Path, state: Path, content: str | None, phrase: str
 ) -> None:
     key_file = tmp_path / "keys"
     if content not in (None, "relative"):
@@ -168,6 +168,7 @@ def test_bad_key_file_is_one_line_exit_2_nothing_written(
     assert lines[0].startswith("bookend: command line: ssh_authorized_keys: "), lines[0]
     assert phrase.format(file=key_file) in lines[0]
     assert list((tmp_path / "out").iterdir()) == []
+    assert not state.exists()
 
 
 def test_no_server_in_the_sysroot_is_one_line_exit_2(tmp_path: Path, state: Path) -> None:
@@ -311,10 +312,13 @@ def test_misspelt_key_in_the_ssh_table_is_named(sysroot: Path, tmp_path: Path) -
         load_config(toml, {"sysroot": str(sysroot), "mode": "generic"})
 
 
-def test_feature_without_keys_is_one_line_exit_2(tmp_path: Path, sysroot: Path) -> None:
+def test_feature_without_keys_is_one_line_exit_2(
+    tmp_path: Path, sysroot: Path, state: Path
+) -> None:
     result = run_build(tmp_path, sysroot, "--add-feature", "ssh")
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
         "bookend: command line: features: ssh needs ssh_authorized_keys (no key would log in)"
     ]
     assert list((tmp_path / "out").iterdir()) == []
+    assert not state.exists()  # no host key made for an image that is not built
