@@ -16,6 +16,7 @@ from bookend.errors import BookendError
 from bookend.scancache import ScanCache
 
 if TYPE_CHECKING:
+    from bookend.closure import Closure
     from bookend.features.base import Feature
     from bookend.inspect.extract import ExtractReport
 
@@ -323,7 +324,16 @@ def cmd_build(args: argparse.Namespace) -> int:
                 f"{image.path}: {state}{len(image.closure.entries)} entries{uki}, "
                 f"{image.size / 1e6:.1f} MB ({config.compress.value}), kernel {config.kver}"
             )
+    _print_ssh_fingerprints(result.initrd.closure)
     return 0
+
+
+def _print_ssh_fingerprints(closure: Closure) -> None:
+    """The initrd's SSH host keys, so the first connection to it can be checked."""
+    from bookend.features.ssh import fingerprints
+
+    for fingerprint in fingerprints(closure.archive_entries()):
+        print(f"ssh host key of the initrd: {fingerprint}")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:

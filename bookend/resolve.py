@@ -4,10 +4,10 @@ Between configuration (types and forms) and the plan. It looks into the trees th
 settings name: the sysroot is a root tree, the kernel version is installed (or the
 newest is chosen), the kernel modules are in its modules.dep, the files (files,
 keyfiles, network_files, iscsi_config, exitrd_files) and storage daemon units exist,
-the exitrd's system extensions are there, hostonly detection's sysfs and procfs are
-there, and the outputs can be written where they are named. Every problem, with the
-configuration's own, is reported at once as `SOURCE: key: message` before anything is
-built.
+the exitrd's system extensions are there, the SSH keys to authorize are keys,
+hostonly detection's sysfs and procfs are there, and the outputs can be written
+where they are named. Every problem, with the configuration's own, is reported at
+once as `SOURCE: key: message` before anything is built.
 
 The module database it reads to check module names is parsed through the shared
 ScanCache (kmodules.shared_database): pass the build's cache and the plan and closure
@@ -35,6 +35,7 @@ from bookend.config import (
 from bookend.errors import BookendError
 from bookend.exitrd_load import DIGEST_SUFFIX
 from bookend.scancache import ScanCache
+from bookend.sshkeys import read_authorized_keys
 from bookend.suggest import did_you_mean
 from bookend.sysroot import Sysroot
 from bookend.units import UNIT_DIRS, find_unit
@@ -80,6 +81,7 @@ def resolve(
         _check_derived_exitrd(output, kver, origins["output"], problems)
     _check_detection_trees(settings, problems)
     _check_sysexts(settings, problems)
+    _check_authorized_keys(settings, problems)
     problems.raise_if_any()
     resolved = {
         **values,
@@ -273,6 +275,15 @@ def _check_sysexts(settings: Settings, problems: Problems) -> None:
         if not os.path.isdir(name) and not os.path.isfile(name):
             what = "no such file or directory" if not os.path.lexists(name) else "not a file"
             problems.add(source, "exitrd_sysexts", f"{name}: {what}")
+
+
+def _check_authorized_keys(settings: Settings, problems: Problems) -> None:
+    """Each inline key is one, each key file (on this machine) holds keys and nothing else."""
+    for item, source in _items(settings, "ssh_authorized_keys"):
+        try:
+            read_authorized_keys(item)
+        except BookendError as exc:
+            problems.add(source, "ssh_authorized_keys", str(exc))
 
 
 def _check_detection_trees(settings: Settings, problems: Problems) -> None:

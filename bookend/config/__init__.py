@@ -19,6 +19,8 @@ from bookend.config.table import (
     EmergencyAccess,
     ModuleMode,
     Setting,
+    SshHostKeys,
+    SshServer,
     make_config,
 )
 
@@ -35,6 +37,8 @@ __all__ = [
     "Problems",
     "Setting",
     "Settings",
+    "SshHostKeys",
+    "SshServer",
     "Vocabularies",
     "load_settings",
     "make_config",

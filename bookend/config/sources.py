@@ -214,7 +214,7 @@ def merge_layers(layers: Sequence[tuple[str, Mapping[str, Any]]], problems: Prob
         item_origins={s.key: [] for s in SETTINGS if s.kind is list},
     )
     for source, layer in layers:
-        for key, raw in layer.items():
+        for key, raw in _flattened(layer).items():
             setting = SETTINGS_BY_KEY.get(key)
             if setting is None:
                 _unknown_key(key, raw, source, problems)
@@ -232,6 +232,23 @@ def merge_layers(layers: Sequence[tuple[str, Mapping[str, Any]]], problems: Prob
                 merged.item_origins[key] += [source] * len(value)
                 merged.origins[key] = ", ".join(dict.fromkeys(merged.item_origins[key]))
     return merged
+
+
+def _flattened(layer: Mapping[str, Any]) -> dict[str, Any]:
+    """A layer with each table of settings sharing a prefix ([ssh] authorized_keys, or
+    the dotted key ssh.authorized_keys) as the top-level keys they are (ssh_authorized_keys);
+    a misspelt name in it is then reported as an unknown key of that prefix."""
+    flat: dict[str, Any] = {}
+    for key, raw in layer.items():
+        if (
+            isinstance(raw, dict)
+            and any(s.startswith(f"{key}_") for s in SETTINGS_BY_KEY)
+            and not any(name in SETTINGS_BY_KEY for name in raw)  # settings put in a table
+        ):
+            flat.update({f"{key}_{name}": value for name, value in raw.items()})
+        else:
+            flat[key] = raw
+    return flat
 
 
 def _unknown_key(key: str, raw: Any, source: str, problems: Problems) -> None:

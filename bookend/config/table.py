@@ -21,6 +21,7 @@ from typing import Any, get_type_hints
 
 from bookend.archive.compress import DEFAULT_LEVELS, Compression
 from bookend.completion import KERNELS
+from bookend.sshkeys import looks_inline
 from bookend.suggest import did_you_mean
 
 
@@ -37,6 +38,21 @@ class EmergencyAccess(enum.Enum):
     LOCKED = "locked"  # root has no usable password: sulogin refuses
     UNLOCKED = "unlocked"  # anyone at the console gets a root shell
     PASSWORD = "password"  # root's password is the configured crypt(3) hash
+
+
+class SshServer(enum.Enum):
+    """Which SSH server the ssh feature puts into the initrd."""
+
+    AUTO = "auto"  # dropbear where the sysroot has it (smaller), else OpenSSH's sshd
+    DROPBEAR = "dropbear"
+    OPENSSH = "openssh"
+
+
+class SshHostKeys(enum.Enum):
+    """Where the initrd's SSH host keys come from."""
+
+    GENERATE = "generate"  # made once for bookend's images, kept in its state directory
+    HOST = "host"  # the sysroot's own host keys: the image is then written 0600
 
 
 # The points dracut users know hooks by, in boot order.
@@ -131,6 +147,14 @@ def emergency_shell_problem(value: str) -> str | None:
         "expected 'locked', 'unlocked' or a crypt(3) password hash such as one from "
         "`openssl passwd -6`" + did_you_mean(value, ["locked", "unlocked"])
     )
+
+
+def authorized_key_problem(item: str) -> str | None:
+    """An inline public key (its content is checked with the files', by resolve) or an
+    absolute path of an authorized_keys file on the machine running bookend."""
+    if looks_inline(item) or item.startswith("/"):
+        return None
+    return f"{_short(item)!r} is neither an SSH public key nor an absolute path of a key file"
 
 
 def _short(text: str, limit: int = 60) -> str:
@@ -368,6 +392,27 @@ class Config:
         "locked",
         metavar="ACCESS",
         check=emergency_shell_problem,
+    )
+    ssh_authorized_keys: tuple[str, ...] = setting(
+        "SSH public keys that may log in to the initrd to answer passphrase prompts: "
+        "an authorized_keys file (absolute path on the building machine) or a key itself "
+        "(feature ssh; TOML: ssh.authorized_keys)",
+        [],
+        metavar="FILE",
+        check=authorized_key_problem,
+    )
+    ssh_server: SshServer = setting(
+        "the initrd's SSH server: dropbear, openssh, or auto (dropbear where the sysroot "
+        "has it, else openssh) (feature ssh; TOML: ssh.server)",
+        "auto",
+        metavar="NAME",
+    )
+    ssh_host_keys: SshHostKeys = setting(
+        "the initrd's SSH host keys: 'generate' (made once, kept in bookend's state "
+        "directory) or 'host' (the sysroot's own; the image is then written mode 0600) "
+        "(feature ssh; TOML: ssh.host_keys)",
+        "generate",
+        metavar="SOURCE",
     )
     # key -> where its value came from: a file, "default" or "command line"; for a list,
     # every source that gave it items (or the one that emptied it), comma-separated.
