@@ -136,7 +136,8 @@ def switched_on(
     config: Config, detection: HostDetection | None, registry: Mapping[str, Feature] = ALL
 ) -> list[str]:
     """The features to enable, by what the features declare switches them on: every
-    image's, the configured ones, those the storage needs, those a setting asks for.
+    image's, the configured ones, those the storage needs, those a setting asks for,
+    and (hostonly) those the sysroot's own configuration needs.
     Each group in the order of the registry, so the plan is the same run after run."""
     always = [name for name, feature in registry.items() if feature.switch_on.always]
     by_setting = [
@@ -145,7 +146,14 @@ def switched_on(
         if any(getattr(config, setting) for setting in feature.switch_on.settings)
     ]
     storage = storage_features(config, detection, registry)
-    return [*always, *config.features, *storage, *by_setting]
+    by_sysroot = [
+        name
+        for name, feature in registry.items()
+        if detection is not None
+        and feature.switch_on.hostonly
+        and feature.switch_on.hostonly(config)
+    ]
+    return [*always, *config.features, *storage, *by_setting, *by_sysroot]
 
 
 def storage_features(

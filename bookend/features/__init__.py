@@ -20,6 +20,7 @@ from bookend.features import (
     systemd,
     udev,
     units,
+    vconsole,
 )
 from bookend.features.base import Feature
 
@@ -47,6 +48,7 @@ ALL: dict[str, Feature] = {
         hooks,
         storage_daemons,
         units,
+        vconsole,
     )
 }
 

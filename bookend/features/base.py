@@ -86,6 +86,9 @@ class SwitchOn:
     # Config fields: on when any of them is set (true, not None, not empty)
     settings: tuple[str, ...] = ()
     program: str | None = None  # generic mode: on when the sysroot has this program
+    # Hostonly mode: on when this finds the sysroot's own configuration needs the feature
+    # (e.g. a console layout other than the kernel's).
+    hostonly: Callable[[Config], bool] | None = None
 
 
 @dataclass(frozen=True)
