@@ -191,8 +191,8 @@ def _layout_score(layout: str, map_layout: str) -> int:
 
 
 def _first_of(layout: str, prefix: str) -> bool:
-    """layout is prefix, followed by more layouts."""
-    return layout.startswith(prefix + ",")
+    """layout is prefix, or prefix followed by more layouts."""
+    return layout == prefix or layout.startswith(prefix + ",")
 
 
 # Finding the files loading needs
