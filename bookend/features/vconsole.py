@@ -144,8 +144,8 @@ FEATURE = Feature(
     name="vconsole",
     help="the console's keymap and font (vconsole.conf, /etc/default/keyboard), loaded "
     "before the passphrase prompt",
-    # The keys are typed on a keyboard that must work this early.
-    driver_classes=("keyboard",),
+    # No keyboard drivers of its own: the luks feature brings them for the prompt, and
+    # an image with nothing to type needs no layout either.
     compute=_console,
     switch_on=SwitchOn(settings=("keymap", "console_font"), hostonly=sysroot_needs_it),
 )
