@@ -3,10 +3,10 @@
 The image gets an /etc/vconsole.conf saying what to load (bookend.console works it out
 from the settings and the sysroot), the keymap with every file it includes, the font
 files, loadkeys and setfont. Where the sysroot has systemd-vconsole-setup, it loads them
-(its unit is pulled in by the password prompt's unit, and its udev rule runs it again
-for each new console), and `rd.vconsole.*` on the kernel command line work as systemd
-documents. Debian builds systemd without it; there a small unit of bookend's own does
-the same before the passphrase prompt, honouring the same `rd.vconsole.*` options.
+(started at sysinit; its udev rule runs it again for each new console), and
+`rd.vconsole.*` on the kernel command line work as systemd documents. Debian builds
+systemd without it; there a small unit of bookend's own does the same before the
+passphrase prompt, honouring the same `rd.vconsole.*` options.
 """
 
 from __future__ import annotations
@@ -123,9 +123,12 @@ def _setup_unit(sysroot: Sysroot) -> list[Request | Generated]:
     """systemd-vconsole-setup where the sysroot has it, else bookend's own unit."""
     if sysroot.exists(SYSTEMD_SETUP):
         reason = "feature vconsole: systemd loads the keymap and font"
+        # The prompt's unit only orders itself after it: started at sysinit (its unit has
+        # no [Install]), and again by the udev rule for each console that appears.
         return [
             Request(RequestKind.UNIT, "systemd-vconsole-setup.service", reason),
             Request(RequestKind.UDEV_RULES, "90-vconsole.rules", reason, optional=True),
+            wants_link("sysinit.target", "wants", "systemd-vconsole-setup.service", reason),
         ]
     reason = "feature vconsole: the sysroot's systemd has no systemd-vconsole-setup"
     script = ArchiveEntry(OWN_SCRIPT, EntryKind.FILE, 0o755, data=SETUP_SCRIPT.encode())

@@ -209,6 +209,7 @@ def test_systemd_vconsole_setup_where_the_sysroot_has_it(kbd_tree: Path) -> None
     assert requests["systemd-vconsole-setup.service"] == RequestKind.UNIT.value
     assert requests["90-vconsole.rules"] == RequestKind.UDEV_RULES.value
     assert not any(vconsole.OWN_UNIT in path for path in generated)
+    assert "/etc/systemd/system/sysinit.target.wants/systemd-vconsole-setup.service" in generated
 
 
 def run_setup_script(tmp_path: Path, conf: str, cmdline: str) -> str:
