@@ -5,12 +5,14 @@ sent over the serial line: what they type depends on the keymap the initrd loade
 passphrase has y and z (swapped on a German keyboard) and "@" (AltGr+Q there), so typed
 on a US layout the same presses are another passphrase.
 
-The prompt must read the keyboard's console, so `console=tty1` comes last: that makes
-tty1 /dev/console, where systemd-ask-password-console asks. The serial line still shows
-the kernel's messages, and systemd's own log goes there too (`systemd.log_target=kmsg`):
-the test sees when the question is asked (systemd starts the console agent only then),
-whether systemd-cryptsetup refused the passphrase, and the root's token, which the root
-writes to ttyS0 itself.
+The prompt must read the keyboard's console, so `console=tty1` is on the command line,
+last: that makes tty1 /dev/console (systemd 252's password agent asks on every console
+the kernel has, /sys/class/tty/console/active; older ones only on /dev/console, as the
+emergency shell still does). The serial line still shows the kernel's messages, and
+systemd's own log goes there too (`systemd.log_target=kmsg`): the test sees when the
+question is asked (systemd starts the console agent only then), whether
+systemd-cryptsetup refused the passphrase, and the root's token, which the root writes
+to ttyS0 itself.
 """
 
 from __future__ import annotations
