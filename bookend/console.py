@@ -121,10 +121,14 @@ def console_settings(sysroot: Sysroot, configured: Mapping[str, str | None]) -> 
 def keymap_for_xkb(sysroot: Sysroot, xkb: Mapping[str, str]) -> str | None:
     """The console keymap for an XKB layout: console-setup's cached one, where it was
     made from the current /etc/default/keyboard, else systemd-localed's conversion."""
+    layout, variant = xkb.get("XKB_LAYOUT", ""), xkb.get("XKB_VARIANT", "")
+    if layout == DEFAULT_KEYMAP and not variant.strip(","):
+        # The kernel's own layout: console-setup caches a keymap for it too, but an image
+        # needs nothing loaded for it (XKB options such as ctrl:nocaps are not kept).
+        return DEFAULT_KEYMAP
     cached = cached_keymap(sysroot)
     if cached is not None:
         return cached
-    layout, variant = xkb.get("XKB_LAYOUT", ""), xkb.get("XKB_VARIANT", "")
     return converted_keymap(sysroot, layout, variant) or legacy_keymap(
         sysroot.read_text(KBD_MODEL_MAP) or "", xkb
     )

@@ -137,6 +137,11 @@ def test_console_setup_cached_keymap_is_taken_unless_stale(kbd_tree: Path) -> No
     # /etc/default/keyboard changed after setupcon ran: the table's conversion instead.
     os.utime(keyboard, (3000, 3000))
     assert settings(kbd_tree).values["KEYMAP"] == "de"
+    # A US layout needs nothing loaded, cached keymap or not: hostonly leaves it out.
+    write(kbd_tree, "etc/default/keyboard", 'XKBLAYOUT="us"\nXKBOPTIONS="ctrl:nocaps"\n')
+    os.utime(kbd_tree / "etc/default/keyboard", (1000, 1000))
+    assert settings(kbd_tree).values["KEYMAP"] == "us"
+    assert not settings(kbd_tree).needs_setup
 
 
 def test_keymap_converted_from_xkb_as_fedora_ships_them(kbd_tree: Path) -> None:
