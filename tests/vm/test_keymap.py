@@ -94,19 +94,35 @@ def test_passphrase_typed_on_a_german_keyboard_opens_the_root(
     print(f"keymap de: image {size:.1f} MB, boot {booted.seconds:.0f} s")
 
 
+@pytest.fixture(scope="module")
+def us_initrd(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The German image's twin with the US layout: the same units, another keymap."""
+    output = tmp_path_factory.mktemp("keymap-us") / "initrd.img"
+    return build_image(output, kernel.version, "--generic", "--keymap", "us")
+
+
+@pytest.mark.parametrize("image", ["us-keymap", "no-vconsole"])
 def test_the_same_keys_without_the_layout_are_refused(
+    request: pytest.FixtureRequest,
     root_boot: BootOptions,
     stacks: dict[str, StackDisks],
-    generic_initrd: Path,
     extra_key_disk: Path,
     tmp_path: Path,
+    image: str,
 ) -> None:
-    """Without the layout the presses type another passphrase: refused, asked again."""
-    options = keyboard_boot(root_boot, generic_initrd, stacks["luks"], extra_key_disk, tmp_path)
+    """Without the layout the presses type another passphrase: refused, asked again.
+    Both an image loading the US keymap and one without the feature at all."""
+    initrd = request.getfixturevalue("us_initrd" if image == "us-keymap" else "generic_initrd")
+    options = keyboard_boot(root_boot, initrd, stacks["luks"], extra_key_disk, tmp_path)
     assert options.qmp_socket is not None
     with boot(with_token(options, new_token())) as vm:
         type_at_prompt(vm, options.qmp_socket)
-        vm.expect(REFUSED, timeout=120)
+        try:
+            vm.expect(REFUSED, timeout=90)
+        finally:
+            # What tty1 shows, kept with the test's output for a post-mortem.
+            with Qmp(options.qmp_socket) as qmp:
+                qmp.execute("screendump", filename=str(tmp_path / "tty1.png"), format="png")
         # The question comes again and reads the keyboard again: a second refusal.
         time.sleep(AGENT_SETTLE)
         with Qmp(options.qmp_socket) as qmp:
