@@ -73,8 +73,10 @@ def type_at_prompt(vm: Boot, qmp_socket: Path) -> None:
     """Wait for the question, then type the passphrase key by key, as a German typist,
     until systemd-cryptsetup has read a passphrase (it says which cipher it sets up).
 
-    The agent on tty1 may not be reading yet when the question is logged (a busy host):
-    keys typed before it has set up the terminal are lost, so typing is tried again.
+    The agent on tty1 may not be reading yet when the question is logged: under
+    emulation the VGA console draws every kernel line slowly and can be many seconds
+    behind (the screendumps show it), and keys typed before the agent has set up the
+    terminal are lost, so typing is tried again.
     What tty1 shows after each try is kept with the test's output (PNG)."""
     vm.expect(ASKED, timeout=300)
     type_until_read(vm, qmp_socket)
