@@ -414,6 +414,19 @@ class Config:
         "generate",
         metavar="SOURCE",
     )
+    keymap: str | None = setting(
+        "console keymap the initrd loads before asking for a passphrase, e.g. de "
+        "(feature vconsole; default: the sysroot's vconsole.conf or /etc/default/keyboard)",
+        metavar="KEYMAP",
+        # Written into the image's vconsole.conf and passed to loadkeys as one word.
+        check=matching(r"[A-Za-z0-9_.+@/-]+", "a keymap name such as de or de-latin1"),
+    )
+    console_font: str | None = setting(
+        "console font the initrd loads, e.g. eurlatgr (feature vconsole; default: the "
+        "sysroot's vconsole.conf FONT=)",
+        metavar="FONT",
+        check=matching(r"[A-Za-z0-9_.+@/-]+", "a console font name such as eurlatgr"),
+    )
     # key -> where its value came from: a file, "default" or "command line"; for a list,
     # every source that gave it items (or the one that emptied it), comma-separated.
     origins: Mapping[str, str] = field(default_factory=dict)

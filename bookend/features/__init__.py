@@ -27,6 +27,7 @@ from bookend.features import (
     tpm2,
     udev,
     units,
+    vconsole,
 )
 from bookend.features.base import Feature
 from bookend.features.datafiles import shipped_features
@@ -60,6 +61,7 @@ _ORDER: tuple[Feature, ...] = (
     hooks.FEATURE,
     storage_daemons.FEATURE,
     units.FEATURE,
+    vconsole.FEATURE,
 )
 ALL: dict[str, Feature] = {feature.name: feature for feature in (*_ORDER, *SHIPPED.values())}
 

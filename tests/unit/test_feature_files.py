@@ -293,7 +293,7 @@ def test_shipped_features_keep_their_place_in_the_plan_order() -> None:
     assert list(ALL) == [
         *("systemd", "udev", "kmod", "filesystems", "emergency", "release", "dm", "luks"),
         *("tpm2", "fido2", "pkcs11", "lvm", "mdraid", "btrfs", "network", "nbd", "iscsi"),
-        *("nfs", "ssh", "activation", "hooks", "storage-daemons", "units"),
+        *("nfs", "ssh", "activation", "hooks", "storage-daemons", "units", "vconsole"),
     ]
 
 
