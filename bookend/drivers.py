@@ -77,11 +77,24 @@ DRIVER_CLASSES: dict[str, DriverClass] = {
         ),
         ("virtio_net", "xen-netfront", "bonding", "8021q", "bridge", "macvlan", "af_packet"),
     ),
+    "drm": DriverClass(
+        "displays of virtual machines and firmware framebuffers, for a boot splash (the "
+        "plymouth feature takes it in generic mode): simpledrm, bochs, virtio-gpu, qxl, ...",
+        (
+            "kernel/drivers/gpu/drm/tiny/",
+            "kernel/drivers/gpu/drm/virtio/",
+            "kernel/drivers/gpu/drm/qxl/",
+            "kernel/drivers/gpu/drm/vmwgfx/",
+            "kernel/drivers/gpu/drm/hyperv/",
+            "kernel/drivers/gpu/drm/xen/",
+        ),
+        ("simpledrm", "bochs", "bochs-drm", "virtio-gpu", "cirrus"),
+    ),
 }
 
-# What --generic takes: every class but net, which only an image with the network
-# feature needs (it asks for the class itself).
-GENERIC_CLASSES = tuple(name for name in DRIVER_CLASSES if name != "net")
+# What --generic takes: every class but net and drm, which only an image with the
+# network or plymouth feature needs (each asks for its class itself).
+GENERIC_CLASSES = tuple(name for name in DRIVER_CLASSES if name not in ("net", "drm"))
 
 # Filesystems --generic can mount the root from: their fsck and mount helpers come too.
 GENERIC_FILESYSTEMS = ("ext4", "xfs", "btrfs", "f2fs", "vfat")

@@ -1,0 +1,154 @@
+"""Boot splash (feature plymouth): with `splash` on the command line plymouth asks for the
+LUKS passphrase on the display, the passphrase typed on the emulated keyboard opens the
+root, and no plymouthd of the initrd outlives switch-root into a root without plymouth.
+Without `splash` the same image asks on the text console.
+
+The image is generic with the spinner theme (the build machine's own default, Debian's
+"emerald", is not installed, so the image would fall back to text). The screenshots
+stay in the test's tmp_path (pytest keeps the last runs'); `-rP` prints where.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from harness.guestjob import make_job_disk, read_job_output, run_job
+from harness.images import build_image
+from harness.keys import type_text
+from harness.qemu import Boot, BootOptions, Disk, Kernel
+from harness.qmp import Qmp
+from harness.screen import screendump
+from harness.stackdisks import StackDisks
+from harness.token import boot_to_token
+from tests.pngfile import read_png
+
+PROMPT = r"Please enter passphrase for disk"
+# systemd starts the agent when a question appears; it hands the question to plymouthd.
+AGENT_STARTED = r"Started systemd-ask-password-plymouth\.service"
+# plymouthd shows only details (text) while a serial console is among console=; the
+# harness always gives console=ttyS0, so the test asks plymouth to leave it aside.
+SPLASH_ARGS = "splash plymouth.ignore-serial-consoles"
+DISPLAY = ("-vga", "std")
+THEME = "spinner"
+# The spinner theme's entry.png: a dark field in a blue frame.
+ENTRY_FIELD = b"\x36\x3a\x3d"
+ENTRY_FRAME = b"\x1b\x6a\xcb"
+BULLET = b"\xee\xee\xec"  # bullet.png, one per character typed
+SCREEN_LIMIT = 180  # seconds for plymouthd to draw the prompt under emulation
+
+# Runs in the real root: which processes are left after switch-root.
+PROCESSES_JOB = """\
+#!/bin/sh
+for comm in /proc/[0-9]*/comm; do
+    read -r name < "$comm" && echo "$name"
+done > /job/out/processes
+"""
+
+
+def luks_args(stack: StackDisks) -> str:
+    assert stack.luks_uuid and stack.luks_name
+    return f"root=UUID={stack.root_uuid} rd.luks.name={stack.luks_uuid}={stack.luks_name} rw"
+
+
+@pytest.fixture(scope="module")
+def splash_initrd(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("splash") / "initrd.img"
+    return build_image(output, kernel.version, "--generic", "--splash", "--splash-theme", THEME)
+
+
+def colours(png: Path) -> collections.Counter[bytes]:
+    _, _, rows = read_png(png.read_bytes())
+    return collections.Counter(row[i : i + 3] for row in rows for i in range(0, len(row), 3))
+
+
+def shows_entry(counts: collections.Counter[bytes]) -> bool:
+    """The password entry of the theme is on the screen (it is 305x34 pixels, mostly
+    field, framed in blue)."""
+    return counts[ENTRY_FIELD] > 3000 and counts[ENTRY_FRAME] > 500
+
+
+def wait_for_screen(qmp: Qmp, path: Path, timeout: float) -> collections.Counter[bytes]:
+    """Screenshots into path until the prompt is drawn; its colours."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = colours(screendump(qmp, path))
+        if shows_entry(counts) or time.monotonic() > deadline:
+            return counts
+        time.sleep(3)
+
+
+def splash_boot(
+    options: BootOptions, stack: StackDisks, initrd: Path, tmp_path: Path
+) -> BootOptions:
+    return replace(options, initrd=initrd, disks=(Disk(stack.disks[0]),),
+                   append=luks_args(stack), devices=DISPLAY,
+                   qmp_socket=tmp_path / "qmp.sock")  # fmt: skip
+
+
+def test_passphrase_typed_into_the_splash(
+    root_boot: BootOptions,
+    stacks: dict[str, StackDisks],
+    splash_initrd: Path,
+    tmp_path: Path,
+) -> None:
+    stack = stacks["luks"]
+    assert stack.passphrase
+    job = make_job_disk(tmp_path / "job.img", PROCESSES_JOB)
+    options = splash_boot(root_boot, stack, splash_initrd, tmp_path)
+    options = replace(
+        options, disks=(*options.disks, job), append=f"{options.append} {SPLASH_ARGS}"
+    )
+    prompt_png, typed_png = tmp_path / "splash-prompt.png", tmp_path / "splash-typed.png"
+    seen: dict[str, collections.Counter[bytes]] = {}
+
+    def answer_on_the_display(vm: Boot) -> None:
+        vm.expect(AGENT_STARTED, timeout=300)
+        assert options.qmp_socket is not None
+        with Qmp(options.qmp_socket) as qmp:
+            seen["prompt"] = wait_for_screen(qmp, prompt_png, SCREEN_LIMIT)
+            assert shows_entry(seen["prompt"]), f"no passphrase entry on the screen: {prompt_png}"
+            type_text(qmp, stack.passphrase or "")
+            time.sleep(5)  # a frame or two under emulation
+            seen["typed"] = colours(screendump(qmp, typed_png))
+            type_text(qmp, "\n")
+
+    done = run_job(options, on_the_way=answer_on_the_display)
+    print(f"splash screenshots: {prompt_png}, {typed_png}; boot {done.seconds:.0f} s")
+    width, height, _ = read_png(prompt_png.read_bytes())
+    assert (width, height) != (720, 400), "the screen is still in VGA text mode"
+    # Each key press drew a bullet in the entry: plymouth had the keyboard.
+    assert seen["typed"][BULLET] > seen["prompt"][BULLET] + 20
+    assert done.status == 0
+    assert not any(PROMPT in line for line in done.text.splitlines()), "the console asked too"
+    processes = read_job_output(job.path, "processes", tmp_path / "processes").read_text()
+    assert "systemd" in processes.split()
+    assert "plymouthd" not in processes.split(), "the initrd's plymouthd outlived switch-root"
+
+
+def test_without_splash_the_console_asks(
+    root_boot: BootOptions,
+    stacks: dict[str, StackDisks],
+    splash_initrd: Path,
+    tmp_path: Path,
+) -> None:
+    stack = stacks["luks"]
+    assert stack.passphrase
+    options = splash_boot(root_boot, stack, splash_initrd, tmp_path)
+    console_png = tmp_path / "console-prompt.png"
+
+    def answer_on_the_console(vm: Boot) -> None:
+        vm.expect(PROMPT, timeout=300)
+        assert options.qmp_socket is not None
+        with Qmp(options.qmp_socket) as qmp:
+            assert not shows_entry(colours(screendump(qmp, console_png)))
+        vm.send(f"{stack.passphrase}\n")
+
+    booted = boot_to_token(options, on_the_way=answer_on_the_console)
+    print(f"console screenshot: {console_png}; boot {booted.seconds:.0f} s")
+    assert not re.search(AGENT_STARTED, booted.text), "plymouth asked without splash"
