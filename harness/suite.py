@@ -51,7 +51,7 @@ class DiskNeeds:
 
 
 # Test modules whose fixtures need the storage stacks, the trixie tree, or dracut.
-STACK_MODULES = ("test_storage.py", "test_exitrd.py", "test_stackdisks.py")
+STACK_MODULES = ("test_storage.py", "test_exitrd.py", "test_stackdisks.py", "test_splash.py")
 TRIXIE_TREE_MODULES = ("test_uki.py", "test_units.py")  # images built from the trixie tree
 DRACUT_MODULES = ("test_inspect_images.py",)
 # ... and the NFS server guest's disk (harness/serverguest.py).
