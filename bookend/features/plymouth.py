@@ -434,6 +434,9 @@ FEATURE = Feature(
     help="boot splash: plymouth, its theme and DRM drivers; shown with `splash` on the "
     "kernel command line, which then asks for passphrases",
     units=UNITS,
+    # plymouthd uses only the DRM and framebuffer devices udev tagged "seat"; systemd's
+    # seat rules do that.
+    udev_rules=("71-seat.rules",),
     compute=_splash,
     switch_on=SwitchOn(settings=("splash",)),
 )
