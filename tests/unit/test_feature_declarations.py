@@ -66,7 +66,15 @@ def test_a_setting_that_is_set_switches_on_its_feature(
 def test_settings_that_switch_features_on_are_config_fields() -> None:
     declared = {setting for f in ALL.values() for setting in f.switch_on.settings}
     assert declared == {
-        *("activation", "hooks", "storage_daemons", "network_files", "host_network_files", "units")
+        *(
+            "activation",
+            "hooks",
+            "storage_daemons",
+            "network_files",
+            "host_network_files",
+            "units",
+            "splash",
+        )
     }
     assert declared <= {field.name for field in dataclasses.fields(Config)}
 
