@@ -17,8 +17,10 @@ ConditionPathExists=!/run/plymouth/pid).
 
 At switch-root plymouthd survives (it marks itself "@" for systemd) and the sysroot's
 plymouth-switch-root.service hands it the new root; the real root's plymouth-quit.service
-ends it. A real root without plymouth has nothing to end it, so bookend's own unit asks
-it to quit first when /sysroot has no plymouth client.
+ends it. A real root without plymouth has no such unit, so bookend's own unit asks it to
+quit before the switch when /sysroot has no plymouth client. (Without that, a systemd 252
+root still ends it later, when its first isolate stops the carried-over
+plymouth-start.service it has no file for; another init would leave it running.)
 """
 
 from __future__ import annotations
