@@ -48,13 +48,14 @@ SCREEN_LIMIT = 300  # seconds from systemd's start to plymouth's prompt, under e
 
 # Runs in the real root: which processes are left after switch-root, and the boot's
 # journal, the initrd's part included (it stays in /run, under the initrd's machine ID,
-# hence --merge).
+# hence --merge, which journalctl 252 will not combine with --boot).
 PROCESSES_JOB = """\
 #!/bin/sh
 for comm in /proc/[0-9]*/comm; do
     read -r name < "$comm" && echo "$name"
 done > /job/out/processes
-journalctl --merge --boot --no-pager -o short-monotonic > /job/out/journal 2>&1
+boot=$(tr -d - < /proc/sys/kernel/random/boot_id)
+journalctl --merge --no-pager -o short-monotonic "_BOOT_ID=$boot" > /job/out/journal 2>&1
 """
 # systemd's line for bookend's unit that ends plymouthd before switch-root.
 QUIT_FINISHED = rf"Finished {re.escape(plymouth.QUIT_UNIT)}"
