@@ -83,11 +83,24 @@ DRIVER_CLASSES: dict[str, DriverClass] = {
         # Debian builds these two in; other kernels make them modules.
         ("tpm_crb", "tpm_tis"),
     ),
+    "drm": DriverClass(
+        "displays of virtual machines and firmware framebuffers, for a boot splash (the "
+        "plymouth feature takes it in generic mode): simpledrm, bochs, virtio-gpu, qxl, ...",
+        (
+            "kernel/drivers/gpu/drm/tiny/",
+            "kernel/drivers/gpu/drm/virtio/",
+            "kernel/drivers/gpu/drm/qxl/",
+            "kernel/drivers/gpu/drm/vmwgfx/",
+            "kernel/drivers/gpu/drm/hyperv/",
+            "kernel/drivers/gpu/drm/xen/",
+        ),
+        ("simpledrm", "bochs", "bochs-drm", "virtio-gpu", "cirrus"),
+    ),
 }
 
-# What --generic takes: every class but net and tpm, which only an image with the
-# network or tpm2 feature needs (each asks for its class itself).
-GENERIC_CLASSES = tuple(name for name in DRIVER_CLASSES if name not in ("net", "tpm"))
+# What --generic takes: every class but net, tpm and drm, which only an image with the
+# network, tpm2 or plymouth feature needs (each asks for its class itself).
+GENERIC_CLASSES = tuple(name for name in DRIVER_CLASSES if name not in ("net", "tpm", "drm"))
 
 # Filesystems --generic can mount the root from: their fsck and mount helpers come too.
 GENERIC_FILESYSTEMS = ("ext4", "xfs", "btrfs", "f2fs", "vfat")

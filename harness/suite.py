@@ -57,6 +57,7 @@ STACK_MODULES = (
     "test_stackdisks.py",
     "test_ssh.py",
     "test_keymap.py",
+    "test_splash.py",
 )
 # Images built from the trixie tree.
 TRIXIE_TREE_MODULES = (

@@ -387,6 +387,18 @@ class Config:
         # Written into the image's /etc/fstab.
         check=matching(r"[^\s#]+", "a device such as UUID=... or /dev/vda2, without spaces"),
     )
+    splash: bool = setting(
+        "a boot splash (feature plymouth): plymouth, its theme and display drivers; it "
+        "shows, and asks for passphrases, when the kernel command line says `splash`",
+        False,
+        off_help="no boot splash (unless features names plymouth)",
+    )
+    splash_theme: str | None = setting(
+        "plymouth theme of the splash (default: the sysroot's plymouthd.conf, else "
+        "plymouthd.defaults; a theme that is not there falls back to text)",
+        metavar="NAME",
+        check=matching(r"[A-Za-z0-9_.+-]+", "a theme name such as spinner"),
+    )
     emergency_shell: str = setting(
         "emergency shell access: 'locked', 'unlocked' or a crypt(3) hash of root's password",
         "locked",

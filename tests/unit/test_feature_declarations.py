@@ -69,6 +69,7 @@ def test_settings_that_switch_features_on_are_config_fields() -> None:
         *("activation", "hooks", "storage_daemons", "network_files", "host_network_files", "units"),
         "ssh_authorized_keys",
         *("keymap", "console_font"),
+        "splash",
     }
     assert declared <= {field.name for field in dataclasses.fields(Config)}
 

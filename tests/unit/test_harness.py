@@ -34,8 +34,10 @@ from harness.network import (
     user_network,
 )
 from harness.qemu import BootOptions, Disk, qemu_argv
+from harness.screen import png_from_ppm
 from harness.suite import Phase, disk_needs, run_order, tier_of, time_summary
 from harness.timings import TIMINGS_ENV, Timing, read_timings, timed
+from tests.pngfile import read_png
 
 
 def apt_records() -> list[dict[str, str]]:
@@ -310,3 +312,12 @@ def test_devices_are_passed_to_qemu_before_the_disks(tmp_path: Path) -> None:
     at = argv.index("-tpmdev")
     assert argv[at : at + 4] == list(tpm)
     assert at < argv.index("-drive")
+
+
+def test_a_ppm_screendump_becomes_a_png_any_reader_opens() -> None:
+    # An older QEMU's screendump: binary PPM, here 2x2 pixels.
+    pixels = bytes([255, 0, 0, 0, 255, 0, 0, 0, 255, 1, 2, 3])
+    png = png_from_ppm(b"P6\n2 2\n255\n" + pixels)
+    assert read_png(png) == (2, 2, [pixels[:6], pixels[6:]])
+    with pytest.raises(ValueError, match="P6"):
+        png_from_ppm(b"P3\n2 2\n255\n0 0 0")
