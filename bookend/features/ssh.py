@@ -130,6 +130,14 @@ PidFile none
 """
 
 
+# systemd gives up on the root device after 90 s (DefaultDeviceTimeoutSec=), although
+# the LUKS mapping under it waits for its passphrase without limit: a server unlocked over
+# SSH would fall into emergency mode before anyone logged in. An image with ssh waits for
+# every device as long as it takes; the person can log in to see what is missing.
+WAIT_DROPIN = "/etc/systemd/system.conf.d/bookend-ssh-wait.conf"
+WAIT_DROPIN_TEXT = "[Manager]\nDefaultDeviceTimeoutSec=infinity\n"
+
+
 def _file(
     path: str, data: bytes | str, reason: str, mode: int = 0o644, secret: bool = False
 ) -> Generated:
@@ -249,6 +257,7 @@ def _compute(context: FeatureContext) -> Contribution:
         _file(AUTHORIZED_KEYS, "".join(lines), f"ssh_authorized_keys ({origin})", 0o600),
         _file(UNLOCK, UNLOCK_SCRIPT, f"{reason}: what a login runs", 0o755),
         *keys,
+        _file(WAIT_DROPIN, WAIT_DROPIN_TEXT, f"{reason}: the root waits for a remote passphrase"),
         *(_openssh_files(keys) if server is SshServer.OPENSSH else []),
         _file(
             f"{UNIT_DIR}/{UNIT}",

@@ -202,6 +202,11 @@ def test_dropbear_is_preferred_and_gets_a_converted_secret_host_key(
     wanted = {(r.kind, r.name) for r in plan.requests}
     assert (RequestKind.EXECUTABLE, "/usr/bin/systemd-tty-ask-password-agent") in wanted
     assert (RequestKind.PATH, "/etc/shells") in wanted
+    # A remote answer may come after systemd's 90 s wait for the root device.
+    assert text_of(plan, "/etc/systemd/system.conf.d/bookend-ssh-wait.conf").splitlines() == [
+        "[Manager]",
+        "DefaultDeviceTimeoutSec=infinity",
+    ]
 
 
 def test_openssh_gets_its_config_user_and_host_key(
