@@ -94,7 +94,7 @@ class RunSummary:
             terminalreporter.write_line(line)
         scenarios = scenario_lines(read_scenarios(self.scenarios))
         if scenarios:
-            terminalreporter.write_sep("-", "network roots: time to switch root, image sizes")
+            terminalreporter.write_sep("-", "recorded boots: time to switch root, image sizes")
             for line in scenarios:
                 terminalreporter.write_line(line)
 

@@ -1,4 +1,4 @@
-"""bench/netroots.py on this machine: the base image and base + network really built,
+"""bench/featuresizes.py on this machine: the base image and base + network really built,
 read back, and reported; network must add to the initrd and nothing to the exitrd."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.netroots import BASE, WITH_NETWORK, measure, render_report
+from bench.featuresizes import BASE, WITH_NETWORK, measure, render_report
 from bookend.resolve import newest_kernel
 
 KVER = newest_kernel(Path("/")) or ""
