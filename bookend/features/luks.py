@@ -21,6 +21,7 @@ from bookend.features.base import (
     RequestKind,
     SwitchOn,
 )
+from bookend.libsearch import LibrarySearch
 from bookend.storage import StorageKind
 from bookend.sysroot import Sysroot
 
@@ -43,6 +44,30 @@ OnFailureJobMode=replace-irreversibly
 """
 
 
+CRYPTSETUP = "/usr/lib/systemd/systemd-cryptsetup"
+LIBCRYPTSETUP = "libcryptsetup.so.12"
+
+
+def loaded_by_cryptsetup(sysroot: Sysroot, soname: str) -> str | None:
+    """The path systemd-cryptsetup's loader opens for soname (a library it loads)."""
+    libraries = LibrarySearch(sysroot)
+    info = libraries.info_if_elf(CRYPTSETUP) if sysroot.exists(CRYPTSETUP) else None
+    return None if info is None else libraries.find(soname, CRYPTSETUP, info)
+
+
+def dlopened_libcryptsetup(context: FeatureContext) -> Contribution:
+    """libcryptsetup, where systemd-cryptsetup loads it with dlopen() (systemd >= 254):
+    systemd's .note.dlopen calls it only "suggested", which the closure leaves out,
+    yet without it no volume opens. Where it is DT_NEEDED the ELF closure has it."""
+    sysroot = Sysroot(context.config.sysroot)
+    info = LibrarySearch(sysroot).info_if_elf(CRYPTSETUP) if sysroot.exists(CRYPTSETUP) else None
+    if info is None or LIBCRYPTSETUP in info.needed:
+        return []
+    found = loaded_by_cryptsetup(sysroot, LIBCRYPTSETUP)
+    reason = "feature luks: dlopened by systemd-cryptsetup"
+    return [] if found is None else [Request(RequestKind.PATH, found, reason)]
+
+
 def _keyfiles_give_up_and_crypttab(context: FeatureContext) -> Contribution:
     config = context.config
     origin = config.origins.get("keyfiles", "config")
@@ -55,7 +80,7 @@ def _keyfiles_give_up_and_crypttab(context: FeatureContext) -> Contribution:
     volumes = context.detection.crypt_volumes if context.detection else ()
     if volumes:
         contribution.append(_hostonly_crypttab(Sysroot(config.sysroot), volumes))
-    return contribution
+    return [*contribution, *dlopened_libcryptsetup(context)]
 
 
 def _hostonly_crypttab(sysroot: Sysroot, volumes: tuple[str, ...]) -> Generated:
@@ -76,7 +101,7 @@ FEATURE = Feature(
     name="luks",
     help="unlock LUKS volumes: systemd-cryptsetup, crypttab entries for / and /usr, rd.luks.*",
     requires=("dm",),
-    executables=("/usr/lib/systemd/systemd-cryptsetup", "?cryptsetup"),
+    executables=(CRYPTSETUP, "?cryptsetup"),
     generators=("systemd-cryptsetup-generator",),
     units=(
         "cryptsetup.target",
@@ -90,9 +115,9 @@ FEATURE = Feature(
     # Tokens systemd-cryptenroll writes (TPM2, FIDO2, PKCS#11): the tpm2, fido2 and
     # pkcs11 features.
     compute=_keyfiles_give_up_and_crypttab,
-    switch_on=SwitchOn(program="/usr/lib/systemd/systemd-cryptsetup"),
+    switch_on=SwitchOn(program=CRYPTSETUP),
     serves=StorageKind.LUKS,
-    exitrd=ExitrdPart(executables=("/usr/lib/systemd/systemd-cryptsetup", "?cryptsetup")),
+    exitrd=ExitrdPart(executables=(CRYPTSETUP, "?cryptsetup"), compute=dlopened_libcryptsetup),
 )
 
 

@@ -29,14 +29,11 @@ from dataclasses import dataclass
 from bookend import luks2
 from bookend.errors import SysrootError
 from bookend.features.base import Contribution, FeatureContext, Request, RequestKind
-from bookend.features.luks import crypttab_for
-from bookend.libsearch import LibrarySearch
+from bookend.features.luks import LIBCRYPTSETUP, crypttab_for, loaded_by_cryptsetup
 from bookend.sysroot import Sysroot
 
 log = logging.getLogger(__name__)
 
-CRYPTSETUP = "/usr/lib/systemd/systemd-cryptsetup"
-LIBCRYPTSETUP = "libcryptsetup.so.12"
 # Absolute paths among the NUL-terminated strings of a binary.
 COMPILED_PATH = re.compile(rb"(?<=\0)/[A-Za-z0-9_.+/-]+(?=\0)")
 
@@ -65,12 +62,10 @@ class TokenSearch:
 
     def __init__(self, sysroot: Sysroot) -> None:
         self.sysroot = sysroot
-        self.libraries = LibrarySearch(sysroot)
 
     def library(self, soname: str) -> str | None:
         """The path the loader opens for soname, dlopened by systemd-cryptsetup."""
-        info = self.libraries.info_if_elf(CRYPTSETUP) if self.sysroot.exists(CRYPTSETUP) else None
-        return None if info is None else self.libraries.find(soname, CRYPTSETUP, info)
+        return loaded_by_cryptsetup(self.sysroot, soname)
 
     def plugin_dirs(self) -> list[str]:
         """Where libcryptsetup looks for token plugins: the directory compiled into it,

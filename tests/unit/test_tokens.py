@@ -16,7 +16,7 @@ from bookend.closure import build_closure
 from bookend.config import Config
 from bookend.drivers import DRIVER_CLASSES, GENERIC_CLASSES
 from bookend.errors import SysrootError
-from bookend.features import ALL, fido2, pkcs11, tpm2
+from bookend.features import ALL, fido2, luks, pkcs11, tpm2
 from bookend.features.base import FeatureContext, Request, RequestKind, split_contribution
 from bookend.features.tokens import compiled_paths
 from bookend.plan import Plan, switched_on
@@ -227,3 +227,26 @@ def test_hostonly_switches_on_the_token_in_the_roots_luks2_header(
     config = config_of(root, devfs=str(devfs))
     assert token_features(config, luks_detection((("root", "252:2"),))) == ["tpm2"]
     assert token_features(config, luks_detection((("root", "252:9"),))) == []
+
+
+def test_luks_brings_libcryptsetup_where_systemd_cryptsetup_dlopens_it(root_tree: Path) -> None:
+    # systemd >= 254 loads libcryptsetup with dlopen() and calls it "suggested" in its
+    # .note.dlopen; the fixture's systemd-cryptsetup does not link it either.
+    config = config_of(token_root(root_tree))
+    context = FeatureContext(config)
+    initrd = feature_requests(luks.FEATURE.compute, context)
+    assert luks.FEATURE.exitrd is not None
+    exitrd = feature_requests(luks.FEATURE.exitrd.compute, context)
+    for requests in (initrd, exitrd):
+        paths = image_paths(config, *requests)
+        assert f"{MULTIARCH}/libcryptsetup.so.12" in paths
+
+
+def test_luks_asks_nothing_more_where_libcryptsetup_is_linked(root_tree: Path) -> None:
+    install_libc(root_tree)
+    shared_library(root_tree, MULTIARCH, "libcryptsetup.so.12", "int f(void) { return 0; }\n")
+    compile_c("int f(void); int main(void) { return f(); }\n",
+              root_tree / "usr/lib/systemd/systemd-cryptsetup",
+              f"-L{root_tree}{MULTIARCH}", "-l:libcryptsetup.so.12")  # fmt: skip
+    context = FeatureContext(config_of(root_tree))
+    assert luks.dlopened_libcryptsetup(context) == []
