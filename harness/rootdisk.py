@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,17 +304,24 @@ def ensure_root_disk(
     image = cache_dir / f"root-{key}.img"
     # The bookworm disk keeps its plain name in the run's report; others name their suite.
     what = "root disk" if recipe.suite == default_recipe().suite else f"root disk ({recipe.suite})"
-    with timed(what) as outcome:
-        if not image.exists():
-            # Another pytest process may be building the same disk: wait for it
-            # rather than build twice, then look again.
-            outcome.how = "waited"
-            with locked(cache_dir / f"root-{key}.lock"):
-                if not image.exists():
-                    outcome.how = "made"
-                    remove_stale_builds(cache_dir, key)
-                    build_root_disk(recipe, image, key)
+    made_once(what, image, cache_dir / f"root-{key}.lock", key,
+              lambda: build_root_disk(recipe, image, key))  # fmt: skip
     return RootDisk(image=image, uuid=recipe.uuid, label=recipe.label)
+
+
+def made_once(what: str, result: Path, lock: Path, key: str, make: Callable[[], None]) -> None:
+    """Call make() to make result (a cached disk, tree or set, keyed by key) unless a
+    finished one exists; what names it in the run's timings."""
+    with timed(what) as outcome:
+        if not result.exists():
+            # Another pytest process may be making the same: wait for it rather than
+            # make it twice, then look again.
+            outcome.how = "waited"
+            with locked(lock):
+                if not result.exists():
+                    outcome.how = "made"
+                    remove_stale_builds(result.parent, key)
+                    make()
 
 
 @contextmanager

@@ -37,11 +37,9 @@ from harness.qemu import BootOptions, Disk, Kernel
 from harness.rootdisk import (
     RootDisk,
     cache_dir_default,
-    locked,
-    remove_stale_builds,
+    made_once,
     remove_tree,
 )
-from harness.timings import timed
 
 PASSPHRASE = "bookend-test-passphrase"
 KEYFILE_BYTES = 64
@@ -395,16 +393,9 @@ def ensure_stack_disks(
     stacks_dir.mkdir(parents=True, exist_ok=True)
     key = stacks_key(root_disk)
     directory = stacks_dir / key
-    with timed("storage stacks (maker guest)") as outcome:
-        if not directory.exists():
-            # Another pytest process may be making the same sets: wait for it.
-            outcome.how = "waited"
-            with locked(stacks_dir / f"{key}.lock"):
-                if not directory.exists():
-                    outcome.how = "made"
-                    remove_stale_builds(stacks_dir, key)
-                    log = console_log or stacks_dir / f"{key}.console.log"
-                    build_stacks(kernel, root_disk, directory, key, log)
+    log = console_log or stacks_dir / f"{key}.console.log"
+    made_once("storage stacks (maker guest)", directory, stacks_dir / f"{key}.lock", key,
+              lambda: build_stacks(kernel, root_disk, directory, key, log))  # fmt: skip
     return {s.name: StackDisks.made_from(s, directory) for s in SCENARIOS}
 
 

@@ -31,9 +31,8 @@ from bookend.errors import BookendError
 from harness.guestjob import job_status, make_job_disk, read_job_output, run_job
 from harness.images import QEMU_VIRTIO_EXT4, build_image
 from harness.qemu import BootOptions, Disk, Kernel
-from harness.rootdisk import RootDisk, cache_dir_default, locked, remove_stale_builds, remove_tree
+from harness.rootdisk import RootDisk, cache_dir_default, made_once, remove_tree
 from harness.stackdisks import PASSPHRASE
-from harness.timings import timed
 from harness.tpm import software_tpm
 
 LUKS_UUID = "b00ce4d0-7e57-4b00-8005-000000000001"
@@ -172,14 +171,8 @@ def ensure_tpm_disks(
     tpm_dir.mkdir(parents=True, exist_ok=True)
     key = tpm_disks_key(root_disk)
     directory = tpm_dir / key
-    with timed("tpm2 disks (maker guest)") as outcome:
-        if not directory.exists():
-            outcome.how = "waited"
-            with locked(tpm_dir / f"{key}.lock"):
-                if not directory.exists():
-                    outcome.how = "made"
-                    remove_stale_builds(tpm_dir, key)
-                    build_tpm_disks(kernel, root_disk, directory, key)
+    made_once("tpm2 disks (maker guest)", directory, tpm_dir / f"{key}.lock", key,
+              lambda: build_tpm_disks(kernel, root_disk, directory, key))  # fmt: skip
     return TpmDisks(directory / "plain.img", directory / "with-pin.img", directory / "state")
 
 

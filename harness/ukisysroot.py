@@ -17,8 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness.rootdisk import Recipe, bootstrap, cache_dir_default, locked, remove_tree
-from harness.timings import timed
+from harness.rootdisk import Recipe, bootstrap, cache_dir_default, made_once, remove_tree
 
 TRIXIE_PACKAGES = (
     *("systemd", "systemd-sysv", "udev", "kmod", "linux-image-amd64"),
@@ -54,13 +53,8 @@ def ensure_trixie_sysroot(cache_dir: Path | None = None) -> Path:
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = recipe.key()
     tree = cache_dir / f"sysroot-{recipe.suite}-{key}"
-    with timed("Debian 13 tree (UKI, iSCSI)") as outcome:
-        if not tree.is_dir():
-            outcome.how = "waited"
-            with locked(cache_dir / f"sysroot-{key}.lock"):
-                if not tree.is_dir():
-                    outcome.how = "made"
-                    _build(recipe, tree, key)
+    made_once("Debian 13 tree (UKI, iSCSI)", tree, cache_dir / f"sysroot-{key}.lock", key,
+              lambda: _build(recipe, tree, key))  # fmt: skip
     return tree
 
 

@@ -34,6 +34,7 @@ from harness.network import (
     user_network,
 )
 from harness.qemu import BootOptions, Disk, qemu_argv
+from harness.rootdisk import made_once
 from harness.screen import png_from_ppm
 from harness.suite import Phase, disk_needs, run_order, tier_of, time_summary
 from harness.timings import TIMINGS_ENV, Timing, read_timings, timed
@@ -321,3 +322,20 @@ def test_a_ppm_screendump_becomes_a_png_any_reader_opens() -> None:
     assert read_png(png) == (2, 2, [pixels[:6], pixels[6:]])
     with pytest.raises(ValueError, match="P6"):
         png_from_ppm(b"P3\n2 2\n255\n0 0 0")
+
+
+def test_a_cached_result_is_made_once_and_stale_builds_are_cleared(tmp_path: Path) -> None:
+    stale = tmp_path / ".build-k1-interrupted"
+    stale.mkdir()
+    other = tmp_path / ".build-k2-running"  # another recipe's build: left alone
+    other.mkdir()
+    made: list[Path] = []
+
+    def make() -> None:
+        made.append(tmp_path / "result-k1")
+        (tmp_path / "result-k1").mkdir()
+
+    for _ in range(2):
+        made_once("a test set", tmp_path / "result-k1", tmp_path / "k1.lock", "k1", make)
+    assert made == [tmp_path / "result-k1"]
+    assert not stale.exists() and other.exists()
