@@ -340,6 +340,19 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+@contextmanager
+def building(result: Path, key: str) -> Iterator[Path]:
+    """A private directory beside result to make it in, renamed to result when the block
+    ends and removed if it fails: a half-made set is never found as a finished one."""
+    work = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=result.parent))
+    try:
+        yield work
+        work.rename(result)
+    except BaseException:
+        remove_tree(work)
+        raise
+
+
 def remove_stale_builds(cache_dir: Path, key: str) -> None:
     """Delete what interrupted builds of this recipe left; call only holding its lock.
 

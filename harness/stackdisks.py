@@ -36,9 +36,9 @@ from harness.images import QEMU_VIRTIO_EXT4, build_image
 from harness.qemu import BootOptions, Disk, Kernel
 from harness.rootdisk import (
     RootDisk,
+    building,
     cache_dir_default,
     made_once,
-    remove_tree,
 )
 
 PASSPHRASE = "bookend-test-passphrase"
@@ -405,8 +405,7 @@ def build_stacks(
     """Make the sets in a private directory and rename it into place when complete."""
     started = time.monotonic()
     print(f"bookend tests: making storage stacks in {directory} (minutes)", flush=True)
-    work = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=directory.parent))
-    try:
+    with building(directory, key) as work:
         disks = make_blank_disks(work)
         keyfiles = make_keyfiles(work)
         initrd = build_image(work / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4)
@@ -418,10 +417,6 @@ def build_stacks(
         # Only the disks, key files and the report are worth keeping.
         initrd.unlink()
         job.path.unlink()
-        work.rename(directory)
-    except BaseException:
-        remove_tree(work)
-        raise
     elapsed = time.monotonic() - started
     print(f"bookend tests: storage stacks made in {elapsed:.0f} s", flush=True)
 

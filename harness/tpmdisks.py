@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shlex
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,7 +30,7 @@ from bookend.errors import BookendError
 from harness.guestjob import job_status, make_job_disk, read_job_output, run_job
 from harness.images import QEMU_VIRTIO_EXT4, build_image
 from harness.qemu import BootOptions, Disk, Kernel
-from harness.rootdisk import RootDisk, cache_dir_default, made_once, remove_tree
+from harness.rootdisk import RootDisk, building, cache_dir_default, made_once
 from harness.stackdisks import PASSPHRASE
 from harness.tpm import software_tpm
 
@@ -180,8 +179,7 @@ def build_tpm_disks(kernel: Kernel, root_disk: RootDisk, directory: Path, key: s
     """Make the set in a private directory and rename it into place when complete."""
     started = time.monotonic()
     print(f"bookend tests: making TPM2 disks in {directory} (minutes)", flush=True)
-    work = Path(tempfile.mkdtemp(prefix=f".build-{key}-", dir=directory.parent))
-    try:
+    with building(directory, key) as work:
         disks = []
         for name in ("plain.img", "with-pin.img"):
             with (work / name).open("wb") as sparse:
@@ -206,10 +204,6 @@ def build_tpm_disks(kernel: Kernel, root_disk: RootDisk, directory: Path, key: s
         read_job_output(job.path, "report", work / "maker-report.txt")
         initrd.unlink()
         job.path.unlink()
-        work.rename(directory)
-    except BaseException:
-        remove_tree(work)
-        raise
     print(f"bookend tests: TPM2 disks made in {time.monotonic() - started:.0f} s", flush=True)
 
 

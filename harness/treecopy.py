@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from harness.timings import timed
@@ -40,3 +42,19 @@ def put_file(root: Path, path: str, text: str, mode: int = 0o644) -> Path:
 def remove_copy(dest: Path) -> None:
     """Remove a copy: unlinking the links leaves the cache's files alone."""
     shutil.rmtree(dest, ignore_errors=True)
+
+
+# A test package's files: absolute path -> (text, mode).
+PackageFiles = Mapping[str, tuple[str, int]]
+
+
+@contextmanager
+def tree_with_files(tree: Path, dest: Path, files: PackageFiles) -> Iterator[Path]:
+    """A linked copy of tree at dest with files put in, removed when done."""
+    root = linked_copy(tree, dest)
+    try:
+        for path, (text, mode) in files.items():
+            put_file(root, path, text, mode)
+        yield root
+    finally:
+        remove_copy(root)

@@ -34,7 +34,7 @@ from harness.network import (
     user_network,
 )
 from harness.qemu import BootOptions, Disk, qemu_argv
-from harness.rootdisk import made_once
+from harness.rootdisk import building, made_once
 from harness.screen import png_from_ppm
 from harness.suite import Phase, disk_needs, run_order, tier_of, time_summary
 from harness.timings import TIMINGS_ENV, Timing, read_timings, timed
@@ -339,3 +339,15 @@ def test_a_cached_result_is_made_once_and_stale_builds_are_cleared(tmp_path: Pat
         made_once("a test set", tmp_path / "result-k1", tmp_path / "k1.lock", "k1", make)
     assert made == [tmp_path / "result-k1"]
     assert not stale.exists() and other.exists()
+
+
+def test_a_set_is_made_aside_and_found_only_when_complete(tmp_path: Path) -> None:
+    result = tmp_path / "set-k1"
+    with pytest.raises(RuntimeError), building(result, "k1") as work:
+        (work / "disk.img").write_text("half")
+        raise RuntimeError("the maker guest failed")
+    assert not result.exists() and list(tmp_path.iterdir()) == []
+    with building(result, "k1") as work:
+        (work / "disk.img").write_text("whole")
+    assert (result / "disk.img").read_text() == "whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["set-k1"]

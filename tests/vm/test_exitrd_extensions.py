@@ -31,7 +31,7 @@ from harness.exitrdjob import install_exitrd_job, shutdown_through, split_at_piv
 from harness.images import QEMU_VIRTIO_EXT4, bookend
 from harness.qemu import BootOptions
 from harness.rootdisk import RootDisk
-from harness.treecopy import linked_copy, put_file, remove_copy
+from harness.treecopy import put_file, tree_with_files
 from harness.ukisysroot import ensure_trixie_sysroot
 from tests.unit.elftree import compile_c, shared_library
 
@@ -85,10 +85,10 @@ LABELS = ("feature-file", "directory-sysext", "squashfs-sysext-elf", "erofs-syse
 @pytest.fixture(scope="module")
 def demo_sysroot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The Debian 13 tree with the feature's hook script."""
-    root = linked_copy(ensure_trixie_sysroot(), tmp_path_factory.mktemp("exitrd-ext") / "root")
-    put_file(root, FEATURE_HOOK, HOOK_SCRIPT.replace("LABEL", "feature-file"), 0o755)
-    yield root
-    remove_copy(root)
+    copy = tmp_path_factory.mktemp("exitrd-ext") / "root"
+    hook = {FEATURE_HOOK: (HOOK_SCRIPT.replace("LABEL", "feature-file"), 0o755)}
+    with tree_with_files(ensure_trixie_sysroot(), copy, hook) as root:
+        yield root
 
 
 def extension_tree(directory: Path, name: str, release: str) -> Path:

@@ -30,7 +30,7 @@ from harness.images import QEMU_VIRTIO_EXT4, bookend
 from harness.qemu import Boot, BootOptions
 from harness.rootdisk import RootDisk
 from harness.token import boot_to_token, new_token, with_token
-from harness.treecopy import linked_copy, put_file, remove_copy
+from harness.treecopy import put_file, tree_with_files
 from harness.ukisysroot import ensure_trixie_sysroot
 
 BOOT_LIMIT = 600
@@ -81,11 +81,9 @@ PACKAGE_FILES = {
 @pytest.fixture(scope="module")
 def proof_sysroot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The Debian 13 tree with the test package's unit and helper."""
-    root = linked_copy(ensure_trixie_sysroot(), tmp_path_factory.mktemp("feature") / "sysroot")
-    for path, (text, mode) in PACKAGE_FILES.items():
-        put_file(root, path, text, mode)
-    yield root
-    remove_copy(root)
+    copy = tmp_path_factory.mktemp("feature") / "sysroot"
+    with tree_with_files(ensure_trixie_sysroot(), copy, PACKAGE_FILES) as root:
+        yield root
 
 
 def test_feature_file_brings_a_program_a_module_and_a_unit_that_work(

@@ -27,7 +27,7 @@ from harness.images import QEMU_VIRTIO_EXT4, bookend
 from harness.qemu import Boot, BootOptions
 from harness.rootdisk import RootDisk
 from harness.token import boot_to_token, new_token, with_token
-from harness.treecopy import linked_copy, put_file, remove_copy
+from harness.treecopy import tree_with_files
 from harness.ukisysroot import ensure_trixie_sysroot
 
 BOOT_LIMIT = 600
@@ -68,11 +68,9 @@ PACKAGE_FILES = {
 @pytest.fixture(scope="module")
 def demo_sysroot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The Debian 13 tree with the test package's files."""
-    root = linked_copy(ensure_trixie_sysroot(), tmp_path_factory.mktemp("units") / "sysroot")
-    for path, (text, mode) in PACKAGE_FILES.items():
-        put_file(root, path, text, mode)
-    yield root
-    remove_copy(root)
+    copy = tmp_path_factory.mktemp("units") / "sysroot"
+    with tree_with_files(ensure_trixie_sysroot(), copy, PACKAGE_FILES) as root:
+        yield root
 
 
 def test_added_unit_runs_in_the_initrd_with_its_program_and_environment(
