@@ -9,9 +9,9 @@ Three views, each a tree of SizeNode:
 - directory: the image's own directory tree;
 - feature: grouped by what pulled each file in, from the manifest bookend writes into
   its images (foreign images have none, so that view is missing and says why);
-- package: grouped by the Debian package that owns each file, from a sysroot's dpkg
-  database, with each group's files as a directory tree again (so a linux-image
-  package shows its kernel modules, a firmware package its firmware).
+- package: grouped by the package that owns each file, from a sysroot's dpkg, rpm or
+  pacman database (bookend.packages), with each group's files as a directory tree
+  again (so a kernel package shows its modules, a firmware package its firmware).
 """
 
 from __future__ import annotations
@@ -27,14 +27,13 @@ from bookend.errors import ArchiveError
 from bookend.inspect.image import Scan, clean_path, open_image, printable, scan_image
 from bookend.manifest import MANIFEST_PATH, closure_from_manifest
 from bookend.microcode import EARLY_DIRS
+from bookend.packages import PackageIndex, load_package_index
 
 VIEWS = ("directory", "feature", "package")
 NO_PACKAGE = "(no package)"
 NOT_IN_MANIFEST = "(not in the manifest)"
 EARLY_MICROCODE = "early microcode"
 MANIFEST_LIMIT = 64 << 20  # a manifest bigger than this is not one bookend wrote
-# The top-level directories Debian merges into /usr: /lib/x and /usr/lib/x are one file.
-MERGED_USR_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 
 @dataclass
@@ -207,59 +206,24 @@ def feature_tree(sizes: dict[str, int], closure: Closure) -> SizeNode:
     return grouped_tree(sizes, groups, "features", chains)
 
 
-# --- packages, from dpkg's database -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PackageIndex:
-    """Which package owns which path, as the sysroot's dpkg database says."""
-
-    owners: dict[str, str]  # canonical path -> package
-    merged: tuple[str, ...]  # the top-level directories that are symlinks into /usr
-
-    def canonical(self, path: str) -> str:
-        """On merged-/usr, /lib/x and /usr/lib/x are one file: name it the /usr way."""
-        top = path.split("/", 2)[1] if path.count("/") >= 2 else ""
-        return "/usr" + path if top in self.merged else path
-
-    def owner(self, path: str) -> str:
-        return self.owners.get(self.canonical(path), NO_PACKAGE)
-
-
-def merged_usr_dirs(sysroot: Path) -> tuple[str, ...]:
-    """The directories of MERGED_USR_DIRS that are symlinks to usr/NAME in sysroot."""
-    merged = []
-    for name in MERGED_USR_DIRS:
-        link = sysroot / name
-        if link.is_symlink() and clean_path(str(link.readlink())) == f"usr/{name}":
-            merged.append(name)
-    return tuple(merged)
-
-
-def load_package_index(sysroot: Path) -> PackageIndex:
-    """Read sysroot's /var/lib/dpkg/info/*.list; an empty index if there are none."""
-    info = sysroot / "var/lib/dpkg/info"
-    index = PackageIndex({}, merged_usr_dirs(sysroot))
-    try:
-        lists = sorted(info.glob("*.list"))
-    except OSError:
-        lists = []
-    for listing in lists:
-        package = listing.name.removesuffix(".list")
-        try:
-            text = listing.read_text(errors="surrogateescape")
-        except OSError as exc:
-            raise ArchiveError(f"{listing}: cannot read: {exc.strerror}") from None
-        for line in text.splitlines():
-            if line.startswith("/") and line != "/.":
-                # A path two packages list (a shared directory, mostly) keeps its first.
-                index.owners.setdefault(index.canonical(line), package)
-    return index
+# --- packages, from the sysroot's package databases --------------------------------------
 
 
 def package_tree(sizes: dict[str, int], index: PackageIndex) -> SizeNode:
-    groups = {path: index.owner(path) for path in sizes}
+    groups = {}
+    for path in sizes:
+        package = index.owner(path)
+        groups[path] = package.name if package else NO_PACKAGE
     return grouped_tree(sizes, groups, "packages")
+
+
+def package_note(index: PackageIndex, sysroot: Path) -> str:
+    if not index.databases:
+        return f"no dpkg, rpm or pacman database in {sysroot}"
+    read = ", ".join(f"{db.kind} {db.path}" for db in index.databases)
+    if not index.owners:
+        return f"no package lists a file in {read}"
+    return f"the package owning each file, from {read}"
 
 
 # --- the report -------------------------------------------------------------------------
@@ -281,13 +245,8 @@ def size_report(image: Path, sysroot: Path = Path("/")) -> SizeReport:
             "counted once, under the first"
         )
     index = load_package_index(sysroot)
-    database = sysroot / "var/lib/dpkg"
-    if index.owners:
-        views["package"] = package_tree(sizes, index)
-        notes["package"] = f"the package owning each file, from {database}"
-    else:
-        views["package"] = None
-        notes["package"] = f"no dpkg database in {database}"
+    views["package"] = package_tree(sizes, index) if index.owners else None
+    notes["package"] = package_note(index, sysroot)
     compressions = tuple(segment.compression for segment in scan.segments)
     return SizeReport(image, scan.file_size, compressions, views, notes)
 

@@ -23,13 +23,13 @@ from bookend.inspect.size import (
     directory_tree,
     file_sizes,
     format_summary,
-    load_package_index,
     origin_group,
     package_tree,
     size_report,
 )
 from bookend.inspect.size_html import DATA_MARK, page_data, render_html
 from bookend.manifest import with_manifest
+from bookend.packages import Package, load_package_index
 from tests.unit.newcfile import S_IFLNK, S_IFREG, archive, newc
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -218,12 +218,12 @@ def test_a_foreign_image_says_it_has_no_features(foreign_image: Path) -> None:
     assert report.views["feature"] is None
     assert "no /usr/lib/bookend/manifest.json" in report.notes["feature"]
     assert report.views["package"] is None
-    assert report.notes["package"] == "no dpkg database in /nonexistent/var/lib/dpkg"
+    assert report.notes["package"] == "no dpkg, rpm or pacman database in /nonexistent"
     text = format_summary(report)
     assert "By feature (no /usr/lib/bookend/manifest.json" in text
 
 
-# --- packages, from dpkg's database -----------------------------------------------------
+# --- packages, from dpkg's database (rpm and pacman: test_packages.py) -------------------
 
 
 def dpkg_sysroot(root: Path, merged: bool) -> Path:
@@ -251,7 +251,7 @@ def dpkg_sysroot(root: Path, merged: bool) -> Path:
 
 def test_packages_across_merged_usr(tmp_path: Path) -> None:
     index = load_package_index(dpkg_sysroot(tmp_path / "root", merged=True))
-    assert index.merged == ("bin", "lib")
+    assert index.aliases == {"/bin": "/usr/bin", "/lib": "/usr/lib"}
     sizes = {
         "/usr/lib/x86_64-linux-gnu/libtool.so.1": 3000,  # listed as /lib/...
         "/usr/bin/tool": 1000,
@@ -275,10 +275,10 @@ def test_packages_across_merged_usr(tmp_path: Path) -> None:
 
 def test_no_aliasing_without_merged_usr(tmp_path: Path) -> None:
     index = load_package_index(dpkg_sysroot(tmp_path / "root", merged=False))
-    assert index.merged == ()
-    assert index.owner("/lib/x86_64-linux-gnu/libtool.so.1") == "libtool1:amd64"
-    assert index.owner("/usr/lib/x86_64-linux-gnu/libtool.so.1") == NO_PACKAGE
-    assert index.owner("/usr/bin/tool") == "tool"
+    assert index.aliases == {}
+    assert index.owner("/lib/x86_64-linux-gnu/libtool.so.1") == Package("libtool1:amd64", "")
+    assert index.owner("/usr/lib/x86_64-linux-gnu/libtool.so.1") is None
+    assert index.owner("/usr/bin/tool") == Package("tool", "")
 
 
 # --- text, JSON and HTML ----------------------------------------------------------------
