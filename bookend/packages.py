@@ -100,7 +100,7 @@ class PackageIndex:
 
 
 def merged_usr_links(sysroot: Path) -> dict[str, str]:
-    """"/bin" -> "/usr/bin" for each of MERGED_LINKS that is a symlink into /usr."""
+    """/bin -> /usr/bin for each of MERGED_LINKS that is a symlink into /usr."""
     aliases = {}
     for name in MERGED_LINKS:
         link = sysroot / name
@@ -169,7 +169,7 @@ def dpkg_versions(status: Path) -> dict[str, str]:
     """Package and package:arch -> version, from dpkg's status file; {} without one."""
     if not status.is_file():
         return {}
-    versions = {}
+    versions: dict[str, str] = {}
     for paragraph in _read_text(status).split("\n\n"):
         fields = {}
         for line in paragraph.splitlines():
@@ -255,8 +255,9 @@ def parse_rpm_header(blob: bytes) -> dict[int, TagValue]:
         raise HeaderError(f"{entries} entries and {data_size} bytes of data: not a header")
     data_start = 8 + entries * ENTRY.size
     if data_start + data_size > len(blob):
-        raise HeaderError(f"{entries} entries and {data_size} bytes of data "
-                          f"need {data_start + data_size} bytes, the blob has {len(blob)}")  # fmt: skip
+        need = data_start + data_size
+        raise HeaderError(f"{entries} entries and {data_size} bytes of data need {need} "
+                          f"bytes, the blob has {len(blob)}")  # fmt: skip
     data = blob[data_start : data_start + data_size]
     values: dict[int, TagValue] = {}
     for number in range(entries):

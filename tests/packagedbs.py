@@ -52,7 +52,7 @@ def write_dpkg_db(
 
 
 def _parents(path: str) -> list[str]:
-    parents = []
+    parents: list[str] = []
     parent = posixpath.dirname(path)
     while parent != "/":
         parents.insert(0, parent)
