@@ -332,6 +332,12 @@ def rpm_paths(values: Mapping[int, TagValue]) -> list[str]:
 
 def read_rpmdb(rpmdb: Path) -> Iterator[tuple[str, Package]]:
     """(path, package) from each header in rpmdb's Packages table."""
+    wal = rpmdb.with_name(rpmdb.name + "-wal")
+    if wal.is_file() and wal.stat().st_size:
+        # rpm checkpoints and truncates its log when it closes the database; a log left
+        # over is a crashed rpm's, which an immutable open does not read.
+        log.warning("%s: %d bytes rpm never wrote into the database; changes in them are "
+                    "not read", wal, wal.stat().st_size)  # fmt: skip
     uri = f"file:{urllib.parse.quote(str(rpmdb.absolute()))}?mode=ro&immutable=1"
     try:
         connection = sqlite3.connect(uri, uri=True)

@@ -150,7 +150,9 @@ def rpm_header(name: str, version: str, paths: Sequence[str], arch: str = "x86_6
         1000: (STRING, [name]),
         1001: (STRING, [ver]),
         1002: (STRING, [release or "1"]),
+        1006: (INT32, [1700000000]),  # BUILDTIME: rpm --rebuilddb drops a header without
         1022: (STRING, [arch]),
+        1044: (STRING, [f"{name}-{version}.src.rpm"]),  # SOURCERPM: else rpm sees a source rpm
     }
     if paths:
         tags |= {1116: (INT32, indexes), 1117: (STRING_ARRAY, basenames),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import struct
 import subprocess
 import sys
@@ -321,6 +322,19 @@ def test_ndb_and_berkeley_rpmdbs_are_named_not_read(
     ]
 
 
+def test_a_left_over_write_ahead_log_is_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rpmdb = write_rpmdb(tmp_path, {"glibc": ["/usr/lib64/libc.so.6"]})
+    wal = rpmdb.with_name("rpmdb.sqlite-wal")
+    wal.write_bytes(b"\0" * 32)
+    with caplog.at_level(logging.WARNING):
+        assert load_package_index(tmp_path).owner("/usr/lib64/libc.so.6") is not None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{wal}: 32 bytes rpm never wrote into the database; changes in them are not read"
+    ]
+
+
 # --- pacman -----------------------------------------------------------------------------
 
 
@@ -348,3 +362,71 @@ def test_writers_take_any_root(tmp_path: Path) -> None:
     for writer, where in writers:
         root = tmp_path / writer.__name__ / "not/yet/made"
         assert writer(root, {"p": ["/x"]}) == root / where
+
+
+# --- rpm itself agrees ------------------------------------------------------------------
+
+PROBE_SPEC = """\
+Name: bookend-probe
+Version: 2.5
+Release: 3
+Epoch: 1
+Summary: a package bookend's rpmdb reader reads
+License: MIT
+BuildArch: noarch
+%description
+Files in two directories, so the header splits them into dirnames and basenames.
+%install
+mkdir -p %{buildroot}/usr/bin %{buildroot}/usr/lib/probe
+echo probe > %{buildroot}/usr/bin/probe
+echo data > %{buildroot}/usr/lib/probe/data
+%files
+/usr/bin/probe
+/usr/lib/probe/data
+"""
+needs_rpm = pytest.mark.skipif(
+    not (shutil.which("rpm") and shutil.which("rpmbuild")), reason="no rpm here (scripts/setup)"
+)
+
+
+def rpm(*args: str) -> str:
+    return subprocess.run(["rpm", *args], check=True, capture_output=True, text=True).stdout
+
+
+@needs_rpm
+def test_a_database_rpm_wrote_is_read(tmp_path: Path) -> None:
+    """rpmbuild makes a package, rpm installs it into an empty rpmdb (--justdb), and
+    bookend reads the header rpm stored."""
+    (tmp_path / "probe.spec").write_text(PROBE_SPEC)
+    subprocess.run(["rpmbuild", "-bb", "--quiet", "--define", f"_topdir {tmp_path}/top",
+                    "--define", "_build_id_links none", str(tmp_path / "probe.spec")],
+                   check=True, capture_output=True)  # fmt: skip
+    (package,) = (tmp_path / "top/RPMS/noarch").iterdir()
+    dbpath = tmp_path / "root/var/lib/rpm"
+    rpm("--dbpath", str(dbpath), "--initdb")
+    rpm("--dbpath", str(dbpath), "-i", "--justdb", "--nodeps", "--noscripts", str(package))
+    index = load_package_index(tmp_path / "root")
+    probe = Package("bookend-probe", "1:2.5-3.noarch")
+    assert index.owner("/usr/bin/probe") == probe
+    assert index.owner("/usr/lib/probe/data") == probe
+
+
+@needs_rpm
+def test_rpm_reads_the_database_the_tests_write(tmp_path: Path) -> None:
+    """rpm --rebuilddb checks every header and indexes it; rpm -qa and -qf then name the
+    packages and owners bookend reads from the same file."""
+    write_rpmdb(tmp_path, {"systemd": ["/usr/bin/systemctl", "/usr/lib/systemd/systemd"],
+                           "glibc": ["/usr/lib64/libc.so.6"]}, {"systemd": "257.7-1"})  # fmt: skip
+    dbpath = str(tmp_path / "usr/lib/sysimage/rpm")
+    rebuilt = subprocess.run(["rpm", "--dbpath", dbpath, "--rebuilddb"], capture_output=True,
+                             text=True, check=True)  # fmt: skip
+    assert rebuilt.stderr == ""  # a header rpm finds bad is "header #N ... is bad -- skipping"
+    query = "%{NAME} %{EPOCHNUM}:%{VERSION}-%{RELEASE}.%{ARCH}\\n"
+    assert rpm("--dbpath", dbpath, "-qa", "--qf", query).splitlines() == [
+        "systemd 0:257.7-1.x86_64", "glibc 0:1.0-1.x86_64"
+    ]  # fmt: skip
+    owners = rpm("--dbpath", dbpath, "-qf", "--qf", "%{NAME}\\n", "/usr/bin/systemctl",
+                 "/usr/lib/systemd/systemd", "/usr/lib64/libc.so.6")  # fmt: skip
+    assert owners.split() == ["systemd", "systemd", "glibc"]
+    index = load_package_index(tmp_path)  # the rebuilt database, read as rpm left it
+    assert index.owner("/usr/lib/systemd/systemd") == Package("systemd", "257.7-1.x86_64")
