@@ -244,6 +244,9 @@ def _add_inspect_commands(commands: Any) -> None:
     )
     why.add_argument("image", type=Path, metavar="IMAGE", help=IMAGE_HELP)
     why.add_argument("path", metavar="PATH", help="an absolute path in the image")
+    why.add_argument("--sysroot", type=Path, metavar="DIR",
+                     help="also name the package that owns PATH, from DIR's dpkg, rpm or "
+                     "pacman database")  # fmt: skip
 
     check = commands.add_parser(
         "check", help="check statically that an image can boot: init, libraries, units, modules"
@@ -259,8 +262,8 @@ def _add_inspect_commands(commands: Any) -> None:
     )
     size.add_argument("image", type=Path, metavar="IMAGE", help=IMAGE_HELP)
     size.add_argument("--sysroot", type=Path, default=Path("/"), metavar="DIR",
-                      help="whose dpkg database says which package owns each file "
-                      "(default: /)")  # fmt: skip
+                      help="whose dpkg, rpm or pacman database says which package owns "
+                      "each file (default: /)")  # fmt: skip
     size.add_argument("--html", type=Path, metavar="OUT.html",
                       help="write a self-contained HTML treemap (no network needed to view "
                       "it) instead of the text summary")  # fmt: skip
@@ -515,7 +518,24 @@ def cmd_why(args: argparse.Namespace) -> int:
         print(f"bookend: {path} is not in {args.image}", file=sys.stderr)
         return 1
     print(closure.format_why(path))
+    if args.sysroot is not None:
+        print(package_line(path, args.sysroot))
     return 0
+
+
+def package_line(path: str, sysroot: Path) -> str:
+    """`why --sysroot`'s last line: who owns path, and which database says so."""
+    from bookend.packages import load_package_index
+
+    index = load_package_index(sysroot)
+    if not index.databases:
+        return f"package: none known (no dpkg, rpm or pacman database in {sysroot})"
+    read = ", ".join(f"{db.kind} {db.path}" for db in index.databases)
+    package = index.owner(path)
+    if package is None:
+        return f"package: none ({read} lists no {index.canonical(path)})"
+    name = f"{package.name} {package.version}" if package.version else package.name
+    return f"package: {name} ({read})"
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -149,8 +149,12 @@ PAGES: dict[str, Page] = {
     "why": Page(
         "Print the chain of reasons that pulled PATH into a bookend image, read from the "
         "manifest inside the image (/usr/lib/bookend/manifest.json), so it works on the "
-        "image alone.",
-        (("bookend why IMAGE /usr/lib/x86_64-linux-gnu/libcrypt.so.1", "who asked for it"),),
+        "image alone. --sysroot DIR adds the package that owns PATH, from DIR's dpkg, rpm or "
+        "pacman database.",
+        (
+            ("bookend why IMAGE /usr/lib/x86_64-linux-gnu/libcrypt.so.1", "who asked for it"),
+            ("bookend why IMAGE /usr/bin/kmod --sysroot /", "and which package ships it"),
+        ),
         exit_status="0 on success, 1 when PATH is not in the image or the image has no "
         "manifest, 2 for bad input.",
     ),
@@ -168,8 +172,8 @@ PAGES: dict[str, Page] = {
     ),
     "size": Page(
         "Show what takes the space in an image: by directory, by the feature that asked "
-        "for each file (from the image's manifest) and by Debian package (from the "
-        "sysroot's dpkg database). --html writes one self-contained page with a treemap.",
+        "for each file (from the image's manifest) and by package (from the sysroot's "
+        "dpkg, rpm or pacman database). --html writes one self-contained page with a treemap.",
         (
             ("bookend size IMAGE", "the biggest directories, features and packages"),
             ("bookend size IMAGE --html size.html", "a treemap to open in a browser"),

@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 
 from bookend.archive import ArchiveEntry, Compression, EntryKind, open_compressor, write_cpio
+from bookend.closure import Closure, ClosureEntry
 from bookend.errors import SysrootError
 from bookend.inspect.size import format_summary, size_report
+from bookend.manifest import with_manifest
 from bookend.packages import (
     HeaderError,
     Package,
@@ -430,3 +432,28 @@ def test_rpm_reads_the_database_the_tests_write(tmp_path: Path) -> None:
     assert owners.split() == ["systemd", "systemd", "glibc"]
     index = load_package_index(tmp_path)  # the rebuilt database, read as rpm left it
     assert index.owner("/usr/lib/systemd/systemd") == Package("systemd", "257.7-1.x86_64")
+
+
+# --- why --sysroot ----------------------------------------------------------------------
+
+
+def test_why_names_the_package_from_the_sysroot(tmp_path: Path) -> None:
+    closure = with_manifest(Closure({"/usr/bin/systemctl": ClosureEntry(
+        ArchiveEntry("/usr/bin/systemctl", EntryKind.FILE, 0o755, data=b"x"), "feature systemd",
+        None)}))  # fmt: skip
+    image = tmp_path / "initrd.img"
+    with image.open("wb") as out:
+        write_cpio([entry.entry for entry in closure.entries.values()], out, epoch=0)
+    root = distribution_tree(tmp_path / "root", "pacman")
+    local = root / "var/lib/pacman/local"
+    result = bookend("why", str(image), "/usr/bin/systemctl", "--sysroot", str(root))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "/usr/bin/systemctl <- feature systemd", f"package: systemd 257.7-1 (pacman {local})"
+    ]  # fmt: skip
+    alone = bookend("why", str(image), "/usr/bin/systemctl").stdout
+    assert alone == "/usr/bin/systemctl <- feature systemd\n"  # no --sysroot, no package line
+    empty = bookend("why", str(image), "/usr/bin/systemctl", "--sysroot", str(tmp_path / "no"))
+    assert empty.stdout.splitlines()[-1] == (
+        f"package: none known (no dpkg, rpm or pacman database in {tmp_path / 'no'})"
+    )
