@@ -81,14 +81,18 @@ class PackageIndex:
 
     def canonical(self, path: str) -> str:
         """path named through the sysroot's merged-/usr links: /lib/x is /usr/lib/x."""
-        path = "/" + path.strip("/")
-        for _ in range(len(self.aliases) + 1):  # /sbin -> /usr/sbin -> /usr/bin at most
-            for link, target in self.aliases.items():
-                if path.startswith(link + "/"):
-                    path = target + path[len(link) :]
-                    break
-            else:
+        if not path.startswith("/") or path.endswith("/"):
+            path = "/" + path.strip("/")
+        for _ in range(3):  # /sbin -> /usr/sbin -> /usr/bin at most
+            # Links are at the top or in /usr: look up "/top", then "/usr/second".
+            parts = path.split("/", 3)
+            link = "/" + parts[1] if len(parts) > 2 else ""
+            if link == "/usr" and len(parts) > 3:
+                link = "/usr/" + parts[2]
+            target = self.aliases.get(link)
+            if target is None:
                 return path
+            path = target + path[len(link) :]
         return path
 
     def add(self, path: str, package: Package) -> None:
