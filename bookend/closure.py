@@ -267,6 +267,7 @@ class _Builder:
             if optional:
                 return
             searched = f" in {', '.join(finder.searched)}" if finder.searched else ""
+            searched += finder.looked_for(name) if finder.looked_for else ""
             needed_by = f" (needed by {parent})" if parent else ""
             raise SysrootError(
                 f"{self.sysroot.root}: {finder.what} {name} not found{searched}{needed_by} "
@@ -351,6 +352,8 @@ class _Finder:
     searched: tuple[str, ...] = ()  # directories the failure names
     # What a found one brings along: (builder, name, sysroot path, canonical image path).
     follow: Callable[[_Builder, str, str, str], None] | None = None
+    # What else was looked for, said after the directories (a udev rules purpose's names).
+    looked_for: Callable[[str], str] | None = None
 
 
 FINDERS = {
@@ -358,7 +361,11 @@ FINDERS = {
     RequestKind.UNIT: _Finder("unit", units.find_unit, units.UNIT_DIRS, _Builder.unit_followers),
     RequestKind.GENERATOR: _Finder("generator", _find_generator),
     RequestKind.UDEV_RULES: _Finder(
-        "udev rules", udevrules.find_rules, udevrules.RULES_DIRS, _Builder.rules_programs
+        "udev rules",
+        udevrules.find_rules,
+        udevrules.RULES_DIRS,
+        _Builder.rules_programs,
+        udevrules.looked_for,
     ),
 }
 
