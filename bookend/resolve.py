@@ -175,7 +175,11 @@ def _check_units(settings: Settings, sysroot: Sysroot, problems: Problems) -> No
 
 
 def _check_kver(sysroot: Path, kver: str | None, source: str, problems: Problems) -> str:
-    moddir = " or ".join(str(sysroot / top.lstrip("/")) for top in MODULE_ROOTS)
+    # Each distinct directory once: on a merged-/usr tree /lib/modules is /usr/lib/modules.
+    root = Sysroot(sysroot)
+    canonical = {root.resolve(top).path: top for top in reversed(MODULE_ROOTS)}
+    tops = [sysroot / top.lstrip("/") for top in reversed(canonical.values())]
+    moddir = " or ".join(str(top) for top in tops)
     installed = installed_kernels(sysroot)
     if kver is None:
         if not installed:
@@ -185,9 +189,10 @@ def _check_kver(sysroot: Path, kver: str | None, source: str, problems: Problems
     if "/" in kver or kver in (".", ".."):
         problems.add(source, "kver", f"'{kver}' is not a kernel version")
     elif kver not in installed:
+        bare = next((top / kver for top in tops if os.path.isdir(top / kver)), None)
         hint = (
-            f" ({moddir / kver} has no modules.dep: run depmod {kver} in the sysroot)"
-            if os.path.isdir(moddir / kver)
+            f" ({bare} has no modules.dep: run depmod {kver} in the sysroot)"
+            if bare is not None
             else did_you_mean(kver, installed)
             or (f" (installed: {', '.join(sorted(installed))})" if installed else "")
         )
