@@ -189,7 +189,7 @@ class _Builder:
             self.put(entry, reason, parent)
             if recurse:
                 for name in self.sysroot.listdir(path):
-                    self.add_path(f"{path}/{name}", "in directory", path, recurse=True)
+                    self._add_member(f"{path}/{name}", path)
         elif stat.S_ISREG(st.st_mode):
             source = self.sysroot.host_path(path)
             entry = ArchiveEntry(path, EntryKind.FILE, mode, source=source, mtime=mtime)
@@ -198,6 +198,19 @@ class _Builder:
         else:
             # Device nodes, sockets and fifos in a source tree are never what a request means.
             self.warnings.append(f"{self.sysroot.host_path(path)}: not a file, directory or link")
+
+    def _add_member(self, path: str, directory: str) -> None:
+        """One entry of a directory the image takes whole. A link there that leads
+        nowhere (99-sysctl.conf -> ../sysctl.conf in a tree without procps) is what the
+        sysroot's own boot meets too: a warning naming it, left out, never a failure."""
+        if self.sysroot.resolve(path).st is None:
+            target = self.sysroot.readlink(path)
+            self.warnings.append(
+                f"{self.sysroot.host_path(path)}: dangling link to {target}; left out "
+                f"(in {directory}, which the image takes whole)"
+            )
+            return
+        self.add_path(path, "in directory", directory, recurse=True)
 
     # --- what files need -----------------------------------------------------
 
