@@ -147,6 +147,11 @@ def test_unknown_feature_name_without_its_file(root_tree: Path) -> None:
         ("demo.toml", 'help = "x"\nfiles = ["etc/x"]\n', "files: 'etc/x' is not an absolute path"),
         (
             "demo.toml",
+            'help = "x"\nudev_rules = ["60-x.rules", "?@lvm-activate"]\n',
+            "udev_rules: unknown purpose '@lvm-activate' (did you mean '@lvm-activation'?)",
+        ),
+        (
+            "demo.toml",
             'help = "x"\ndriver_classes = ["nvm"]\n',
             "driver_classes: unknown driver class 'nvm' (did you mean 'nvme'?)",
         ),
