@@ -3,11 +3,12 @@
 The files are the ones a Debian build of the host takes (the initrd's and the exitrd's
 closure for the features asked for), each put where the other distribution keeps it:
 libraries out of /usr/lib/<multiarch> into /usr/lib64 (Fedora) or /usr/lib (Arch),
-systemd's private library beside them or in /usr/lib/systemd, lvm2's own udev rule
-names, Arch's merged /usr/sbin, their own ld.so.conf and os-release, no dracut or
-mkinitcpio. Programs whose RUNPATH names the multiarch directory get the layout's
-directory written into the same bytes (shorter, NUL-padded), so the loader's search
-is the layout's and nothing Debian-shaped is left to find things by accident.
+systemd's private library beside them or in /usr/lib/systemd, kernel modules
+compressed (xz, zstd), lvm2's own udev rule names, Arch's merged /usr/sbin, their own
+ld.so.conf and os-release, no dracut or mkinitcpio. Programs whose RUNPATH names the
+multiarch directory get the layout's directory written into the same bytes (shorter,
+NUL-padded), so the loader's search is the layout's and nothing Debian-shaped is
+left to find things by accident.
 
 A `packages` hook (PackageDatabase) lets package-database writers (rpm's sqlite rpmdb,
 pacman's local database) add their files to a tree later; it writes nothing yet.
@@ -16,6 +17,7 @@ pacman's local database) add their files to a tree later; it writes nothing yet.
 from __future__ import annotations
 
 import functools
+import lzma
 import os
 import posixpath
 import re
@@ -25,6 +27,8 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import zstandard
 
 from bookend.archive import EntryKind
 from bookend.cli import vocabularies
@@ -61,6 +65,7 @@ class Layout:
     links: Mapping[str, str]  # top-level and /usr links: path -> target
     os_release: str
     ld_so_conf: str
+    module_suffix: str = ".ko"  # kernel modules compressed as the distribution's kernel has them
     sbin_merged: bool = False  # /usr/sbin is a link to bin (Arch)
     rule_names: Mapping[str, str] = field(default_factory=lambda: LVM2_RULE_NAMES)
 
@@ -86,6 +91,7 @@ FEDORA = Layout(
     links={"/bin": "usr/bin", "/sbin": "usr/sbin", "/lib": "usr/lib", "/lib64": "usr/lib64"},
     os_release='NAME="Fedora Linux"\nID=fedora\nVERSION_ID=41\nPRETTY_NAME="Fedora (fixture)"\n',
     ld_so_conf="include ld.so.conf.d/*.conf\n",
+    module_suffix=".ko.xz",
 )
 ARCH = Layout(
     name="arch",
@@ -100,6 +106,7 @@ ARCH = Layout(
     },
     os_release='NAME="Arch Linux"\nID=arch\nBUILD_ID=rolling\nPRETTY_NAME="Arch (fixture)"\n',
     ld_so_conf="# Arch's\ninclude /etc/ld.so.conf.d/*.conf\n",
+    module_suffix=".ko.zst",
     sbin_merged=True,
 )
 LAYOUTS = {layout.name: layout for layout in (FEDORA, ARCH)}
@@ -162,6 +169,20 @@ def _put_file(source: Path, dest: Path, libdir: str) -> None:
     shutil.copymode(source, dest)
 
 
+def _put_module(source: Path, dest: Path, suffix: str) -> None:
+    """The module compressed as suffix says (Fedora: xz with CRC32, as the kernel's
+    decompressor wants; Arch: zstd); depmod then indexes it under that name."""
+    data = source.read_bytes()
+    if suffix == ".ko.xz":
+        data = lzma.compress(data, preset=0, check=lzma.CHECK_CRC32)
+    elif suffix == ".ko.zst":
+        data = zstandard.ZstdCompressor(level=1).compress(data)
+    dest = dest.with_name(dest.name.removesuffix(".ko") + suffix)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(data)
+    shutil.copymode(source, dest)
+
+
 def _kept_module(path: str) -> bool:
     parts = path.split("/")  # "", "usr", "lib", "modules", KVER, "kernel", ...
     if parts[1:4] != ["usr", "lib", "modules"] or len(parts) < 7:
@@ -190,6 +211,8 @@ def layout_tree(
             kvers.add(entry.path.split("/")[4])
         if entry.kind is EntryKind.DIRECTORY:
             where.mkdir(parents=True, exist_ok=True)
+        elif entry.kind is EntryKind.FILE and entry.path.endswith(".ko"):
+            _put_module(Path(entry.path), where, layout.module_suffix)
         elif entry.kind is EntryKind.FILE:
             _put_file(Path(entry.path), where, layout.libdir)
         elif entry.kind is EntryKind.SYMLINK and entry.target is not None:

@@ -1,6 +1,7 @@
 """LUKS+LVM images built from Fedora- and Arch-shaped sysroots (tests/layouts.py): the
-build finds lvm2's own udev rule names, the libraries in /usr/lib64 or /usr/lib and
-systemd's private library there, with no Debian path, and `bookend check` passes."""
+build finds lvm2's own udev rule names, compressed modules, the libraries in /usr/lib64
+or /usr/lib and systemd's private library there, with no Debian path, and `bookend
+check` passes."""
 
 from __future__ import annotations
 
@@ -67,6 +68,8 @@ def test_luks_lvm_image_has_the_layouts_files_and_passes_check(
     for prefix in EXPECTED[layout.name]:
         assert any(name.startswith(prefix) for name in initrd), prefix
     assert not [name for name in initrd if "x86_64-linux-gnu" in name]
+    # Modules as the distribution's kernel packages ship them: xz (Fedora), zstd (Arch).
+    assert any(name.endswith(f"/md/dm-crypt{layout.module_suffix}") for name in initrd)
     # systemd-shutdown's libmount, found by the library search, not by a Debian path.
     libmount = layout.libdir.lstrip("/") + "/libmount.so.1"
     assert libmount in names(work / "exitrd.img")
