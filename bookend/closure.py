@@ -189,7 +189,7 @@ class _Builder:
             self.put(entry, reason, parent)
             if recurse:
                 for name in self.sysroot.listdir(path):
-                    self.add_path(f"{path}/{name}", "in directory", path, recurse=True)
+                    self._add_member(f"{path}/{name}", path)
         elif stat.S_ISREG(st.st_mode):
             source = self.sysroot.host_path(path)
             entry = ArchiveEntry(path, EntryKind.FILE, mode, source=source, mtime=mtime)
@@ -198,6 +198,19 @@ class _Builder:
         else:
             # Device nodes, sockets and fifos in a source tree are never what a request means.
             self.warnings.append(f"{self.sysroot.host_path(path)}: not a file, directory or link")
+
+    def _add_member(self, path: str, directory: str) -> None:
+        """One entry of a directory the image takes whole. A link there that leads
+        nowhere (99-sysctl.conf -> ../sysctl.conf in a tree without procps) is what the
+        sysroot's own boot meets too: a warning naming it, left out, never a failure."""
+        if self.sysroot.resolve(path).st is None:
+            target = self.sysroot.readlink(path)
+            self.warnings.append(
+                f"{self.sysroot.host_path(path)}: dangling link to {target}; left out "
+                f"(in {directory}, which the image takes whole)"
+            )
+            return
+        self.add_path(path, "in directory", directory, recurse=True)
 
     # --- what files need -----------------------------------------------------
 
@@ -267,6 +280,7 @@ class _Builder:
             if optional:
                 return
             searched = f" in {', '.join(finder.searched)}" if finder.searched else ""
+            searched += finder.looked_for(name) if finder.looked_for else ""
             needed_by = f" (needed by {parent})" if parent else ""
             raise SysrootError(
                 f"{self.sysroot.root}: {finder.what} {name} not found{searched}{needed_by} "
@@ -351,6 +365,8 @@ class _Finder:
     searched: tuple[str, ...] = ()  # directories the failure names
     # What a found one brings along: (builder, name, sysroot path, canonical image path).
     follow: Callable[[_Builder, str, str, str], None] | None = None
+    # What else was looked for, said after the directories (a udev rules purpose's names).
+    looked_for: Callable[[str], str] | None = None
 
 
 FINDERS = {
@@ -358,7 +374,11 @@ FINDERS = {
     RequestKind.UNIT: _Finder("unit", units.find_unit, units.UNIT_DIRS, _Builder.unit_followers),
     RequestKind.GENERATOR: _Finder("generator", _find_generator),
     RequestKind.UDEV_RULES: _Finder(
-        "udev rules", udevrules.find_rules, udevrules.RULES_DIRS, _Builder.rules_programs
+        "udev rules",
+        udevrules.find_rules,
+        udevrules.RULES_DIRS,
+        _Builder.rules_programs,
+        udevrules.looked_for,
     ),
 }
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from bookend.arches import ARCHES
+
 
 @dataclass(frozen=True)
 class DriverClass:
@@ -40,7 +42,9 @@ DRIVER_CLASSES: dict[str, DriverClass] = {
         "software RAID and device-mapper (LVM, dm-crypt, multipath)", ("kernel/drivers/md/",)
     ),
     "crypto": DriverClass(
-        "ciphers and hashes dm-crypt may need", ("kernel/crypto/", "kernel/arch/x86/crypto/")
+        "ciphers and hashes dm-crypt may need",
+        # A kernel has only its own architecture's directory; the others are not there.
+        ("kernel/crypto/", *dict.fromkeys(arch.crypto_dir for arch in ARCHES)),
     ),
     "nvdimm": DriverClass("persistent memory", ("kernel/drivers/nvdimm/", "kernel/drivers/dax/")),
     "keyboard": DriverClass(

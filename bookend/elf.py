@@ -6,7 +6,7 @@ the dynamic segment), plus the notes and section headers that hold systemd's .no
 
 Why `struct` and not pyelftools' ELFFile: the closure reads every program and library it
 pulls in and libsearch every candidate it probes, so this is the inner loop of a build.
-Over the 1,104 distinct ELF files in /usr/lib/x86_64-linux-gnu/*.so* and /usr/bin/* of a
+Over the 1,104 distinct ELF files in /usr/lib/<multiarch>/*.so* and /usr/bin/* of a
 Debian 12 host (warm cache, best of five), ELFFile with its segment objects took 2.3 ms a
 file and ELFFile with only its struct definitions 0.95 ms, half of that in ELFFile()
 building its parsers for each file; this reader takes 0.075 ms, 12 to 30 times less.

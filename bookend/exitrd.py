@@ -46,11 +46,13 @@ from bookend.features.base import (
 )
 from bookend.features.release import release_files
 from bookend.features.systemd import skeleton
+from bookend.libsearch import loaded_by
 from bookend.plan import Plan, enabled_features
 from bookend.sysext import check_extension, extension_entries, extension_tree
 from bookend.sysroot import Sysroot
 
 SHUTDOWN = "/usr/lib/systemd/systemd-shutdown"
+LIBMOUNT = "libmount.so.1"
 # systemd-shutdown mounts these itself; /oldroot is where the old root is moved.
 MOUNT_POINTS = ("/dev", "/proc", "/sys", "/run", "/oldroot")
 
@@ -64,13 +66,21 @@ def _skeleton(context: FeatureContext) -> Contribution:
         )
     )
     entries += release_files(context.config, "exitrd")
-    return entries
+    return [*entries, *_libmount(context)]
+
+
+def _libmount(context: FeatureContext) -> Contribution:
+    """libmount wherever the sysroot keeps it (systemd >= 256 dlopens it to unmount), found
+    as systemd-shutdown's loader would find it: no multiarch path written here."""
+    found = loaded_by(Sysroot(context.config.sysroot), SHUTDOWN, LIBMOUNT)
+    reason = "exitrd: libmount, which systemd-shutdown may dlopen"
+    return [] if found is None else [Request(RequestKind.PATH, found, reason)]
 
 
 EXITRD = Feature(
     name="exitrd",
     help="systemd-shutdown as /shutdown, to unmount the old root and detach its storage",
-    executables=(SHUTDOWN, "?/usr/lib/x86_64-linux-gnu/libmount.so.1"),
+    executables=(SHUTDOWN,),
     compute=_skeleton,
 )
 

@@ -65,7 +65,7 @@ def module_name(relpath: str) -> str:
 class ModuleDatabase:
     """The sysroot's module database for one kernel, as plain tables."""
 
-    moddir: str  # image path, e.g. /lib/modules/6.1.0-56-amd64
+    moddir: str  # image path, e.g. /lib/modules/KVER
     paths: dict[str, str] = field(default_factory=dict)  # name -> path relative to moddir
     deps: dict[str, list[str]] = field(default_factory=dict)  # name -> names it depends on
     exact_aliases: dict[str, list[str]] = field(default_factory=dict)  # alias -> names
@@ -137,6 +137,7 @@ def _lines(text: str | None) -> list[str]:
 
 
 # The text databases load_database reads.
+MODULE_ROOTS = ("/lib/modules", "/usr/lib/modules")
 DATABASE_FILES = ("modules.dep", "modules.alias", "modules.softdep", "modules.weakdep",
                   "modules.builtin")  # fmt: skip
 
@@ -147,7 +148,7 @@ def shared_database(sysroot: Sysroot, kver: str, cache: ScanCache) -> ModuleData
     takes a third of the time parsing ~50,000 lines does."""
     key = ("module database", str(sysroot.root), kver)
     if key not in cache.memory:
-        moddir = f"/lib/modules/{kver}"
+        moddir = module_dir(sysroot, kver)
         stamps = [[name, _stamp_or_none(sysroot, f"{moddir}/{name}")] for name in DATABASE_FILES]
         digest = hashlib.sha256(json.dumps([moddir, stamps]).encode()).hexdigest()
 
@@ -183,8 +184,18 @@ def _database_from_json(data: dict[str, Any]) -> ModuleDatabase:
     )
 
 
+def module_dir(sysroot: Sysroot, kver: str) -> str:
+    """The kernel's module directory: /lib/modules/KVER (through the /lib link on a
+    merged-/usr tree), or /usr/lib/modules/KVER where only that exists (kmod >= 31
+    built for /usr/lib/modules with no /lib link). Also the image's path."""
+    for root in MODULE_ROOTS:
+        if sysroot.is_dir(f"{root}/{kver}"):
+            return f"{root}/{kver}"
+    return f"{MODULE_ROOTS[0]}/{kver}"
+
+
 def load_database(sysroot: Sysroot, kver: str) -> ModuleDatabase:
-    moddir = f"/lib/modules/{kver}"
+    moddir = module_dir(sysroot, kver)
     dep_text = sysroot.read_text(f"{moddir}/modules.dep")
     if dep_text is None:
         raise SysrootError(
@@ -287,7 +298,7 @@ def cached_image_index(
     Those are the module files, depmod's other inputs and depmod itself; depmod's
     output depends on nothing else.
     """
-    moddir = f"/lib/modules/{kver}"
+    moddir = module_dir(sysroot, kver)
     inputs = [f"{moddir}/{relpath}" for relpath in sorted(relpaths)]
     inputs += [f"{moddir}/{name}" for name in DEPMOD_INPUTS]
     stamps: list[object] = [[path, _stamp_or_none(sysroot, path)] for path in inputs]
@@ -323,11 +334,11 @@ def image_index(sysroot: Sysroot, kver: str, relpaths: list[str]) -> dict[str, b
             link = moddir / relpath
             link.parent.mkdir(parents=True, exist_ok=True)
             link.symlink_to(
-                sysroot.host_path(sysroot.resolve(f"/lib/modules/{kver}/{relpath}").path)
+                sysroot.host_path(sysroot.resolve(f"{module_dir(sysroot, kver)}/{relpath}").path)
             )
         included = set(relpaths)
         for name in DEPMOD_INPUTS:
-            content = sysroot.read_bytes(f"/lib/modules/{kver}/{name}")
+            content = sysroot.read_bytes(f"{module_dir(sysroot, kver)}/{name}")
             if content is not None and name == "modules.order":
                 kept = [line for line in content.splitlines() if line.decode() in included]
                 content = b"".join(line + b"\n" for line in kept)

@@ -14,29 +14,20 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from bookend import elf
+from bookend import arches, elf
 from bookend.errors import ElfError
 from bookend.scancache import ScanCache, stamp
 from bookend.sysroot import Sysroot
 
-# Debian's multiarch triplets by ELF machine; their directories come first in the
-# loader's built-in search path.
-MULTIARCH = {
-    ("EM_X86_64", 64): "x86_64-linux-gnu",
-    ("EM_386", 32): "i386-linux-gnu",
-    ("EM_AARCH64", 64): "aarch64-linux-gnu",
-    ("EM_ARM", 32): "arm-linux-gnueabihf",
-    ("EM_RISCV", 64): "riscv64-linux-gnu",
-    ("EM_PPC64", 64): "powerpc64le-linux-gnu",
-    ("EM_S390", 64): "s390x-linux-gnu",
-}
-
 
 def trusted_dirs(info: elf.ElfInfo) -> list[str]:
+    """The loader's built-in directories for an object of this class and machine:
+    Debian's multiarch ones first (bookend.arches), then lib64 for 64-bit (Fedora,
+    openSUSE; on Arch a link to lib), then lib."""
     dirs = []
-    triplet = MULTIARCH.get((info.machine, info.elf_class))
-    if triplet:
-        dirs += [f"/lib/{triplet}", f"/usr/lib/{triplet}"]
+    arch = arches.by_elf(info.machine, info.elf_class)
+    if arch:
+        dirs += [f"/lib/{arch.multiarch}", f"/usr/lib/{arch.multiarch}"]
     if info.elf_class == 64:
         dirs += ["/lib64", "/usr/lib64"]
     return [*dirs, "/lib", "/usr/lib"]
@@ -118,3 +109,11 @@ class LibrarySearch:
             return False
         info = self.info_if_elf(resolved.path)
         return info is not None and elf.compatible(info, wanted)
+
+
+def loaded_by(sysroot: Sysroot, program: str, soname: str) -> str | None:
+    """The path program's loader opens for soname (a library it may dlopen), found as
+    ld.so would for that program; None when the sysroot lacks either."""
+    libraries = LibrarySearch(sysroot)
+    info = libraries.info_if_elf(program) if sysroot.exists(program) else None
+    return None if info is None else libraries.find(soname, program, info)

@@ -47,7 +47,7 @@ PAGES: dict[str, Page] = {
         (
             ("bookend build", "initrd and exitrd for the newest kernel, in ./"),
             (
-                "bookend build --kver 6.1.0-28-amd64 -o /boot/initrd.img-6.1.0-28-amd64",
+                "bookend build --kver 6.12.9 -o /boot/initrd.img-6.12.9",
                 "replace the system's initrd for that kernel",
             ),
             ("bookend build --generic --compress xz", "an image that boots any machine"),
@@ -78,7 +78,7 @@ PAGES: dict[str, Page] = {
         (
             ("bookend plan", "the features, programs, units and modules requested"),
             ("bookend plan --closure | grep firmware", "which firmware files would go in"),
-            ("bookend plan --why /usr/lib/x86_64-linux-gnu/libcrypt.so.1", "who wants it"),
+            ("bookend plan --why /usr/sbin/cryptsetup", "who wants it"),
             ("bookend plan --detect", "what hostonly mode finds this machine's root on"),
         ),
         exit_status="0 on success, 1 when --why names a file the image would not hold, "
@@ -152,7 +152,7 @@ PAGES: dict[str, Page] = {
         "image alone. --sysroot DIR adds the package that owns PATH, from DIR's dpkg, rpm or "
         "pacman database.",
         (
-            ("bookend why IMAGE /usr/lib/x86_64-linux-gnu/libcrypt.so.1", "who asked for it"),
+            ("bookend why IMAGE /usr/sbin/cryptsetup", "who asked for it"),
             ("bookend why IMAGE /usr/bin/kmod --sysroot /", "and which package ships it"),
         ),
         exit_status="0 on success, 1 when PATH is not in the image or the image has no "
@@ -189,7 +189,7 @@ PAGES: dict[str, Page] = {
         "under DIR.",
         (
             ("bookend config show --origin", "every value and where it was set"),
-            ("bookend config show --json --kver 6.1.0-28-amd64", "what a build would use"),
+            ("bookend config show --json --kver 6.12.9", "what a build would use"),
         ),
         (
             "/usr/lib/bookend/conf.d, /etc/bookend/conf.d, /run/bookend/conf.d: *.toml in "

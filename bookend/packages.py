@@ -29,7 +29,7 @@ Only five tags are read, every offset and count is checked against the blob, and
 header is a warning naming the database and the row, never a traceback.
 
 Merged /usr: databases list a file by the path its package ships it under (Debian 12's
-libc6 lists /lib/x86_64-linux-gnu/libc.so.6, Arch's and Fedora's /usr/bin/x), and an
+libc6 lists /lib/<triplet>/libc.so.6, Arch's and Fedora's /usr/bin/x), and an
 image or a sysroot may reach it by the other. Every path, listed or asked about, is
 named the canonical way: through the top-level links the sysroot has (/bin -> usr/bin,
 /sbin -> usr/bin on Arch, /usr/sbin -> bin on Fedora 42), so both names find one owner.

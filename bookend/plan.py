@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from bookend import hostonly, kmodules, microcode
+from bookend import arches, hostonly, kmodules, microcode
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config, ModuleMode
 from bookend.drivers import GENERIC_CLASSES, GENERIC_FILESYSTEMS
@@ -184,8 +184,12 @@ def _class_request(name: str, reason: str) -> Request:
 
 
 def microcode_vendors(config: Config) -> tuple[str, ...]:
-    """Generic: every vendor the kernel loads early microcode for. Hostonly: this CPU's."""
+    """Generic: every vendor the kernel loads early microcode for. Hostonly: this CPU's.
+    None for a sysroot of an architecture whose kernel loads none from the initrd."""
     if not config.microcode:
+        return ()
+    arch = arches.sysroot_arch(Sysroot(config.sysroot))
+    if arch is not None and not arch.early_microcode:
         return ()
     if config.mode is ModuleMode.GENERIC:
         return tuple(microcode.SOURCES)

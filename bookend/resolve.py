@@ -34,6 +34,7 @@ from bookend.config import (
 )
 from bookend.errors import BookendError
 from bookend.exitrd_load import DIGEST_SUFFIX
+from bookend.kmodules import MODULE_ROOTS
 from bookend.scancache import ScanCache
 from bookend.sshkeys import read_authorized_keys
 from bookend.suggest import did_you_mean
@@ -93,17 +94,20 @@ def resolve(
 
 
 def installed_kernels(sysroot: Path) -> list[str]:
-    """Kernel versions with a module database under the sysroot's /lib/modules.
+    """Kernel versions with a module database under the sysroot's /lib/modules or
+    /usr/lib/modules.
 
     A directory without modules.dep is what a removed kernel leaves behind (DKMS or
     firmware files), not a kernel one can build for.
     """
     root = Sysroot(sysroot)
-    return [
+    found = {
         name
-        for name in root.listdir("/lib/modules")
-        if root.is_dir(f"/lib/modules/{name}") and root.exists(f"/lib/modules/{name}/modules.dep")
-    ]
+        for top in MODULE_ROOTS
+        for name in root.listdir(top)
+        if root.is_dir(f"{top}/{name}") and root.exists(f"{top}/{name}/modules.dep")
+    }
+    return sorted(found)
 
 
 def newest_kernel(sysroot: Path) -> str | None:
@@ -171,7 +175,11 @@ def _check_units(settings: Settings, sysroot: Sysroot, problems: Problems) -> No
 
 
 def _check_kver(sysroot: Path, kver: str | None, source: str, problems: Problems) -> str:
-    moddir = sysroot / "lib/modules"
+    # Each distinct directory once: on a merged-/usr tree /lib/modules is /usr/lib/modules.
+    root = Sysroot(sysroot)
+    canonical = {root.resolve(top).path: top for top in reversed(MODULE_ROOTS)}
+    tops = [sysroot / top.lstrip("/") for top in reversed(canonical.values())]
+    moddir = " or ".join(str(top) for top in tops)
     installed = installed_kernels(sysroot)
     if kver is None:
         if not installed:
@@ -181,9 +189,10 @@ def _check_kver(sysroot: Path, kver: str | None, source: str, problems: Problems
     if "/" in kver or kver in (".", ".."):
         problems.add(source, "kver", f"'{kver}' is not a kernel version")
     elif kver not in installed:
+        bare = next((top / kver for top in tops if os.path.isdir(top / kver)), None)
         hint = (
-            f" ({moddir / kver} has no modules.dep: run depmod {kver} in the sysroot)"
-            if os.path.isdir(moddir / kver)
+            f" ({bare} has no modules.dep: run depmod {kver} in the sysroot)"
+            if bare is not None
             else did_you_mean(kver, installed)
             or (f" (installed: {', '.join(sorted(installed))})" if installed else "")
         )

@@ -36,7 +36,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from bookend import proc
+from bookend import arches, proc
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.elf import read_elf
 from bookend.errors import CommandError, ConfigError, ElfError
@@ -54,16 +54,6 @@ EROFS_MAGIC_OFFSET = 1024
 GPT_MAGIC = b"EFI PART"  # at 512: a disk image with partitions (a DDI)
 # What unpacks each kind of image in user space, and the Debian package that has it.
 UNPACKERS = {"squashfs": ("unsquashfs", "squashfs-tools"), "erofs": ("fsck.erofs", "erofs-utils")}
-# systemd's architecture names by ELF machine and class (src/basic/architecture.h).
-ARCHITECTURES = {
-    ("EM_X86_64", 64): "x86-64",
-    ("EM_386", 32): "x86",
-    ("EM_AARCH64", 64): "arm64",
-    ("EM_ARM", 32): "arm",
-    ("EM_RISCV", 64): "riscv64",
-    ("EM_PPC64", 64): "ppc64-le",
-    ("EM_S390", 64): "s390x",
-}
 SHUTDOWN = "/usr/lib/systemd/systemd-shutdown"
 
 
@@ -188,7 +178,8 @@ def _architecture(sysroot: Sysroot) -> str | None:
         info = read_elf(sysroot.host_path(resolved.path))
     except ElfError:
         return None
-    return ARCHITECTURES.get((info.machine, info.elf_class))
+    arch = arches.by_elf(info.machine, info.elf_class)
+    return None if arch is None else arch.systemd
 
 
 def extension_entries(path: Path, tree: Path, reason: str) -> list[Generated]:

@@ -21,14 +21,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from bookend import arches
 from bookend.archive.atomic import Staged, staged_file
 from bookend.errors import ConfigError
 from bookend.proc import run
 from bookend.sysroot import Sysroot
 
 UKIFY_PATHS = ("/usr/lib/systemd/ukify", "/usr/bin/ukify")
-STUB_PATH = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub"
+STUB_DIR = "/usr/lib/systemd/boot/efi"
 OS_RELEASE_PATHS = ("/etc/os-release", "/usr/lib/os-release")
+
+
+def stub_paths(root: Sysroot) -> tuple[str, ...]:
+    """systemd-boot's stub for the sysroot's architecture (bookend.arches); every known
+    stub when its systemd says no architecture (a tree without ELF files)."""
+    arch = arches.sysroot_arch(root)
+    chosen = (arch,) if arch is not None else arches.ARCHES
+    return tuple(f"{STUB_DIR}/{a.efi_stub}" for a in chosen if a.efi_stub)
 
 
 def kernel_paths(kver: str) -> tuple[str, ...]:
@@ -55,10 +64,12 @@ def find_uki_tools(sysroot: Path, kver: str) -> UkiTools:
             f"--uki: sysroot {sysroot} has no ukify (install systemd-ukify, systemd >= 253); "
             f"looked for {', '.join(UKIFY_PATHS)}"
         )
-    stub = _first_file(root, (STUB_PATH,))
+    stubs = stub_paths(root)
+    stub = _first_file(root, stubs)
     if stub is None:
+        looked = ", ".join(stubs) or "(its architecture has no systemd-boot stub)"
         raise ConfigError(
-            f"--uki: sysroot {sysroot} has no EFI stub {STUB_PATH} (install systemd-boot-efi)"
+            f"--uki: sysroot {sysroot} has no EFI stub {looked} (install systemd-boot-efi)"
         )
     kernel = _first_file(root, kernel_paths(kver))
     if kernel is None:

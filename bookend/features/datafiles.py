@@ -3,7 +3,8 @@
 A file NAME.toml in a feature directory declares the feature NAME: what it brings
 (`executables`, `units`, `generators`, `udev_rules`, `modules`, `files`,
 `driver_classes`, `requires`; a "?" before a name makes it wanted only where the sysroot
-has it), the storage kind it sets up (`serves`: hostonly detection finding that kind
+has it; a udev rules name "@PURPOSE" is whatever file serves that purpose in the sysroot,
+bookend.udevrules), the storage kind it sets up (`serves`: hostonly detection finding that kind
 switches it on), what else switches it on (`[switch_on]`: `always`, `settings`,
 `program`) and what the exitrd needs from it (`[exitrd]`: `executables`, `files`,
 `shutdown_hooks`, `purpose`). Its `units` come as `--add-unit` brings a unit: with what
@@ -48,6 +49,7 @@ from bookend.features.units import unit_contribution, unit_warnings
 from bookend.storage import StorageKind
 from bookend.suggest import did_you_mean
 from bookend.sysroot import Sysroot
+from bookend.udevrules import PURPOSE_PREFIX, PURPOSES
 from bookend.units import find_unit
 
 # bookend's own feature files, inside the package: a real directory in every install
@@ -262,6 +264,12 @@ def _check_names(lists: Mapping[str, list[str]], bad: Bad) -> None:
                 "driver_classes",
                 f"unknown driver class '{name}'" + did_you_mean(name, sorted(DRIVER_CLASSES)),
             )
+    for name in lists["udev_rules"]:
+        bare = name.removeprefix("?")
+        purpose = bare.removeprefix(PURPOSE_PREFIX)
+        if bare.startswith(PURPOSE_PREFIX) and purpose not in PURPOSES:
+            known = sorted(PURPOSE_PREFIX + key for key in PURPOSES)
+            bad("udev_rules", f"unknown purpose '{bare}'" + did_you_mean(bare, known))
 
 
 def _units(names: Sequence[str], bad: Bad) -> tuple[tuple[str, str | None, bool], ...]:

@@ -21,7 +21,7 @@ from bookend.features.base import (
     RequestKind,
     SwitchOn,
 )
-from bookend.libsearch import LibrarySearch
+from bookend.libsearch import LibrarySearch, loaded_by
 from bookend.storage import StorageKind
 from bookend.sysroot import Sysroot
 
@@ -50,9 +50,7 @@ LIBCRYPTSETUP = "libcryptsetup.so.12"
 
 def loaded_by_cryptsetup(sysroot: Sysroot, soname: str) -> str | None:
     """The path systemd-cryptsetup's loader opens for soname (a library it loads)."""
-    libraries = LibrarySearch(sysroot)
-    info = libraries.info_if_elf(CRYPTSETUP) if sysroot.exists(CRYPTSETUP) else None
-    return None if info is None else libraries.find(soname, CRYPTSETUP, info)
+    return loaded_by(sysroot, CRYPTSETUP, soname)
 
 
 def dlopened_libcryptsetup(context: FeatureContext) -> Contribution:

@@ -39,7 +39,9 @@ FEATURE = Feature(
     requires=("dm",),
     # The rules run lvm pvscan, then systemd-run for vgchange once a VG is complete.
     executables=("lvm", "systemd-run"),
-    udev_rules=("56-lvm.rules", "69-lvm.rules", "?11-dm-lvm.rules", "?69-dm-lvm.rules"),
+    # Debian's 56-lvm.rules and 69-lvm.rules, lvm2's own 11-dm-lvm.rules and
+    # 69-dm-lvm.rules elsewhere: found by purpose (bookend.udevrules).
+    udev_rules=("@lvm", "@lvm-activation"),
     modules=("?dm_snapshot", "?dm_mirror", "?dm_thin_pool", "?dm_raid", "?dm_cache"),
     compute=_lvm_conf,
     switch_on=SwitchOn(program="/sbin/lvm"),

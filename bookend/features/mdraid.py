@@ -57,8 +57,8 @@ FEATURE = Feature(
     help="MD RAID: mdadm, its udev rules, mdadm.conf; degraded arrays start after a timeout",
     executables=("mdadm", "?mdmon"),
     udev_rules=(
-        "63-md-raid-arrays.rules",
-        "64-md-raid-assembly.rules",
+        "@md-arrays",
+        "@md-assembly",
         "?01-md-raid-creating.rules",
     ),
     units=("mdadm-last-resort@.timer", "mdadm-last-resort@.service", "?mdmon@.service"),

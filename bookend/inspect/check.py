@@ -315,10 +315,12 @@ KERNEL_MODULE_FILES = ("modules.dep", "modules.builtin", "modules.order")
 
 
 def _module_databases(sysroot: Sysroot) -> dict[str, _Modules]:
-    """The image's module database for each kernel it has a /lib/modules/KVER for."""
+    """The image's module database for each kernel it has a /lib/modules/KVER (or, in an
+    image of a tree without the /lib link, /usr/lib/modules/KVER) for."""
     databases = {}
-    for kver in sysroot.listdir("/lib/modules"):
-        moddir = f"/lib/modules/{kver}"
+    kvers = dict.fromkeys(k for top in kmodules.MODULE_ROOTS for k in sysroot.listdir(top))
+    for kver in kvers:
+        moddir = kmodules.module_dir(sysroot, kver)
         # Not every directory there is a kernel's: dracut's modsign puts the module
         # signing keys in /lib/modules/keys. A kernel's has depmod's files.
         if not any(sysroot.exists(f"{moddir}/{name}") for name in KERNEL_MODULE_FILES):

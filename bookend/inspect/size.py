@@ -122,7 +122,7 @@ def grouped_tree(
 
 def collapse_chains(node: SizeNode) -> SizeNode:
     """A copy in which a directory whose only child is a directory is merged with it
-    ("usr" > "lib" > "x86_64-linux-gnu" becomes "usr/lib/x86_64-linux-gnu"), so a
+    ("usr" > "lib" > "systemd" becomes "usr/lib/systemd"), so a
     treemap or a listing spends no space on levels that divide nothing."""
     children = {}
     for child in node.children.values():

@@ -8,7 +8,7 @@ import pytest
 from bookend.archive import EntryKind
 from bookend.closure import Closure, build_closure
 from bookend.config import Config
-from bookend.errors import ElfError, SysrootError
+from bookend.errors import ConfigError, ElfError, SysrootError
 from bookend.features.base import Request, RequestKind
 from bookend.plan import Plan
 from tests.unit.conftest import load_config
@@ -219,6 +219,24 @@ def test_directory_request_recursed_with_links(elf_root: Path) -> None:
     assert closure.entries["/etc/modprobe.d/link.conf"].entry.target == "a.conf"
 
 
+def test_dangling_link_in_a_whole_directory_is_a_warning_not_a_failure(root_tree: Path) -> None:
+    # A debootstrap minbase tree: procps is not there, its sysctl.d link dangles.
+    conf = root_tree / "etc/sysctl.d"
+    conf.mkdir()
+    (conf / "10-ok.conf").write_text("kernel.printk = 4\n")
+    (conf / "99-sysctl.conf").symlink_to("../sysctl.conf")
+    closure = closure_of(root_tree, Request(RequestKind.PATH, "/etc/sysctl.d", "test"))
+    assert "/etc/sysctl.d/10-ok.conf" in closure.entries
+    assert "/etc/sysctl.d/99-sysctl.conf" not in closure.entries
+    assert closure.warnings == (
+        f"{root_tree}/etc/sysctl.d/99-sysctl.conf: dangling link to ../sysctl.conf; left out "
+        "(in /etc/sysctl.d, which the image takes whole)",
+    )
+    # Named on its own, the same link is something the image was asked for: an error.
+    with pytest.raises(ConfigError, match=r"99-sysctl\.conf: no such file or directory"):
+        closure_of(root_tree, Request(RequestKind.PATH, "/etc/sysctl.d/99-sysctl.conf", "test"))
+
+
 FIRMWARE_MODULE_C = r"""
 static const char a[] __attribute__((section(".modinfo"), used)) = "firmware=vendor/a.bin";
 static const char b[] __attribute__((section(".modinfo"), used)) = "firmware=vendor/gone.bin";
@@ -359,3 +377,32 @@ def test_dlopen_note_suggested_left_out_and_missing_warned(elf_root: Path) -> No
     assert [w for w in closure.warnings if "dlopen" in w] == [
         "/usr/bin/prog: dlopen gone (required): none of libgone.so.1 found; left out"
     ]
+
+
+# Debian's file names, then lvm2's own (Fedora, Arch), then a name no table knows.
+@pytest.mark.parametrize(
+    ("name", "found_as"),
+    [("55-dm.rules", "55-dm.rules"), ("10-dm.rules", "10-dm.rules"), ("42-my-dm.rules", None)],
+)
+def test_udev_rules_by_purpose_by_name_or_content(
+    root_tree: Path, name: str, found_as: str | None
+) -> None:
+    rules = root_tree / "usr/lib/udev/rules.d"
+    rules.mkdir(parents=True)
+    (rules / "50-udev-default.rules").write_text("# dmsetup udevflags only in a comment\n")
+    (rules / name).write_text('ENV{DM_COOKIE}=="?*", IMPORT{program}="dmsetup udevflags $env{X}"\n')
+    closure = closure_of(root_tree, Request(RequestKind.UDEV_RULES, "@dm", "test"))
+    taken = [path for path in closure.entries if path.endswith(".rules")]
+    assert taken == [f"/usr/lib/udev/rules.d/{found_as or name}"]
+
+
+def test_udev_rules_purpose_missing_names_what_was_looked_for(root_tree: Path) -> None:
+    (root_tree / "usr/lib/udev/rules.d").mkdir(parents=True)
+    with pytest.raises(SysrootError) as failure:
+        closure_of(root_tree, Request(RequestKind.UDEV_RULES, "@lvm-activation", "feature lvm"))
+    assert str(failure.value) == (
+        f"{root_tree}: udev rules @lvm-activation not found in /etc/udev/rules.d, "
+        "/usr/lib/udev/rules.d, /lib/udev/rules.d (LVM event activation: pvscan on each "
+        "physical volume): no file named 69-lvm.rules or 69-dm-lvm.rules or 69-lvm-metad.rules"
+        r" or 69-dm-lvm-metad.rules, none matching /lvm\s+pvscan|pvscan\s+--cache/ [feature lvm]"
+    )

@@ -147,6 +147,11 @@ def test_unknown_feature_name_without_its_file(root_tree: Path) -> None:
         ("demo.toml", 'help = "x"\nfiles = ["etc/x"]\n', "files: 'etc/x' is not an absolute path"),
         (
             "demo.toml",
+            'help = "x"\nudev_rules = ["60-x.rules", "?@lvm-activate"]\n',
+            "udev_rules: unknown purpose '@lvm-activate' (did you mean '@lvm-activation'?)",
+        ),
+        (
+            "demo.toml",
             'help = "x"\ndriver_classes = ["nvm"]\n',
             "driver_classes: unknown driver class 'nvm' (did you mean 'nvme'?)",
         ),
@@ -264,13 +269,7 @@ PYTHON_DM = Feature(
     name="dm",
     help="device-mapper: dm_mod, dmsetup and its udev rules (/dev/mapper, udev sync)",
     executables=("dmsetup",),
-    udev_rules=(
-        "55-dm.rules",
-        "60-persistent-storage-dm.rules",
-        "95-dm-notify.rules",
-        "?10-dm.rules",
-        "?13-dm-disk.rules",
-    ),
+    udev_rules=("@dm", "@dm-disk", "@dm-notify"),
     modules=("dm_mod",),
     serves=StorageKind.DM,
     exitrd=ExitrdPart(executables=("dmsetup",)),

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 
 from bookend.errors import ConfigError
-from bookend.uki import STUB_PATH, UkiTools, find_uki_tools, ukify_argv
+from bookend.uki import STUB_DIR, UkiTools, find_uki_tools, ukify_argv
 from harness.images import bookend
 from tests.unit.conftest import load_config, make_root_tree
 
 KVER = "6.12.0-test"
+# The fixture's systemd is no ELF file, so every architecture's stub is looked for.
+STUB_PATH = f"{STUB_DIR}/linuxx64.efi.stub"
 
 
 def uki_tree(root: Path, *, ukify: bool = True, stub: bool = True, kernel: bool = True) -> Path:
@@ -50,7 +52,7 @@ def test_a_kernel_beside_its_modules_is_found_too(tmp_path: Path) -> None:
     ("missing", "message"),
     [
         ("ukify", "has no ukify (install systemd-ukify, systemd >= 253)"),
-        ("stub", f"has no EFI stub {STUB_PATH} (install systemd-boot-efi)"),
+        ("stub", f"has no EFI stub {STUB_PATH}, {STUB_DIR}/linuxia32.efi.stub, "),
         ("kernel", f"has no kernel image for {KVER}; looked for /boot/vmlinuz-{KVER}"),
     ],
 )

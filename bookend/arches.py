@@ -1,0 +1,78 @@
+"""Architecture facts, in one table: the only place bookend names a triplet or an arch.
+
+A sysroot's architecture is read from its own ELF files (the ELF machine and class of
+systemd), never taken from the build host, so an arm64 tree builds an arm64 image on
+an x86-64 machine. Each row says what differs by architecture: Debian's multiarch
+directory, systemd's architecture name (extension-release ARCHITECTURE=), the
+systemd-boot EFI stub, the kernel's arch-specific crypto directory and whether the
+kernel loads early microcode from the initrd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bookend import elf
+from bookend.errors import ElfError
+from bookend.sysroot import Sysroot
+
+
+@dataclass(frozen=True)
+class Arch:
+    elf_machine: str  # e_machine as bookend.elf names it
+    elf_class: int  # 32 or 64
+    multiarch: str  # Debian's multiarch triplet: /usr/lib/<triplet>
+    debian: str  # Debian's architecture name (dpkg --print-architecture)
+    systemd: str  # systemd's architecture name (src/basic/architecture.h)
+    kernel: str  # the kernel's arch/ directory name
+    efi_stub: str | None  # systemd-boot's stub under /usr/lib/systemd/boot/efi
+    early_microcode: bool  # the kernel scans the initrd for kernel/<arch>/microcode
+    qemu: str | None  # qemu-system-* that emulates it
+
+    @property
+    def crypto_dir(self) -> str:
+        """The arch's accelerated ciphers, relative to /lib/modules/KVER."""
+        return f"kernel/arch/{self.kernel}/crypto/"
+
+
+ARCHES = (
+    Arch("EM_X86_64", 64, "x86_64-linux-gnu", "amd64", "x86-64", "x86",
+         "linuxx64.efi.stub", True, "qemu-system-x86_64"),
+    Arch("EM_386", 32, "i386-linux-gnu", "i386", "x86", "x86",
+         "linuxia32.efi.stub", True, "qemu-system-i386"),
+    Arch("EM_AARCH64", 64, "aarch64-linux-gnu", "arm64", "arm64", "arm64",
+         "linuxaa64.efi.stub", False, "qemu-system-aarch64"),
+    Arch("EM_ARM", 32, "arm-linux-gnueabihf", "armhf", "arm", "arm",
+         "linuxarm.efi.stub", False, "qemu-system-arm"),
+    Arch("EM_RISCV", 64, "riscv64-linux-gnu", "riscv64", "riscv64", "riscv",
+         "linuxriscv64.efi.stub", False, "qemu-system-riscv64"),
+    Arch("EM_PPC64", 64, "powerpc64le-linux-gnu", "ppc64el", "ppc64-le", "powerpc",
+         None, False, "qemu-system-ppc64"),
+    Arch("EM_S390", 64, "s390x-linux-gnu", "s390x", "s390x", "s390",
+         None, False, "qemu-system-s390x"),
+)  # fmt: skip
+
+# Programs every systemd sysroot has, read for its architecture, in this order.
+ARCH_PROBES = ("/usr/lib/systemd/systemd", "/usr/lib/systemd/systemd-shutdown", "/sbin/init")
+
+
+def by_elf(machine: str, elf_class: int) -> Arch | None:
+    return next((a for a in ARCHES if (a.elf_machine, a.elf_class) == (machine, elf_class)), None)
+
+
+def sysroot_arch(sysroot: Sysroot) -> Arch | None:
+    """The architecture of the sysroot's systemd; None when it has no readable one (a
+    fixture tree of empty files) or one not in ARCHES."""
+    for program in ARCH_PROBES:
+        resolved = sysroot.resolve(program)
+        if resolved.st is None:
+            continue
+        host = sysroot.host_path(resolved.path)
+        try:
+            if not host.is_file() or not elf.is_elf(host):
+                continue
+            info = elf.read_elf(host)
+        except (ElfError, OSError):
+            continue
+        return by_elf(info.machine, info.elf_class)
+    return None
