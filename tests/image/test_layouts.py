@@ -5,6 +5,7 @@ check` passes."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from harness.images import bookend
 from tests.layouts import LAYOUTS, Layout, layout_tree
+from tests.packagedbs import write_pacman_db, write_rpmdb
 
 # What each layout's image must hold where that layout keeps it.
 EXPECTED = {
@@ -20,6 +22,18 @@ EXPECTED = {
 }
 LVM2_RULES = ("10-dm.rules", "11-dm-lvm.rules", "13-dm-disk.rules", "69-dm-lvm.rules")
 DEBIAN_RULES = ("55-dm.rules", "56-lvm.rules", "60-persistent-storage-dm.rules", "69-lvm.rules")
+
+
+def package_database(root: Path, layout: Layout) -> None:
+    """The layout's own package database, owning lvm2's rules and libcryptsetup."""
+    owned = {
+        "lvm2": [f"/usr/lib/udev/rules.d/{rules}" for rules in LVM2_RULES],
+        "cryptsetup-libs": [f"{layout.libdir}/libcryptsetup.so.12"],
+    }
+    if layout.name == "fedora":
+        write_rpmdb(root, owned)
+    else:
+        write_pacman_db(root, owned)
 
 
 def names(image: Path) -> list[str]:
@@ -35,7 +49,7 @@ def built(
     """The layout, and its directory: sysroot/, initrd.img, exitrd.img."""
     layout = LAYOUTS[request.param]
     work = tmp_path_factory.mktemp(layout.name)
-    root = layout_tree(layout, work / "sysroot")
+    root = layout_tree(layout, work / "sysroot", packages=package_database)
     (work / "conf").mkdir()  # no configuration of this host's
     result = bookend(
         "build", "--sysroot", str(root), "--config-root", str(work / "conf"), "--generic",
@@ -73,3 +87,19 @@ def test_luks_lvm_image_has_the_layouts_files_and_passes_check(
     # systemd-shutdown's libmount, found by the library search, not by a Debian path.
     libmount = layout.libdir.lstrip("/") + "/libmount.so.1"
     assert libmount in names(work / "exitrd.img")
+
+
+def test_size_attributes_the_images_files_to_the_layouts_packages(
+    built: tuple[Layout, Path],
+) -> None:
+    layout, work = built
+    result = bookend("size", "--json", str(work / "initrd.img"), "--sysroot",
+                     str(work / "sysroot"), check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    view = json.loads(result.stdout)["views"]["package"]
+    sizes = {group["name"]: group["size"] for group in view["children"]}
+    assert sizes.get("lvm2", 0) > 0 and sizes.get("cryptsetup-libs", 0) > 0, sizes
+    database = "rpm" if layout.name == "fedora" else "pacman"
+    assert json.loads(result.stdout)["notes"]["package"].startswith(
+        f"the package owning each file, from {database} "
+    )
