@@ -93,16 +93,18 @@ def resolve(
 
 
 def installed_kernels(sysroot: Path) -> list[str]:
-    """Kernel versions with a module database under the sysroot's /lib/modules.
+    """Kernel versions with a module database under the sysroot's /lib/modules, or the
+    modules.order its package ships (unpacked, never configured: kmodules indexes it).
 
-    A directory without modules.dep is what a removed kernel leaves behind (DKMS or
+    A directory with neither is what a removed kernel leaves behind (DKMS or
     firmware files), not a kernel one can build for.
     """
     root = Sysroot(sysroot)
     return [
         name
         for name in root.listdir("/lib/modules")
-        if root.is_dir(f"/lib/modules/{name}") and root.exists(f"/lib/modules/{name}/modules.dep")
+        if root.is_dir(f"/lib/modules/{name}")
+        and any(root.exists(f"/lib/modules/{name}/{f}") for f in ("modules.dep", "modules.order"))
     ]
 
 

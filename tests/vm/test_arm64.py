@@ -38,6 +38,7 @@ def test_arm64_image_switches_root_and_exitrd_powers_off(tmp_path: Path, console
     # The tree is as debootstrap's first stage left it plus unpacked packages: no
     # modules.dep, so the build indexes the arm64 modules with this host's depmod.
     assert not (root.tree / f"lib/modules/{root.kernel.version}/modules.dep").exists()
+    (tmp_path / "images").mkdir()
     initrd = build_image(tmp_path / "images/initrd.img", root.kernel.version,
                          "--sysroot", str(root.tree), *QEMU_VIRTIO_EXT4)  # fmt: skip
     job = install_exitrd_job(tmp_path / "job.img", initrd.parent)
