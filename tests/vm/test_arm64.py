@@ -74,6 +74,8 @@ def test_arm64_image_switches_root_and_exitrd_powers_off(tmp_path: Path, console
     assert re.search(r"exitrd /boot/exitrd.img: \d+ entries unpacked", running), running[-2000:]
     # From the pivot on the exitrd's /shutdown (systemd-shutdown) speaks, then PSCI.
     assert re.search(r"shutdown\[1\]: .*(Unmounting|unmounted)", pivoted), pivoted[-2000:]
+    # The root's filesystem is unmounted from the exitrd: vda is the root disk.
+    assert "EXT4-fs (vda): unmounting filesystem." in pivoted, pivoted[-2000:]
     assert "reboot: Power down" in pivoted, pivoted[-2000:]
     assert read_job_output(job.path, "ram-kib", tmp_path / "ram").read_text().strip() == "0"
     start = at["kernel start"]
