@@ -12,6 +12,7 @@ import base64
 import fnmatch
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,6 +27,8 @@ from bookend.proc import SCRUBBED_PATH, run
 from bookend.scancache import ScanCache, stamp
 from bookend.suggest import did_you_mean
 from bookend.sysroot import Sysroot
+
+log = logging.getLogger(__name__)
 
 MODULE_SUFFIX = re.compile(r"\.ko(\.xz|\.zst|\.gz)?$")
 GLOB_CHARS = re.compile(r"[*?\[]")
@@ -150,6 +153,8 @@ def shared_database(sysroot: Sysroot, kver: str, cache: ScanCache) -> ModuleData
     if key not in cache.memory:
         moddir = module_dir(sysroot, kver)
         stamps = [[name, _stamp_or_none(sysroot, f"{moddir}/{name}")] for name in DATABASE_FILES]
+        if stamps[0][1] is None:  # no modules.dep: the host's depmod indexes the modules
+            stamps.append([moddir, _stamp_or_none(sysroot, moddir)])
         digest = hashlib.sha256(json.dumps([moddir, stamps]).encode()).hexdigest()
 
         def parsed() -> dict[str, object]:
@@ -194,13 +199,47 @@ def module_dir(sysroot: Sysroot, kver: str) -> str:
     return f"{MODULE_ROOTS[0]}/{kver}"
 
 
+def database_texts(sysroot: Sysroot, kver: str) -> dict[str, str | None]:
+    """The text databases (DATABASE_FILES) of the sysroot's modules for kver.
+
+    A tree whose packages were unpacked but never configured (debootstrap's first
+    stage, an image builder's tree of another architecture) has the modules but no
+    modules.dep: then the host's depmod indexes them in a scratch directory (kmod
+    reads any architecture's modules), and nothing is written into the sysroot.
+    """
+    moddir = module_dir(sysroot, kver)
+    if sysroot.read_text(f"{moddir}/modules.dep") is not None:
+        return {name: sysroot.read_text(f"{moddir}/{name}") for name in DATABASE_FILES}
+    relpaths = module_files(sysroot, moddir)
+    if not relpaths:
+        raise SysrootError(
+            f"{sysroot.host_path(moddir)}: no modules.dep and no modules; "
+            f"is the kernel {kver} installed in the sysroot?"
+        )
+    log.warning("%s/modules.dep: missing; indexing %d modules with this host's depmod",
+                sysroot.host_path(moddir), len(relpaths))  # fmt: skip
+    index = image_index(sysroot, kver, relpaths)
+    return {name: index[name].decode(errors="replace") if name in index else None
+            for name in DATABASE_FILES}  # fmt: skip
+
+
+def module_files(sysroot: Sysroot, moddir: str) -> list[str]:
+    """moddir-relative paths of the module files under moddir, sorted."""
+    top = sysroot.host_path(sysroot.resolve(moddir).path)
+    found = []
+    for directory, _, files in os.walk(top):
+        for name in files:
+            if MODULE_SUFFIX.search(name):
+                found.append(os.path.relpath(os.path.join(directory, name), top))
+    return sorted(found)
+
+
 def load_database(sysroot: Sysroot, kver: str) -> ModuleDatabase:
     moddir = module_dir(sysroot, kver)
-    dep_text = sysroot.read_text(f"{moddir}/modules.dep")
+    texts = database_texts(sysroot, kver)
+    dep_text = texts["modules.dep"]
     if dep_text is None:
-        raise SysrootError(
-            f"{sysroot.host_path(moddir)}/modules.dep: missing; run depmod {kver} in the sysroot"
-        )
+        raise SysrootError(f"{sysroot.host_path(moddir)}/modules.dep: depmod wrote none")
     db = ModuleDatabase(moddir)
     # Each path's name once: modules.dep names most modules many times over.
     names: dict[str, str] = {}
@@ -216,19 +255,19 @@ def load_database(sysroot: Sysroot, kver: str) -> ModuleDatabase:
         db.paths[name] = target
         db.deps[name] = [name_of(dep) for dep in needs.split()]
     # One regular expression over the whole file: the biggest table, ~50,000 lines.
-    for pattern, name in ALIAS_LINE.findall(sysroot.read_text(f"{moddir}/modules.alias") or ""):
+    for pattern, name in ALIAS_LINE.findall(texts["modules.alias"] or ""):
         db.add_alias(pattern, normalize(name))
-    for line in _lines(sysroot.read_text(f"{moddir}/modules.softdep")):
+    for line in _lines(texts["modules.softdep"]):
         parts = line.split()
         if len(parts) >= 2 and parts[0] == "softdep":
             softdeps = [p for p in parts[2:] if p not in ("pre:", "post:")]
             db.softdeps.setdefault(normalize(parts[1]), []).extend(softdeps)
     # modules.weakdep: "weakdep NAME MODULES...", written by depmod for kernels >= 6.8.
-    for line in _lines(sysroot.read_text(f"{moddir}/modules.weakdep")):
+    for line in _lines(texts["modules.weakdep"]):
         parts = line.split()
         if len(parts) >= 3 and parts[0] == "weakdep":
             db.weakdeps.setdefault(normalize(parts[1]), []).extend(parts[2:])
-    db.builtin = builtin_modules(sysroot, moddir)
+    db.builtin = {module_name(line) for line in _lines(texts["modules.builtin"])}
     return db
 
 

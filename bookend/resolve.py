@@ -95,9 +95,10 @@ def resolve(
 
 def installed_kernels(sysroot: Path) -> list[str]:
     """Kernel versions with a module database under the sysroot's /lib/modules or
-    /usr/lib/modules.
+    /usr/lib/modules, or the modules.order its package ships (unpacked, never
+    configured: kmodules indexes it).
 
-    A directory without modules.dep is what a removed kernel leaves behind (DKMS or
+    A directory with neither is what a removed kernel leaves behind (DKMS or
     firmware files), not a kernel one can build for.
     """
     root = Sysroot(sysroot)
@@ -105,7 +106,8 @@ def installed_kernels(sysroot: Path) -> list[str]:
         name
         for top in MODULE_ROOTS
         for name in root.listdir(top)
-        if root.is_dir(f"{top}/{name}") and root.exists(f"{top}/{name}/modules.dep")
+        if root.is_dir(f"{top}/{name}")
+        and any(root.exists(f"{top}/{name}/{f}") for f in ("modules.dep", "modules.order"))
     }
     return sorted(found)
 

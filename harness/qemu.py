@@ -25,7 +25,6 @@ from types import TracebackType
 
 from harness.qmp import Qmp
 
-QEMU = "qemu-system-x86_64"
 GUEST_CPUS_ENV = "BOOKEND_TEST_GUEST_CPUS"
 TAIL_LINES = 60
 
@@ -59,6 +58,25 @@ class Disk:
     plugged: bool = True
     # Bytes of the file before what the guest sees as the disk's start.
     offset: int = 0
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What differs between the machines the tests emulate: QEMU's program, the machine
+    and CPU, and the serial port the kernel's console is on."""
+
+    name: str  # Debian's name for the architecture
+    qemu: str
+    machine: tuple[str, ...]
+    console: str
+
+
+X86_64 = Arch("amd64", "qemu-system-x86_64", ("-cpu", "max"), "ttyS0")
+# The generic "virt" board: PCI (virtio-blk-pci as on x86-64), a PL011 serial port,
+# and PSCI, which QEMU provides itself when it loads the kernel with -kernel (no
+# firmware), for the guest's power-off. cortex-a72, not max: "max" adds pointer
+# authentication, whose emulation makes every function call slower under TCG.
+ARM64 = Arch("arm64", "qemu-system-aarch64", ("-M", "virt", "-cpu", "cortex-a72"), "ttyAMA0")
 
 
 @dataclass(frozen=True)
@@ -153,6 +171,8 @@ class BootOptions:
     # Where the console goes as well, for a post-mortem.
     log_path: Path | None = None
     echo: Callable[[str], None] | None = None
+    # The machine emulated; a kernel for another architecture needs its Arch here.
+    arch: Arch = X86_64
 
     @property
     def attached(self) -> list[Disk]:
@@ -163,9 +183,9 @@ def machine_argv(options: BootOptions) -> list[str]:
     """The machine every test boots: emulated, serial console, no reboot."""
     network = list(options.network) or ["-nic", "none"]
     return [
-        QEMU,
+        options.arch.qemu,
         # KVM is not available (or hangs) where these tests run; TCG always works.
-        "-accel", "tcg", "-cpu", "max",
+        "-accel", "tcg", *options.arch.machine,
         "-m", str(options.memory_mib), "-smp", str(options.cpus),
         # The serial port is the guest's console, on our stdin/stdout; the
         # monitor goes nowhere so no byte we send is taken as a QEMU command.
@@ -186,12 +206,16 @@ def qemu_argv(options: BootOptions) -> list[str]:
     if (options.kernel is None) == (options.esp is None):
         raise ValueError("boot options: give a kernel or an ESP, not both or neither")
     if options.kernel is not None:
-        append = f"console=ttyS0 panic=-1 {options.append}".strip()
+        append = f"console={options.arch.console} panic=-1 {options.append}".strip()
         argv += ["-kernel", os.fspath(options.kernel), "-append", append]
         if options.initrd is not None:
             argv += ["-initrd", os.fspath(options.initrd)]
     else:
         assert options.esp is not None
+        if options.arch != X86_64:
+            raise ValueError(
+                f"boot options: an ESP boots only on x86-64 (OVMF), not {options.arch.name}"
+            )
         argv += uefi_args(options.esp)
     if options.qmp_socket is not None:
         argv += ["-qmp", f"unix:{os.fspath(options.qmp_socket)},server=on,wait=off"]

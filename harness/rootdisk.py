@@ -383,11 +383,15 @@ def build_root_disk(recipe: Recipe, image: Path, key: str) -> None:
     print(f"bookend tests: root disk built in {time.monotonic() - started:.0f} s", flush=True)
 
 
-def bootstrap(recipe: Recipe, tree: Path) -> None:
+def bootstrap(recipe: Recipe, tree: Path, foreign_arch: str | None = None) -> None:
+    """debootstrap recipe into tree; foreign_arch (e.g. "arm64") runs only the first
+    stage for that architecture: packages unpacked or downloaded, nothing run."""
     # The one door for subprocesses scrubs the environment; a proxy the host
     # needs to reach the mirror must still get through.
     proxies = {k: v for k, v in os.environ.items() if k.lower() in ("http_proxy", "https_proxy")}
     argv: list[str | Path] = ["debootstrap", "--variant=minbase"]
+    if foreign_arch is not None:
+        argv += ["--foreign", f"--arch={foreign_arch}"]
     argv += [f"--components={','.join(recipe.components)}"]
     argv += [f"--include={','.join(recipe.include)}", recipe.suite, tree, debian_mirror()]
     try:

@@ -43,11 +43,12 @@ class DiskNeeds:
     trixie_root: bool = False  # the Debian 13 guest's root disk
     dracut: bool = False
     nfs_server: bool = False
+    arm64_root: bool = False  # the arm64 tree and root disk (harness/arm64root.py)
 
     @property
     def any(self) -> bool:
         return (self.root_disk or self.stacks or self.trixie_tree or self.trixie_root
-                or self.dracut or self.nfs_server)  # fmt: skip
+                or self.dracut or self.nfs_server or self.arm64_root)  # fmt: skip
 
 
 # Test modules whose fixtures need the storage stacks, the trixie tree, or dracut.
@@ -72,6 +73,8 @@ NFS_SERVER_MODULES = ("test_nfs.py",)
 # ... and the TPM2 disks and TPM state, made in their own maker guest (harness/tpmdisks.py)
 # by the test that first needs them.
 TPM_MODULES = ("test_tpm2.py",)
+# ... and the arm64 tree and root disk (harness/arm64root.py): a debootstrap, no guest.
+ARM64_MODULES = ("test_arm64.py",)
 
 
 def boots_debian13(nodeid: str) -> bool:
@@ -88,25 +91,27 @@ def run_order(nodeid: str) -> tuple[int, bool]:
     name = PurePosixPath(nodeid.split("::", 1)[0]).name
     slow = (
         name in STACK_MODULES + TRIXIE_TREE_MODULES + NFS_SERVER_MODULES + TPM_MODULES
+        or name in ARM64_MODULES
         or boots_debian13(nodeid)
     )
     return TIERS.index(tier_of(nodeid)), slow
 
 
 def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
-    root = stacks = tree = trixie_root = dracut = nfs_server = False
+    root = stacks = tree = trixie_root = dracut = nfs_server = arm64 = False
     for nodeid in nodeids:
         path = PurePosixPath(nodeid.split("::", 1)[0])
         if tier_of(nodeid) == "vm":
             debian13 = boots_debian13(nodeid)
-            root = root or not debian13
+            root = root or not (debian13 or path.name in ARM64_MODULES)
             stacks = stacks or path.name in STACK_MODULES
             tree = tree or path.name in TRIXIE_TREE_MODULES or debian13
             trixie_root = trixie_root or debian13
             nfs_server = nfs_server or path.name in NFS_SERVER_MODULES
+            arm64 = arm64 or path.name in ARM64_MODULES
         dracut = dracut or path.name in DRACUT_MODULES
     return DiskNeeds(root_disk=root, stacks=stacks, trixie_tree=tree, trixie_root=trixie_root,
-                     dracut=dracut, nfs_server=nfs_server)  # fmt: skip
+                     dracut=dracut, nfs_server=nfs_server, arm64_root=arm64)  # fmt: skip
 
 
 @dataclass
@@ -146,6 +151,7 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
     root disk in another (debootstraps and unpacking: no guest); the NFS server's disk
     (a debootstrap of its own) in a third."""
     # Imported here: collecting the unit tier alone needs none of this.
+    from harness.arm64root import ensure_arm64_root
     from harness.foreign import ensure_dracut
     from harness.qemu import installed_kernels
     from harness.rootdisk import cache_dir_default, ensure_root_disk, trixie_recipe
@@ -173,6 +179,8 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
         builds.start("trixie tree, dracut, trixie root disk", tree_steps)
     if needs.nfs_server:
         builds.start("NFS server disk", [ensure_server_disk])
+    if needs.arm64_root:
+        builds.start("arm64 tree and root disk", [ensure_arm64_root])
     return builds
 
 

@@ -144,6 +144,9 @@ def test_early_builds_are_only_what_the_selected_tests_need() -> None:
     assert needs_of("tests/vm/test_x.py::t[notdebian13]") == (True, False, False, False, False)
     assert not disk_needs(["tests/vm/test_storage.py::a"]).nfs_server
     assert disk_needs(["tests/vm/test_nfs.py::a"]).nfs_server
+    assert disk_needs(["tests/vm/test_arm64.py::a"]).arm64_root
+    assert not disk_needs(["tests/vm/test_boot.py::a"]).arm64_root
+    assert not disk_needs(["tests/vm/test_arm64.py::a"]).root_disk
 
 
 def test_greetings_tell_the_initrd_from_the_real_root() -> None:

@@ -86,10 +86,30 @@ def test_unknown_module_names_request_and_suggests(moddb_root: Path) -> None:
     assert resolve_request(db, "virtio-blk2", "test", optional=True) == []
 
 
-def test_missing_modules_dep_says_run_depmod(root_tree: Path) -> None:
+def test_no_modules_dep_and_no_modules_names_the_kernel(root_tree: Path) -> None:
     (root_tree / f"usr/lib/modules/{KVER}/modules.dep").unlink()
-    with pytest.raises(SysrootError, match=f"modules.dep: missing; run depmod {KVER}"):
+    with pytest.raises(SysrootError, match=f"no modules.dep and no modules; is the kernel {KVER}"):
         load_database(Sysroot(root_tree), KVER)
+
+
+HOST_MODULES = sorted(Path("/lib/modules").glob("*/kernel/drivers/block/virtio_blk.ko"))
+
+
+@pytest.mark.skipif(not HOST_MODULES, reason="no uncompressed virtio_blk.ko on this host")
+def test_unconfigured_tree_is_indexed_by_the_host_depmod(root_tree: Path) -> None:
+    # As debootstrap's first stage leaves a kernel: its modules, no modules.dep.
+    host = HOST_MODULES[-1].parents[3]
+    moddir = root_tree / "usr/lib/modules" / KVER
+    (moddir / "modules.dep").unlink()
+    for relpath in ("kernel/drivers/block/virtio_blk.ko", "kernel/drivers/virtio/virtio_ring.ko"):
+        (moddir / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (moddir / relpath).write_bytes((host / relpath).read_bytes())
+    db = load_database(Sysroot(root_tree), KVER)
+    assert db.paths["virtio_blk"] == "kernel/drivers/block/virtio_blk.ko"
+    assert db.deps["virtio_blk"] == ["virtio_ring"]
+    assert "virtio_blk" in db.lookup("virtio:d00000002v*")
+    # Nothing was written into the sysroot.
+    assert not (moddir / "modules.dep").exists()
 
 
 def test_weakdeps_follow_and_omit_globs_win_over_dependencies(moddb_root: Path) -> None:
