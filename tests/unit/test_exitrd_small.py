@@ -67,7 +67,7 @@ def exitrd_paths(config: Config, features: tuple[str, ...] = ()) -> set[str]:
 
 def test_standalone_shutdown_is_chosen_and_needs_only_libc(tmp_path: Path) -> None:
     root = systemd_tree(tmp_path / "root", standalone=True)
-    assert shutdown_program(Sysroot(str(root))) == STANDALONE
+    assert shutdown_program(Sysroot(root)) == STANDALONE
     config = config_of(root)
     paths = exitrd_paths(config)
     # Exactly the skeleton and the standalone program: no libsystemd-shared, no libcrypto,
@@ -83,7 +83,7 @@ def test_without_standalone_shutdown_brings_exactly_its_dt_needed_closure(
     tmp_path: Path,
 ) -> None:
     root = systemd_tree(tmp_path / "root", standalone=False)
-    assert shutdown_program(Sysroot(str(root))) == SHUTDOWN
+    assert shutdown_program(Sysroot(root)) == SHUTDOWN
     expected = SKELETON | SHARED | {SHUTDOWN}
     paths = exitrd_paths(config_of(root))
     assert paths == expected, paths ^ expected
@@ -92,7 +92,7 @@ def test_without_standalone_shutdown_brings_exactly_its_dt_needed_closure(
 def test_a_standalone_that_is_not_executable_is_not_chosen(tmp_path: Path) -> None:
     root = systemd_tree(tmp_path / "root", standalone=True)
     (root / STANDALONE.lstrip("/")).chmod(0o644)
-    assert shutdown_program(Sysroot(str(root))) == SHUTDOWN
+    assert shutdown_program(Sysroot(root)) == SHUTDOWN
 
 
 def test_lvm_on_luks_adds_nothing_systemd_shutdown_detaches_dm_itself(tmp_path: Path) -> None:

@@ -273,7 +273,6 @@ PYTHON_DM = Feature(
     ),
     modules=("dm_mod",),
     serves=StorageKind.DM,
-    exitrd=ExitrdPart(executables=("dmsetup",)),
 )
 
 
