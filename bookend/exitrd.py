@@ -7,12 +7,21 @@ systemd-shutdown itself: finding /etc/initrd-release it knows it runs from an in
 so it unmounts /oldroot and detaches the DM, MD and loop devices under it, now that
 nothing holds them, and powers off.
 
-The exitrd holds no kernel modules (the running kernel has them loaded) and no udev:
-only systemd-shutdown, its libraries, the release files, and what each feature the
-initrd has declares as its exitrd part (Feature.exitrd): the storage tools, for an
-administrator's or a hook's use, and the hook that stops root storage daemons. What
-the configuration adds comes with it: the exitrd parts of exitrd_features, the
-exitrd_files, and the /usr and /opt of the exitrd_sysexts (bookend.sysext).
+The exitrd holds no kernel modules (the running kernel has them loaded), no udev and
+no shell: only systemd-shutdown and exactly its DT_NEEDED closure, the release files,
+and what a feature the initrd has declares as its exitrd part (Feature.exitrd) because
+something runs it at shutdown: the hook that stops root storage daemons and the steps
+that detach network storage. systemd-shutdown detaches DM (LUKS, LVM) devices with
+ioctls, so those stacks add nothing. What the configuration adds comes with it: the
+exitrd parts of exitrd_features, the exitrd_files, and the /usr and /opt of the
+exitrd_sysexts (bookend.sysext).
+
+systemd >= 254 can build systemd-shutdown.standalone (meson -Dstandalone-binaries),
+the same program with systemd's shared code linked in: where the sysroot has it, it is
+/shutdown, and the exitrd needs no libsystemd-shared-N.so and what that links (on
+Debian 12 libcrypto, libgcrypt...: with systemd-shutdown that closure is the floor).
+Debian 12 and 13 do not ship it. libmount is asked for by name: systemd >= 256
+loads it with dlopen() (its .note.dlopen calls it only "suggested").
 
 Shutdown hooks: systemd-shutdown runs every executable in SHUTDOWN_HOOK_DIR, in
 parallel, with the verb in argv[1], once its loop of unmounting and detaching is done
@@ -52,27 +61,41 @@ from bookend.sysext import check_extension, extension_entries, extension_tree
 from bookend.sysroot import Sysroot
 
 SHUTDOWN = "/usr/lib/systemd/systemd-shutdown"
+STANDALONE = "/usr/lib/systemd/systemd-shutdown.standalone"
 LIBMOUNT = "libmount.so.1"
 # systemd-shutdown mounts these itself; /oldroot is where the old root is moved.
 MOUNT_POINTS = ("/dev", "/proc", "/sys", "/run", "/oldroot")
 
 
+def shutdown_program(sysroot: Sysroot) -> str:
+    """The program that is /shutdown: systemd-shutdown.standalone where the sysroot has
+    it as an executable file, else systemd-shutdown."""
+    resolved = sysroot.resolve(STANDALONE)
+    st = resolved.st
+    if st is not None and stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
+        return STANDALONE
+    return SHUTDOWN
+
+
 def _skeleton(context: FeatureContext) -> Contribution:
-    entries = skeleton(MOUNT_POINTS, "exitrd skeleton")
-    entries.append(
+    program = shutdown_program(Sysroot(context.config.sysroot))
+    reason = "exitrd: systemd-shutdown executes /shutdown after pivoting"
+    entries: list[Request | Generated] = [
+        Request(RequestKind.EXECUTABLE, program, reason),
+        *skeleton(MOUNT_POINTS, "exitrd skeleton"),
         Generated(
-            ArchiveEntry("/shutdown", EntryKind.SYMLINK, 0o777, target=SHUTDOWN.lstrip("/")),
-            "exitrd: systemd-shutdown executes /shutdown after pivoting",
-        )
-    )
+            ArchiveEntry("/shutdown", EntryKind.SYMLINK, 0o777, target=program.lstrip("/")),
+            reason,
+        ),
+    ]
     entries += release_files(context.config, "exitrd")
-    return [*entries, *_libmount(context)]
+    return [*entries, *_libmount(context, program)]
 
 
-def _libmount(context: FeatureContext) -> Contribution:
+def _libmount(context: FeatureContext, program: str) -> Contribution:
     """libmount wherever the sysroot keeps it (systemd >= 256 dlopens it to unmount), found
     as systemd-shutdown's loader would find it: no multiarch path written here."""
-    found = loaded_by(Sysroot(context.config.sysroot), SHUTDOWN, LIBMOUNT)
+    found = loaded_by(Sysroot(context.config.sysroot), program, LIBMOUNT)
     reason = "exitrd: libmount, which systemd-shutdown may dlopen"
     return [] if found is None else [Request(RequestKind.PATH, found, reason)]
 
@@ -80,7 +103,6 @@ def _libmount(context: FeatureContext) -> Contribution:
 EXITRD = Feature(
     name="exitrd",
     help="systemd-shutdown as /shutdown, to unmount the old root and detach its storage",
-    executables=(SHUTDOWN,),
     compute=_skeleton,
 )
 
@@ -165,7 +187,7 @@ def extensions(config: Config, unpack_dir: Path | None) -> list[Generated]:
 def make_exitrd_plan(config: Config, initrd: Plan, unpack_dir: Path | None = None) -> Plan:
     """The exitrd's plan; unpack_dir: where extension images are unpacked."""
     context = FeatureContext(config, initrd.detection)
-    own = [*EXITRD.requests(), *_skeleton(context)]
+    own = _skeleton(context)
     # The extensions' files first: the first entry at a path wins, and an extension
     # shows over the sysroot's tree as systemd-sysext's overlay would.
     contribution = [*extensions(config, unpack_dir), *own, *exitrd_parts(initrd, context)]

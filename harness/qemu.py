@@ -168,6 +168,9 @@ class BootOptions:
     pass_fds: tuple[int, ...] = ()
     # Seconds after which QEMU is killed, whatever the test still waits for.
     timeout: float = 600
+    # A guest reboot boots the machine again (same kernel and command line) instead of
+    # ending QEMU: for tests of the reboot verb.
+    reboot: bool = False
     # Where the console goes as well, for a post-mortem.
     log_path: Path | None = None
     echo: Callable[[str], None] | None = None
@@ -190,8 +193,8 @@ def machine_argv(options: BootOptions) -> list[str]:
         # The serial port is the guest's console, on our stdin/stdout; the
         # monitor goes nowhere so no byte we send is taken as a QEMU command.
         "-nographic", "-monitor", "none", "-serial", "stdio",
-        # A reboot or panic ends QEMU instead of booting again.
-        "-no-reboot",
+        # A reboot or panic ends QEMU instead of booting again, unless asked.
+        *([] if options.reboot else ["-no-reboot"]),
         # Writes go to a throwaway overlay, unless a Disk says otherwise: the
         # cached disks are never modified.
         "-snapshot",

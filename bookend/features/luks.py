@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.features.base import (
     Contribution,
-    ExitrdPart,
     Feature,
     FeatureContext,
     Generated,
@@ -115,7 +114,7 @@ FEATURE = Feature(
     compute=_keyfiles_give_up_and_crypttab,
     switch_on=SwitchOn(program=CRYPTSETUP),
     serves=StorageKind.LUKS,
-    exitrd=ExitrdPart(executables=(CRYPTSETUP, "?cryptsetup"), compute=dlopened_libcryptsetup),
+    # No exitrd part: systemd-shutdown removes the crypt devices itself (DM ioctls).
 )
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.features.base import (
     Contribution,
-    ExitrdPart,
     Feature,
     FeatureContext,
     Generated,
@@ -46,6 +45,5 @@ FEATURE = Feature(
     compute=_lvm_conf,
     switch_on=SwitchOn(program="/sbin/lvm"),
     serves=StorageKind.LVM,
-    # Taking volumes down by hand (or by a hook) at shutdown.
-    exitrd=ExitrdPart(executables=("lvm", "systemd-run")),
+    # No exitrd part: systemd-shutdown removes the logical volumes itself (DM ioctls).
 )

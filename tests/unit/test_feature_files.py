@@ -272,7 +272,6 @@ PYTHON_DM = Feature(
     udev_rules=("@dm", "@dm-disk", "@dm-notify"),
     modules=("dm_mod",),
     serves=StorageKind.DM,
-    exitrd=ExitrdPart(executables=("dmsetup",)),
 )
 
 
