@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from harness.pvh import PHYS32_ENTRY, direct_kernel, has_pvh_entry
+from harness.pvh import PHYS32_ENTRY, XZ_MAGIC, bzimage_payload, direct_kernel, has_pvh_entry
 from harness.qemu import installed_kernels
 
 
@@ -38,21 +38,22 @@ def bzimage(payload: bytes) -> bytes:
     return bytes(setup) + payload + struct.pack("<I", 1234)
 
 
-COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
-    "xz": lambda data: lzma.compress(data, format=lzma.FORMAT_XZ),
-    "gzip": gzip.compress,
-    "zstd": lambda data: zstandard.ZstdCompressor().compress(data),
-}
-
-
-@pytest.mark.parametrize("compression", sorted(COMPRESSORS))
-def test_a_pvh_kernel_is_unpacked_once_into_the_cache(tmp_path: Path, compression: str) -> None:
+def test_an_xz_pvh_kernel_is_unpacked_once_into_the_cache(tmp_path: Path) -> None:
     elf = elf_with_note(PHYS32_ENTRY)
     kernel = tmp_path / "vmlinuz"
-    kernel.write_bytes(bzimage(COMPRESSORS[compression](elf)))
+    kernel.write_bytes(bzimage(lzma.compress(elf)))
     unpacked = direct_kernel(kernel, tmp_path / "cache")
     assert unpacked != kernel and unpacked.read_bytes() == elf
     assert direct_kernel(kernel, tmp_path / "cache") == unpacked
+
+
+@pytest.mark.parametrize("compress", [gzip.compress, zstandard.compress], ids=["gzip", "zstd"])
+def test_a_kernel_that_decompresses_quickly_is_booted_as_given(
+    tmp_path: Path, compress: Callable[[bytes], bytes]
+) -> None:
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(bzimage(compress(elf_with_note(PHYS32_ENTRY))))
+    assert direct_kernel(kernel, tmp_path / "cache") == kernel
 
 
 def test_a_kernel_without_a_pvh_entry_is_booted_as_given(tmp_path: Path) -> None:
@@ -75,8 +76,9 @@ def test_what_is_not_a_bzimage_is_booted_as_given(tmp_path: Path) -> None:
 
 def test_this_machines_kernel_has_a_pvh_entry(tmp_path: Path) -> None:
     kernels = installed_kernels()
-    if not kernels:
-        pytest.skip("no kernel in /boot")
+    payload = bzimage_payload(kernels[-1].path.read_bytes()) if kernels else None
+    if payload is None or not payload.startswith(XZ_MAGIC):
+        pytest.skip("no xz-compressed kernel in /boot")
     unpacked = direct_kernel(kernels[-1].path, tmp_path)
     assert unpacked != kernels[-1].path
     assert has_pvh_entry(unpacked.read_bytes())
