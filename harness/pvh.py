@@ -1,7 +1,7 @@
 """The uncompressed kernel inside an xz-compressed x86 bzImage, which QEMU boots directly.
 
 Given a bzImage, the kernel's own decompressor runs in the guest; for an xz-compressed
-one (Debian 12's kernels) that took ~18 s of every boot under TCG with an initrd.
+one (Debian 12's kernels) that took 13-19 s of every boot under TCG with an initrd.
 Given the ELF vmlinux inside, QEMU loads it itself and enters it at its PVH entry
 point: the same kernel code and command line, the initrd passed as before, the guest's
 time to userspace unchanged, and no decompression. The vmlinux is unpacked once per
