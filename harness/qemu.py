@@ -19,10 +19,11 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 
+from harness.pvh import direct_kernel
 from harness.qmp import Qmp
 
 GUEST_CPUS_ENV = "BOOKEND_TEST_GUEST_CPUS"
@@ -254,7 +255,12 @@ def plug_virtio_disk(qmp: Qmp, index: int) -> None:
 
 
 def boot(options: BootOptions) -> Boot:
-    """Start a guest; use as a with-block, which kills QEMU at its end."""
+    """Start a guest; use as a with-block, which kills QEMU at its end.
+
+    An x86 kernel is booted from its unpacked vmlinux where it can be (harness/pvh.py).
+    """
+    if options.kernel is not None:
+        options = replace(options, kernel=direct_kernel(options.kernel))
     return Boot(qemu_argv(options), timeout=options.timeout, log_path=options.log_path,
                 echo=options.echo, pass_fds=options.pass_fds)  # fmt: skip
 
