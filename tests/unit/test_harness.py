@@ -144,6 +144,10 @@ def test_early_builds_are_only_what_the_selected_tests_need() -> None:
     assert needs_of("tests/vm/test_x.py::t[notdebian13]") == (True, False, False, False, False)
     assert not disk_needs(["tests/vm/test_storage.py::a"]).nfs_server
     assert disk_needs(["tests/vm/test_nfs.py::a"]).nfs_server
+    # The newer releases' stacks are made by booting the bookworm root disk.
+    newer = disk_needs(["tests/vm/test_newer_systemd.py::t[trixie]"])
+    assert (newer.newer_systems, newer.root_disk, newer.stacks) == (True, True, False)
+    assert not disk_needs(["tests/vm/test_storage.py::a"]).newer_systems
 
 
 def test_greetings_tell_the_initrd_from_the_real_root() -> None:
