@@ -493,3 +493,80 @@ def copy_with_passphrase(stack: StackDisks, passphrase: str, directory: Path) ->
         run(["cryptsetup", "luksAddKey", "--batch-mode", *FAST_PBKDF, "--key-file=-",
              copy, new_key], input_bytes=stack.passphrase.encode())  # fmt: skip
     return copy
+
+
+# The LVM-on-LUKS2 stack again, holding another release's root (ensure_suite_stacks).
+SUITE_SCENARIO = next(s for s in SCENARIOS if s.name == "lvm-on-luks")
+
+
+def suite_maker_script(suites: tuple[str, ...]) -> str:
+    """Make SUITE_SCENARIO once per suite, each copying that suite's root disk (attached
+    after the stack disks, in order) instead of the maker's own running root."""
+    calls, index = [], FIRST_STACK_INDEX + len(suites)
+    for offset, suite in enumerate(suites):
+        named = dataclasses.replace(SUITE_SCENARIO, name=f"{SUITE_SCENARIO.name}-{suite}")
+        call = scenario_call(named, FIRST_STACK_INDEX + offset)
+        # make_stack names the function after the scenario: call the one for LVM on LUKS.
+        call = call.replace(f"make_stack make_lvm_on_luks_{suite}", "make_stack make_lvm_on_luks")
+        calls += [
+            f'umount "$src"\n'
+            # noload: the source is a snapshot; replaying its journal would be a write.
+            f'mount -o ro,noload {guest_disk(index + offset)} "$src"\n',
+            call,
+        ]
+    return MAKER_FUNCTIONS + "\n".join(calls) + MAKER_END
+
+
+def ensure_suite_stacks(
+    kernel: Kernel,
+    maker_root: RootDisk,
+    roots: dict[str, RootDisk],
+    *,
+    cache_dir: Path | None = None,
+) -> dict[str, StackDisks]:
+    """An LVM-on-LUKS2 disk per suite whose root filesystem is a copy of that suite's
+    root disk (roots), made in one boot of maker_root (the bookworm disk, which has the
+    tools); keyed apart from the bookworm stacks, whose key stays as it was."""
+    suites = tuple(sorted(roots))
+    script = suite_maker_script(suites)
+    recipe = {
+        "maker": [maker_root.image.name, maker_root.uuid],
+        # A suite's root disk is named by the directory its recipe's key names.
+        "roots": {s: [roots[s].image.parent.name, roots[s].uuid] for s in suites},
+        "script": script,
+        "scenario": dataclasses.asdict(SUITE_SCENARIO),
+    }
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    stacks_dir = (cache_dir or cache_dir_default()) / "stacks"
+    stacks_dir.mkdir(parents=True, exist_ok=True)
+    directory = stacks_dir / f"suites-{key}"
+    log = stacks_dir / f"suites-{key}.console.log"
+
+    def make() -> None:
+        started = time.monotonic()
+        with building(directory, key) as work:
+            disks = []
+            for suite in suites:
+                path = work / f"{SUITE_SCENARIO.name}-{suite}-0.img"
+                with path.open("wb") as sparse:
+                    sparse.truncate(SUITE_SCENARIO.disk_mib[0] * 2**20)
+                disks.append(Disk(path, snapshot=False))
+            initrd = build_image(work / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4)
+            job = make_job_disk(work / "job.img", script, modules_kver=kernel.version)
+            sources = [Disk(roots[s].image) for s in suites]
+            run_maker(kernel, maker_root, initrd, [job, *disks, *sources], log)
+            read_job_output(job.path, "report", work / "maker-report.txt")
+            initrd.unlink()
+            job.path.unlink()
+        print(f"bookend tests: LVM-on-LUKS2 stacks of {', '.join(suites)} made in "
+              f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+
+    made_once("LVM-on-LUKS2 stacks of newer suites (maker guest)", directory,
+              stacks_dir / f"suites-{key}.lock", key, make)  # fmt: skip
+    return {
+        suite: dataclasses.replace(
+            StackDisks.made_from(SUITE_SCENARIO, directory),
+            disks=(directory / f"{SUITE_SCENARIO.name}-{suite}-0.img",),
+        )
+        for suite in suites
+    }

@@ -8,6 +8,7 @@ sums up the phase times of every report the workers send back.
 
 from __future__ import annotations
 
+import functools
 import threading
 import traceback
 from collections.abc import Callable, Iterable
@@ -44,11 +45,15 @@ class DiskNeeds:
     dracut: bool = False
     nfs_server: bool = False
     arm64_root: bool = False  # the arm64 tree and root disk (harness/arm64root.py)
+    # Debian 13 and testing trees with their root disks, and their LVM-on-LUKS2 stacks
+    # (harness/newersystemd.py, harness/stackdisks.py ensure_suite_stacks).
+    newer_systems: bool = False
 
     @property
     def any(self) -> bool:
         return (self.root_disk or self.stacks or self.trixie_tree or self.trixie_root
-                or self.dracut or self.nfs_server or self.arm64_root)  # fmt: skip
+                or self.dracut or self.nfs_server or self.arm64_root
+                or self.newer_systems)  # fmt: skip
 
 
 # Test modules whose fixtures need the storage stacks, the trixie tree, or dracut.
@@ -70,11 +75,16 @@ TRIXIE_TREE_MODULES = (
 DRACUT_MODULES = ("test_inspect_images.py",)
 # ... and the NFS server guest's disk (harness/serverguest.py).
 NFS_SERVER_MODULES = ("test_nfs.py",)
+# ... and the Debian 13 and testing trees, root disks and stacks (issue 16's proof 2).
+NEWER_SYSTEMD_MODULES = ("test_newer_systemd.py",)
 # ... and the TPM2 disks and TPM state, made in their own maker guest (harness/tpmdisks.py)
 # by the test that first needs them.
 TPM_MODULES = ("test_tpm2.py",)
 # ... and the arm64 tree and root disk (harness/arm64root.py): a debootstrap, no guest.
 ARM64_MODULES = ("test_arm64.py",)
+# The boots that wait for the slowest disks, run last.
+SLOW_MODULES = (*STACK_MODULES, *TRIXIE_TREE_MODULES, *NFS_SERVER_MODULES, *TPM_MODULES,
+                *NEWER_SYSTEMD_MODULES, *ARM64_MODULES)  # fmt: skip
 
 
 def boots_debian13(nodeid: str) -> bool:
@@ -89,16 +99,12 @@ def run_order(nodeid: str) -> tuple[int, bool]:
     (the stacks, the trixie tree and root disk, the NFS server's disk), so those are
     made while the other boots run."""
     name = PurePosixPath(nodeid.split("::", 1)[0]).name
-    slow = (
-        name in STACK_MODULES + TRIXIE_TREE_MODULES + NFS_SERVER_MODULES + TPM_MODULES
-        or name in ARM64_MODULES
-        or boots_debian13(nodeid)
-    )
+    slow = name in SLOW_MODULES or boots_debian13(nodeid)
     return TIERS.index(tier_of(nodeid)), slow
 
 
 def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
-    root = stacks = tree = trixie_root = dracut = nfs_server = arm64 = False
+    root = stacks = tree = trixie_root = dracut = nfs_server = arm64 = newer = False
     for nodeid in nodeids:
         path = PurePosixPath(nodeid.split("::", 1)[0])
         if tier_of(nodeid) == "vm":
@@ -109,9 +115,13 @@ def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
             trixie_root = trixie_root or debian13
             nfs_server = nfs_server or path.name in NFS_SERVER_MODULES
             arm64 = arm64 or path.name in ARM64_MODULES
+            newer = newer or path.name in NEWER_SYSTEMD_MODULES
+            # Their stacks are made by booting the bookworm root disk.
+            root = root or path.name in NEWER_SYSTEMD_MODULES
         dracut = dracut or path.name in DRACUT_MODULES
     return DiskNeeds(root_disk=root, stacks=stacks, trixie_tree=tree, trixie_root=trixie_root,
-                     dracut=dracut, nfs_server=nfs_server, arm64_root=arm64)  # fmt: skip
+                     dracut=dracut, nfs_server=nfs_server, arm64_root=arm64,
+                     newer_systems=newer)  # fmt: skip
 
 
 @dataclass
@@ -149,14 +159,17 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
     """Start making what needs names: the root disk then the stacks in one thread (the
     stacks are made by booting the root disk); the trixie tree, dracut and the trixie
     root disk in another (debootstraps and unpacking: no guest); the NFS server's disk
-    (a debootstrap of its own) in a third."""
+    (a debootstrap of its own) in a third; the Debian 13 and testing trees and root disks
+    in a fourth, whose LVM-on-LUKS2 stacks the first thread makes last, one guest at a
+    time."""
     # Imported here: collecting the unit tier alone needs none of this.
     from harness.arm64root import ensure_arm64_root
     from harness.foreign import ensure_dracut
+    from harness.newersystemd import NEWER_SUITES, ensure_newer_system
     from harness.qemu import installed_kernels
     from harness.rootdisk import cache_dir_default, ensure_root_disk, trixie_recipe
     from harness.serverguest import ensure_server_disk
-    from harness.stackdisks import ensure_stack_disks
+    from harness.stackdisks import ensure_stack_disks, ensure_suite_stacks
     from harness.ukisysroot import ensure_trixie_sysroot
 
     builds = EarlyBuilds()
@@ -166,6 +179,9 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
         guest_steps.append(ensure_root_disk)
     if needs.stacks and kernels:
         guest_steps.append(lambda: ensure_stack_disks(kernels[-1], ensure_root_disk()))
+    if needs.newer_systems and kernels:
+        guest_steps.append(lambda: ensure_suite_stacks(kernels[-1], ensure_root_disk(), {
+            suite: ensure_newer_system(suite).root for suite in NEWER_SUITES}))  # fmt: skip
     if guest_steps:
         builds.start("root disk and stacks", guest_steps)
     tree_steps: list[Callable[[], object]] = []
@@ -181,6 +197,11 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
         builds.start("NFS server disk", [ensure_server_disk])
     if needs.arm64_root:
         builds.start("arm64 tree and root disk", [ensure_arm64_root])
+    if needs.newer_systems:
+        newer_steps: list[Callable[[], object]] = [
+            functools.partial(ensure_newer_system, suite) for suite in NEWER_SUITES
+        ]
+        builds.start("Debian 13 and testing trees and root disks", newer_steps)
     return builds
 
 

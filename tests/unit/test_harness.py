@@ -147,6 +147,10 @@ def test_early_builds_are_only_what_the_selected_tests_need() -> None:
     assert disk_needs(["tests/vm/test_arm64.py::a"]).arm64_root
     assert not disk_needs(["tests/vm/test_boot.py::a"]).arm64_root
     assert not disk_needs(["tests/vm/test_arm64.py::a"]).root_disk
+    # The newer releases' stacks are made by booting the bookworm root disk.
+    newer = disk_needs(["tests/vm/test_newer_systemd.py::t[trixie]"])
+    assert (newer.newer_systems, newer.root_disk, newer.stacks) == (True, True, False)
+    assert not disk_needs(["tests/vm/test_storage.py::a"]).newer_systems
 
 
 def test_greetings_tell_the_initrd_from_the_real_root() -> None:

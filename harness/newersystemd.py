@@ -1,0 +1,120 @@
+"""Debian 13 (trixie, systemd 257) and Debian testing (the archive's newest systemd):
+one debootstrap per suite gives both the tree images are built from and the root disk
+they boot, with the LUKS and LVM tools a root on LVM on LUKS2 has.
+
+The tree is the sysroot (`bookend build --sysroot TREE --kver KVER`, the suite's own
+kernel under TREE/boot); the root disk is a copy of it without the kernel and its
+modules (the job disk brings the booted kernel's, as for the other root disks), made
+by `mkfs.ext4 -d` with the report and job units of harness/rootdisk.py. Both are
+cached together in one directory, named after the recipe, made once like every cached
+disk. Testing is asked for by its suite name, "testing": the tree holds whatever the
+mirror had when it was made (a new recipe makes a new one).
+
+Its filesystem UUID and label are its own: the stack maker (harness/stackdisks.py
+ensure_suite_stacks) boots the bookworm root disk with these disks attached, and two
+filesystems with one UUID would leave the maker's root to chance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bookend.proc import run
+from harness.qemu import Kernel, installed_kernels
+from harness.rootdisk import (
+    BASE_DISABLED,
+    BASE_PACKAGES,
+    E2SCRUB_DISABLED,
+    Recipe,
+    RootDisk,
+    bootstrap,
+    building,
+    cache_dir_default,
+    customize,
+    default_recipe,
+    made_once,
+    make_filesystem,
+)
+
+TRIXIE = "trixie"
+TESTING = "testing"
+NEWER_SUITES = (TRIXIE, TESTING)
+NEWER_ROOT_UUID = "b00ce4d0-7e57-4b00-8000-0000000013d0"
+NEWER_ROOT_LABEL = "bookend-newer"
+NEWER_PACKAGES = (
+    *BASE_PACKAGES,
+    # The suite's kernel: images boot it, the way a user of this release would.
+    "linux-image-amd64",
+    # An LVM-on-LUKS2 root: systemd-cryptsetup is its own package since systemd 256.
+    *("systemd-cryptsetup", "cryptsetup-bin", "dmsetup", "lvm2"),
+)
+
+
+@dataclass(frozen=True)
+class NewerSystem:
+    """A suite's tree (the sysroot), its kernel, and its root disk."""
+
+    suite: str
+    tree: Path
+    kernel: Kernel
+    root: RootDisk
+
+
+def newer_recipe(suite: str) -> Recipe:
+    return dataclasses.replace(
+        default_recipe(),
+        suite=suite,
+        components=("main",),
+        include=NEWER_PACKAGES,
+        uuid=NEWER_ROOT_UUID,
+        label=NEWER_ROOT_LABEL,
+        # lvm2's monitoring of snapshots and mirrors: nothing to monitor in a test boot.
+        disabled=(*BASE_DISABLED, *E2SCRUB_DISABLED, "sysinit.target.wants/lvm2-monitor.service"),
+    )
+
+
+def ensure_newer_system(suite: str, cache_dir: Path | None = None) -> NewerSystem:
+    """The cached tree and root disk of suite, made first if no finished pair exists."""
+    recipe = newer_recipe(suite)
+    cache_dir = cache_dir or cache_dir_default()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = recipe.key()
+    made = cache_dir / f"newer-{suite}-{key}"
+    made_once(f"{suite} tree and root disk", made, cache_dir / f"newer-{key}.lock", key,
+              lambda: _make(recipe, made, key))  # fmt: skip
+    kernels = installed_kernels(made / "tree/boot")
+    assert kernels, f"{made}/tree/boot has no kernel (linux-image-amd64 is in the recipe)"
+    root = RootDisk(image=made / "root.img", uuid=recipe.uuid, label=recipe.label)
+    return NewerSystem(suite, made / "tree", kernels[-1], root)
+
+
+def _make(recipe: Recipe, made: Path, key: str) -> None:
+    started = time.monotonic()
+    print(f"bookend tests: debootstrapping {recipe.suite} into {made} (minutes)", flush=True)
+    with building(made, key) as work:
+        tree = work / "tree"
+        bootstrap(recipe, tree)
+        for deb in (tree / "var/cache/apt/archives").glob("*.deb"):
+            deb.unlink()
+        disk_tree = work / "disk-tree"
+        run(["cp", "-a", tree, disk_tree])
+        # The root disk has no kernel of its own: the booted one comes from the tree.
+        for directory in ("boot", "usr/lib/modules"):
+            shutil.rmtree(disk_tree / directory)
+            (disk_tree / directory).mkdir()
+        customize(recipe, disk_tree)
+        make_filesystem(recipe, disk_tree, work / "root.img")
+        shutil.rmtree(disk_tree)
+    print(f"bookend tests: {recipe.suite} tree and root disk made in "
+          f"{time.monotonic() - started:.0f} s", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    import sys
+
+    for name in sys.argv[1:] or NEWER_SUITES:
+        print(ensure_newer_system(name))

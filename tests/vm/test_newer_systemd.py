@@ -1,0 +1,139 @@
+"""Issue 16, proof 2: images built from a Debian 13 (systemd 257) and a Debian testing
+(the archive's newest systemd) sysroot boot that release's kernel into its own root,
+plain and on LVM on LUKS2, and power off through their exitrd.
+
+Two boots per release. The plain root: the initrd mounts it, switches root, the root
+reports the token, and the power-off pivots into the exitrd, whose systemd-shutdown
+unmounts the old root. LVM on LUKS2: the passphrase is typed at the console prompt, the
+root (a copy of the same release's root disk, harness/stackdisks.py ensure_suite_stacks)
+reports, a job records from inside it what it runs on, and the exitrd detaches the
+device-mapper stack. Run with `-rP` to see the measured figures.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from bookend.features.storage_daemons import systemd_version
+from bookend.sysroot import Sysroot
+from harness.exitrdjob import install_exitrd_job, shutdown_through, split_at_pivot
+from harness.guestjob import read_job_output
+from harness.images import QEMU_VIRTIO_EXT4, build_image
+from harness.newersystemd import NEWER_SUITES, NewerSystem, ensure_newer_system
+from harness.qemu import BootOptions, Disk, Kernel
+from harness.rootdisk import RootDisk
+from harness.stackdisks import StackDisks, ensure_suite_stacks
+
+BOOT_LIMIT = 900
+
+# What the root records about itself, in the LVM-on-LUKS2 boot.
+WHERE_AM_I = """
+systemctl --version | head -n 1 > /job/out/systemctl
+findmnt -no SOURCE / > /job/out/root-source
+dmsetup ls --target crypt > /job/out/crypt
+. /etc/os-release && echo "$PRETTY_NAME" > /job/out/release
+"""
+
+
+@pytest.fixture(scope="module", params=NEWER_SUITES)
+def system(request: pytest.FixtureRequest) -> NewerSystem:
+    return ensure_newer_system(request.param)
+
+
+def tree_systemd(system: NewerSystem) -> int:
+    version = systemd_version(Sysroot(system.tree))
+    assert version is not None, f"{system.tree}: no systemd version"
+    return version
+
+
+def build_images(system: NewerSystem, directory: Path, *args: str) -> Path:
+    """An initrd (and its exitrd beside it) from the release's tree, for its kernel."""
+    directory.mkdir()
+    return build_image(directory / "initrd.img", system.kernel.version, "--sysroot",
+                       str(system.tree), *QEMU_VIRTIO_EXT4, *args)  # fmt: skip
+
+
+def options(system: NewerSystem, initrd: Path, disks: tuple[Disk, ...], append: str,
+            log: Path) -> BootOptions:  # fmt: skip
+    return BootOptions(kernel=system.kernel.path, initrd=initrd, disks=disks, append=append,
+                       timeout=BOOT_LIMIT, log_path=log)  # fmt: skip
+
+
+def test_plain_root_boots_and_powers_off_through_the_exitrd(
+    system: NewerSystem, tmp_path: Path
+) -> None:
+    initrd = build_images(system, tmp_path / "images")
+    job = install_exitrd_job(tmp_path / "job.img", initrd.parent)
+    started = time.monotonic()
+    text = shutdown_through(options(system, initrd, (Disk(system.root.image), job),
+                                    f"root=UUID={system.root.uuid} rw",
+                                    tmp_path / "console.log"))  # fmt: skip
+    seconds = time.monotonic() - started
+    running, pivoted = split_at_pivot(text)
+    # The initrd's systemd is the tree's (it names its version as it starts).
+    assert re.search(
+        rf"systemd {tree_systemd(system)}([.~-]\S*)? running in system mode", running
+    ), running[:4000]
+    assert "systemd-initrd=yes" in running
+    assert re.search(r"shutdown\[1\]: .*(Unmounting|unmounted)", pivoted), pivoted[-2000:]
+    print(f"{system.suite} (systemd {tree_systemd(system)}, kernel {system.kernel.version}): "
+          f"initrd {initrd.stat().st_size / 1e6:.1f} MB, plain root boot and exitrd "
+          f"power-off in {seconds:.0f} s")  # fmt: skip
+
+
+def test_lvm_on_luks2_root_unlocks_boots_and_detaches(
+    system: NewerSystem, kernel: Kernel, root_disk: RootDisk, tmp_path: Path
+) -> None:
+    roots = {suite: ensure_newer_system(suite).root for suite in NEWER_SUITES}
+    stack: StackDisks = ensure_suite_stacks(kernel, root_disk, roots)[system.suite]
+    assert stack.passphrase and stack.luks_uuid
+    initrd = build_images(system, tmp_path / "images", "--add-feature", "lvm",
+                          "--add-feature", "luks")  # fmt: skip
+    job = install_exitrd_job(tmp_path / "job.img", initrd.parent, then=WHERE_AM_I)
+    append = f"root=UUID={stack.root_uuid} rd.luks.name={stack.luks_uuid}={stack.luks_name} rw"
+    started = time.monotonic()
+    text = shutdown_through(options(system, initrd, (Disk(stack.disks[0]), job), append,
+                                    tmp_path / "console.log"), stack.passphrase)  # fmt: skip
+    seconds = time.monotonic() - started
+    _, pivoted = split_at_pivot(text)
+    assert "shutdown[1]: All DM devices detached." in pivoted, pivoted[-3000:]
+
+    def recorded(name: str) -> str:
+        return read_job_output(job.path, name, tmp_path / name).read_text().strip()
+
+    # The root that ran is the release's, on the LV inside the LUKS2 volume.
+    assert recorded("systemctl").startswith(f"systemd {tree_systemd(system)} ")
+    assert recorded("root-source") == f"/dev/mapper/{stack.vg}-{stack.lv}"
+    assert recorded("crypt").split()[0] == stack.luks_name
+    release = recorded("release")
+    assert release == os_release(system.tree)["PRETTY_NAME"]
+    print(f"{system.suite} ({release}, {recorded('systemctl')}): initrd "
+          f"{initrd.stat().st_size / 1e6:.1f} MB, LVM on LUKS2 boot and exitrd power-off in "
+          f"{seconds:.0f} s")  # fmt: skip
+
+
+def os_release(tree: Path) -> dict[str, str]:
+    fields = {}
+    for line in (tree / "usr/lib/os-release").read_text().splitlines():
+        key, _, value = line.partition("=")
+        fields[key] = value.strip('"')
+    return fields
+
+
+def test_trees_are_the_releases_named(system: NewerSystem) -> None:
+    """What the boots above prove is about these releases: trixie's tree is Debian 13
+    with systemd 257, testing's a later Debian with a systemd no older."""
+    release = os_release(system.tree)
+    if system.suite == "trixie":
+        assert (release["VERSION_ID"], tree_systemd(system)) == ("13", 257)
+    else:
+        assert "VERSION_ID" not in release, release  # testing and unstable have none
+        assert tree_systemd(system) >= 257
+    print(
+        f"{system.suite}: {release['PRETTY_NAME']}, systemd {tree_systemd(system)}, "
+        f"kernel {system.kernel.version}"
+    )
