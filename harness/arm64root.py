@@ -72,7 +72,7 @@ def arm64_recipe() -> Recipe:
     report = REPORT_SCRIPT.replace("ttyS0", "ttyAMA0")
     files = tuple(
         (path, report if path.endswith("bookend-test-report") else content, mode)
-        for path, content, mode in root_files()
+        for path, content, mode in root_files(ARM64_UUID)
     )
     return Recipe(
         suite="bookworm",

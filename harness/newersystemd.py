@@ -38,6 +38,7 @@ from harness.rootdisk import (
     default_recipe,
     made_once,
     make_filesystem,
+    root_files,
 )
 
 TRIXIE = "trixie"
@@ -72,6 +73,7 @@ def newer_recipe(suite: str) -> Recipe:
         include=NEWER_PACKAGES,
         uuid=NEWER_ROOT_UUID,
         label=NEWER_ROOT_LABEL,
+        files=root_files(NEWER_ROOT_UUID),
         # lvm2's monitoring of snapshots and mirrors: nothing to monitor in a test boot.
         disabled=(*BASE_DISABLED, *E2SCRUB_DISABLED, "sysinit.target.wants/lvm2-monitor.service"),
     )

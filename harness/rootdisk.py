@@ -255,10 +255,13 @@ def trixie_recipe() -> Recipe:
     )
 
 
-def root_files() -> tuple[tuple[str, str, int], ...]:
+def root_files(uuid: str = ROOT_UUID) -> tuple[tuple[str, str, int], ...]:
+    """The test units and the root's own files; fstab names the disk's filesystem by uuid
+    (a line naming another disk fails systemd-remount-fs: mount -o remount / looks the
+    fstab source up)."""
     hosts = "127.0.0.1\tlocalhost\n127.0.1.1\tbookend-test\n::1\tlocalhost ip6-localhost\n"
     return (
-        ("etc/fstab", f"UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n", 0o644),
+        ("etc/fstab", f"UUID={uuid} / ext4 errors=remount-ro 0 1\n", 0o644),
         ("etc/hostname", "bookend-test\n", 0o644),
         ("etc/hosts", hosts, 0o644),
         ("usr/local/sbin/bookend-test-report", REPORT_SCRIPT, 0o755),
