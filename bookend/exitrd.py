@@ -46,6 +46,8 @@ from bookend.features.base import (
 )
 from bookend.features.release import release_files
 from bookend.features.systemd import skeleton
+from bookend.holders import EXECUTABLES as HOLDERS_EXECUTABLES
+from bookend.holders import holders_entry
 from bookend.plan import Plan, enabled_features
 from bookend.sysext import check_extension, extension_entries, extension_tree
 from bookend.sysroot import Sysroot
@@ -64,13 +66,16 @@ def _skeleton(context: FeatureContext) -> Contribution:
         )
     )
     entries += release_files(context.config, "exitrd")
+    entries.append(
+        Generated(holders_entry(), "exitrd: name what still holds the old root's storage")
+    )
     return entries
 
 
 EXITRD = Feature(
     name="exitrd",
     help="systemd-shutdown as /shutdown, to unmount the old root and detach its storage",
-    executables=(SHUTDOWN, "?/usr/lib/x86_64-linux-gnu/libmount.so.1"),
+    executables=(SHUTDOWN, "?/usr/lib/x86_64-linux-gnu/libmount.so.1", *HOLDERS_EXECUTABLES),
     compute=_skeleton,
 )
 
