@@ -20,8 +20,9 @@ from bookend.features.base import SHUTDOWN_HOOK_DIR
 
 HOLDERS_HOOK = f"{SHUTDOWN_HOOK_DIR}/bookend-holders"
 WAIT_SECONDS = 10
-# What the script runs besides the shell's builtins.
-EXECUTABLES = ("/bin/sh", "readlink", "sleep")
+# What the script runs besides the shell's builtins; a sysroot without them (a minimal
+# image) gets an exitrd whose hook cannot run, which only costs the report.
+EXECUTABLES = ("?/bin/sh", "?readlink", "?sleep")
 
 HOLDERS_SCRIPT = """\
 #!/bin/sh
@@ -30,7 +31,7 @@ HOLDERS_SCRIPT = """\
 proc=${BOOKEND_PROC:-/proc}
 sys=${BOOKEND_SYS:-/sys}
 kmsg=${BOOKEND_KMSG:-/dev/kmsg}
-wait=WAIT
+wait=${BOOKEND_HOLD_WAIT:-WAIT}
 
 say() { echo "bookend: $*" > "$kmsg"; }
 
