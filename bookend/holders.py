@@ -9,8 +9,8 @@ and the active MD arrays to go (the other hooks stop arrays and daemons meanwhil
 says on the console either that everything is detached, or what is left and what holds
 each: the processes with a file, directory or executable on it, the devices stacked on
 it, where it is mounted. Then it returns, so the power-off goes on: it never waits
-longer than its bound. BOOKEND_PROC, BOOKEND_SYS and BOOKEND_KMSG name other trees and
-another console file (for tests).
+longer than its bound. BOOKEND_PROC, BOOKEND_SYS, BOOKEND_KMSG and BOOKEND_HOLD_WAIT
+name other trees, another console file and another bound (for tests).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ EXECUTABLES = ("?/bin/sh", "?readlink", "?sleep")
 
 HOLDERS_SCRIPT = """\
 #!/bin/sh
-# Written by bookend: wait at most WAIT s for the old root's storage to be detached, then
+# Written by bookend: wait at most @WAIT@ s for the old root's storage to be detached, then
 # name what is left and what holds it, and let the power-off go on.
 proc=${BOOKEND_PROC:-/proc}
 sys=${BOOKEND_SYS:-/sys}
 kmsg=${BOOKEND_KMSG:-/dev/kmsg}
-wait=${BOOKEND_HOLD_WAIT:-WAIT}
+wait=${BOOKEND_HOLD_WAIT:-@WAIT@}
 
-say() { echo "bookend: $*" > "$kmsg"; }
+say() { echo "bookend: $*" >> "$kmsg"; }
 
 left_mounts() {  # "POINT FSTYPE SOURCE" for each mount on or under /oldroot
     while IFS= read -r line; do
@@ -158,7 +158,7 @@ fi
 say "not detached after $((halves / 2)) s; what holds it (power-off goes on):"
 name_holders
 exit 0
-""".replace("WAIT", str(WAIT_SECONDS))
+""".replace("@WAIT@", str(WAIT_SECONDS))
 
 
 def holders_entry() -> ArchiveEntry:
