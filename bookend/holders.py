@@ -1,16 +1,16 @@
 """The exitrd's last word on the root's storage: what is still there, and what holds it.
 
 systemd-shutdown, as the exitrd's /shutdown, unmounts /oldroot and detaches what it can
-in a loop that gives up quietly when something stays busy (a process with a file open
-on the old root, a DM device still open, an MD array it does not stop before systemd
-254), then runs the exitrd's shutdown hooks all at once and powers off. HOLDERS_HOOK is
-one of them: it waits, at most WAIT_SECONDS, for the old root's mounts, the DM devices
-and the active MD arrays to go (the other hooks stop arrays and daemons meanwhile), then
-says on the console either that everything is detached, or what is left and what holds
-each: the processes with a file, directory or executable on it, the devices stacked on
-it, where it is mounted. Then it returns, so the power-off goes on: it never waits
-longer than its bound. BOOKEND_PROC, BOOKEND_SYS, BOOKEND_KMSG and BOOKEND_HOLD_WAIT
-name other trees, another console file and another bound (for tests).
+in a loop that gives up quietly when something stays busy (a process with a file open on
+the old root, a DM device still open, an MD array still in use), then runs the exitrd's
+shutdown hooks all at once and powers off. HOLDERS_HOOK is one of them: it waits, at
+most WAIT_SECONDS, for the old root's mounts, the DM devices and the active MD arrays to
+go (the other hooks stop arrays and daemons meanwhile), then says on the console either
+that everything is detached, or what is left and what holds each: the processes with a
+file, directory or executable on it, the devices stacked on it, where it is mounted.
+Then it returns, so the power-off goes on: it never waits longer than its bound.
+BOOKEND_PROC, BOOKEND_SYS, BOOKEND_KMSG and BOOKEND_HOLD_WAIT name other trees, another
+console file and another bound (for tests).
 """
 
 from __future__ import annotations

@@ -54,10 +54,12 @@ def _conf(context: FeatureContext) -> Contribution:
 
 
 # systemd-shutdown runs this in the exitrd with the other hooks (bookend.exitrd), after
-# its loop has unmounted /oldroot and detached the DM devices: from 254 on that loop
-# stops the MD arrays too, and this finds none left. An array something still holds
-# (a file system, a DM device on it) is left to bookend.holders to name. Stopping
-# writes the superblocks clean, so the next assembly starts no resync.
+# its loop has unmounted /oldroot and detached the DM devices. That loop stops MD arrays
+# too since systemd 247 (with containers and partitions left out since 251), so on
+# Debian 12 (252) this mostly finds none left; it stops what the loop left or what an
+# older systemd-shutdown never tried, nothing held first. An array something still
+# holds (a file system, a DM device on it) is left to bookend.holders to name.
+# Stopping writes the superblocks clean, so the next assembly starts no resync.
 STOP_HOOK = f"{SHUTDOWN_HOOK_DIR}/bookend-mdraid"
 STOP_SCRIPT = """\
 #!/bin/sh
@@ -102,8 +104,7 @@ FEATURE = Feature(
     compute=_conf,
     switch_on=SwitchOn(program="/sbin/mdadm"),
     serves=StorageKind.MDRAID,
-    # systemd-shutdown stops no MD array before 254 (Debian 12 has 252): the hook does,
-    # once the old root is unmounted and the DM devices on the arrays are gone.
+    # The hook stops what systemd-shutdown's own loop left (see STOP_HOOK).
     exitrd=ExitrdPart(
         executables=("mdadm", "?mdmon", "/bin/sh"),
         files=(ArchiveEntry(STOP_HOOK, EntryKind.FILE, 0o755, data=STOP_SCRIPT.encode()),),
