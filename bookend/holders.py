@@ -146,16 +146,27 @@ describe() {  # $1: block device name; then the device paths a process may hold 
 
 left() { [ -n "$(left_mounts)$(left_dm)$(left_md)" ]; }
 
-halves=0
-while left && [ "$halves" -lt $((wait * 2)) ]; do
+now() {  # hundredths of a second since boot in $up: the bound is in time, not rounds
+    up=0.00
+    read -r up _ 2>/dev/null < /proc/uptime
+    up=${up%.*}${up#*.}
+    up=${up#"${up%%[!0]*}"}  # no leading zeros: not octal
+    up=${up:-0}
+}
+
+now
+started=$up
+while left; do
+    now
+    [ $((up - started)) -lt $((wait * 100)) ] || break
     sleep 0.5
-    halves=$((halves + 1))
 done
 if ! left; then
     say "old root unmounted, every DM and MD device detached"
     exit 0
 fi
-say "not detached after $((halves / 2)) s; what holds it (power-off goes on):"
+now
+say "not detached after $(((up - started) / 100)) s; what holds it (power-off goes on):"
 name_holders
 exit 0
 """.replace("@WAIT@", str(WAIT_SECONDS))

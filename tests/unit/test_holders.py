@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -76,7 +77,8 @@ def test_a_held_root_names_its_holders_after_the_bound(tmp_path: Path) -> None:
     (sys / "block" / "md126" / "md" / "array_state").write_text("clear\n")  # stopped
     text, seconds = run_hook(tmp_path, proc, sys, wait=1)
     lines = text.splitlines()
-    assert lines[0] == "bookend: not detached after 1 s; what holds it (power-off goes on):"
+    assert re.fullmatch(r"bookend: not detached after [12] s; what holds it \(power-off goes on\):",
+                        lines[0])  # fmt: skip
     assert "bookend: still mounted: /oldroot (ext4 from /dev/mapper/vg-root)" in lines
     assert ("bookend:   /oldroot is held by pid 300 (sleep, a storage daemon: argv[0] starts "
             "with @): /oldroot/var/held") in lines  # fmt: skip
@@ -86,4 +88,4 @@ def test_a_held_root_names_its_holders_after_the_bound(tmp_path: Path) -> None:
     assert "bookend:   dm-1 is mounted on /oldroot" in lines
     assert "bookend: still running: MD array md127 (active)" in lines
     assert "md126" not in text
-    assert 1 <= seconds < 10
+    assert 1 <= seconds < 5
