@@ -17,6 +17,7 @@ Run with `-rP` to see the measured figures.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -92,7 +93,8 @@ def stamp(text: str, pattern: str) -> float:
 def image_sizes(image: Path, tmp_path: Path) -> tuple[float, float]:
     """An image's size in MB as it is on disk and unpacked."""
     tree = tmp_path / f"{image.name}.tree"
-    run(["python3", "-m", "bookend", "extract", str(image), str(tree)])
+    # This interpreter: bookend.proc scrubs PATH, and another python3 may lack lz4.
+    run([sys.executable, "-m", "bookend", "extract", str(image), str(tree)])
     unpacked = sum(p.lstat().st_size for p in tree.rglob("*") if p.is_file())
     return image.stat().st_size / 1e6, unpacked / 1e6
 
