@@ -55,6 +55,8 @@ from bookend.features.base import (
 )
 from bookend.features.release import release_files
 from bookend.features.systemd import skeleton
+from bookend.holders import EXECUTABLES as HOLDERS_EXECUTABLES
+from bookend.holders import holders_entry
 from bookend.libsearch import loaded_by
 from bookend.plan import Plan, enabled_features
 from bookend.sysext import check_extension, extension_entries, extension_tree
@@ -89,6 +91,9 @@ def _skeleton(context: FeatureContext) -> Contribution:
         ),
     ]
     entries += release_files(context.config, "exitrd")
+    entries.append(
+        Generated(holders_entry(), "exitrd: name what still holds the old root's storage")
+    )
     return [*entries, *_libmount(context, program)]
 
 
@@ -103,6 +108,7 @@ def _libmount(context: FeatureContext, program: str) -> Contribution:
 EXITRD = Feature(
     name="exitrd",
     help="systemd-shutdown as /shutdown, to unmount the old root and detach its storage",
+    executables=HOLDERS_EXECUTABLES,
     compute=_skeleton,
 )
 

@@ -53,6 +53,12 @@ LVM_ROOT_UUID = "b00ce4d0-7e57-4b00-8002-000000000002"
 MD_UUID = "b00ce4d0-7e57-4b00-8003-000000000001"
 MD_ROOT_UUID = "b00ce4d0-7e57-4b00-8003-000000000002"
 BTRFS_ROOT_UUID = "b00ce4d0-7e57-4b00-8004-000000000002"
+# The exitrd's stacks (EXIT_SCENARIOS, a set of their own).
+MD_LUKS_MD_UUID = "b00ce4d0-7e57-4b00-8005-000000000001"
+MD_LUKS_UUID = "b00ce4d0-7e57-4b00-8005-000000000003"
+MD_LUKS_ROOT_UUID = "b00ce4d0-7e57-4b00-8005-000000000002"
+LVM_MD_UUID = "b00ce4d0-7e57-4b00-8006-000000000001"
+LVM_MD_ROOT_UUID = "b00ce4d0-7e57-4b00-8006-000000000002"
 
 # The guest sees the root disk at index 0 and the job disk at 1 (qemu.py names
 # each disk's serial after its index); the stacks' disks follow in order.
@@ -170,6 +176,37 @@ SCENARIOS = (
         subvolume="@root",
     ),
 )
+
+# Stacks the exitrd must take down layer by layer: LUKS2 on an MD RAID1 array and LVM on
+# one. A set of their own, keyed apart (stacks_key): adding them to SCENARIOS would
+# make every test's stacks again.
+EXIT_SCENARIOS = (
+    Scenario(
+        name="luks-on-md",
+        disk_mib=(DISK_MIB, DISK_MIB),
+        fs_type="ext4",
+        root_uuid=MD_LUKS_ROOT_UUID,
+        cmdline=f"root=UUID={MD_LUKS_ROOT_UUID} rd.luks.uuid={MD_LUKS_UUID}",
+        luks_uuid=MD_LUKS_UUID,
+        luks_name="md_crypt",
+        passphrase=PASSPHRASE,
+        md_uuid=MD_LUKS_MD_UUID,
+        md_name="cryptmd",
+    ),
+    Scenario(
+        name="lvm-on-md",
+        disk_mib=(DISK_MIB, DISK_MIB),
+        fs_type="ext4",
+        root_uuid=LVM_MD_ROOT_UUID,
+        cmdline=f"root=UUID={LVM_MD_ROOT_UUID}",
+        md_uuid=LVM_MD_UUID,
+        md_name="lvmmd",
+        vg="mdvg",
+        lv="root",
+    ),
+)
+# Each set: its directory under the cache's stacks/ names its key, its maker functions
+# are MAKER_FUNCTIONS plus these.
 
 
 def disk_names(scenario: Scenario) -> list[str]:
@@ -314,6 +351,48 @@ make_stack() {  # $1: the function that makes this scenario's stack
 
 """
 
+# The exitrd set's own stacks (EXIT_SCENARIOS), kept out of MAKER_FUNCTIONS so that
+# the first set's key stays as it was.
+EXIT_MAKER_FUNCTIONS = r"""
+md_create() {  # a clean RAID1 of $disks, as make_md_raid1 makes it
+    # shellcheck disable=SC2086  # $disks is a list
+    mdadm --create "/dev/md/$md_name" --run --assume-clean --level=1 --raid-devices=2 \
+        --metadata=1.2 --uuid="$md_uuid" --homehost=any $disks
+    udevadm settle
+    mdadm --wait "/dev/md/$md_name" || true
+}
+
+md_stop() {
+    mdadm --detail "/dev/md/$md_name" >> "$report"
+    mdadm --stop "/dev/md/$md_name"
+    udevadm settle
+}
+
+make_luks_on_md() {
+    md_create
+    luks_format "/dev/md/$md_name"
+    make_ext4 "/dev/mapper/$luks_name"
+    fill_root "/dev/mapper/$luks_name"
+    e2fsck -fn "/dev/mapper/$luks_name"
+    cryptsetup close "$luks_name"
+    md_stop
+}
+
+make_lvm_on_md() {
+    md_create
+    pvcreate "${lvm_config[@]}" "/dev/md/$md_name"
+    vgcreate "${lvm_config[@]}" "$vg" "/dev/md/$md_name"
+    lvcreate "${lvm_config[@]}" --yes -l 100%FREE -n "$lv" "$vg"
+    make_ext4 "/dev/$vg/$lv"
+    fill_root "/dev/$vg/$lv"
+    e2fsck -fn "/dev/$vg/$lv"
+    lvs -o lv_name,vg_name,lv_size,devices >> "$report"
+    vgchange "${lvm_config[@]}" -an "$vg"
+    md_stop
+}
+
+"""
+
 MAKER_END = r"""
 umount "$src"
 # Nothing may stay open: the host caches these disks as they are now.
@@ -359,11 +438,14 @@ def scenario_call(scenario: Scenario, first_index: int) -> str:
 
 
 def maker_script(scenarios: tuple[Scenario, ...] = SCENARIOS) -> str:
+    functions = (
+        MAKER_FUNCTIONS if scenarios == SCENARIOS else MAKER_FUNCTIONS + EXIT_MAKER_FUNCTIONS
+    )
     calls, index = [], FIRST_STACK_INDEX
     for scenario in scenarios:
         calls.append(scenario_call(scenario, index))
         index += len(scenario.disk_mib)
-    return MAKER_FUNCTIONS + "\n".join(calls) + MAKER_END
+    return functions + "\n".join(calls) + MAKER_END
 
 
 def stacks_key(root_disk: RootDisk, scenarios: tuple[Scenario, ...] = SCENARIOS) -> str:
@@ -384,33 +466,46 @@ def ensure_stack_disks(
     *,
     cache_dir: Path | None = None,
     console_log: Path | None = None,
+    scenarios: tuple[Scenario, ...] = SCENARIOS,
 ) -> dict[str, StackDisks]:
     """Every scenario's cached disks by name, made first if no finished set exists.
 
+    scenarios: SCENARIOS, or EXIT_SCENARIOS (ensure_exit_stack_disks), a set of its own.
     The maker guest's console goes to console_log, or beside the cache when None.
     """
     stacks_dir = (cache_dir or cache_dir_default()) / "stacks"
     stacks_dir.mkdir(parents=True, exist_ok=True)
-    key = stacks_key(root_disk)
+    key = stacks_key(root_disk, scenarios)
     directory = stacks_dir / key
     log = console_log or stacks_dir / f"{key}.console.log"
-    made_once("storage stacks (maker guest)", directory, stacks_dir / f"{key}.lock", key,
-              lambda: build_stacks(kernel, root_disk, directory, key, log))  # fmt: skip
-    return {s.name: StackDisks.made_from(s, directory) for s in SCENARIOS}
+    what = "storage stacks (maker guest)" if scenarios == SCENARIOS else "exitrd storage stacks"
+    made_once(what, directory, stacks_dir / f"{key}.lock", key,
+              lambda: build_stacks(kernel, root_disk, directory, key, log, scenarios))  # fmt: skip
+    return {s.name: StackDisks.made_from(s, directory) for s in scenarios}
+
+
+def ensure_exit_stack_disks(kernel: Kernel, root_disk: RootDisk) -> dict[str, StackDisks]:
+    """The EXIT_SCENARIOS disks (LUKS2 on MD RAID1, LVM on MD RAID1) by name."""
+    return ensure_stack_disks(kernel, root_disk, scenarios=EXIT_SCENARIOS)
 
 
 def build_stacks(
-    kernel: Kernel, root_disk: RootDisk, directory: Path, key: str, console_log: Path
+    kernel: Kernel,
+    root_disk: RootDisk,
+    directory: Path,
+    key: str,
+    console_log: Path,
+    scenarios: tuple[Scenario, ...] = SCENARIOS,
 ) -> None:
     """Make the sets in a private directory and rename it into place when complete."""
     started = time.monotonic()
     print(f"bookend tests: making storage stacks in {directory} (minutes)", flush=True)
     with building(directory, key) as work:
-        disks = make_blank_disks(work)
-        keyfiles = make_keyfiles(work)
+        disks = make_blank_disks(work, scenarios)
+        keyfiles = make_keyfiles(work, scenarios)
         initrd = build_image(work / "initrd.img", kernel.version, *QEMU_VIRTIO_EXT4)
         job = make_job_disk(
-            work / "job.img", maker_script(), files=keyfiles, modules_kver=kernel.version
+            work / "job.img", maker_script(scenarios), files=keyfiles, modules_kver=kernel.version
         )
         run_maker(kernel, root_disk, initrd, [job, *disks], console_log)
         read_job_output(job.path, "report", work / "maker-report.txt")
@@ -421,10 +516,10 @@ def build_stacks(
     print(f"bookend tests: storage stacks made in {elapsed:.0f} s", flush=True)
 
 
-def make_blank_disks(work: Path) -> list[Disk]:
+def make_blank_disks(work: Path, scenarios: tuple[Scenario, ...] = SCENARIOS) -> list[Disk]:
     """Sparse, all-zero member disks for every scenario, in attach order."""
     disks = []
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         for name, size_mib in zip(disk_names(scenario), scenario.disk_mib, strict=True):
             with (work / name).open("wb") as sparse:
                 sparse.truncate(size_mib * 2**20)
@@ -433,10 +528,10 @@ def make_blank_disks(work: Path) -> list[Disk]:
     return disks
 
 
-def make_keyfiles(work: Path) -> dict[str, Path]:
+def make_keyfiles(work: Path, scenarios: tuple[Scenario, ...] = SCENARIOS) -> dict[str, Path]:
     """A fresh random key file per scenario that has one: job disk path -> host path."""
     keyfiles = {}
-    for scenario in SCENARIOS:
+    for scenario in scenarios:
         if scenario.keyfile_bytes:
             path = work / keyfile_name(scenario)
             # Created private: a key file readable by others is what a test

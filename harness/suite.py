@@ -40,6 +40,7 @@ class DiskNeeds:
 
     root_disk: bool = False
     stacks: bool = False
+    exit_stacks: bool = False  # stackdisks.EXIT_SCENARIOS (made after the stacks)
     trixie_tree: bool = False  # images built from Debian 13 (UKI, the Debian 13 guest)
     trixie_root: bool = False  # the Debian 13 guest's root disk
     dracut: bool = False
@@ -65,6 +66,9 @@ STACK_MODULES = (
     "test_keymap.py",
     "test_splash.py",
 )
+# Modules that boot the exitrd's own stacks (stackdisks.EXIT_SCENARIOS, a set of its
+# own), made right after the first set.
+EXIT_STACK_MODULES = ("test_exitrd_stacks.py",)
 # Images built from the trixie tree.
 TRIXIE_TREE_MODULES = (
     "test_uki.py",
@@ -83,8 +87,9 @@ TPM_MODULES = ("test_tpm2.py",)
 # ... and the arm64 tree and root disk (harness/arm64root.py): a debootstrap, no guest.
 ARM64_MODULES = ("test_arm64.py",)
 # The boots that wait for the slowest disks, run last.
-SLOW_MODULES = (*STACK_MODULES, *TRIXIE_TREE_MODULES, *NFS_SERVER_MODULES, *TPM_MODULES,
-                *NEWER_SYSTEMD_MODULES, *ARM64_MODULES)  # fmt: skip
+SLOW_MODULES = (*STACK_MODULES, *EXIT_STACK_MODULES, *TRIXIE_TREE_MODULES,
+                *NFS_SERVER_MODULES, *TPM_MODULES, *NEWER_SYSTEMD_MODULES,
+                *ARM64_MODULES)  # fmt: skip
 
 
 def boots_debian13(nodeid: str) -> bool:
@@ -104,13 +109,15 @@ def run_order(nodeid: str) -> tuple[int, bool]:
 
 
 def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
-    root = stacks = tree = trixie_root = dracut = nfs_server = arm64 = newer = False
+    root = stacks = exit_stacks = tree = trixie_root = dracut = nfs_server = False
+    arm64 = newer = False
     for nodeid in nodeids:
         path = PurePosixPath(nodeid.split("::", 1)[0])
         if tier_of(nodeid) == "vm":
             debian13 = boots_debian13(nodeid)
             root = root or not (debian13 or path.name in ARM64_MODULES)
-            stacks = stacks or path.name in STACK_MODULES
+            stacks = stacks or path.name in STACK_MODULES + EXIT_STACK_MODULES
+            exit_stacks = exit_stacks or path.name in EXIT_STACK_MODULES
             tree = tree or path.name in TRIXIE_TREE_MODULES or debian13
             trixie_root = trixie_root or debian13
             nfs_server = nfs_server or path.name in NFS_SERVER_MODULES
@@ -119,9 +126,9 @@ def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
             # Their stacks are made by booting the bookworm root disk.
             root = root or path.name in NEWER_SYSTEMD_MODULES
         dracut = dracut or path.name in DRACUT_MODULES
-    return DiskNeeds(root_disk=root, stacks=stacks, trixie_tree=tree, trixie_root=trixie_root,
-                     dracut=dracut, nfs_server=nfs_server, arm64_root=arm64,
-                     newer_systems=newer)  # fmt: skip
+    return DiskNeeds(root_disk=root, stacks=stacks, exit_stacks=exit_stacks, trixie_tree=tree,
+                     trixie_root=trixie_root, dracut=dracut, nfs_server=nfs_server,
+                     arm64_root=arm64, newer_systems=newer)  # fmt: skip
 
 
 @dataclass
@@ -169,7 +176,7 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
     from harness.qemu import installed_kernels
     from harness.rootdisk import cache_dir_default, ensure_root_disk, trixie_recipe
     from harness.serverguest import ensure_server_disk
-    from harness.stackdisks import ensure_stack_disks, ensure_suite_stacks
+    from harness.stackdisks import ensure_exit_stack_disks, ensure_stack_disks, ensure_suite_stacks
     from harness.ukisysroot import ensure_trixie_sysroot
 
     builds = EarlyBuilds()
@@ -182,6 +189,8 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
     if needs.newer_systems and kernels:
         guest_steps.append(lambda: ensure_suite_stacks(kernels[-1], ensure_root_disk(), {
             suite: ensure_newer_system(suite).root for suite in NEWER_SUITES}))  # fmt: skip
+    if needs.exit_stacks and kernels:
+        guest_steps.append(lambda: ensure_exit_stack_disks(kernels[-1], ensure_root_disk()))
     if guest_steps:
         builds.start("root disk and stacks", guest_steps)
     tree_steps: list[Callable[[], object]] = []

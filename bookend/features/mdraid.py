@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.features.base import (
+    SHUTDOWN_HOOK_DIR,
     Contribution,
     ExitrdPart,
     Feature,
@@ -52,6 +53,43 @@ def _conf(context: FeatureContext) -> Contribution:
     return [Generated(entry, "feature mdraid: mdadm.conf")]
 
 
+# systemd-shutdown runs this in the exitrd with the other hooks (bookend.exitrd), after
+# its loop has unmounted /oldroot and detached the DM devices. That loop stops MD arrays
+# too since systemd 247 (with containers and partitions left out since 251), so on
+# Debian 12 (252) this mostly finds none left; it stops what the loop left or what an
+# older systemd-shutdown never tried, nothing held first. An array something still
+# holds (a file system, a DM device on it) is left to bookend.holders to name.
+# Stopping writes the superblocks clean, so the next assembly starts no resync.
+STOP_HOOK = f"{SHUTDOWN_HOOK_DIR}/bookend-mdraid"
+STOP_SCRIPT = """\
+#!/bin/sh
+# Written by bookend: stop the MD arrays nothing holds any more, arrays built on arrays
+# from the top down.
+round=0
+while [ "$round" -lt 4 ]; do
+    round=$((round + 1))
+    stopped=
+    for dir in /sys/block/md*; do
+        state=
+        read -r state 2>/dev/null < "$dir/md/array_state" || continue
+        case $state in clear|inactive) continue ;; esac
+        for holder in "$dir"/holders/*; do
+            [ -e "$holder" ] && continue 2
+        done
+        dev=${dir##*/}
+        if mdadm --stop "/dev/$dev" > /dev/null 2>&1; then
+            echo "bookend: stopped MD array $dev (it was $state)" > /dev/kmsg
+            stopped=yes
+        else
+            echo "bookend: cannot stop MD array $dev ($state)" > /dev/kmsg
+        fi
+    done
+    [ -n "$stopped" ] || break
+done
+exit 0
+"""
+
+
 FEATURE = Feature(
     name="mdraid",
     help="MD RAID: mdadm, its udev rules, mdadm.conf; degraded arrays start after a timeout",
@@ -66,6 +104,10 @@ FEATURE = Feature(
     compute=_conf,
     switch_on=SwitchOn(program="/sbin/mdadm"),
     serves=StorageKind.MDRAID,
-    # Stopping arrays (and mdmon's external metadata) by hand or by a hook at shutdown.
-    exitrd=ExitrdPart(executables=("mdadm", "?mdmon")),
+    # The hook stops what systemd-shutdown's own loop left (see STOP_HOOK).
+    exitrd=ExitrdPart(
+        executables=("mdadm", "?mdmon", "/bin/sh"),
+        files=(ArchiveEntry(STOP_HOOK, EntryKind.FILE, 0o755, data=STOP_SCRIPT.encode()),),
+        purpose="stop the MD arrays (mdraid)",
+    ),
 )

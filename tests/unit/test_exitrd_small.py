@@ -31,6 +31,8 @@ SKELETON = {
     "/lib", "/lib64", "/usr", "/usr/lib", "/usr/lib64", "/usr/lib64/ld-linux-x86-64.so.2",
     "/usr/lib/x86_64-linux-gnu", f"{MULTIARCH}/libc.so.6", f"{MULTIARCH}/ld-linux-x86-64.so.2",
     "/usr/lib/systemd",
+    # The hook that names what still holds the old root (its sh is optional: none here).
+    "/usr/lib/systemd/system-shutdown", "/usr/lib/systemd/system-shutdown/bookend-holders",
 }  # fmt: skip
 SHARED = {
     PRIVATE, f"{PRIVATE}/libsystemd-shared-999.so",

@@ -21,6 +21,7 @@ from bookend.features.base import (
     RequestKind,
     split_contribution,
 )
+from bookend.features.mdraid import STOP_HOOK as MD_STOP_HOOK
 from bookend.features.storage_daemons import DETACH_DIR, STOP_HOOK, STOP_SCRIPT
 from bookend.hostonly import DM_UUID_RULES
 from bookend.plan import Plan, make_plan
@@ -94,7 +95,7 @@ def test_no_feature_setting_or_storage_kind_is_named_by_the_plan_or_the_exitrd()
 
 # dm, luks and lvm have none: systemd-shutdown removes DM devices itself.
 EXITRD_TOOLS = {
-    "mdraid": {("mdadm", False), ("mdmon", True)},
+    "mdraid": {("mdadm", False), ("mdmon", True), ("/bin/sh", False)},
     "btrfs": {("btrfs", False), ("fsck.btrfs", True), ("btrfsck", True)},
     "storage-daemons": {("/bin/sh", False), ("sleep", False)},
     # Computed: the sysroot's own programs.
@@ -119,6 +120,11 @@ def test_exitrd_part_of_each_feature(name: str, root_tree: Path) -> None:
         assert {i.reason for i in items} == {
             "exitrd: stop the root storage daemons (storage_daemons)"
         }
+    elif name == "mdraid":
+        [hook] = [g.entry for g in generated]
+        assert (hook.path, hook.mode) == (MD_STOP_HOOK, 0o755)
+        assert b'mdadm --stop "/dev/$dev"' in (hook.data or b"")
+        assert {i.reason for i in items} == {"exitrd: stop the MD arrays (mdraid)"}
     elif name in ("nbd", "iscsi", "nfs"):
         [step] = [g.entry for g in generated if g.entry.kind is EntryKind.FILE]
         # iscsiadm refuses every request, a logout too, without its record directory.

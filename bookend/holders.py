@@ -1,0 +1,176 @@
+"""The exitrd's last word on the root's storage: what is still there, and what holds it.
+
+systemd-shutdown, as the exitrd's /shutdown, unmounts /oldroot and detaches what it can
+in a loop that gives up quietly when something stays busy (a process with a file open on
+the old root, a DM device still open, an MD array still in use), then runs the exitrd's
+shutdown hooks all at once and powers off. HOLDERS_HOOK is one of them: it waits, at
+most WAIT_SECONDS, for the old root's mounts, the DM devices and the active MD arrays to
+go (the other hooks stop arrays and daemons meanwhile), then says on the console either
+that everything is detached, or what is left and what holds each: the processes with a
+file, directory or executable on it, the devices stacked on it, where it is mounted.
+Then it returns, so the power-off goes on: it never waits longer than its bound.
+BOOKEND_PROC, BOOKEND_SYS, BOOKEND_KMSG and BOOKEND_HOLD_WAIT name other trees, another
+console file and another bound (for tests).
+"""
+
+from __future__ import annotations
+
+from bookend.archive import ArchiveEntry, EntryKind
+from bookend.features.base import SHUTDOWN_HOOK_DIR
+
+HOLDERS_HOOK = f"{SHUTDOWN_HOOK_DIR}/bookend-holders"
+WAIT_SECONDS = 10
+# What the script runs besides the shell's builtins; a sysroot without them (a minimal
+# image) gets an exitrd whose hook cannot run, which only costs the report.
+EXECUTABLES = ("?/bin/sh", "?readlink", "?sleep")
+
+HOLDERS_SCRIPT = """\
+#!/bin/sh
+# Written by bookend: wait at most @WAIT@ s for the old root's storage to be detached, then
+# name what is left and what holds it, and let the power-off go on.
+proc=${BOOKEND_PROC:-/proc}
+sys=${BOOKEND_SYS:-/sys}
+kmsg=${BOOKEND_KMSG:-/dev/kmsg}
+wait=${BOOKEND_HOLD_WAIT:-@WAIT@}
+
+say() { echo "bookend: $*" >> "$kmsg"; }
+
+left_mounts() {  # "POINT FSTYPE SOURCE" for each mount on or under /oldroot
+    while IFS= read -r line; do
+        set -f  # words from /proc are never patterns
+        set -- $line
+        set +f
+        case $5 in /oldroot|/oldroot/*) ;; *) continue ;; esac
+        point=$5
+        set -f
+        set -- ${line#* - }
+        set +f
+        echo "$point $1 $2"
+    done < "$proc/self/mountinfo"
+}
+
+left_dm() {  # each DM device left
+    for dir in "$sys"/block/dm-*; do
+        [ -e "$dir" ] && echo "${dir##*/}"
+    done
+}
+
+left_md() {  # "mdN STATE" for each MD array still running
+    for dir in "$sys"/block/md*; do
+        state=
+        read -r state 2>/dev/null < "$dir/md/array_state" || continue
+        case $state in clear|inactive) continue ;; esac
+        echo "${dir##*/} $state"
+    done
+}
+
+dm_name() {  # $1: dm-N; its device-mapper name, or $1
+    name=
+    read -r name 2>/dev/null < "$sys/block/$1/dm/name" || name=$1
+    echo "${name:-$1}"
+}
+
+stacked_on() {  # $1: a block device's name; what the kernel has stacked on it
+    for holder in "$sys/block/$1"/holders/*; do
+        [ -e "$holder" ] || continue
+        holder=${holder##*/}
+        case $holder in dm-*) echo "$holder ($(dm_name "$holder"))" ;; *) echo "$holder" ;; esac
+    done
+}
+
+mounted_from() {  # $1: MAJOR:MINOR; where a file system on that device is mounted
+    want=$1
+    [ -n "$want" ] || return 0
+    while IFS= read -r line; do
+        set -f  # words from /proc are never patterns
+        set -- $line
+        set +f
+        [ "$3" = "$want" ] && echo "$5"
+    done < "$proc/self/mountinfo"
+}
+
+users_of() {  # $1: a path prefix; "pid PID (COMM): PATH" for each process using it
+    for dir in "$proc"/[0-9]*; do
+        pid=${dir##*/}
+        [ "$pid" -ne $$ ] && [ "$pid" -ne 1 ] || continue
+        argv0=
+        IFS= read -r argv0 2>/dev/null < "$dir/cmdline" || [ -n "$argv0" ] || continue
+        found=
+        for target in $(readlink "$dir"/fd/* "$dir/exe" "$dir/cwd" "$dir/root" 2>/dev/null); do
+            case $target in "$1"|"$1"/*) found=$target; break ;; esac
+        done
+        [ -n "$found" ] || continue
+        comm=
+        read -r comm 2>/dev/null < "$dir/comm"
+        # (The shell drops the NULs between the arguments: only argv[0]'s start is sure.)
+        case $argv0 in @*) comm="$comm, a storage daemon: argv[0] starts with @" ;; esac
+        echo "pid $pid ($comm): $found"
+    done
+}
+
+name_holders() {
+    left_mounts | while read -r point fstype source; do
+        say "still mounted: $point ($fstype from $source)"
+        users_of "$point" | while IFS= read -r user; do
+            say "  $point is held by $user"
+        done
+    done
+    for dev in $(left_dm); do
+        name=$(dm_name "$dev")
+        say "still present: DM device $name ($dev)"
+        describe "$dev" "/dev/$dev" "/dev/mapper/$name"
+    done
+    left_md | while read -r dev state; do
+        say "still running: MD array $dev ($state)"
+        describe "$dev" "/dev/$dev"
+    done
+}
+
+describe() {  # $1: block device name; then the device paths a process may hold open
+    dev=$1
+    shift
+    stacked_on "$dev" | while IFS= read -r holder; do
+        say "  $dev is held by $holder"
+    done
+    devnum=
+    read -r devnum 2>/dev/null < "$sys/block/$dev/dev"
+    for point in $(mounted_from "$devnum"); do
+        say "  $dev is mounted on $point"
+    done
+    for path in "$@"; do
+        users_of "$path" | while IFS= read -r user; do
+            say "  $dev is open in $user"
+        done
+    done
+}
+
+left() { [ -n "$(left_mounts)$(left_dm)$(left_md)" ]; }
+
+now() {  # hundredths of a second since boot in $up: the bound is in time, not rounds
+    up=0.00
+    read -r up _ 2>/dev/null < /proc/uptime
+    up=${up%.*}${up#*.}
+    up=${up#"${up%%[!0]*}"}  # no leading zeros: not octal
+    up=${up:-0}
+}
+
+now
+started=$up
+while left; do
+    now
+    [ $((up - started)) -lt $((wait * 100)) ] || break
+    sleep 0.5
+done
+if ! left; then
+    say "old root unmounted, every DM and MD device detached"
+    exit 0
+fi
+now
+say "not detached after $(((up - started) / 100)) s; what holds it (power-off goes on):"
+name_holders
+exit 0
+""".replace("@WAIT@", str(WAIT_SECONDS))
+
+
+def holders_entry() -> ArchiveEntry:
+    return ArchiveEntry(HOLDERS_HOOK, EntryKind.FILE, 0o755, data=HOLDERS_SCRIPT.encode())
