@@ -222,12 +222,18 @@ def _write_pair(
 
 
 def _with_exitrd_digest(closure: Closure, exitrd: Path) -> Closure:
-    """closure plus the unit that leaves the exitrd's digest in /run at boot."""
+    """closure plus the unit that leaves the exitrd's digest in /run at boot (with the
+    initrd's systemd-tmpfiles; an initrd without it names no exitrd)."""
     from bookend.exitrd_store import initrd_entries, seal_image
 
+    tmpfiles = [path for path in closure.entries if path.endswith("bin/systemd-tmpfiles")]
+    if not tmpfiles:
+        log.warning("the initrd has no systemd-tmpfiles: it names no exitrd, and the "
+                    "exitrd loader falls back to the latest one installed")  # fmt: skip
+        return closure
     reason = "exitrd: the digest of the exitrd built with this initrd"
     entries = dict(closure.entries)
-    for path, data, target in initrd_entries(seal_image(exitrd).digest):
+    for path, data, target in initrd_entries(seal_image(exitrd).digest, min(tmpfiles)):
         if target is not None:
             entry = ArchiveEntry(path, EntryKind.SYMLINK, 0o777, target=target)
         elif data is not None:

@@ -141,7 +141,8 @@ def make_parser() -> argparse.ArgumentParser:
     install.add_argument("--at", choices=("shutdown", "boot"), default="shutdown",
                          help="when to copy it to /run/initramfs (default: shutdown)")  # fmt: skip
     install.add_argument("--unit-dir", type=Path, metavar="DIR",
-                         help="where to install the unit (default: ROOT/etc/systemd/system)")  # fmt: skip
+                         help="where to install the unit "
+                         "(default: ROOT/etc/systemd/system)")  # fmt: skip
     install.add_argument("--storage-daemon", action="append", default=[], metavar="UNIT",
                          help="a root storage daemon to leave to the exitrd")  # fmt: skip
 

@@ -185,9 +185,8 @@ def install_exitrd(image: Path, root: Path, initrd: str | None) -> Installed:
         if _is_digest(entry.name) and entry.name not in keep:
             shutil.rmtree(entry)
             removed.append(entry.name)
-    loader = files("bookend").joinpath("data/load-exitrd.sh").read_bytes()
-    (root / LOADER).parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(root / LOADER, lambda out: out.write(loader), 0o755)
+    loader = files("bookend").joinpath("data/load-exitrd.sh").read_text()
+    _write(root / LOADER, loader, 0o755)
     return Installed(sealed.digest, store, tuple(removed), unpacked)
 
 
@@ -195,13 +194,14 @@ def _exists(root: Path, path: str) -> bool:
     return os.path.lexists(root / path.lstrip("/"))
 
 
-def _write(path: Path, text: str) -> None:
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
     data = text.encode()
 
     def write(out: BinaryIO) -> None:
         out.write(data)
 
-    write_atomically(path, write, 0o644)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, write, mode)
 
 
 def _unpack(image: Path, store: Path, sealed: Sealed) -> bool:
@@ -248,19 +248,21 @@ ConditionPathExists=/etc/initrd-release
 
 [Service]
 Type=oneshot
-ExecStart=systemd-tmpfiles --create {DIGEST_CONF}
+ExecStart=@TMPFILES@ --create {DIGEST_CONF}
 """
 
 
-def initrd_entries(digest: str) -> list[tuple[str, bytes | None, str | None]]:
+def initrd_entries(digest: str, tmpfiles: str) -> list[tuple[str, bytes | None, str | None]]:
     """What the initrd gets for the exitrd of digest: (path, file bytes, symlink target),
-    directories (neither) first. Only DIGEST_CONF differs from one exitrd to another."""
+    directories (neither) first; tmpfiles: systemd-tmpfiles in the initrd. Only
+    DIGEST_CONF differs from one exitrd to another."""
+    unit = _DIGEST_UNIT_TEXT.replace("@TMPFILES@", tmpfiles)
     conf = f"f {RUN_DIGEST} 0444 - - - {digest}\n".encode()
     wants = f"{_UNIT_DIR}/sysinit.target.wants"
     return [
         ("/usr/lib/bookend", None, None),
         (wants, None, None),
         (DIGEST_CONF, conf, None),
-        (f"{_UNIT_DIR}/{DIGEST_UNIT}", _DIGEST_UNIT_TEXT.encode(), None),
+        (f"{_UNIT_DIR}/{DIGEST_UNIT}", unit.encode(), None),
         (f"{wants}/{DIGEST_UNIT}", None, f"../{DIGEST_UNIT}"),
     ]

@@ -122,7 +122,7 @@ def test_install_refuses_a_damaged_image_and_bad_names(
         install_exitrd(images[0], tmp_path, None)
     with pytest.raises(ConfigError, match="--initrd boot/x: must be an absolute path"):
         install_exitrd(images[1], tmp_path, "boot/x")
-    with pytest.raises(ConfigError, match="--root .*: no such directory"):
+    with pytest.raises(ConfigError, match=r"--root .*: no such directory"):
         install_exitrd(images[1], tmp_path / "none", None)
 
 
@@ -199,13 +199,17 @@ def test_loader_refuses_what_the_digest_does_not_name(
 def test_initrd_gets_the_digest_and_only_it_changes(root_tree: Path, tmp_path: Path) -> None:
     exitrd = image(root_tree, tmp_path / "x")
     digest = seal_image(exitrd).digest
-    paths = [path for path, _, _ in initrd_entries(digest)]
-    other = initrd_entries("0" * 64)
-    differs = [a[0] for a, b in zip(initrd_entries(digest), other, strict=True) if a != b]
+    tmpfiles = "/usr/bin/systemd-tmpfiles"
+    paths = [path for path, _, _ in initrd_entries(digest, tmpfiles)]
+    other = initrd_entries("0" * 64, tmpfiles)
+    ours = initrd_entries(digest, tmpfiles)
+    differs = [a[0] for a, b in zip(ours, other, strict=True) if a != b]
     assert differs == [DIGEST_CONF]
-    closure = _with_exitrd_digest(Closure({}), exitrd)
+    assert _with_exitrd_digest(Closure({}), exitrd) == Closure({})  # nothing to run it
+    program = ArchiveEntry(tmpfiles, EntryKind.FILE, 0o755, data=b"")
+    closure = _with_exitrd_digest(Closure({tmpfiles: ClosureEntry(program, "t", None)}), exitrd)
     assert set(paths) <= set(closure.entries)
     conf = closure.entries[DIGEST_CONF].entry.data or b""
     assert conf == f"f /run/bookend/exitrd.sha256 0444 - - - {digest}\n".encode()
     unit = closure.entries["/usr/lib/systemd/system/bookend-exitrd-digest.service"].entry
-    assert f"ExecStart=systemd-tmpfiles --create {DIGEST_CONF}" in (unit.data or b"").decode()
+    assert f"ExecStart={tmpfiles} --create {DIGEST_CONF}" in (unit.data or b"").decode()
