@@ -162,7 +162,8 @@ class Installed:
 
 def install_exitrd(image: Path, root: Path, initrd: str | None) -> Installed:
     """Keep image under root as a tree named by its digest, note which initrd names it,
-    remove what no installed initrd names, install the loader script."""
+    remove what no installed initrd names (nor, installing into /, the initrd that
+    booted), install the loader script."""
     from bookend.exitrd_load import check_digest
 
     if not root.is_dir():
@@ -179,7 +180,7 @@ def install_exitrd(image: Path, root: Path, initrd: str | None) -> Installed:
         index[initrd] = sealed.digest
     _write(store / INDEX, "".join(f"{d}  {path}\n" for path, d in sorted(index.items())))
     _write(store / DEFAULT, sealed.digest + "\n")
-    keep = {*index.values(), sealed.digest}
+    keep = {*index.values(), sealed.digest, *_booted(root)}
     removed = []
     for entry in sorted(store.iterdir()):
         if _is_digest(entry.name) and entry.name not in keep:
@@ -188,6 +189,17 @@ def install_exitrd(image: Path, root: Path, initrd: str | None) -> Installed:
     loader = files("bookend").joinpath("data/load-exitrd.sh").read_text()
     _write(root / LOADER, loader, 0o755)
     return Installed(sealed.digest, store, tuple(removed), unpacked)
+
+
+def _booted(root: Path) -> list[str]:
+    """On the running system, the digest its initrd named: never removed under it."""
+    if root.resolve() != Path("/"):
+        return []
+    try:
+        digest = Path(RUN_DIGEST).read_text().strip()
+    except OSError:
+        return []
+    return [digest] if _is_digest(digest) else []
 
 
 def _exists(root: Path, path: str) -> bool:
