@@ -9,6 +9,7 @@ target=${BOOKEND_EXITRD_TARGET:-/run/initramfs}
 booted=${BOOKEND_EXITRD_DIGEST:-/run/bookend/exitrd.sha256}
 started=$(date +%s%N)
 staging=
+digest=
 
 refuse() {
     echo "bookend: exitrd: $*: refusing it; shutdown goes on without an exitrd" >&2
@@ -20,10 +21,12 @@ refuse() {
     refuse "cannot remove $target/shutdown"
 if [ -e "$booted" ]; then
     from="the initrd that booted ($booted)"
-    read -r digest rest < "$booted" || refuse "cannot read $booted"
+    # systemd-tmpfiles writes the digest without a newline: read then says end of file.
+    { read -r digest rest || [ -n "$digest" ]; } < "$booted" || refuse "cannot read $booted"
 elif [ -e "$store/default" ]; then
     from="$store/default (the initrd that booted named none)"
-    read -r digest rest < "$store/default" || refuse "cannot read $store/default"
+    { read -r digest rest || [ -n "$digest" ]; } < "$store/default" ||
+        refuse "cannot read $store/default"
 else
     refuse "no digest: neither $booted nor $store/default exists"
 fi

@@ -143,7 +143,7 @@ def installed(images: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path, st
     two = install_exitrd(images[1], root, None).digest  # the default now
     run = tmp_path / "run"
     (run / "bookend").mkdir(parents=True)
-    (run / "bookend/exitrd.sha256").write_text(one + "\n")
+    (run / "bookend/exitrd.sha256").write_text(one)  # no newline, as systemd-tmpfiles writes
     return root, run, one, two
 
 
