@@ -221,7 +221,8 @@ def _unpack(image: Path, store: Path, sealed: Sealed) -> bool:
     from bookend.inspect.extract import extract_image
 
     final = store / sealed.digest
-    if final.is_dir() and (final / "sums").read_bytes() == sealed.sums:
+    sums = final / "sums"
+    if sums.is_file() and sums.read_bytes() == sealed.sums:
         if seal_tree(final / "tree").sums == sealed.sums:
             return False
         shutil.rmtree(final)  # damaged: unpack it again
