@@ -9,13 +9,15 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
 from bookend import uptodate
 from bookend.archive import (
+    ArchiveEntry,
     Compression,
+    EntryKind,
     open_compressor,
     source_date_epoch,
     write_atomically,
@@ -23,7 +25,7 @@ from bookend.archive import (
 )
 from bookend.archive.atomic import Staged, staged_file
 from bookend.archive.lock import locked_outputs
-from bookend.closure import Closure, build_closure
+from bookend.closure import Closure, ClosureEntry, build_closure
 from bookend.config import Config
 from bookend.errors import ArchiveError
 from bookend.exitrd_load import digest_path
@@ -172,7 +174,8 @@ def _build_locked(
     plan = make_plan(config, cache, registry)
     if plan.detection is not None:
         log.info("hostonly detection:\n%s", format_detection(plan.detection).rstrip())
-    closure = with_manifest(build_closure(config, plan, cache))
+    bare = build_closure(config, plan, cache)  # the exitrd's digest joins it when written
+    closure = with_manifest(bare)
     for warning in closure.warnings:
         log.warning("%s", warning)
     # Both closures are made, and so every input error found, before either is written.
@@ -189,7 +192,7 @@ def _build_locked(
         and uptodate.is_up_to_date(cache.directory, outputs, inputs)
     )
     if not up_to_date:
-        _write_pair(config, closure, exitrd[1] if exitrd else None, uki_tools)
+        closure = _write_pair(config, bare, exitrd[1] if exitrd else None, uki_tools)
         uptodate.record_inputs(cache.directory, outputs, inputs)
     initrd = _image_result(config.output, plan, closure)
     if exitrd is None:
@@ -198,18 +201,49 @@ def _build_locked(
 
 
 def _write_pair(
-    config: Config, closure: Closure, exitrd: Closure | None, uki_tools: UkiTools | None
-) -> None:
-    """Both images complete beside their targets, then renamed into place together."""
+    config: Config, bare: Closure, exitrd: Closure | None, uki_tools: UkiTools | None
+) -> Closure:
+    """Both images complete beside their targets, then renamed into place together.
+
+    The exitrd is written first: its digest goes into the initrd (bookend.exitrd_store),
+    which thereby names the one exitrd it trusts. The initrd's closure as written."""
     with ExitStack() as staged:
+        exitrd_file = None
+        closure = with_manifest(bare)
+        if exitrd is not None:
+            exitrd_file = staged.enter_context(staged_image(config, exitrd, config.exitrd_output))
+            closure = with_manifest(_with_exitrd_digest(bare, exitrd_file.temporary))
         initrd_file = staged.enter_context(
             staged_image(config, closure) if uki_tools is None
             else _staged_uki(config, closure, uki_tools)
         )  # fmt: skip
-        exitrd_file = None
-        if exitrd is not None:
-            exitrd_file = staged.enter_context(staged_image(config, exitrd, config.exitrd_output))
         _replace_pair(initrd_file, exitrd_file)
+    return closure
+
+
+def _with_exitrd_digest(closure: Closure, exitrd: Path) -> Closure:
+    """closure plus the unit that leaves the exitrd's digest in /run at boot (with the
+    initrd's systemd-tmpfiles; an initrd without it names no exitrd)."""
+    from bookend.exitrd_store import initrd_entries, seal_image
+
+    tmpfiles = [path for path in closure.entries if path.endswith("bin/systemd-tmpfiles")]
+    if not tmpfiles:
+        log.warning("the initrd has no systemd-tmpfiles: it names no exitrd, and the "
+                    "exitrd loader falls back to the latest one installed")  # fmt: skip
+        return closure
+    reason = "exitrd: the digest of the exitrd built with this initrd"
+    entries = dict(closure.entries)
+    for path, data, target in initrd_entries(seal_image(exitrd).digest, min(tmpfiles)):
+        if target is not None:
+            entry = ArchiveEntry(path, EntryKind.SYMLINK, 0o777, target=target)
+        elif data is not None:
+            entry = ArchiveEntry(path, EntryKind.FILE, 0o644, data=data)
+        elif path in entries:
+            continue
+        else:
+            entry = ArchiveEntry(path, EntryKind.DIRECTORY, 0o755)
+        entries[path] = ClosureEntry(entry, reason, None)
+    return replace(closure, entries=entries)
 
 
 def _image_result(output: Path, plan: Plan, closure: Closure) -> ImageResult:

@@ -126,14 +126,23 @@ def make_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print JSON, for scripts")
 
     install = commands.add_parser(
-        "install-exitrd", help="install the unit that brings the exitrd into RAM for shutdown"
+        "install-exitrd",
+        help="keep the exitrd as a tree named by its digest, and install the unit that "
+        "copies it into RAM for shutdown (coreutils only, no Python)",
     )
     install.add_argument("--image", type=Path, required=True, metavar="FILE",
                          help="the exitrd (its .sha256 digest must be beside it)")  # fmt: skip
+    install.add_argument("--initrd", metavar="PATH",
+                         help="the installed initrd built with it, as the root sees it "
+                         "(e.g. /boot/initrd.img-VERSION): its exitrd is kept while it "
+                         "exists")  # fmt: skip
+    install.add_argument("--root", type=Path, default=Path("/"), metavar="DIR",
+                         help="the root (or image tree) to install into (default: /)")  # fmt: skip
     install.add_argument("--at", choices=("shutdown", "boot"), default="shutdown",
-                         help="when to unpack it (default: shutdown)")  # fmt: skip
-    install.add_argument("--unit-dir", type=Path, default=Path("/etc/systemd/system"),
-                         metavar="DIR", help="where to install the unit")  # fmt: skip
+                         help="when to copy it to /run/initramfs (default: shutdown)")  # fmt: skip
+    install.add_argument("--unit-dir", type=Path, metavar="DIR",
+                         help="where to install the unit "
+                         "(default: ROOT/etc/systemd/system)")  # fmt: skip
     install.add_argument("--storage-daemon", action="append", default=[], metavar="UNIT",
                          help="a root storage daemon to leave to the exitrd")  # fmt: skip
 
@@ -389,14 +398,23 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 def cmd_install_exitrd(args: argparse.Namespace) -> int:
+    from bookend.exitrd_store import install_exitrd
     from bookend.features.storage_daemons import systemd_version
     from bookend.install import LoadAt, install_exitrd_unit, install_storage_daemon_dropins
     from bookend.sysroot import Sysroot
 
-    unit = install_exitrd_unit(args.image.absolute(), LoadAt(args.at), args.unit_dir)
-    print(f"{unit}: installed and enabled; the exitrd is unpacked at {args.at}")
-    systemd = systemd_version(Sysroot(Path("/"))) if args.storage_daemon else None
-    for dropin in install_storage_daemon_dropins(args.storage_daemon, args.unit_dir, systemd):
+    installed = install_exitrd(args.image, args.root, args.initrd)
+    done = "installed" if installed.unpacked else "already installed"
+    print(f"{installed.store / installed.digest}: {done}"
+          + (f", named by {args.initrd}" if args.initrd else ""))  # fmt: skip
+    for digest in installed.removed:
+        print(f"{installed.store / digest}: removed, no installed initrd names it")
+    unit_dir = args.unit_dir or args.root / "etc/systemd/system"
+    unit = install_exitrd_unit(LoadAt(args.at), unit_dir)
+    print(f"{unit}: installed and enabled; the exitrd is copied to /run/initramfs "
+          f"at {args.at}")  # fmt: skip
+    systemd = systemd_version(Sysroot(args.root)) if args.storage_daemon else None
+    for dropin in install_storage_daemon_dropins(args.storage_daemon, unit_dir, systemd):
         print(f"{dropin}: the running system leaves this root storage daemon to the exitrd")
     return 0
 

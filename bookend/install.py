@@ -17,6 +17,7 @@ from typing import BinaryIO
 
 from bookend.archive import write_atomically
 from bookend.errors import ConfigError
+from bookend.exitrd_store import LOADER, STORE
 from bookend.features.storage_daemons import DROPIN_NAME, real_root_dropin
 
 UNIT_NAME = "bookend-exitrd.service"
@@ -28,14 +29,12 @@ class LoadAt(enum.Enum):
     BOOT = "boot"  # ready at once; the exitrd stays in RAM the whole time
 
 
-def unit_text(image: Path, when: LoadAt, python: str = sys.executable) -> str:
-    """The unit file for image, loading at boot or at shutdown."""
-    package_dir = Path(__file__).resolve().parent.parent
-    load = shlex.join([python, "-m", "bookend", "load-exitrd", "--image", str(image)])
+def unit_text(when: LoadAt) -> str:
+    """The unit file, copying the exitrd at boot or at shutdown."""
+    load = "/" + LOADER
     template = files("bookend").joinpath("data/bookend-exitrd.service.in").read_text()
     values = {
-        "@IMAGE_DIR@": str(image.parent),
-        "@PYTHONPATH@": str(package_dir),
+        "@STORE@": "/" + STORE,
         "@EXEC_START@": load if when is LoadAt.BOOT else "/bin/true",
         "@EXEC_STOP@": load if when is LoadAt.SHUTDOWN else "",
     }
@@ -55,7 +54,7 @@ def install_storage_daemon_dropins(
         if "/" in unit or not unit.endswith(".service"):
             raise ConfigError(f"--storage-daemon {unit}: not a service unit name")
         dropin = unit_dir / f"{unit}.d" / DROPIN_NAME
-        dropin.parent.mkdir(exist_ok=True)
+        dropin.parent.mkdir(parents=True, exist_ok=True)
         data = real_root_dropin(systemd).encode()
 
         def write(out: BinaryIO, data: bytes = data) -> None:
@@ -66,15 +65,12 @@ def install_storage_daemon_dropins(
     return written
 
 
-def install_exitrd_unit(image: Path, when: LoadAt, unit_dir: Path) -> Path:
-    """Write the unit into unit_dir and enable it the way systemctl enable would."""
-    if not image.is_absolute():
-        raise ConfigError(f"--image {image}: must be an absolute path")
-    if not image.is_file():
-        raise ConfigError(f"--image {image}: no such file")
-    if not unit_dir.is_dir():
-        raise ConfigError(f"--unit-dir {unit_dir}: no such directory")
-    text = unit_text(image, when).encode()
+def install_exitrd_unit(when: LoadAt, unit_dir: Path) -> Path:
+    """Write the unit into unit_dir and enable it the way systemctl enable would; the
+    link names the unit as the root sees it (unit_dir under the root is not known here,
+    so the link is relative)."""
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    text = unit_text(when).encode()
     unit = unit_dir / UNIT_NAME
 
     def write(out: BinaryIO) -> None:
@@ -85,7 +81,7 @@ def install_exitrd_unit(image: Path, when: LoadAt, unit_dir: Path) -> Path:
     wants.mkdir(exist_ok=True)
     link = wants / UNIT_NAME
     if not link.is_symlink():
-        link.symlink_to(unit)
+        link.symlink_to(f"../{UNIT_NAME}")
     return unit
 
 

@@ -92,29 +92,44 @@ PAGES: dict[str, Page] = {
         (("bookend features", "the list"),),
     ),
     "install-exitrd": Page(
-        "Install and enable bookend-exitrd.service in the running system. The service "
-        "checks the exitrd against its .sha256 digest and unpacks it to /run/initramfs "
-        "(at shutdown by default, or at boot), so that systemd-shutdown pivots into it "
-        "and the root's storage can be detached after the root is unmounted. Each "
-        "--storage-daemon gets a drop-in so the running system leaves that daemon to the "
-        "exitrd instead of stopping it while the root still needs it.",
+        "Check the exitrd against its .sha256 digest, keep it as a tree named by its "
+        "digest under ROOT/usr/lib/bookend/exitrd (with --initrd: named by that installed "
+        "initrd, and kept while it exists; exitrds no installed initrd names are removed), "
+        "and install and enable bookend-exitrd.service. The service's loader, a shell "
+        "script using coreutils only, copies the exitrd the booted initrd named (its "
+        "digest is in /run/bookend/exitrd.sha256) to /run/initramfs and checks every "
+        "entry against that digest, at shutdown by default or at boot, so that "
+        "systemd-shutdown pivots into it. Each --storage-daemon gets a drop-in so the "
+        "running system leaves that daemon to the exitrd instead of stopping it while the "
+        "root still needs it.",
         (
             (
-                "bookend install-exitrd --image /boot/exitrd.img-$(uname -r)",
-                "unpack that exitrd at every shutdown",
+                "bookend install-exitrd --image /boot/exitrd.img-$(uname -r) "
+                "--initrd /boot/initrd.img-$(uname -r)",
+                "keep that exitrd for that initrd, copied at every shutdown",
+            ),
+            (
+                "bookend install-exitrd --image exitrd.img --root /srv/image",
+                "install it into an image tree: nothing of bookend is needed at runtime",
             ),
             (
                 "bookend install-exitrd --image /boot/exitrd.img --at boot",
-                "unpack it at boot: shutdown needs no reading from disk",
+                "copy it at boot: shutdown needs no reading from disk",
             ),
         ),
-        ("/etc/systemd/system/bookend-exitrd.service: the unit",),
+        (
+            "/etc/systemd/system/bookend-exitrd.service: the unit",
+            "/usr/lib/bookend/load-exitrd: the loader",
+            "/usr/lib/bookend/exitrd/DIGEST/{tree,sums}, index, default: the exitrds kept",
+            "/run/bookend/exitrd.sha256: the digest the booted initrd left",
+        ),
     ),
     "load-exitrd": Page(
-        "Check the exitrd's digest and unpack it into a private directory beside the "
-        "target, then rename it into place, so /run/initramfs/shutdown exists only when "
-        "the whole exitrd is there. bookend-exitrd.service runs this.",
-        (("bookend load-exitrd --image /boot/exitrd.img", "what the service does"),),
+        "Check the exitrd image's digest and unpack it into a private directory beside "
+        "the target, then rename it into place, so /run/initramfs/shutdown exists only "
+        "when the whole exitrd is there. For manual use: bookend-exitrd.service runs the "
+        "shell loader install-exitrd installs.",
+        (("bookend load-exitrd --image /boot/exitrd.img", "unpack it by hand"),),
         ("/run/initramfs: the target", "IMAGE.sha256: the digest the image must match"),
     ),
     "ls": Page(

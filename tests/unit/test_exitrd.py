@@ -97,17 +97,15 @@ def test_missing_digest_is_refused(root_tree: Path, tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "run") == []
 
 
-def test_unit_unpacks_at_shutdown_by_default_or_at_boot(tmp_path: Path) -> None:
-    image = tmp_path / "boot/exitrd.img"
-    image.parent.mkdir()
-    image.write_bytes(b"x")
-    at_shutdown = unit_text(image, LoadAt.SHUTDOWN, "/usr/bin/python3")
-    load = f"/usr/bin/python3 -m bookend load-exitrd --image {image}"
+def test_unit_runs_the_shell_loader_at_shutdown_by_default_or_at_boot(tmp_path: Path) -> None:
+    at_shutdown = unit_text(LoadAt.SHUTDOWN)
+    load = "/usr/lib/bookend/load-exitrd"
     assert f"ExecStop={load}\n" in at_shutdown and "ExecStart=/bin/true\n" in at_shutdown
-    assert f"RequiresMountsFor={image.parent}\n" in at_shutdown
-    at_boot = unit_text(image, LoadAt.BOOT, "/usr/bin/python3")
+    assert "RequiresMountsFor=/usr/lib/bookend/exitrd\n" in at_shutdown
+    assert "Environment=" not in at_shutdown and "python3" not in at_shutdown
+    at_boot = unit_text(LoadAt.BOOT)
     assert f"ExecStart={load}\n" in at_boot and "ExecStop" not in at_boot.split("[Service]")[1]
     unit_dir = tmp_path / "units"
-    unit_dir.mkdir()
-    unit = install_exitrd_unit(image, LoadAt.SHUTDOWN, unit_dir)
-    assert os.readlink(unit_dir / "multi-user.target.wants/bookend-exitrd.service") == str(unit)
+    unit = install_exitrd_unit(LoadAt.SHUTDOWN, unit_dir)
+    link = unit_dir / "multi-user.target.wants/bookend-exitrd.service"
+    assert os.readlink(link) == "../bookend-exitrd.service" and link.resolve() == unit

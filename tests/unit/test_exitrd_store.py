@@ -1,0 +1,215 @@
+"""The exitrd kept as a tree named by its digest: naming, the index and its garbage
+collection, `install-exitrd --root`, the shell loader, and the digest in the initrd."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from bookend.archive import ArchiveEntry, EntryKind
+from bookend.build import _with_exitrd_digest, write_digest, write_image
+from bookend.closure import Closure, ClosureEntry
+from bookend.errors import ArchiveError, ConfigError
+from bookend.exitrd_store import (
+    DIGEST_CONF,
+    LOADER,
+    STORE,
+    initrd_entries,
+    install_exitrd,
+    read_index,
+    seal_image,
+    seal_tree,
+)
+from tests.unit.conftest import load_config
+
+BASE = (
+    ArchiveEntry("/usr", EntryKind.DIRECTORY, 0o755),
+    ArchiveEntry("/usr/lib", EntryKind.DIRECTORY, 0o755),
+    ArchiveEntry("/usr/lib/shutdown-tool", EntryKind.FILE, 0o755, data=b"#!/bin/sh\n"),
+    ArchiveEntry("/shutdown", EntryKind.SYMLINK, 0o777, target="usr/lib/shutdown-tool"),
+    ArchiveEntry("/oldroot", EntryKind.DIRECTORY, 0o755),
+    ArchiveEntry("/dev/console", EntryKind.CHAR_DEVICE, 0o600, rdev=os.makedev(5, 1)),
+)
+
+
+def image(root_tree: Path, directory: Path, *extra: ArchiveEntry) -> Path:
+    """An exitrd image with its digest beside it, as `bookend build` writes them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    output = directory / "exitrd.img"
+    config = load_config(None, {"sysroot": str(root_tree), "output": str(output)})
+    entries = {e.path: ClosureEntry(e, "test", None) for e in (*BASE, *extra)}
+    write_image(config, Closure(entries))
+    write_digest(output)
+    return output
+
+
+@pytest.fixture
+def images(root_tree: Path, tmp_path: Path) -> tuple[Path, Path]:
+    one = image(root_tree, tmp_path / "one")
+    two = image(root_tree, tmp_path / "two",
+                ArchiveEntry("/etc", EntryKind.DIRECTORY, 0o755),
+                ArchiveEntry("/etc/extra", EntryKind.FILE, 0o644, data=b"more\n"))  # fmt: skip
+    return one, two
+
+
+def test_digest_names_every_entry_and_nothing_else(root_tree: Path, tmp_path: Path) -> None:
+    one = seal_image(image(root_tree, tmp_path / "a"))
+    again = seal_image(image(root_tree, tmp_path / "b"))
+    assert one.digest == again.digest == hashlib.sha256(one.sums).hexdigest()
+    listing = one.listing.decode().splitlines()
+    # The root as the loader leaves it (0700), the link with its target, no device node.
+    assert listing[0] == "41c0 ."
+    assert "a1ff ./shutdown -> usr/lib/shutdown-tool" in listing
+    assert "81ed ./usr/lib/shutdown-tool" in listing
+    assert not any("console" in line for line in listing)
+    sums = one.sums.decode().splitlines()
+    assert sums[0] == f"{hashlib.sha256(one.listing).hexdigest()}  -"
+    tool = hashlib.sha256(b"#!/bin/sh\n").hexdigest()
+    assert sums[1] == f"{tool}  ./usr/lib/shutdown-tool"
+    mode = seal_image(image(root_tree, tmp_path / "c", ArchiveEntry(
+        "/oldroot/x", EntryKind.FILE, 0o600, data=b"")))  # fmt: skip
+    assert mode.digest != one.digest
+
+
+def test_install_root_keeps_a_tree_named_by_its_digest(
+    images: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    (root / "boot").mkdir(parents=True)
+    (root / "boot/initrd.img-1").write_bytes(b"")
+    done = install_exitrd(images[0], root, "/boot/initrd.img-1")
+    tree = root / STORE / done.digest / "tree"
+    assert done.unpacked and done.removed == ()
+    assert seal_tree(tree).digest == done.digest == seal_image(images[0]).digest
+    assert os.readlink(tree / "shutdown") == "usr/lib/shutdown-tool"
+    assert (root / STORE / "default").read_text() == done.digest + "\n"
+    assert read_index(root / STORE) == {"/boot/initrd.img-1": done.digest}
+    loader = root / LOADER
+    assert loader.stat().st_mode & 0o111 and loader.read_bytes().startswith(b"#!/bin/sh\n")
+    assert not install_exitrd(images[0], root, "/boot/initrd.img-1").unpacked
+
+
+def test_old_exitrds_go_when_no_installed_initrd_names_them(
+    images: tuple[Path, Path], tmp_path: Path
+) -> None:
+    root = tmp_path / "root"
+    (root / "boot").mkdir(parents=True)
+    for name in ("initrd.img-1", "initrd.img-2"):
+        (root / "boot" / name).write_bytes(b"")
+    first = install_exitrd(images[0], root, "/boot/initrd.img-1").digest
+    # A kernel update: the new pair is installed, the running kernel's initrd stays.
+    second = install_exitrd(images[1], root, "/boot/initrd.img-2").digest
+    assert first != second
+    assert {p.name for p in (root / STORE).iterdir()} >= {first, second}
+    # The old kernel and its initrd removed: the next install drops its exitrd.
+    (root / "boot/initrd.img-1").unlink()
+    again = install_exitrd(images[1], root, "/boot/initrd.img-2")
+    assert again.removed == (first,) and not (root / STORE / first).exists()
+    assert read_index(root / STORE) == {"/boot/initrd.img-2": second}
+
+
+def test_install_refuses_a_damaged_image_and_bad_names(
+    images: tuple[Path, Path], tmp_path: Path
+) -> None:
+    data = bytearray(images[0].read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    images[0].write_bytes(data)
+    with pytest.raises(ArchiveError, match="does not match"):
+        install_exitrd(images[0], tmp_path, None)
+    with pytest.raises(ConfigError, match="--initrd boot/x: must be an absolute path"):
+        install_exitrd(images[1], tmp_path, "boot/x")
+    with pytest.raises(ConfigError, match=r"--root .*: no such directory"):
+        install_exitrd(images[1], tmp_path / "none", None)
+
+
+def load(root: Path, run: Path) -> subprocess.CompletedProcess[str]:
+    """The installed shell loader, pointed at root's store and a /run of the test's."""
+    env = {"PATH": os.environ["PATH"], "BOOKEND_EXITRD_STORE": str(root / STORE),
+           "BOOKEND_EXITRD_TARGET": str(run / "initramfs"),
+           "BOOKEND_EXITRD_DIGEST": str(run / "bookend/exitrd.sha256")}  # fmt: skip
+    return subprocess.run(["sh", str(root / LOADER)], env=env, capture_output=True, text=True)
+
+
+@pytest.fixture
+def installed(images: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path, str, str]:
+    root = tmp_path / "root"
+    (root / "boot").mkdir(parents=True)
+    (root / "boot/initrd.img-1").write_bytes(b"")
+    one = install_exitrd(images[0], root, "/boot/initrd.img-1").digest
+    two = install_exitrd(images[1], root, None).digest  # the default now
+    run = tmp_path / "run"
+    (run / "bookend").mkdir(parents=True)
+    (run / "bookend/exitrd.sha256").write_text(one)  # no newline, as systemd-tmpfiles writes
+    return root, run, one, two
+
+
+def test_loader_copies_the_booted_initrds_exitrd(installed: tuple[Path, Path, str, str]) -> None:
+    root, run, one, _ = installed
+    done = load(root, run)
+    assert done.returncode == 0, done.stderr
+    assert f"exitrd {one} (from the initrd that booted" in done.stdout
+    target = run / "initramfs"
+    assert seal_tree(target).digest == one and (target.stat().st_mode & 0o777) == 0o700
+    assert not (target / "etc/extra").exists()  # the other exitrd's file
+    assert sorted(os.listdir(run)) == ["bookend", "initramfs"]  # no staging left
+
+
+def test_loader_falls_back_to_the_latest_install(installed: tuple[Path, Path, str, str]) -> None:
+    root, run, _, two = installed
+    (run / "bookend/exitrd.sha256").unlink()
+    done = load(root, run)
+    assert done.returncode == 0, done.stderr
+    assert f"exitrd {two} (from {root / STORE}/default" in done.stdout
+
+
+@pytest.mark.parametrize("damage", ["sums", "file", "extra", "mode", "link", "missing"])
+def test_loader_refuses_what_the_digest_does_not_name(
+    installed: tuple[Path, Path, str, str], damage: str
+) -> None:
+    root, run, one, two = installed
+    store = root / STORE
+    tree = store / one / "tree"
+    (run / "initramfs").mkdir()
+    (run / "initramfs/shutdown").symlink_to("stale")
+    if damage == "sums":  # the other exitrd, its sums with it, where this one was
+        (store / one / "sums").write_bytes((store / two / "sums").read_bytes())
+    elif damage == "file":
+        (tree / "usr/lib/shutdown-tool").write_bytes(b"#!/bin/sh\nevil\n")
+    elif damage == "extra":
+        (tree / "usr/lib/ld.so.preload").write_bytes(b"")
+    elif damage == "mode":
+        (tree / "usr/lib/shutdown-tool").chmod(0o4755)
+    elif damage == "link":
+        (tree / "shutdown").unlink()
+        (tree / "shutdown").symlink_to("usr/lib")
+    else:
+        (store / "default").write_text(hashlib.sha256(b"gone").hexdigest())
+        (run / "bookend/exitrd.sha256").unlink()
+    done = load(root, run)
+    assert done.returncode == 1
+    assert done.stderr.rstrip().endswith("refusing it; shutdown goes on without an exitrd")
+    assert not os.path.lexists(run / "initramfs/shutdown")
+    assert sorted(os.listdir(run)) == ["bookend", "initramfs"]
+
+
+def test_initrd_gets_the_digest_and_only_it_changes(root_tree: Path, tmp_path: Path) -> None:
+    exitrd = image(root_tree, tmp_path / "x")
+    digest = seal_image(exitrd).digest
+    tmpfiles = "/usr/bin/systemd-tmpfiles"
+    paths = [path for path, _, _ in initrd_entries(digest, tmpfiles)]
+    other = initrd_entries("0" * 64, tmpfiles)
+    ours = initrd_entries(digest, tmpfiles)
+    differs = [a[0] for a, b in zip(ours, other, strict=True) if a != b]
+    assert differs == [DIGEST_CONF]
+    assert _with_exitrd_digest(Closure({}), exitrd) == Closure({})  # nothing to run it
+    program = ArchiveEntry(tmpfiles, EntryKind.FILE, 0o755, data=b"")
+    closure = _with_exitrd_digest(Closure({tmpfiles: ClosureEntry(program, "t", None)}), exitrd)
+    assert set(paths) <= set(closure.entries)
+    conf = closure.entries[DIGEST_CONF].entry.data or b""
+    assert conf == f"f /run/bookend/exitrd.sha256 0444 - - - {digest}\n".encode()
+    unit = closure.entries["/usr/lib/systemd/system/bookend-exitrd-digest.service"].entry
+    assert f"ExecStart={tmpfiles} --create {DIGEST_CONF}" in (unit.data or b"").decode()
