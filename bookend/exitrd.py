@@ -193,7 +193,7 @@ def extensions(config: Config, unpack_dir: Path | None) -> list[Generated]:
 def make_exitrd_plan(config: Config, initrd: Plan, unpack_dir: Path | None = None) -> Plan:
     """The exitrd's plan; unpack_dir: where extension images are unpacked."""
     context = FeatureContext(config, initrd.detection)
-    own = _skeleton(context)
+    own = [*EXITRD.requests(), *_skeleton(context)]
     # The extensions' files first: the first entry at a path wins, and an extension
     # shows over the sysroot's tree as systemd-sysext's overlay would.
     contribution = [*extensions(config, unpack_dir), *own, *exitrd_parts(initrd, context)]

@@ -257,9 +257,12 @@ def plug_virtio_disk(qmp: Qmp, index: int) -> None:
 def boot(options: BootOptions) -> Boot:
     """Start a guest; use as a with-block, which kills QEMU at its end.
 
-    An x86 kernel is booted from its unpacked vmlinux where it can be (harness/pvh.py).
+    An x86 kernel is booted from its unpacked vmlinux where it can be (harness/pvh.py),
+    on the plain machine only: QEMU's PVH loader puts the initrd at the top of RAM below
+    a fixed ACPI allowance, and a TPM's tables outgrow it (the initrd overwrote them:
+    no ACPI, so power-off halted instead).
     """
-    if options.kernel is not None:
+    if options.kernel is not None and not options.devices:
         options = replace(options, kernel=direct_kernel(options.kernel))
     return Boot(qemu_argv(options), timeout=options.timeout, log_path=options.log_path,
                 echo=options.echo, pass_fds=options.pass_fds)  # fmt: skip

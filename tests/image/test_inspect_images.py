@@ -37,8 +37,10 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """bookend's initrd and exitrd (zstd), and an initrd with e1000 more (uncompressed)."""
     directory = tmp_path_factory.mktemp("bookend")
     initrd = build_image(directory / "initrd.img", KVER, "--compress", "zstd", *ROOT_ARGS)
+    # With an exitrd of its own, the same as the first one: both initrds name its digest.
     more = build_image(directory / "more-initrd.img", KVER, "--compress", "none", *ROOT_ARGS,
-                       "--add-module", "e1000", "--no-exitrd")  # fmt: skip
+                       "--add-module", "e1000",
+                       "--exitrd-output", str(directory / "more-exitrd.img"))  # fmt: skip
     return {"initrd": initrd, "exitrd": directory / "exitrd.img", "more": more}
 
 

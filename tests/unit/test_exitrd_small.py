@@ -106,3 +106,12 @@ def test_lvm_on_luks_adds_nothing_systemd_shutdown_detaches_dm_itself(tmp_path: 
                  "/usr/lib/systemd/systemd-cryptsetup", "/usr/bin/systemd-run"):  # fmt: skip
         compile_c(MAIN, root / tool.lstrip("/"))
     assert exitrd_paths(config, ("systemd", "dm", "luks", "lvm")) == plain
+
+
+def test_the_holders_hook_gets_its_shell_where_the_sysroot_has_one(tmp_path: Path) -> None:
+    root = systemd_tree(tmp_path / "root", standalone=True)
+    compile_c(MAIN, root / "usr/bin/dash")
+    (root / "usr/bin/sh").symlink_to("dash")
+    paths = exitrd_paths(config_of(root))
+    # The hook's #! interpreter: without it the hook cannot run at shutdown.
+    assert {"/usr/bin/sh", "/usr/bin/dash"} <= paths, sorted(paths)
