@@ -22,12 +22,14 @@ from bookend.features import (
     pkcs11,
     plymouth,
     release,
+    repart,
     ssh,
     storage_daemons,
     systemd,
     tpm2,
     udev,
     units,
+    usr,
     vconsole,
 )
 from bookend.features.base import Feature
@@ -45,6 +47,8 @@ _ORDER: tuple[Feature, ...] = (
     filesystems.FEATURE,
     emergency.FEATURE,
     release.FEATURE,
+    usr.FEATURE,
+    repart.FEATURE,
     SHIPPED["dm"],
     luks.FEATURE,
     tpm2.FEATURE,

@@ -39,13 +39,37 @@ def _fstab(config: Config) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
+# systemd-fsck's checker writes its verdict ("clean", what it repaired) to the journal
+# only; an administrator watching a first boot or a repair wants it on the console.
+FSCK_UNITS = ("systemd-fsck-root.service", "systemd-fsck@.service")
+# The fstab generator writes systemd-fsck-usr.service itself for mount.usr=.
+FSCK_CONSOLE_UNITS = (*FSCK_UNITS, "systemd-fsck-usr.service")
+FSCK_CONSOLE = b"[Service]\nStandardOutput=journal+console\n"
+
+
+def fsck_on_console() -> list[Request | Generated]:
+    return [
+        Generated(
+            ArchiveEntry(
+                f"/etc/systemd/system/{unit}.d/bookend-console.conf",
+                EntryKind.FILE,
+                0o644,
+                data=FSCK_CONSOLE,
+            ),
+            "feature filesystems: fsck's result on the console",
+        )
+        for unit in FSCK_CONSOLE_UNITS
+    ]
+
+
 def _per_filesystem(context: FeatureContext) -> Contribution:
     config = context.config
     contribution: list[Request | Generated] = [
         Generated(
             ArchiveEntry("/etc/fstab", EntryKind.FILE, 0o644, data=_fstab(config)),
             "feature filesystems: the initrd's fstab",
-        )
+        ),
+        *fsck_on_console(),
     ]
     for fstype in config.filesystems:
         reason = f"filesystem {fstype} (config filesystems)"
@@ -61,6 +85,6 @@ FEATURE = Feature(
     name="filesystems",
     help="mount, umount, systemd-fsck and fsck, plus each configured filesystem's tools",
     executables=("mount", "umount", "fsck", "/usr/lib/systemd/systemd-fsck"),
-    units=("systemd-fsck-root.service", "systemd-fsck@.service"),
+    units=FSCK_UNITS,
     compute=_per_filesystem,
 )

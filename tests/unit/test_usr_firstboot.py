@@ -1,0 +1,98 @@
+"""The usr and repart features on fixture sysroots: what switches them on (the sysroot's
+fstab and repart.d, hostonly only), what they bring (the /usr filesystem's tools, mkfs for
+a definition's Format=), and fsck's result sent to the console."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bookend.features import ALL, filesystems, repart, usr
+from bookend.features.base import FeatureContext, Generated, Request, split_contribution
+from bookend.plan import switched_on
+from bookend.storage import HostDetection
+from bookend.sysroot import Sysroot
+from tests.unit.conftest import load_config
+
+HOSTONLY = HostDetection(modules=(), filesystems=("ext4",), block_devices=(), storage=())
+
+FSTAB = """\
+# <file system> <mount point> <type> <options> <dump> <pass>
+UUID=1111 / ext4 errors=remount-ro,x-systemd.growfs 0 1
+UUID=2222 /usr/ xfs ro 0 2
+UUID=3333 /home ext4 defaults,x-systemd.growfs 0 2
+"""
+
+
+def _on(root: Path, detection: HostDetection | None = HOSTONLY) -> set[str]:
+    config = load_config(None, {"sysroot": str(root), "mode": "generic"})
+    return set(switched_on(config, detection, ALL)) & {"usr", "repart"}
+
+
+def _requests(root: Path, compute_of: str, **settings: object) -> list[Request]:
+    config = load_config(None, {"sysroot": str(root), **settings})
+    compute = ALL[compute_of].compute
+    assert compute is not None
+    requests, _ = split_contribution(compute(FeatureContext(config, HOSTONLY)))
+    return requests
+
+
+def test_fstab_line_finds_the_last_usr_line() -> None:
+    line = usr.fstab_line(FSTAB + "LABEL=usr2 /usr ext4 noatime 0 2\n", "/usr")
+    assert line == usr.FstabLine("LABEL=usr2", "/usr", "ext4", "noatime")
+    assert usr.fstab_line("# UUID=1 /usr ext4 defaults 0 2\n", "/usr") is None
+    assert usr.fstab_line(FSTAB, "/srv") is None
+
+
+def test_a_usr_line_in_the_fstab_switches_usr_on_in_hostonly_mode(root_tree: Path) -> None:
+    assert _on(root_tree) == set()
+    (root_tree / "etc/fstab").write_text(FSTAB)
+    assert "usr" in _on(root_tree)
+    # Generic images carry every filesystem's tools and mount mount.usr= as they are.
+    assert "usr" not in _on(root_tree, detection=None)
+
+
+def test_usr_brings_the_tools_of_its_filesystem_unless_configured(root_tree: Path) -> None:
+    (root_tree / "etc/fstab").write_text(FSTAB)
+    wanted = {(r.kind.value, r.name, r.optional) for r in _requests(root_tree, "usr")}
+    assert wanted == {
+        ("module", "xfs", True),
+        ("executable", "fsck.xfs", True),
+        ("executable", "mount.xfs", True),
+    }
+    assert _requests(root_tree, "usr", filesystems=["xfs"]) == []
+
+
+def test_repart_definitions_switch_repart_on_and_bring_their_mkfs(root_tree: Path) -> None:
+    assert "repart" not in _on(root_tree)
+    definitions = root_tree / "usr/lib/repart.d"
+    definitions.mkdir(parents=True)
+    (definitions / "50-root.conf").write_text("[Partition]\nType=root\n")
+    (definitions / "60-home.conf").write_text("[Partition]\nType=home\nFormat = btrfs\n")
+    (definitions / "70-swap.conf").write_text("[Partition]\nType=swap\nFormat=swap\n")
+    (definitions / "README").write_text("Format=vfat\n")  # not a .conf: not read
+    assert repart.definitions(Sysroot(root_tree)) == [
+        "/usr/lib/repart.d/50-root.conf",
+        "/usr/lib/repart.d/60-home.conf",
+        "/usr/lib/repart.d/70-swap.conf",
+    ]
+    assert "repart" in _on(root_tree)
+    assert "repart" not in _on(root_tree, detection=None)
+    assert [r.name for r in _requests(root_tree, "repart")] == ["mkfs.btrfs"]
+
+
+def test_growfs_on_a_mount_of_the_initrd_switches_repart_on(root_tree: Path) -> None:
+    # The root's and /home's growfs belong to the real root.
+    assert not repart.grown_in_initrd(FSTAB)
+    assert repart.grown_in_initrd("UUID=2 /usr ext4 ro,x-systemd.growfs 0 2\n")
+    (root_tree / "etc/fstab").write_text("UUID=4 /var ext4 x-initrd.mount,x-systemd.growfs 0 2\n")
+    assert "repart" in _on(root_tree)
+
+
+def test_fsck_units_print_their_result_on_the_console(root_tree: Path) -> None:
+    config = load_config(None, {"sysroot": str(root_tree)})
+    assert filesystems.FEATURE.compute is not None
+    _, generated = split_contribution(filesystems.FEATURE.compute(FeatureContext(config)))
+    dropins = {g.entry.path: g.entry.data for g in generated if isinstance(g, Generated)}
+    for unit in ("systemd-fsck-root.service", "systemd-fsck@.service", "systemd-fsck-usr.service"):
+        data = dropins[f"/etc/systemd/system/{unit}.d/bookend-console.conf"]
+        assert data is not None and b"StandardOutput=journal+console" in data
