@@ -49,12 +49,13 @@ class DiskNeeds:
     # Debian 13 and testing trees with their root disks, and their LVM-on-LUKS2 stacks
     # (harness/newersystemd.py, harness/stackdisks.py ensure_suite_stacks).
     newer_systems: bool = False
+    usr_disk: bool = False  # /usr and first-boot disk, cut from the root disk (harness/usrdisk.py)
 
     @property
     def any(self) -> bool:
         return (self.root_disk or self.stacks or self.trixie_tree or self.trixie_root
                 or self.dracut or self.nfs_server or self.arm64_root
-                or self.newer_systems)  # fmt: skip
+                or self.newer_systems or self.usr_disk)  # fmt: skip
 
 
 # Test modules whose fixtures need the storage stacks, the trixie tree, or dracut.
@@ -86,6 +87,9 @@ NEWER_SYSTEMD_MODULES = ("test_newer_systemd.py",)
 TPM_MODULES = ("test_tpm2.py",)
 # ... and the arm64 tree and root disk (harness/arm64root.py): a debootstrap, no guest.
 ARM64_MODULES = ("test_arm64.py",)
+# ... and the /usr and first-boot disk (harness/usrdisk.py): cut from the root disk on the
+# host in under a minute, no guest.
+USR_DISK_MODULES = ("test_usr_firstboot.py",)
 # The boots that wait for the slowest disks, run last.
 SLOW_MODULES = (*STACK_MODULES, *EXIT_STACK_MODULES, *TRIXIE_TREE_MODULES,
                 *NFS_SERVER_MODULES, *TPM_MODULES, *NEWER_SYSTEMD_MODULES,
@@ -110,7 +114,7 @@ def run_order(nodeid: str) -> tuple[int, bool]:
 
 def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
     root = stacks = exit_stacks = tree = trixie_root = dracut = nfs_server = False
-    arm64 = newer = False
+    arm64 = newer = usr_disk = False
     for nodeid in nodeids:
         path = PurePosixPath(nodeid.split("::", 1)[0])
         if tier_of(nodeid) == "vm":
@@ -123,12 +127,13 @@ def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
             nfs_server = nfs_server or path.name in NFS_SERVER_MODULES
             arm64 = arm64 or path.name in ARM64_MODULES
             newer = newer or path.name in NEWER_SYSTEMD_MODULES
+            usr_disk = usr_disk or path.name in USR_DISK_MODULES
             # Their stacks are made by booting the bookworm root disk.
             root = root or path.name in NEWER_SYSTEMD_MODULES
         dracut = dracut or path.name in DRACUT_MODULES
     return DiskNeeds(root_disk=root, stacks=stacks, exit_stacks=exit_stacks, trixie_tree=tree,
                      trixie_root=trixie_root, dracut=dracut, nfs_server=nfs_server,
-                     arm64_root=arm64, newer_systems=newer)  # fmt: skip
+                     arm64_root=arm64, newer_systems=newer, usr_disk=usr_disk)  # fmt: skip
 
 
 @dataclass
@@ -178,6 +183,7 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
     from harness.serverguest import ensure_server_disk
     from harness.stackdisks import ensure_exit_stack_disks, ensure_stack_disks, ensure_suite_stacks
     from harness.ukisysroot import ensure_trixie_sysroot
+    from harness.usrdisk import ensure_usr_disk
 
     builds = EarlyBuilds()
     kernels = installed_kernels()
@@ -206,6 +212,9 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
         builds.start("NFS server disk", [ensure_server_disk])
     if needs.arm64_root:
         builds.start("arm64 tree and root disk", [ensure_arm64_root])
+    if needs.usr_disk:
+        # Waits for the root disk the first thread makes, then cuts it up on the host.
+        builds.start("usr and first-boot disk", [lambda: ensure_usr_disk(ensure_root_disk())])
     if needs.newer_systems:
         newer_steps: list[Callable[[], object]] = [
             functools.partial(ensure_newer_system, suite) for suite in NEWER_SUITES
