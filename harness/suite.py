@@ -214,7 +214,11 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
         builds.start("arm64 tree and root disk", [ensure_arm64_root])
     if needs.usr_disk:
         # Waits for the root disk the first thread makes, then cuts it up on the host.
-        builds.start("usr and first-boot disk", [lambda: ensure_usr_disk(ensure_root_disk())])
+        usr_steps: list[Callable[[], object]] = [
+            lambda: ensure_usr_disk(ensure_root_disk()),
+            lambda: ensure_usr_disk(ensure_root_disk(), fstab_usr=True),
+        ]
+        builds.start("usr disks", usr_steps)
     if needs.newer_systems:
         newer_steps: list[Callable[[], object]] = [
             functools.partial(ensure_newer_system, suite) for suite in NEWER_SUITES

@@ -92,6 +92,8 @@ WantedBy=multi-user.target
 """
 
 FSTAB = f"UUID={ROOT_UUID} / ext4 errors=remount-ro,x-systemd.growfs 0 1\n"
+# The other way to a separate /usr: the root's fstab names it (fstab_usr=True).
+FSTAB_USR = f"UUID={USR_UUID} /usr ext4 noatime 0 2\n"
 
 
 @dataclass(frozen=True)
@@ -101,13 +103,13 @@ class UsrDisk:
     cmdline: str
 
 
-def recipe_key(root: RootDisk) -> str:
+def recipe_key(root: RootDisk, fstab: str) -> str:
     """The disk's name: the root disk it is cut from and everything written here."""
     parts = (
         root.image.name,
         CHECK_SCRIPT,
         CHECK_UNIT,
-        FSTAB,
+        fstab,
         REPART_ROOT,
         str(ROOT_MIB),
         str(DISK_MIB),
@@ -116,20 +118,25 @@ def recipe_key(root: RootDisk) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
-def ensure_usr_disk(root: RootDisk, cache_dir: Path | None = None) -> UsrDisk:
+def ensure_usr_disk(
+    root: RootDisk, cache_dir: Path | None = None, *, fstab_usr: bool = False
+) -> UsrDisk:
+    """The disk whose /usr the kernel command line gives (mount.usr=), or with
+    fstab_usr, the one whose root's fstab has a /usr line (and the command line none)."""
     cache_dir = cache_dir or cache_dir_default()
-    key = recipe_key(root)
+    fstab = FSTAB + (FSTAB_USR if fstab_usr else "")
+    key = recipe_key(root, fstab)
     result = cache_dir / f"usrgrow-{key}"
-    made_once("usr and first-boot disk", result, cache_dir / f"usrgrow-{key}.lock", key,
-              lambda: make_usr_disk(root, result, key))  # fmt: skip
-    cmdline = (
-        f"root=UUID={ROOT_UUID} mount.usr=UUID={USR_UUID} mount.usrfstype=ext4 "
-        "mount.usrflags=noatime"
-    )
+    what = "usr (fstab) disk" if fstab_usr else "usr and first-boot disk"
+    made_once(what, result, cache_dir / f"usrgrow-{key}.lock", key,
+              lambda: make_usr_disk(root, result, key, fstab))  # fmt: skip
+    cmdline = f"root=UUID={ROOT_UUID}"
+    if not fstab_usr:
+        cmdline += f" mount.usr=UUID={USR_UUID} mount.usrfstype=ext4 mount.usrflags=noatime"
     return UsrDisk(image=result / "disk.img", cmdline=cmdline)
 
 
-def make_usr_disk(root: RootDisk, result: Path, key: str) -> None:
+def make_usr_disk(root: RootDisk, result: Path, key: str, fstab: str) -> None:
     with building(result, key) as work:
         tree = work / "tree"
         tree.mkdir()
@@ -145,7 +152,7 @@ def make_usr_disk(root: RootDisk, result: Path, key: str) -> None:
         _write(tree, "etc/systemd/system/bookend-usrgrow-check.service", CHECK_UNIT, 0o644)
         wants = tree / "etc/systemd/system/multi-user.target.wants/bookend-usrgrow-check.service"
         wants.symlink_to("/etc/systemd/system/bookend-usrgrow-check.service")
-        _write(tree, "etc/fstab", FSTAB, 0o644)
+        _write(tree, "etc/fstab", fstab, 0o644)
         _mkfs(usr, work / "usr.img", USR_MIB, USR_UUID, "usr")
         _mkfs(tree, work / "root.img", ROOT_MIB, ROOT_UUID, "root")
         shutil.rmtree(tree)
