@@ -19,6 +19,9 @@ be installed at once (one per initrd that names them): INDEX says which initrd n
 which digest, and an install removes the exitrds no listed initrd names any more.
 DEFAULT names the latest install's exitrd: the loader's fallback when the initrd that
 booted named none (it was built without an exitrd, or by something else).
+
+The build writes the image's SHA-256 beside it (digest_path); install-exitrd takes only
+an image that matches it, so a damaged or half-written copy is never installed.
 """
 
 from __future__ import annotations
@@ -43,8 +46,32 @@ INDEX = "index"  # in STORE: "<digest>  <initrd path>" per line
 DEFAULT = "default"  # in STORE: the digest of the latest install
 RUN_DIGEST = "/run/bookend/exitrd.sha256"  # left by the initrd that booted
 ROOT_MODE = 0o700  # of /run/initramfs, as the loader leaves it
+DIGEST_SUFFIX = ".sha256"  # of the image's digest file, beside it
 _DEVICES = ("chardev", "blockdev")  # e.g. /dev/console, for the kernel: not kept
 _TYPES = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "link": stat.S_IFLNK}
+
+
+def digest_path(image: Path) -> Path:
+    """Where the image's SHA-256 is recorded: beside it, as sha256sum prints it."""
+    return image.with_name(image.name + DIGEST_SUFFIX)
+
+
+def check_digest(image: Path) -> bytes:
+    """The image's bytes, if their SHA-256 is the one recorded beside it."""
+    recorded_in = digest_path(image)
+    try:
+        recorded = recorded_in.read_text().split()[0].lower()
+        data = image.read_bytes()
+    except (OSError, IndexError) as exc:
+        detail = getattr(exc, "strerror", None) or "empty digest file"
+        raise ArchiveError(f"exitrd {image}: cannot read it or its digest: {detail}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != recorded:
+        raise ArchiveError(
+            f"exitrd {image}: SHA-256 {actual} does not match {recorded_in} ({recorded}): "
+            "refusing to install it"
+        )
+    return data
 
 
 @dataclass(frozen=True)
@@ -164,8 +191,6 @@ def install_exitrd(image: Path, root: Path, initrd: str | None) -> Installed:
     """Keep image under root as a tree named by its digest, note which initrd names it,
     remove what no installed initrd names (nor, installing into /, the initrd that
     booted), install the loader script."""
-    from bookend.exitrd_load import check_digest
-
     if not root.is_dir():
         raise ConfigError(f"--root {root}: no such directory")
     if initrd is not None and not initrd.startswith("/"):
