@@ -28,7 +28,7 @@ from bookend.archive.lock import locked_outputs
 from bookend.closure import Closure, ClosureEntry, build_closure
 from bookend.config import Config
 from bookend.errors import ArchiveError
-from bookend.exitrd_load import digest_path
+from bookend.exitrd_store import digest_path
 from bookend.features import ALL
 from bookend.features.base import Feature
 from bookend.hostonly import format_detection

@@ -148,11 +148,6 @@ def make_parser() -> argparse.ArgumentParser:
 
     _add_kernel_hooks_command(commands)
 
-    load = commands.add_parser(
-        "load-exitrd", help="check the exitrd's digest and unpack it to /run/initramfs"
-    )
-    load.add_argument("--image", type=Path, required=True, metavar="FILE")
-    load.add_argument("--target", type=Path, default=Path("/run/initramfs"), metavar="DIR")
     _add_inspect_commands(commands)
 
     completion = commands.add_parser("completion", help="print a shell completion script")
@@ -444,19 +439,6 @@ def cmd_install_kernel_hooks(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_load_exitrd(args: argparse.Namespace) -> int:
-    import time
-
-    from bookend.exitrd_load import load_exitrd
-
-    started = time.monotonic()
-    count = load_exitrd(args.image, args.target)
-    seconds = time.monotonic() - started
-    print(f"bookend: exitrd {args.image}: {count} entries unpacked to {args.target} "
-          f"in {seconds:.2f} s")  # fmt: skip
-    return 0
-
-
 def _print_json(value: object) -> None:
     print(json.dumps(value, indent=2))
 
@@ -611,7 +593,6 @@ COMMANDS = {
     "config": cmd_config,
     "install-exitrd": cmd_install_exitrd,
     "install-kernel-hooks": cmd_install_kernel_hooks,
-    "load-exitrd": cmd_load_exitrd,
     "ls": cmd_ls,
     "extract": cmd_extract,
     "diff": cmd_diff,

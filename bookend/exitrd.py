@@ -16,12 +16,18 @@ ioctls, so those stacks add nothing. What the configuration adds comes with it: 
 exitrd parts of exitrd_features, the exitrd_files, and the /usr and /opt of the
 exitrd_sysexts (bookend.sysext).
 
-systemd >= 254 can build systemd-shutdown.standalone (meson -Dstandalone-binaries),
-the same program with systemd's shared code linked in: where the sysroot has it, it is
-/shutdown, and the exitrd needs no libsystemd-shared-N.so and what that links (on
-Debian 12 libcrypto, libgcrypt...: with systemd-shutdown that closure is the floor).
-Debian 12 and 13 do not ship it. libmount is asked for by name: systemd >= 256
-loads it with dlopen() (its .note.dlopen calls it only "suggested").
+systemd >= 254 can build a standalone systemd-shutdown (meson -Dstandalone-binaries),
+the same program with systemd's shared code linked in: the exitrd then needs no
+libsystemd-shared-N.so and what that links (on Debian 12 libcrypto, libgcrypt...:
+with systemd-shutdown that closure is the floor). Debian 13 and later ship it as the
+package systemd-standalone-shutdown, which installs /usr/lib/systemd/systemd-shutdown
+and conflicts with systemd: a sysroot with systemd has not got it, so exitrd_shutdown
+names the file (unpacked from that package with dpkg-deb -x, say), checked here: an
+ELF program of the sysroot's architecture whose libraries the sysroot has, needing no
+libsystemd-shared. Unnamed, the sysroot's systemd-shutdown.standalone (upstream's name)
+or systemd-shutdown is taken, whichever needs no libsystemd-shared (its DT_NEEDED says,
+not its name), else systemd-shutdown with that closure. libmount is asked for by name:
+systemd >= 256 loads it with dlopen() (its .note.dlopen calls it only "suggested").
 
 Shutdown hooks: systemd-shutdown runs every executable in SHUTDOWN_HOOK_DIR, in
 parallel, with the verb in argv[1], once its loop of unmounting and detaching is done
@@ -36,13 +42,17 @@ and before the power-off (in an initrd it does not pivot again). They run becaus
 
 from __future__ import annotations
 
+import os
 import posixpath
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
+from bookend import elf
+from bookend.arches import by_elf, sysroot_arch
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.config import Config
-from bookend.errors import ConfigError, SysrootError
+from bookend.errors import ConfigError, ElfError, SysrootError
 from bookend.features.base import (
     SHUTDOWN_HOOK_DIR,
     Contribution,
@@ -57,36 +67,102 @@ from bookend.features.release import release_files
 from bookend.features.systemd import skeleton
 from bookend.holders import EXECUTABLES as HOLDERS_EXECUTABLES
 from bookend.holders import holders_entry
-from bookend.libsearch import loaded_by
+from bookend.libsearch import LibrarySearch
 from bookend.plan import Plan, enabled_features
 from bookend.sysext import check_extension, extension_entries, extension_tree
 from bookend.sysroot import Sysroot
 
 SHUTDOWN = "/usr/lib/systemd/systemd-shutdown"
 STANDALONE = "/usr/lib/systemd/systemd-shutdown.standalone"
+SHARED_PREFIX = "libsystemd-shared-"  # systemd's private library: libsystemd-shared-257.so
 LIBMOUNT = "libmount.so.1"
 # systemd-shutdown mounts these itself; /oldroot is where the old root is moved.
 MOUNT_POINTS = ("/dev", "/proc", "/sys", "/run", "/oldroot")
 
 
-def shutdown_program(sysroot: Sysroot) -> str:
-    """The program that is /shutdown: systemd-shutdown.standalone where the sysroot has
-    it as an executable file, else systemd-shutdown."""
-    resolved = sysroot.resolve(STANDALONE)
-    st = resolved.st
-    if st is not None and stat.S_ISREG(st.st_mode) and st.st_mode & 0o111:
-        return STANDALONE
-    return SHUTDOWN
+@dataclass(frozen=True)
+class ShutdownProgram:
+    """The program that is /shutdown: its image path, and the file it is copied from
+    when it comes from outside the sysroot (exitrd_shutdown)."""
+
+    path: str
+    source: Path | None = None
+    standalone: bool = False  # needs no libsystemd-shared
+
+
+def shutdown_program(config: Config) -> ShutdownProgram:
+    """exitrd_shutdown, checked; else the sysroot's first of STANDALONE and SHUTDOWN that
+    is an executable ELF file needing no libsystemd-shared; else SHUTDOWN."""
+    sysroot = Sysroot(config.sysroot)
+    if config.exitrd_shutdown is not None:
+        return _given_shutdown(config.exitrd_shutdown, config, sysroot)
+    libraries = LibrarySearch(sysroot)
+    for path in (STANDALONE, SHUTDOWN):
+        resolved = sysroot.resolve(path)
+        st = resolved.st
+        if st is None or not stat.S_ISREG(st.st_mode) or not st.st_mode & 0o111:
+            continue
+        try:
+            info = libraries.info_if_elf(path)
+        except ElfError:
+            continue
+        if info is not None and not _shared(info):
+            return ShutdownProgram(path, standalone=True)
+    return ShutdownProgram(SHUTDOWN)
+
+
+def _shared(info: elf.ElfInfo) -> str | None:
+    return next((name for name in info.needed if name.startswith(SHARED_PREFIX)), None)
+
+
+def _given_shutdown(path: Path, config: Config, sysroot: Sysroot) -> ShutdownProgram:
+    """exitrd_shutdown, if it can be /shutdown in an exitrd of this sysroot."""
+    where = f"{path}: exitrd_shutdown ({config.origins.get('exitrd_shutdown', 'config')})"
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise ConfigError(f"{where}: not an executable file")
+    try:
+        info = elf.read_elf(path) if elf.is_elf(path) else None
+    except ElfError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if info is None:
+        raise ConfigError(f"{where}: not an ELF file")
+    arch, own = sysroot_arch(sysroot), by_elf(info.machine, info.elf_class)
+    if arch is not None and own != arch:
+        raise ConfigError(
+            f"{where}: a {info.machine} ({info.elf_class}-bit) program, but the sysroot's "
+            f"systemd is {arch.elf_machine} ({arch.elf_class}-bit)"
+        )
+    shared = _shared(info)
+    if shared is not None:
+        raise ConfigError(
+            f"{where}: needs {shared}: not a standalone systemd-shutdown (Debian 13 and "
+            "later ship one in the package systemd-standalone-shutdown)"
+        )
+    if info.interpreter and sysroot.resolve(info.interpreter).st is None:
+        raise ConfigError(f"{where}: its loader {info.interpreter} is not in the sysroot")
+    libraries = LibrarySearch(sysroot, overlay={SHUTDOWN: path})
+    for soname in info.needed:
+        if libraries.find(soname, SHUTDOWN, info) is None:
+            raise ConfigError(
+                f"{where}: needs {soname}, which is not in the sysroot's library path "
+                "(RUNPATH, ld.so.conf or the system library directories)"
+            )
+    return ShutdownProgram(SHUTDOWN, source=path, standalone=True)
 
 
 def _skeleton(context: FeatureContext) -> Contribution:
-    program = shutdown_program(Sysroot(context.config.sysroot))
+    program = shutdown_program(context.config)
     reason = "exitrd: systemd-shutdown executes /shutdown after pivoting"
-    entries: list[Request | Generated] = [
-        Request(RequestKind.EXECUTABLE, program, reason),
+    entries: list[Request | Generated] = []
+    if program.source is None:
+        entries.append(Request(RequestKind.EXECUTABLE, program.path, reason))
+    else:
+        entry = ArchiveEntry(program.path, EntryKind.FILE, 0o755, source=program.source)
+        entries.append(Generated(entry, f"{reason} (exitrd_shutdown {program.source})"))
+    entries += [
         *skeleton(MOUNT_POINTS, "exitrd skeleton"),
         Generated(
-            ArchiveEntry("/shutdown", EntryKind.SYMLINK, 0o777, target=program.lstrip("/")),
+            ArchiveEntry("/shutdown", EntryKind.SYMLINK, 0o777, target=program.path.lstrip("/")),
             reason,
         ),
     ]
@@ -97,10 +173,16 @@ def _skeleton(context: FeatureContext) -> Contribution:
     return [*entries, *_libmount(context, program)]
 
 
-def _libmount(context: FeatureContext, program: str) -> Contribution:
+def _libmount(context: FeatureContext, program: ShutdownProgram) -> Contribution:
     """libmount wherever the sysroot keeps it (systemd >= 256 dlopens it to unmount), found
     as systemd-shutdown's loader would find it: no multiarch path written here."""
-    found = loaded_by(Sysroot(context.config.sysroot), program, LIBMOUNT)
+    sysroot = Sysroot(context.config.sysroot)
+    overlay = {} if program.source is None else {program.path: program.source}
+    libraries = LibrarySearch(sysroot, overlay=overlay)
+    if program.source is None and not sysroot.exists(program.path):
+        return []
+    info = libraries.info_if_elf(program.path)
+    found = None if info is None else libraries.find(LIBMOUNT, program.path, info)
     reason = "exitrd: libmount, which systemd-shutdown may dlopen"
     return [] if found is None else [Request(RequestKind.PATH, found, reason)]
 

@@ -1,7 +1,10 @@
 """The exitrd as the running system keeps it: a tree under /usr, named by its digest.
 
 `bookend install-exitrd` unpacks a built exitrd into STORE/<digest>/tree and writes
-STORE/<digest>/sums beside it. The digest is the SHA-256 of sums, and sums is a
+STORE/<digest>/sums beside it, and STORE/<digest>/paths: every path of the listing
+below, in its order, so the loader need not sort (what it names is checked all the
+same: stat of those paths must give the listing the sums name, and the copy must hold
+as many entries as the listing). The digest is the SHA-256 of sums, and sums is a
 sha256sum(1) listing: one line per regular file ("<sha256>  ./path") and one line for
 standard input ("<sha256>  -"), the SHA-256 of the tree's listing as
 
@@ -19,6 +22,9 @@ be installed at once (one per initrd that names them): INDEX says which initrd n
 which digest, and an install removes the exitrds no listed initrd names any more.
 DEFAULT names the latest install's exitrd: the loader's fallback when the initrd that
 booted named none (it was built without an exitrd, or by something else).
+
+The build writes the image's SHA-256 beside it (digest_path); install-exitrd takes only
+an image that matches it, so a damaged or half-written copy is never installed.
 """
 
 from __future__ import annotations
@@ -43,8 +49,32 @@ INDEX = "index"  # in STORE: "<digest>  <initrd path>" per line
 DEFAULT = "default"  # in STORE: the digest of the latest install
 RUN_DIGEST = "/run/bookend/exitrd.sha256"  # left by the initrd that booted
 ROOT_MODE = 0o700  # of /run/initramfs, as the loader leaves it
+DIGEST_SUFFIX = ".sha256"  # of the image's digest file, beside it
 _DEVICES = ("chardev", "blockdev")  # e.g. /dev/console, for the kernel: not kept
 _TYPES = {"file": stat.S_IFREG, "dir": stat.S_IFDIR, "link": stat.S_IFLNK}
+
+
+def digest_path(image: Path) -> Path:
+    """Where the image's SHA-256 is recorded: beside it, as sha256sum prints it."""
+    return image.with_name(image.name + DIGEST_SUFFIX)
+
+
+def check_digest(image: Path) -> bytes:
+    """The image's bytes, if their SHA-256 is the one recorded beside it."""
+    recorded_in = digest_path(image)
+    try:
+        recorded = recorded_in.read_text().split()[0].lower()
+        data = image.read_bytes()
+    except (OSError, IndexError) as exc:
+        detail = getattr(exc, "strerror", None) or "empty digest file"
+        raise ArchiveError(f"exitrd {image}: cannot read it or its digest: {detail}") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != recorded:
+        raise ArchiveError(
+            f"exitrd {image}: SHA-256 {actual} does not match {recorded_in} ({recorded}): "
+            "refusing to install it"
+        )
+    return data
 
 
 @dataclass(frozen=True)
@@ -53,6 +83,7 @@ class Sealed:
 
     listing: bytes
     sums: bytes
+    paths: bytes = b""  # the listing's paths, one a line, in its order
 
     @property
     def digest(self) -> str:
@@ -62,17 +93,19 @@ class Sealed:
 def seal(entries: Mapping[str, tuple[int, str | None]], contents: Mapping[str, str]) -> Sealed:
     """entries: relative path ("." the root) -> (st_mode, symlink target); contents:
     relative path of each regular file -> the SHA-256 of its bytes."""
-    lines = []
+    lines, shown_paths = [], []
     for path in sorted({".", *entries}, key=_sort_key):
         mode, target = entries.get(path, (stat.S_IFDIR | ROOT_MODE, None))
         if path == ".":
             mode = stat.S_IFDIR | ROOT_MODE
         shown = "." if path == "." else f"./{path}"
+        shown_paths.append(shown)
         lines.append(f"{mode:x} {shown}" + (f" -> {target}" if target is not None else ""))
     listing = "".join(line + "\n" for line in lines).encode()
     sums = [f"{hashlib.sha256(listing).hexdigest()}  -"]
     sums += [f"{contents[path]}  ./{path}" for path in sorted(contents, key=_sort_key)]
-    return Sealed(listing, "".join(line + "\n" for line in sums).encode())
+    paths = "".join(shown + "\n" for shown in shown_paths).encode()
+    return Sealed(listing, "".join(line + "\n" for line in sums).encode(), paths)
 
 
 def _sort_key(path: str) -> bytes:
@@ -164,8 +197,6 @@ def install_exitrd(image: Path, root: Path, initrd: str | None) -> Installed:
     """Keep image under root as a tree named by its digest, note which initrd names it,
     remove what no installed initrd names (nor, installing into /, the initrd that
     booted), install the loader script."""
-    from bookend.exitrd_load import check_digest
-
     if not root.is_dir():
         raise ConfigError(f"--root {root}: no such directory")
     if initrd is not None and not initrd.startswith("/"):
@@ -217,12 +248,13 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 
 
 def _unpack(image: Path, store: Path, sealed: Sealed) -> bool:
-    """STORE/<digest>/{tree,sums}, made beside and renamed into place when checked."""
+    """STORE/<digest>/{tree,sums,paths}, made beside and renamed into place when checked."""
     from bookend.inspect.extract import extract_image
 
     final = store / sealed.digest
     sums = final / "sums"
-    if sums.is_file() and sums.read_bytes() == sealed.sums:
+    paths = final / "paths"
+    if _holds(sums, sealed.sums) and _holds(paths, sealed.paths):
         if seal_tree(final / "tree").sums == sealed.sums:
             return False
         shutil.rmtree(final)  # damaged: unpack it again
@@ -238,6 +270,7 @@ def _unpack(image: Path, store: Path, sealed: Sealed) -> bool:
         if seal_tree(tree).sums != sealed.sums:
             raise ArchiveError(f"exitrd {image}: unpacked, it differs from its entries")
         (staging / "sums").write_bytes(sealed.sums)
+        (staging / "paths").write_bytes(sealed.paths)
         staging.chmod(0o755)
         if final.exists():
             shutil.rmtree(final)
@@ -245,6 +278,10 @@ def _unpack(image: Path, store: Path, sealed: Sealed) -> bool:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return True
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    return path.is_file() and path.read_bytes() == data
 
 
 DIGEST_UNIT = "bookend-exitrd-digest.service"

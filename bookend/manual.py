@@ -124,14 +124,6 @@ PAGES: dict[str, Page] = {
             "/run/bookend/exitrd.sha256: the digest the booted initrd left",
         ),
     ),
-    "load-exitrd": Page(
-        "Check the exitrd image's digest and unpack it into a private directory beside "
-        "the target, then rename it into place, so /run/initramfs/shutdown exists only "
-        "when the whole exitrd is there. For manual use: bookend-exitrd.service runs the "
-        "shell loader install-exitrd installs.",
-        (("bookend load-exitrd --image /boot/exitrd.img", "unpack it by hand"),),
-        ("/run/initramfs: the target", "IMAGE.sha256: the digest the image must match"),
-    ),
     "ls": Page(
         "List an image's entries, one per line: mode, size, path and link target, with "
         "the segment each is in (early microcode segments first). Reads bookend's, "

@@ -33,7 +33,7 @@ from bookend.config import (
     make_config,
 )
 from bookend.errors import BookendError
-from bookend.exitrd_load import DIGEST_SUFFIX
+from bookend.exitrd_store import DIGEST_SUFFIX
 from bookend.kmodules import MODULE_ROOTS
 from bookend.scancache import ScanCache
 from bookend.sshkeys import read_authorized_keys
@@ -82,13 +82,17 @@ def resolve(
         _check_derived_exitrd(output, kver, origins["output"], problems)
     _check_detection_trees(settings, problems)
     _check_sysexts(settings, problems)
+    _check_shutdown(settings, problems)
     _check_authorized_keys(settings, problems)
     problems.raise_if_any()
+    shutdown = values["exitrd_shutdown"]
     resolved = {
         **values,
         "kver": kver,
         "output": output,
         "exitrd_output": values["exitrd_output"] or default_exitrd_path(output, kver),
+        # A file on this machine: named whole in the manifest and the up-to-date record.
+        "exitrd_shutdown": shutdown and Path(os.path.abspath(shutdown)),
     }
     return make_config(resolved, origins, settings.item_origins)
 
@@ -286,6 +290,14 @@ def _check_sysexts(settings: Settings, problems: Problems) -> None:
         if not os.path.isdir(name) and not os.path.isfile(name):
             what = "no such file or directory" if not os.path.lexists(name) else "not a file"
             problems.add(source, "exitrd_sysexts", f"{name}: {what}")
+
+
+def _check_shutdown(settings: Settings, problems: Problems) -> None:
+    """exitrd_shutdown is a file on this machine (what it is, bookend.exitrd checks)."""
+    path = settings.values["exitrd_shutdown"]
+    if path is not None and not os.path.isfile(path):
+        what = "no such file" if not os.path.lexists(path) else "not a file"
+        problems.add(settings.origins["exitrd_shutdown"], "exitrd_shutdown", f"{path}: {what}")
 
 
 def _check_authorized_keys(settings: Settings, problems: Problems) -> None:

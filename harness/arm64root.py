@@ -43,17 +43,13 @@ from harness.rootdisk import (
 
 ARCH = "arm64"
 ARM64_UUID = "b00ce4d0-7e57-4b00-8000-0000a64c0de0"
-# Only what the boot and the exitrd job need: systemd, the kernel, and Python to run
-# `bookend install-exitrd` from the job disk (bookend's archive code imports zstandard
-# and lz4).
+# Only what the boot and the exitrd job need: systemd, the kernel. No Python: the job
+# copies an exitrd installed on the host (`bookend install-exitrd --root`), which the
+# running root loads with its shell loader.
 ARM64_PACKAGES = (
     *("systemd-sysv", "udev", "kmod", "e2fsprogs", "util-linux", "linux-image-arm64"),
     # Without it /etc/sysctl.d/99-sysctl.conf dangles, which fails a build today.
     "procps",
-    *("python3", "python3-zstandard", "python3-lz4"),
-    # python3-zstandard depends on virtual packages this one provides,
-    # and debootstrap does not resolve virtual packages.
-    "python3-cffi-backend",
 )
 MACHINE_ID = "b00ce4d07e574b0080000000a64c0de0\n"
 # Bump when a step below changes in a way the recipe does not show.

@@ -3,7 +3,9 @@
 The job copies this checkout's bookend into the root, puts the exitrd (and its digest)
 in /boot and installs the unit with `bookend install-exitrd`; the root's report unit
 then powers the machine off, which is the shutdown under test. It records in
-/job/out/ram-kib what the unpacked exitrd costs while the system runs.
+/job/out/ram-kib what the unpacked exitrd costs while the system runs. For a root
+without Python, installed_exitrd_job installs on this host instead (`bookend
+install-exitrd --root`, as for an image tree) and the guest only copies the result.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import bookend
 from harness.guestjob import make_job_disk, run_job
+from harness.images import bookend as run_bookend
 from harness.qemu import Boot, BootOptions, Disk
 
 BOOT_LIMIT = 900
@@ -22,7 +25,15 @@ BOOT_LIMIT = 900
 SHUTDOWN_LIMIT = 300
 PROMPT = r"Please enter passphrase for disk"
 
-INSTALL_EXITRD_JOB = """\
+# Unpacked at shutdown (the default): no RAM is spent on it while the system runs.
+_START_AND_MEASURE = """\
+systemctl daemon-reload
+systemctl start bookend-exitrd.service
+if [ -e /run/initramfs ]; then du -sk /run/initramfs | cut -f1; else echo 0; fi \\
+    > /job/out/ram-kib
+"""
+INSTALL_EXITRD_JOB = (
+    """\
 #!/bin/sh
 set -eux
 mkdir -p /usr/local/lib/bookend-src
@@ -30,12 +41,18 @@ cp -r /job/src/bookend /usr/local/lib/bookend-src/
 cp /job/exitrd/exitrd.img /job/exitrd/exitrd.img.sha256 /boot/
 cd /usr/local/lib/bookend-src
 python3 -m bookend install-exitrd --image /boot/exitrd.img
-systemctl daemon-reload
-systemctl start bookend-exitrd.service
-# Unpacked at shutdown (the default): no RAM is spent on it while the system runs.
-if [ -e /run/initramfs ]; then du -sk /run/initramfs | cut -f1; else echo 0; fi \\
-    > /job/out/ram-kib
 """
+    + _START_AND_MEASURE
+)
+# The store, loader and unit made on the host, copied over the root as they are.
+INSTALLED_EXITRD_JOB = (
+    """\
+#!/bin/sh
+set -eux
+cp -a /job/installed/. /
+"""
+    + _START_AND_MEASURE
+)
 
 
 def install_exitrd_job(
@@ -47,9 +64,23 @@ def install_exitrd_job(
     return make_job_disk(path, INSTALL_EXITRD_JOB + then, files=files)
 
 
-def shutdown_through(options: BootOptions, passphrase: str | None = None) -> str:
+def installed_exitrd_job(path: Path, exitrd_dir: Path, then: str = "") -> Disk:
+    """The job disk at path for a root without Python: exitrd_dir's exitrd.img installed
+    on this host with `bookend install-exitrd --root` into a tree the job copies over the
+    root, then the shell lines then."""
+    tree = path.with_name(path.name + ".root")
+    tree.mkdir()
+    image = exitrd_dir / "exitrd.img"
+    run_bookend("install-exitrd", "--image", str(image), "--root", str(tree))
+    return make_job_disk(path, INSTALLED_EXITRD_JOB + then, files={"installed": tree})
+
+
+def shutdown_through(
+    options: BootOptions, passphrase: str | None = None, exit_status: int = 0
+) -> str:
     """Boot with the install job among options.disks, let the root power off through
-    the exitrd, return the console text. passphrase is typed at the LUKS prompt."""
+    the exitrd, return the console text. passphrase is typed at the LUKS prompt;
+    exit_status: QEMU's, when the exitrd ends it through isa-debug-exit."""
 
     def unlock(vm: Boot) -> None:
         if passphrase is not None:
@@ -57,7 +88,7 @@ def shutdown_through(options: BootOptions, passphrase: str | None = None) -> str
             vm.send(passphrase + "\n")
 
     done = run_job(replace(options, timeout=BOOT_LIMIT), on_the_way=unlock,
-                   exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
+                   exit_timeout=SHUTDOWN_LIMIT, exit_status=exit_status)  # fmt: skip
     assert done.status == 0, f"the install job failed; see {options.log_path}"
     return done.text
 

@@ -187,12 +187,14 @@ def run_job(
     *,
     on_the_way: Callable[[Boot], None] | None = None,
     exit_timeout: float = EXIT_LIMIT,
+    exit_status: int = 0,
 ) -> JobRun:
     """Boot with `bookend.job` and a new token: the job runs, the root reports, QEMU exits 0.
 
     options.disks must hold the job disk (make_job_disk). on_the_way runs first with the
     running guest (e.g. to type a passphrase). exit_timeout: seconds from the token to
-    QEMU's exit, longer for a shutdown that has work to do (an exitrd).
+    QEMU's exit, longer for a shutdown that has work to do (an exitrd); exit_status:
+    QEMU's, when the guest ends through isa-debug-exit.
     """
     token = new_token()
     job_options = with_token(replace(options, append=f"{options.append} bookend.job"), token)
@@ -201,5 +203,6 @@ def run_job(
             on_the_way(vm)
         printed = vm.expect(r"BOOKEND-JOB-STATUS (\d+)", timeout=options.timeout)
         # Searched only after the job's line: the report waits for the job.
-        expect_token(vm, token, options.timeout, exit_timeout=exit_timeout)
+        expect_token(vm, token, options.timeout, exit_timeout=exit_timeout,
+                     exit_status=exit_status)  # fmt: skip
         return JobRun(status=int(printed.group(1)), text=vm.text, seconds=vm.elapsed)

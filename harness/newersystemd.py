@@ -18,12 +18,15 @@ filesystems with one UUID would leave the maker's root to chance.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import shutil
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from bookend.proc import run
+from harness.mirror import debian_mirror
 from harness.qemu import Kernel, installed_kernels
 from harness.rootdisk import (
     BASE_DISABLED,
@@ -120,3 +123,63 @@ if __name__ == "__main__":
 
     for name in sys.argv[1:] or NEWER_SUITES:
         print(ensure_newer_system(name))
+
+
+STANDALONE_PACKAGE = "systemd-standalone-shutdown"
+
+
+def standalone_shutdown(system: NewerSystem, cache_dir: Path | None = None) -> Path:
+    """systemd-shutdown built without libsystemd-shared (Debian 13+'s package
+    systemd-standalone-shutdown, which conflicts with systemd, so the tree cannot hold
+    it): the version of the tree's systemd, as its own apt index names it, fetched once
+    from the mirror, checked against that index's SHA-256 and unpacked with dpkg-deb -x
+    into the cache. Returns the unpacked program."""
+    record = _package_record(system.tree, STANDALONE_PACKAGE, _installed_version(system.tree))
+    cache_dir = cache_dir or cache_dir_default()
+    name = Path(record["Filename"]).name
+    made = cache_dir / "debs" / name.removesuffix(".deb")
+    made.parent.mkdir(parents=True, exist_ok=True)
+
+    def make() -> None:
+        with building(made, record["SHA256"][:16]) as work:
+            url = f"{debian_mirror()}/{record['Filename']}"
+            with urllib.request.urlopen(url, timeout=120) as response:
+                data = response.read()
+            actual = hashlib.sha256(data).hexdigest()
+            assert actual == record["SHA256"], f"{url}: SHA-256 {actual}, the index says {record}"
+            (work / name).write_bytes(data)
+            run(["dpkg-deb", "-x", work / name, work / "root"])
+
+    lock = made.parent / f"{made.name}.lock"
+    made_once(f"{name} unpacked", made, lock, record["SHA256"][:16], make)
+    return made / "root/usr/lib/systemd/systemd-shutdown"
+
+
+def _installed_version(tree: Path) -> str:
+    """The version of the tree's systemd package, from dpkg's status file."""
+    status = (tree / "var/lib/dpkg/status").read_text()
+    record = next(r for r in _records(status) if r.get("Package") == "systemd")
+    return record["Version"]
+
+
+def _package_record(tree: Path, package: str, version: str) -> dict[str, str]:
+    """package at version in the Packages indexes apt left in the tree."""
+    for index in sorted((tree / "var/lib/apt/lists").glob("*_Packages")):
+        for record in _records(index.read_text(errors="replace")):
+            if record.get("Package") == package and record.get("Version") == version:
+                return record
+    raise AssertionError(f"{tree}: no {package} {version} in its apt lists")
+
+
+def _records(text: str) -> list[dict[str, str]]:
+    """Debian control records: "Key: value" lines (continuations skipped), blank-separated."""
+    records: list[dict[str, str]] = []
+    for block in text.split("\n\n"):
+        record = {}
+        for line in block.splitlines():
+            if line and not line[0].isspace() and ":" in line:
+                key, _, value = line.partition(":")
+                record[key] = value.strip()
+        if record:
+            records.append(record)
+    return records

@@ -177,7 +177,12 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
     # Imported here: collecting the unit tier alone needs none of this.
     from harness.arm64root import ensure_arm64_root
     from harness.foreign import ensure_dracut
-    from harness.newersystemd import NEWER_SUITES, ensure_newer_system
+    from harness.newersystemd import (
+        NEWER_SUITES,
+        TRIXIE,
+        ensure_newer_system,
+        standalone_shutdown,
+    )
     from harness.qemu import installed_kernels
     from harness.rootdisk import cache_dir_default, ensure_root_disk, trixie_recipe
     from harness.serverguest import ensure_server_disk
@@ -223,6 +228,8 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
         newer_steps: list[Callable[[], object]] = [
             functools.partial(ensure_newer_system, suite) for suite in NEWER_SUITES
         ]
+        # The standalone systemd-shutdown the trixie exitrd is built with.
+        newer_steps.append(lambda: standalone_shutdown(ensure_newer_system(TRIXIE)))
         builds.start("Debian 13 and testing trees and root disks", newer_steps)
     return builds
 

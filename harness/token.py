@@ -40,8 +40,10 @@ def expect_token(
     *,
     systemd_initrd: bool = True,
     exit_timeout: float = EXIT_LIMIT,
+    exit_status: int = 0,
 ) -> re.Match[str]:
-    """Wait for the real root's report of token, then for QEMU to exit with status 0.
+    """Wait for the real root's report of token, then for QEMU to exit with exit_status
+    (0: a power-off; isa-debug-exit gives another).
 
     The report must say the root was entered through an initrd, and (unless
     systemd_initrd is False, for other generators' images) through systemd in one.
@@ -53,7 +55,7 @@ def expect_token(
     wanted = ("yes", "yes") if systemd_initrd else ("yes", report.group(2))
     assert report.groups() == wanted, f"the root reported {report.group(0)!r}"
     status = vm.wait_exit(exit_timeout)
-    assert status == 0, f"QEMU exited with status {status} after the token"
+    assert status == exit_status, f"QEMU exited with status {status} after the token"
     return report
 
 

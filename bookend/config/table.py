@@ -353,6 +353,12 @@ class Config:
         # since the manifest's reasons and the up-to-date record name it.
         parse_item=os.path.abspath,
     )
+    exitrd_shutdown: Path | None = setting(
+        "a standalone systemd-shutdown (one needing no libsystemd-shared, e.g. unpacked "
+        "from Debian's systemd-standalone-shutdown) to be the exitrd's /shutdown; its "
+        "libraries come from the sysroot (default: the sysroot's, standalone if it has one)",
+        metavar="FILE",
+    )
     units: tuple[tuple[str, str | None], ...] = setting(  # (unit, target or None: [Install])
         "sysroot units to add to the initrd with what they run and need, enabled per their "
         "[Install] section or for TARGET, as UNIT[:TARGET]",

@@ -39,29 +39,36 @@ esac
 [ -d "$store/$digest" ] || refuse "$store/$digest, named by $from: not installed"
 
 staging=${target%/*}/.initramfs-$$
-mkdir -m 0700 "$staging" || { staging=; refuse "cannot make ${target%/*}/.initramfs-$$"; }
-cp "$store/$digest/sums" "$staging/sums" || refuse "$store/$digest/sums: cannot copy"
-echo "$digest  $staging/sums" | sha256sum -c --status ||
-    refuse "$store/$digest/sums does not match the digest $digest from $from"
-cp -RP --preserve=mode,links --no-preserve=ownership "$store/$digest/tree" "$staging/root" ||
-    refuse "$store/$digest/tree: cannot copy"
-# The tree is 0700 as installed, and the listing checks it is.
-cd "$staging/root" || refuse "$staging/root: cannot enter"
-# Every entry (type, permission bits, path, link target) as one listing on standard
-# input, and every file's bytes: the sums name them all, and the digest names the sums.
+[ ! -e "$staging" ] || rm -rf "$staging" || refuse "cannot remove $staging"
+# One cp brings the sums, the paths and the tree into a directory of our own (/run is
+# root's): what is checked below is this copy, and only it is used.
+cp -RP --preserve=mode,links --no-preserve=ownership "$store/$digest" "$staging" ||
+    refuse "$store/$digest: cannot copy"
+cd "$staging/tree" || refuse "$staging/tree: cannot enter"
 IFS='
 '
 set -f
-entries=$(du -al . | cut -f2- | LC_ALL=C sort) || refuse "cannot list the copy"
+# The listing's paths, in its order (builtins only). What they name is checked: stat of
+# them must print the listing the sums name, and the copy holds no entry more.
+entries=
+count=0
+while read -r path || [ -n "$path" ]; do
+    entries=$entries$path$IFS
+    count=$((count + 1))
+done < ../paths || refuse "$staging/paths: cannot read"
+set -- $(du -al .) || refuse "cannot list the copy"
+[ $# -eq "$count" ] || refuse "$store/$digest/tree has $# entries, its digest $digest names $count"
+echo "$digest  ../sums" > ../digest || refuse "cannot write $staging/digest"
+# One sha256sum run: the sums against the digest, every file against the sums, and the
+# listing (type, permission bits, path, link target) on standard input against the sums.
+# The tree is 0700 as installed, and the listing checks it is.
 LC_ALL=C QUOTING_STYLE=literal stat -c '%f %N' -- $entries |
-    sha256sum -c --quiet --strict ../sums >&2 ||
-    refuse "$store/$digest/tree differs from the digest $digest from $from"
+    sha256sum -c --quiet --strict ../digest ../sums >&2 ||
+    refuse "$store/$digest differs from the digest $digest from $from"
 [ -x shutdown ] || refuse "$store/$digest/tree: no executable /shutdown"
-cd / && { [ ! -e "$target" ] || rm -rf "$target"; } && mv "$staging/root" "$target" ||
+cd / && { [ ! -e "$target" ] || rm -rf "$target"; } && mv "$staging/tree" "$target" ||
     refuse "cannot move the checked copy to $target"
 rm -rf "$staging"
-set -- $entries
-count=$#
 IFS=" " read -r now rest < /proc/uptime
 ms=$(((${now%.*}${now#*.} - ${started%.*}${started#*.}) * 10))
 echo "bookend: exitrd $digest (from $from): $count entries copied to $target and checked in $ms ms"

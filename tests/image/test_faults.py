@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from bookend.errors import ArchiveError
-from bookend.exitrd_load import load_exitrd
+from bookend.exitrd_store import check_digest
 from harness.images import bookend
 from tests.tmpfs import small_tmpfs
 
@@ -120,11 +120,11 @@ def test_sigkill_anywhere_leaves_old_or_new_never_a_mixed_pair(
         initrd, exitrd, digest_state = states
         assert initrd in ("old", "new") and exitrd in ("old", "new"), seen[-1]
         # A digest is there only for the exitrd it describes, and with the initrd it was
-        # built with; otherwise it is gone, and the loader refuses the exitrd.
+        # built with; otherwise it is gone, and install-exitrd refuses the exitrd.
         assert digest_state == "absent" or digest_state == exitrd == initrd, seen[-1]
         if digest_state == "absent":
             with pytest.raises(ArchiveError, match="its digest: No such file"):
-                load_exitrd(tmp_path / "exitrd.img", tmp_path / "initramfs")
+                check_digest(tmp_path / "exitrd.img")
     assert any(leftover for _, _, leftover in seen), f"no kill came while writing: {seen}"
     assert any(states[2] == "absent" for _, states, _ in seen), f"none in the renames: {seen}"
     build(tmp_path)

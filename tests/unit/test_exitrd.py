@@ -1,4 +1,5 @@
-"""The exitrd's plan, the loader that unpacks it, and the unit that runs the loader."""
+"""The exitrd's plan, the digest its image is installed by, and the unit that runs the
+shell loader (bookend/data/load-exitrd.sh, tested in test_exitrd_store.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from bookend.build import write_digest, write_image
 from bookend.closure import Closure, ClosureEntry
 from bookend.errors import ArchiveError
 from bookend.exitrd import make_exitrd_plan
-from bookend.exitrd_load import load_exitrd
+from bookend.exitrd_store import install_exitrd, seal_tree
 from bookend.features.base import RequestKind
 from bookend.install import LoadAt, install_exitrd_unit, unit_text
 from bookend.plan import Plan
@@ -58,43 +59,51 @@ def exitrd_image(root_tree: Path, tmp_path: Path, compress: str = "zstd") -> Pat
 
 
 @pytest.mark.parametrize("compress", ["zstd", "xz", "gzip", "none"])
-def test_loader_unpacks_a_checked_image_into_place(
+def test_install_takes_a_checked_image_whatever_its_compression(
     root_tree: Path, tmp_path: Path, compress: str
 ) -> None:
     image = exitrd_image(root_tree, tmp_path, compress)
     digest = (tmp_path / "exitrd.img.sha256").read_text()
     assert digest == f"{hashlib.sha256(image.read_bytes()).hexdigest()}  exitrd.img\n"
-    target = tmp_path / "run/initramfs"
-    target.parent.mkdir()
-    assert load_exitrd(image, target) == len(ENTRIES)
-    assert stat.S_IMODE(target.stat().st_mode) == 0o700
-    assert os.readlink(target / "shutdown") == "usr/lib/shutdown-tool"
-    assert os.access(target / "shutdown", os.X_OK)
-    assert (target / "oldroot").is_dir()
-    assert os.listdir(target.parent) == ["initramfs"]  # no staging directory left
+    root = tmp_path / "root"
+    root.mkdir()
+    installed = install_exitrd(image, root, None)
+    tree = installed.store / installed.digest / "tree"
+    assert seal_tree(tree).digest == installed.digest
+    assert stat.S_IMODE(tree.stat().st_mode) == 0o700
+    assert os.readlink(tree / "shutdown") == "usr/lib/shutdown-tool"
+    assert os.access(tree / "shutdown", os.X_OK)
+    assert (tree / "oldroot").is_dir()
 
 
-def test_corrupt_image_is_refused_and_leaves_no_shutdown(root_tree: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("fault", ["damaged", "other digest", "no digest", "empty digest"])
+def test_install_refuses_an_image_its_digest_does_not_match(
+    root_tree: Path, tmp_path: Path, fault: str
+) -> None:
     image = exitrd_image(root_tree, tmp_path)
-    data = bytearray(image.read_bytes())
-    data[len(data) // 2] ^= 1
-    image.write_bytes(data)
-    target = tmp_path / "run/initramfs"
-    target.mkdir(parents=True)
-    (target / "shutdown").write_text("stale")  # from an earlier load
-    with pytest.raises(ArchiveError, match=r"SHA-256 \w+ does not match .*exitrd.img.sha256"):
-        load_exitrd(image, target)
-    assert not os.path.lexists(target / "shutdown")
-    assert os.listdir(target.parent) == ["initramfs"]
-
-
-def test_missing_digest_is_refused(root_tree: Path, tmp_path: Path) -> None:
-    image = exitrd_image(root_tree, tmp_path)
-    (tmp_path / "exitrd.img.sha256").unlink()
-    (tmp_path / "run").mkdir()
-    with pytest.raises(ArchiveError, match="cannot read it or its digest"):
-        load_exitrd(image, tmp_path / "run/initramfs")
-    assert os.listdir(tmp_path / "run") == []
+    digest = tmp_path / "exitrd.img.sha256"
+    if fault == "damaged":
+        data = bytearray(image.read_bytes())
+        data[len(data) // 2] ^= 1
+        image.write_bytes(data)
+    elif fault == "other digest":
+        digest.write_text(f"{hashlib.sha256(b'other').hexdigest()}  exitrd.img\n")
+    elif fault == "no digest":
+        digest.unlink()
+    else:
+        digest.write_text("")
+    message = {
+        "damaged": r"SHA-256 \w+ does not match .*exitrd.img.sha256",
+        "other digest": r"SHA-256 \w+ does not match .*exitrd.img.sha256",
+        "no digest": "cannot read it or its digest: No such file",
+        "empty digest": "cannot read it or its digest: empty digest file",
+    }[fault]
+    root = tmp_path / "root"
+    root.mkdir()
+    with pytest.raises(ArchiveError, match=message) as caught:
+        install_exitrd(image, root, None)
+    assert "\n" not in str(caught.value)
+    assert os.listdir(root) == []  # nothing installed, not even the store
 
 
 def test_unit_runs_the_shell_loader_at_shutdown_by_default_or_at_boot(tmp_path: Path) -> None:

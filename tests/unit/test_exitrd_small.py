@@ -1,5 +1,6 @@
-"""The smallest exitrd that does the job: systemd-shutdown.standalone where the sysroot
-has it, else systemd-shutdown and exactly its DT_NEEDED closure; storage stacks that
+"""The smallest exitrd that does the job: a standalone systemd-shutdown (one needing no
+libsystemd-shared, by its DT_NEEDED) where the sysroot has one or exitrd_shutdown names
+one, else systemd-shutdown and exactly its DT_NEEDED closure; storage stacks that
 systemd-shutdown detaches itself (DM: LUKS, LVM) add nothing.
 
 The fixture trees hold real ELF files (gcc), so the closure is the one bookend computes
@@ -10,14 +11,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bookend.cli import vocabularies
 from bookend.closure import build_closure
 from bookend.config import Config
+from bookend.errors import BookendError
 from bookend.exitrd import SHUTDOWN, STANDALONE, make_exitrd_plan, shutdown_program
 from bookend.features import ALL
 from bookend.plan import Plan
 from bookend.resolve import configure
-from bookend.sysroot import Sysroot
 from tests.unit.conftest import make_root_tree
 from tests.unit.elftree import compile_c, install_libc, shared_library
 
@@ -57,8 +60,9 @@ def systemd_tree(root: Path, standalone: bool) -> Path:
     return root
 
 
-def config_of(root: Path) -> Config:
-    return configure(None, {"sysroot": str(root)}, vocabularies(ALL))
+def config_of(root: Path, shutdown: Path | None = None) -> Config:
+    given = {} if shutdown is None else {"exitrd_shutdown": str(shutdown)}
+    return configure(None, {"sysroot": str(root), **given}, vocabularies(ALL))
 
 
 def exitrd_paths(config: Config, features: tuple[str, ...] = ()) -> set[str]:
@@ -69,8 +73,8 @@ def exitrd_paths(config: Config, features: tuple[str, ...] = ()) -> set[str]:
 
 def test_standalone_shutdown_is_chosen_and_needs_only_libc(tmp_path: Path) -> None:
     root = systemd_tree(tmp_path / "root", standalone=True)
-    assert shutdown_program(Sysroot(root)) == STANDALONE
     config = config_of(root)
+    assert shutdown_program(config).path == STANDALONE
     paths = exitrd_paths(config)
     # Exactly the skeleton and the standalone program: no libsystemd-shared, no libcrypto,
     # not the other systemd-shutdown.
@@ -85,7 +89,7 @@ def test_without_standalone_shutdown_brings_exactly_its_dt_needed_closure(
     tmp_path: Path,
 ) -> None:
     root = systemd_tree(tmp_path / "root", standalone=False)
-    assert shutdown_program(Sysroot(root)) == SHUTDOWN
+    assert shutdown_program(config_of(root)).path == SHUTDOWN
     expected = SKELETON | SHARED | {SHUTDOWN}
     paths = exitrd_paths(config_of(root))
     assert paths == expected, paths ^ expected
@@ -94,7 +98,72 @@ def test_without_standalone_shutdown_brings_exactly_its_dt_needed_closure(
 def test_a_standalone_that_is_not_executable_is_not_chosen(tmp_path: Path) -> None:
     root = systemd_tree(tmp_path / "root", standalone=True)
     (root / STANDALONE.lstrip("/")).chmod(0o644)
-    assert shutdown_program(Sysroot(root)) == SHUTDOWN
+    assert shutdown_program(config_of(root)).path == SHUTDOWN
+
+
+def test_the_standalone_is_told_by_its_dt_needed_not_its_name(tmp_path: Path) -> None:
+    # Debian's systemd-standalone-shutdown installs it as systemd-shutdown.
+    root = systemd_tree(tmp_path / "root", standalone=False)
+    compile_c(MAIN, root / SHUTDOWN.lstrip("/"))
+    program = shutdown_program(config_of(root))
+    assert (program.path, program.standalone) == (SHUTDOWN, True)
+    # A systemd-shutdown.standalone that needs libsystemd-shared is no standalone.
+    root = systemd_tree(tmp_path / "other", standalone=False)
+    (root / STANDALONE.lstrip("/")).write_bytes((root / SHUTDOWN.lstrip("/")).read_bytes())
+    (root / STANDALONE.lstrip("/")).chmod(0o755)
+    program = shutdown_program(config_of(root))
+    assert (program.path, program.standalone) == (SHUTDOWN, False)
+
+
+def test_exitrd_shutdown_from_outside_the_sysroot_brings_only_its_libraries(
+    tmp_path: Path,
+) -> None:
+    root = systemd_tree(tmp_path / "root", standalone=False)
+    given = tmp_path / "unpacked/usr/lib/systemd/systemd-shutdown"
+    compile_c(MAIN, given)
+    config = config_of(root, given)
+    program = shutdown_program(config)
+    assert (program.path, program.source) == (SHUTDOWN, given)
+    paths = exitrd_paths(config)
+    # Not the sysroot's systemd-shutdown and its libsystemd-shared closure: the given one.
+    assert paths == SKELETON | {SHUTDOWN}, paths ^ (SKELETON | {SHUTDOWN})
+    initrd = Plan(features=(), requests=(), generated=(), registry=ALL)
+    closure = build_closure(config, make_exitrd_plan(config, initrd))
+    assert closure.entries[SHUTDOWN].entry.source == given
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("missing", "exitrd_shutdown: .*systemd-shutdown: no such file"),
+        ("script", "systemd-shutdown: exitrd_shutdown .*: not an ELF file"),
+        ("shared", "needs libsystemd-shared-999.so: not a standalone systemd-shutdown"),
+        ("library", "needs libgone.so.1, which is not in the sysroot's library path"),
+        ("arch", "a EM_386 \\(32-bit\\) program, but the sysroot's systemd is EM_X86_64"),
+    ],
+)
+def test_a_bad_exitrd_shutdown_is_refused_in_one_line(
+    tmp_path: Path, fault: str, message: str
+) -> None:
+    root = systemd_tree(tmp_path / "root", standalone=False)
+    given = tmp_path / "given/systemd-shutdown"
+    given.parent.mkdir()
+    if fault == "script":
+        given.write_text("#!/bin/sh\n")
+        given.chmod(0o755)
+    elif fault == "shared":
+        given.write_bytes((root / SHUTDOWN.lstrip("/")).read_bytes())
+        given.chmod(0o755)
+    elif fault == "library":
+        body = "int g(void) { return 0; }\n"
+        gone = shared_library(tmp_path / "elsewhere", "/lib", "libgone.so.1", body)
+        compile_c("int g(void); int main(void) { return g(); }\n", given,
+                  f"-L{gone.parent}", "-l:libgone.so.1")  # fmt: skip
+    elif fault == "arch":
+        compile_c(MAIN, given, "-m32", "-nostdlib", "-static", "-e", "main")
+    with pytest.raises(BookendError, match=message) as caught:
+        exitrd_paths(config_of(root, given))
+    assert "\n" not in str(caught.value)
 
 
 def test_lvm_on_luks_adds_nothing_systemd_shutdown_detaches_dm_itself(tmp_path: Path) -> None:

@@ -166,7 +166,9 @@ def test_loader_falls_back_to_the_latest_install(installed: tuple[Path, Path, st
     assert f"exitrd {two} (from {root / STORE}/default" in done.stdout
 
 
-@pytest.mark.parametrize("damage", ["sums", "file", "extra", "mode", "link", "missing"])
+@pytest.mark.parametrize(
+    "damage", ["sums", "file", "extra", "mode", "link", "missing", "paths", "extra and paths"]
+)
 def test_loader_refuses_what_the_digest_does_not_name(
     installed: tuple[Path, Path, str, str], damage: str
 ) -> None:
@@ -183,6 +185,16 @@ def test_loader_refuses_what_the_digest_does_not_name(
         (tree / "usr/lib/ld.so.preload").write_bytes(b"")
     elif damage == "mode":
         (tree / "usr/lib/shutdown-tool").chmod(0o4755)
+    elif damage in ("paths", "extra and paths"):
+        # The paths only say what to stat: one left out is missed by the listing, one
+        # more in the tree (listed there or not) by the count.
+        paths = (store / one / "paths").read_text().splitlines()
+        if damage == "paths":
+            paths.remove("./usr/lib/shutdown-tool")
+        else:
+            (tree / "usr/lib/ld.so.preload").write_bytes(b"")
+            paths.append("./usr/lib/ld.so.preload")
+        (store / one / "paths").write_text("".join(f"{line}\n" for line in paths))
     elif damage == "link":
         (tree / "shutdown").unlink()
         (tree / "shutdown").symlink_to("usr/lib")

@@ -3,8 +3,10 @@
 "virt" board into the arm64 root disk, which reports the token; at power-off its exitrd
 takes the root down, and the machine powers off through PSCI.
 
-One boot proves it all: the job disk installs the exitrd with `bookend install-exitrd`
-(arm64 Python in the guest) before the root reports. Run with `-rP` for the figures.
+One boot proves it all: the root has no Python; the job disk carries the exitrd as
+`bookend install-exitrd --root` installed it on this host, and copies it over the root
+before the root reports; the root's shell loader copies and checks it at shutdown. Run
+with `-rP` for the figures.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from harness.exitrdjob import (
     BOOT_LIMIT,
     PIVOT,
     SHUTDOWN_LIMIT,
-    install_exitrd_job,
+    installed_exitrd_job,
     split_at_pivot,
 )
 from harness.guestjob import read_job_output
@@ -25,6 +27,10 @@ from harness.images import QEMU_VIRTIO_EXT4, build_image
 from harness.qemu import ARM64, BootOptions, boot
 from harness.token import new_token
 
+# The root has no Python at all: nothing of bookend runs in it.
+NO_PYTHON = """
+if ls /usr/bin/python3* 2>/dev/null; then exit 1; fi
+"""
 # Console lines whose arrival the test times, in the order they come.
 MARKS = (
     ("kernel start", r"Booting Linux on physical CPU"),
@@ -41,7 +47,7 @@ def test_arm64_image_switches_root_and_exitrd_powers_off(tmp_path: Path, console
     (tmp_path / "images").mkdir()
     initrd = build_image(tmp_path / "images/initrd.img", root.kernel.version,
                          "--sysroot", str(root.tree), *QEMU_VIRTIO_EXT4)  # fmt: skip
-    job = install_exitrd_job(tmp_path / "job.img", initrd.parent)
+    job = installed_exitrd_job(tmp_path / "job.img", initrd.parent, then=NO_PYTHON)
     token = new_token()
     options = BootOptions(
         kernel=root.kernel.path,

@@ -4,15 +4,21 @@ plain and on LVM on LUKS2, and power off through their exitrd.
 
 Two boots per release. The plain root: the initrd mounts it, switches root, the root
 reports the token, and the power-off pivots into the exitrd, whose systemd-shutdown
-unmounts the old root. LVM on LUKS2: the passphrase is typed at the console prompt, the
-root (a copy of the same release's root disk, harness/stackdisks.py ensure_suite_stacks)
-reports, a job records from inside it what it runs on, and the exitrd detaches the
-device-mapper stack. Run with `-rP` to see the measured figures.
+unmounts the old root. On Debian 13 that exitrd's /shutdown is the standalone
+systemd-shutdown of the package systemd-standalone-shutdown (no libsystemd-shared in
+the exitrd at all), and the root ends with `systemctl exit N` (systemd >= 254 passes
+--exit-code=N on to /shutdown): the exitrd's hook writes N+1 to QEMU's isa-debug-exit
+port, so QEMU's status shows that the exitrd's systemd-shutdown ran its hooks.
+LVM on LUKS2: the passphrase is typed at the console prompt, the root (a copy of the
+same release's root disk, harness/stackdisks.py ensure_suite_stacks) reports, a job
+records from inside it what it runs on, and the exitrd detaches the device-mapper stack.
+Run with `-rP` to see the measured figures.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import time
 from pathlib import Path
 
@@ -22,11 +28,19 @@ from bookend.features.storage_daemons import systemd_version
 from bookend.sysroot import Sysroot
 from harness.exitrdjob import install_exitrd_job, shutdown_through, split_at_pivot
 from harness.guestjob import read_job_output
-from harness.images import QEMU_VIRTIO_EXT4, build_image
-from harness.newersystemd import NEWER_SUITES, NewerSystem, ensure_newer_system
+from harness.images import QEMU_VIRTIO_EXT4, build_image, content_by_bsdtar
+from harness.newersystemd import (
+    NEWER_SUITES,
+    TRIXIE,
+    NewerSystem,
+    ensure_newer_system,
+    standalone_shutdown,
+)
 from harness.qemu import BootOptions, Disk, Kernel
 from harness.rootdisk import RootDisk
 from harness.stackdisks import StackDisks, ensure_suite_stacks
+from tests.vm.test_exitrd_trust import LOADED
+from tests.vm.test_exitrd_verbs import DEBUG_EXIT, exit_hook_extension
 
 BOOT_LIMIT = 900
 
@@ -58,31 +72,67 @@ def build_images(system: NewerSystem, directory: Path, *args: str) -> Path:
 
 
 def options(system: NewerSystem, initrd: Path, disks: tuple[Disk, ...], append: str,
-            log: Path) -> BootOptions:  # fmt: skip
+            log: Path, devices: tuple[str, ...] = ()) -> BootOptions:  # fmt: skip
     return BootOptions(kernel=system.kernel.path, initrd=initrd, disks=disks, append=append,
-                       timeout=BOOT_LIMIT, log_path=log)  # fmt: skip
+                       timeout=BOOT_LIMIT, log_path=log, devices=devices)  # fmt: skip
+
+
+# The root's report ends with `systemctl exit N` instead of its power-off.
+EXIT_INSTEAD = """
+sed -i 's/^systemctl --no-block poweroff$/systemctl --no-block exit {status}/' \\
+    /usr/local/sbin/bookend-test-report
+grep -q 'systemctl --no-block exit {status}' /usr/local/sbin/bookend-test-report
+"""
 
 
 def test_plain_root_boots_and_powers_off_through_the_exitrd(
     system: NewerSystem, tmp_path: Path
 ) -> None:
-    initrd = build_images(system, tmp_path / "images")
-    job = install_exitrd_job(tmp_path / "job.img", initrd.parent)
+    exiting = system.suite == TRIXIE
+    args: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+    then, status = "", 0
+    if exiting:
+        standalone = standalone_shutdown(system)
+        extension = exit_hook_extension(tmp_path / "extensions")
+        args = ("--exitrd-shutdown", str(standalone), "--exitrd-sysext", str(extension))
+        status = secrets.randbelow(100) + 1
+        then, devices = EXIT_INSTEAD.format(status=status), ("-device", DEBUG_EXIT)
+    initrd = build_images(system, tmp_path / "images", *args)
+    job = install_exitrd_job(tmp_path / "job.img", initrd.parent, then=then)
     started = time.monotonic()
     text = shutdown_through(options(system, initrd, (Disk(system.root.image), job),
                                     f"root=UUID={system.root.uuid} rw",
-                                    tmp_path / "console.log"))  # fmt: skip
+                                    tmp_path / "console.log", devices),
+                            exit_status=((status + 1) << 1) | 1 if exiting else 0)  # fmt: skip
     seconds = time.monotonic() - started
     running, pivoted = split_at_pivot(text)
+    loaded = LOADED.search(running)
+    assert loaded, running[-3000:]
     # The initrd's systemd is the tree's (it names its version as it starts).
     assert re.search(
         rf"systemd {tree_systemd(system)}([.~-]\S*)? running in system mode", running
     ), running[:4000]
     assert "systemd-initrd=yes" in running
     assert re.search(r"shutdown\[1\]: .*(Unmounting|unmounted)", pivoted), pivoted[-2000:]
+    exitrd = initrd.parent / "exitrd.img"
+    tree = tmp_path / "exitrd-tree"
+    tree.mkdir()
+    unpacked = content_by_bsdtar(exitrd, tree)
+    if exiting:
+        # The exitrd's /shutdown is the package's program, and nothing of libsystemd-shared
+        # came with it: the exitrd that ran could only have run the standalone one.
+        program = tree / "usr/lib/systemd/systemd-shutdown"
+        assert program.read_bytes() == standalone.read_bytes()
+        assert not list(tree.rglob("libsystemd-shared*")), sorted(tree.rglob("*"))
+        assert f"BOOKEND-EXIT-STATUS {status} becomes {status + 1} in the exitrd" in pivoted
     print(f"{system.suite} (systemd {tree_systemd(system)}, kernel {system.kernel.version}): "
-          f"initrd {initrd.stat().st_size / 1e6:.1f} MB, plain root boot and exitrd "
-          f"power-off in {seconds:.0f} s")  # fmt: skip
+          f"initrd {initrd.stat().st_size / 1e6:.1f} MB, exitrd "
+          f"{'(standalone systemd-shutdown) ' if exiting else ''}"
+          f"{exitrd.stat().st_size / 1e6:.2f} MB zstd, {unpacked / 1e6:.2f} MB unpacked, "
+          f"loaded at shutdown in {int(loaded.group(3)) / 1000:.2f} s "
+          f"({loaded.group(2)} entries); plain root boot and exitrd "
+          f"{'exit' if exiting else 'power-off'} in {seconds:.0f} s")  # fmt: skip
 
 
 def test_lvm_on_luks2_root_unlocks_boots_and_detaches(
