@@ -21,6 +21,7 @@ from bookend.archive import (
     write_atomically,
     write_cpio,
 )
+from bookend.archive.compress import ZSTD_JOB_SIZE
 from bookend.errors import ArchiveError
 
 # What each compressor's own command line tool needs to decompress to stdout.
@@ -279,7 +280,7 @@ def test_atomic_write_bad_target_names_it(tmp_path: Path, where: str) -> None:
 
 
 def test_zstd_threads_change_the_speed_not_the_bytes() -> None:
-    # Several of zstd's jobs (16 MiB each at the default level), half incompressible.
+    # Several of zstd's jobs (ZSTD_JOB_SIZE each), half incompressible.
     rng = random.Random(7)
     raw = b"".join(rng.randbytes(1 << 16) + bytes(range(256)) * 256 for _ in range(320))
     images = {}
@@ -294,3 +295,15 @@ def test_zstd_threads_change_the_speed_not_the_bytes() -> None:
     # zstd's single-threaded mode would write other bytes: the count is never 0 there.
     single = zstandard.ZstdCompressor(level=9, threads=0, write_checksum=True)
     assert single.compress(raw) != images[1]
+
+
+def test_zstd_jobs_are_small_enough_for_every_core() -> None:
+    # zstd's own job size (16 MiB at level 9) would make this one job, for one core.
+    rng = random.Random(8)
+    raw = b"".join(rng.randbytes(1 << 12) * 4 for _ in range(2 * ZSTD_JOB_SIZE >> 14))
+    packed = io.BytesIO()
+    with open_compressor(Compression.ZSTD, packed, 9, 2) as stream:
+        stream.write(raw)
+    default_jobs = zstandard.ZstdCompressor(level=9, threads=2, write_checksum=True)
+    assert packed.getvalue() != default_jobs.compress(raw)  # the job size is ours
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(packed.getvalue()) == raw
