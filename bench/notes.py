@@ -16,6 +16,7 @@ from bench.report import (
     BuildStats,
     Generator,
     Spread,
+    build_time_bound,
     issue_targets,
     render_table,
     render_targets,
@@ -190,6 +191,9 @@ def render_report(report: Report, before: MachineState, after: MachineState) -> 
     if plain is not None:
         parts.append("## Targets of issue 7 (plain ext4, ratios of medians from this run)\n")
         parts.append(render_targets(issue_targets(plain.builds, plain.boots, report.rebuild)))
+        bound = build_time_bound(plain.builds)
+        if bound is not None:
+            parts.append(bound)
     if report.failures:
         parts.append("## Failures (their cells say -)\n")
         parts.append("".join(f"- {failure}\n" for failure in report.failures))
