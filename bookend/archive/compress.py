@@ -10,8 +10,11 @@ from __future__ import annotations
 import enum
 import gzip
 import lzma
+import os
 import struct
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import BinaryIO
 
@@ -65,7 +68,7 @@ ZSTD_JOB_SIZE = 4 << 20
 def open_compressor(
     compression: Compression, out: BinaryIO, level: int | None = None, threads: int = 0
 ) -> Iterator[Sink]:
-    """threads: zstd's workers, 0 for one per CPU; Python's lzma, gzip and lz4 have one."""
+    """threads: zstd's and lz4's workers, 0 for one per CPU; Python's lzma and gzip have one."""
     chosen = DEFAULT_LEVELS[compression] if level is None else level
     if compression is Compression.ZSTD:
         # Always workers (-1: one per CPU), never zstd's single-threaded mode: its output
@@ -89,20 +92,31 @@ def open_compressor(
         ) as gzip_stream:
             yield gzip_stream
     elif compression is Compression.LZ4:
-        lz4_stream = Lz4LegacyWriter(out, chosen)
-        yield lz4_stream
-        lz4_stream.close()
+        count = threads or os.cpu_count() or 1
+        with ThreadPoolExecutor(count) as pool:
+            lz4_stream = Lz4LegacyWriter(out, chosen, pool, count)
+            yield lz4_stream
+            lz4_stream.close()
     else:
         yield out
 
 
 class Lz4LegacyWriter:
-    """The lz4 legacy frame (what `lz4 -l` writes), the only lz4 format Linux unpacks."""
+    """The lz4 legacy frame (what `lz4 -l` writes), the only lz4 format Linux unpacks.
 
-    def __init__(self, out: BinaryIO, level: int) -> None:
+    Its blocks are independent, so workers compress them side by side (lz4 lets go of
+    the GIL), at most one block per worker waiting; they are written in order, so the
+    bytes are the same whatever the number of workers."""
+
+    def __init__(
+        self, out: BinaryIO, level: int, workers: Executor | None = None, limit: int = 1
+    ) -> None:
         self.out = out
         self.level = level
+        self.workers = workers
+        self.limit = limit  # blocks waiting for a worker or to be written
         self.pending = bytearray()
+        self.running: deque[Future[bytes]] = deque()
         out.write(struct.pack("<I", LZ4_LEGACY_MAGIC))
 
     def write(self, data: bytes, /) -> int:
@@ -116,9 +130,26 @@ class Lz4LegacyWriter:
         if self.pending:
             self._flush_block(bytes(self.pending))
             self.pending.clear()
+        while self.running:
+            self._write_oldest()
 
     def _flush_block(self, block: bytes) -> None:
-        packed = lz4.block.compress(
-            block, mode="high_compression", compression=self.level, store_size=False
-        )
+        if self.workers is None:
+            self._write_packed(_lz4_block(block, self.level))
+            return
+        self.running.append(self.workers.submit(_lz4_block, block, self.level))
+        while len(self.running) > self.limit:
+            self._write_oldest()
+
+    def _write_oldest(self) -> None:
+        self._write_packed(self.running.popleft().result())
+
+    def _write_packed(self, packed: bytes) -> None:
         self.out.write(struct.pack("<I", len(packed)) + packed)
+
+
+def _lz4_block(block: bytes, level: int) -> bytes:
+    packed: bytes = lz4.block.compress(
+        block, mode="high_compression", compression=level, store_size=False
+    )
+    return packed

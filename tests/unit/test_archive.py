@@ -222,6 +222,22 @@ def test_lz4_writes_the_legacy_frame_in_8_mib_blocks() -> None:
     assert 8 + first_block + 4 + second_block == len(data)
 
 
+def test_lz4_threads_change_the_speed_not_the_bytes() -> None:
+    # Four blocks and a short one, compressed by 1, 3 and one-per-CPU workers.
+    rng = random.Random(9)
+    raw = b"".join(rng.randbytes(1 << 16) + bytes(range(256)) * 256 for _ in range(270))
+    images = {}
+    for threads in (1, 3, 0):
+        packed = io.BytesIO()
+        with open_compressor(Compression.LZ4, packed, 1, threads) as stream:
+            for at in range(0, len(raw), 1 << 20):
+                stream.write(raw[at : at + (1 << 20)])
+        images[threads] = packed.getvalue()
+    assert images[1] == images[3] == images[0]
+    unpacked = subprocess.run(["lz4", "-dc"], input=images[3], capture_output=True, check=True)
+    assert unpacked.stdout == raw
+
+
 def test_none_passes_bytes_through() -> None:
     packed = io.BytesIO()
     with open_compressor(Compression.NONE, packed, None) as stream:
