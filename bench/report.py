@@ -249,6 +249,5 @@ def build_time_bound(builds: dict[str, BuildStats], limit: float = 0.1) -> str |
         f"same build of both images written uncompressed takes {bare.wall.median:.2f} s "
         f"({bare.wall.median / dracut.wall.median:.2f} x dracut; CPU {bare.cpu.median:.2f} s), "
         f"so compressing them takes {compressing:.2f} s of the {whole.wall.median:.2f} s "
-        f"(CPU {whole.cpu.median - bare.cpu.median:.2f} s). dracut's time is mostly its "
-        "shell and its per-file helper processes, bookend's mostly zstd.\n"
+        f"(CPU {whole.cpu.median - bare.cpu.median:.2f} s).\n"
     )

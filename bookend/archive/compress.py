@@ -59,7 +59,8 @@ LZ4_LEGACY_BLOCK = 8 << 20
 # zstd's workers each compress one job of this much input. Left to zstd, a job is four
 # windows (16 MiB at level 9), so a 26 MB initrd made two jobs and a 16 MB exitrd one:
 # one core worked while the other waited. 4 MiB jobs keep two cores busy for 0.5% more
-# bytes (measured on this project's hostonly pair: 1.0 s -> 0.6 s, 16.15 -> 16.23 MB).
+# bytes (this project's hostonly pair at load 1, median of 4: 1.01 s -> 0.79 s, 16.15 ->
+# 16.23 MB).
 # Fixed, never derived from the thread count: the bytes must not depend on the machine.
 ZSTD_JOB_SIZE = 4 << 20
 
