@@ -17,6 +17,7 @@ them. What is checked:
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import struct
 import tempfile
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from bookend import elf, kmodules, modinfo
+from bookend.archive.atomic import process_alive
 from bookend.errors import BookendError
 from bookend.inspect.extract import extract_image
 from bookend.inspect.image import printable
@@ -75,6 +77,22 @@ def scratch_parent(image_size: int, candidates: tuple[Path, ...] = SCRATCH_IN_RA
     return None
 
 
+SCRATCH_PREFIX = "bookend-check-"
+
+
+def remove_dead_scratch(parent: str) -> None:
+    """Remove what checks killed on the way left in parent (SIGKILL skips the cleanup; in
+    RAM it would stay until the next boot): the directories of processes that are gone."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        pid = name.removeprefix(SCRATCH_PREFIX).partition("-")[0]
+        if name.startswith(SCRATCH_PREFIX) and pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+
+
 def check_image(image: Path, root_fstype: str | None = None) -> CheckResult:
     """Unpack image into a temporary directory and check it there."""
     try:
@@ -82,7 +100,9 @@ def check_image(image: Path, root_fstype: str | None = None) -> CheckResult:
     except OSError:
         size = 0  # extract_image says what is wrong with it
     parent = scratch_parent(size)
-    with tempfile.TemporaryDirectory(prefix="bookend-check-", dir=parent) as scratch:
+    remove_dead_scratch(parent or tempfile.gettempdir())
+    prefix = f"{SCRATCH_PREFIX}{os.getpid()}-"
+    with tempfile.TemporaryDirectory(prefix=prefix, dir=parent) as scratch:
         root = Path(scratch) / "image"
         report = extract_image(image, root, devices=False, owners=False)
         if os.geteuid() != 0:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bookend.archive import ArchiveEntry, Compression, EntryKind, open_compressor, write_cpio
-from bookend.inspect.check import check_image, scratch_parent
+from bookend.inspect.check import check_image, remove_dead_scratch, scratch_parent
 from tests.unit.elftree import compile_c, install_libc, shared_library
 from tests.unit.newcfile import archive, newc
 from tests.unit.nobody import as_nobody, shared_directory
@@ -348,3 +348,17 @@ def test_the_image_is_unpacked_in_ram_only_when_it_fits(tmp_path: Path) -> None:
     assert scratch_parent(small, (missing, tmp_path)) == str(tmp_path)
     assert scratch_parent(huge, (missing, tmp_path)) is None
     assert scratch_parent(small, (missing,)) is None
+
+
+def test_scratch_left_by_a_killed_check_is_removed_by_the_next(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid now names no process
+    left = tmp_path / f"bookend-check-{gone.pid}-abc"
+    (left / "image/usr").mkdir(parents=True)
+    (left / "image/usr/big").write_bytes(b"x" * 1000)
+    alive = tmp_path / f"bookend-check-{os.getpid()}-def"
+    alive.mkdir()
+    other = tmp_path / "bookend-check-oldstyle"
+    other.mkdir()
+    remove_dead_scratch(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])
