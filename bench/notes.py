@@ -16,6 +16,7 @@ from bench.report import (
     BuildStats,
     Generator,
     Spread,
+    build_time_bound,
     issue_targets,
     render_table,
     render_targets,
@@ -102,6 +103,9 @@ METHOD = """\
   mkinitramfs `-c zstd -l {level}` (zstd without `-T0`: mkinitramfs gives no way to add it).
   The tools' defaults differ: bookend zstd {bookend_level} (multithreaded); dracut 059 gzip -9 (pigz
   when installed); Debian's initramfs-tools zstd -9 (single thread).
+  The one exception is *bookend hostonly uncompressed*: the hostonly build with
+  `--compress none`, built in the same rounds and not booted, which shows how much of
+  bookend's time compression takes.
 - **Same feature set**: each tool is told the guest's modules (`virtio_blk virtio_pci
   ext4`: bookend `--add-module`/`--filesystem`, dracut `--add-drivers`/`--filesystems`,
   mkinitramfs its conf dir's `modules` file), since this host's root device is not the
@@ -190,6 +194,9 @@ def render_report(report: Report, before: MachineState, after: MachineState) -> 
     if plain is not None:
         parts.append("## Targets of issue 7 (plain ext4, ratios of medians from this run)\n")
         parts.append(render_targets(issue_targets(plain.builds, plain.boots, report.rebuild)))
+        bound = build_time_bound(plain.builds)
+        if bound is not None:
+            parts.append(bound)
     if report.failures:
         parts.append("## Failures (their cells say -)\n")
         parts.append("".join(f"- {failure}\n" for failure in report.failures))

@@ -35,6 +35,7 @@ class Generator:
 
     key: str  # e.g. "dracut-hostonly"
     label: str  # the column heading
+    booted: bool = True  # whether its plain-ext4 image is booted too
 
 
 @dataclass(frozen=True)
@@ -226,3 +227,27 @@ def issue_targets(
                ratio(bookend_boot.switch_root.median if bookend_boot else None,
                      dracut_boot.switch_root.median if dracut_boot else None), 0.9),
     ]  # fmt: skip
+
+
+def build_time_bound(builds: dict[str, BuildStats], limit: float = 0.1) -> str | None:
+    """What bounds bookend hostonly's build time: the same build written uncompressed
+    (bookend-uncompressed) against the compressed one, both against dracut --hostonly."""
+    whole, bare = builds.get("bookend-hostonly"), builds.get("bookend-uncompressed")
+    dracut = builds.get("dracut-hostonly")
+    if whole is None or bare is None or dracut is None:
+        return None
+    goal = limit * dracut.wall.median
+    compressing = whole.wall.median - bare.wall.median
+    verdict = (
+        f"met: {whole.wall.median:.2f} s <= {goal:.2f} s"
+        if whole.wall.median <= goal
+        else f"missed by {whole.wall.median - goal:.2f} s ({whole.wall.median:.2f} s against "
+        f"{goal:.2f} s, {limit:g} x dracut's {dracut.wall.median:.2f} s)"
+    )
+    return (
+        f"Build time target ({limit:g} x dracut --hostonly) {verdict}. What bounds it: the "
+        f"same build of both images written uncompressed takes {bare.wall.median:.2f} s "
+        f"({bare.wall.median / dracut.wall.median:.2f} x dracut; CPU {bare.cpu.median:.2f} s), "
+        f"so compressing them takes {compressing:.2f} s of the {whole.wall.median:.2f} s "
+        f"(CPU {whole.cpu.median - bare.cpu.median:.2f} s).\n"
+    )

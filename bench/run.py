@@ -249,8 +249,9 @@ def main(argv: list[str] | None = None) -> int:
             progress("rebuilding bookend hostonly with nothing changed")
             rebuild = rebuild_spread(features, setup, args.runs)
         boots = {}
+        booted = [g.key for g in generators if g.booted and g.key in builds]
         if features.boot and args.boots:
-            boots = boot_all(features, list(builds), setup, args.boots, failures)
+            boots = boot_all(features, booted, setup, args.boots, failures)
         results.append(notes.SetResults(features, builds, boots))
     report = notes.Report(
         args.runs, args.boots, setup, generators, results, rebuild, debs, failures,

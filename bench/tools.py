@@ -29,6 +29,8 @@ SOURCE_DATE_EPOCH = "1700000000"
 GENERATORS = (
     Generator("bookend-hostonly", "bookend hostonly"),
     Generator("bookend-generic", "bookend generic"),
+    # The hostonly build with --compress none: how much of its time zstd takes.
+    Generator("bookend-uncompressed", "bookend hostonly uncompressed", booted=False),
     Generator("dracut-hostonly", "dracut --hostonly"),
     Generator("dracut-generic", "dracut --no-hostonly"),
     Generator("mkinitramfs-dep", "mkinitramfs MODULES=dep"),
@@ -123,17 +125,23 @@ def command_for(generator: str, features: FeatureSet, output: Path, setup: Setup
 
 
 def bookend_command(mode: str, features: FeatureSet, output: Path, setup: Setup) -> Command:
-    argv = bookend_argv(setup.kver, output, setup.zstd_level, mode, features.bookend_args)
+    if mode == "uncompressed":
+        argv = bookend_argv(setup.kver, output, None, "hostonly", features.bookend_args)
+    else:
+        argv = bookend_argv(setup.kver, output, setup.zstd_level, mode, features.bookend_args)
     return Command(argv, base_env(setup.work), output)
 
 
 def bookend_argv(
-    kver: str, output: Path, zstd_level: int, mode: str, args: Sequence[str]
+    kver: str, output: Path, zstd_level: int | None, mode: str, args: Sequence[str]
 ) -> tuple[str, ...]:
-    """`bookend build` of this checkout (base_env's PYTHONPATH) in mode, zstd at the level."""
+    """`bookend build` of this checkout (base_env's PYTHONPATH) in mode, zstd at the level
+    (None: uncompressed)."""
+    compress = ("--compress", "none") if zstd_level is None else (
+        "--compress", "zstd", "--compress-level", str(zstd_level))  # fmt: skip
     return (
         sys.executable, "-m", "bookend", "build", "--kver", kver, "-o", str(output),
-        "--compress", "zstd", "--compress-level", str(zstd_level), f"--{mode}", *args,
+        *compress, f"--{mode}", *args,
     )  # fmt: skip
 
 

@@ -47,12 +47,12 @@ def remove_leftover_temporaries(target: Path, *, only_dead: bool = True) -> None
     """
     for path in leftover_temporaries(target):
         pid = int(path.name.rsplit(".", 1)[1])
-        if only_dead and _process_alive(pid) and pid != os.getpid():
+        if only_dead and process_alive(pid) and pid != os.getpid():
             continue
         path.unlink(missing_ok=True)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

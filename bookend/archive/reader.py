@@ -479,23 +479,30 @@ class _ZlibDecoder:
 
 
 class _ZstdDecoder:
+    """Feeds the decompressor ZSTD_STEP bytes at a time, from an offset into the pending
+    input: slicing the rest off on every step copied it again each time (quadratic)."""
+
     def __init__(self) -> None:
         self.decompressor = zstandard.ZstdDecompressor().decompressobj()
         self.pending = b""
+        self.at = 0  # how much of pending the decompressor has had
         self.eof = False
         self.unused_data = b""
 
     def decode(self, data: bytes) -> bytes:
-        self.pending += data
-        step, self.pending = self.pending[:ZSTD_STEP], self.pending[ZSTD_STEP:]
+        if data:
+            self.pending = self.pending[self.at :] + data
+            self.at = 0
+        step = self.pending[self.at : self.at + ZSTD_STEP]
+        self.at += len(step)
         out = self.decompressor.decompress(step)
         if self.decompressor.eof:
             self.eof = True
-            self.unused_data = self.decompressor.unused_data + self.pending
+            self.unused_data = self.decompressor.unused_data + self.pending[self.at :]
         return out
 
     def wants_input(self) -> bool:
-        return not self.pending
+        return self.at >= len(self.pending)
 
     def finish(self) -> None:
         raise _cut_short("zstd")

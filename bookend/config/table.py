@@ -188,13 +188,13 @@ class Config:
         ),
     )
     compress_threads: int = setting(
-        "zstd's worker threads, 0 for one per CPU core (xz, gzip and lz4 use one)",
+        "zstd's and lz4's worker threads, 0 for one per CPU core (xz and gzip use one)",
         0,
         metavar="N",
         check=lambda threads: (
             None if 0 <= threads <= 256 else f"{threads} is not a number of threads (0..256)"
         ),
-        # zstd writes the same bytes whatever the number of workers: not an input.
+        # zstd and lz4 write the same bytes whatever the number of workers: not an input.
         image_input=False,
     )
     features: tuple[str, ...] = setting(

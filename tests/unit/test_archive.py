@@ -21,6 +21,7 @@ from bookend.archive import (
     write_atomically,
     write_cpio,
 )
+from bookend.archive.compress import ZSTD_JOB_SIZE
 from bookend.errors import ArchiveError
 
 # What each compressor's own command line tool needs to decompress to stdout.
@@ -221,6 +222,22 @@ def test_lz4_writes_the_legacy_frame_in_8_mib_blocks() -> None:
     assert 8 + first_block + 4 + second_block == len(data)
 
 
+def test_lz4_threads_change_the_speed_not_the_bytes() -> None:
+    # Four blocks and a short one, compressed by 1, 3 and one-per-CPU workers.
+    rng = random.Random(9)
+    raw = b"".join(rng.randbytes(1 << 16) + bytes(range(256)) * 256 for _ in range(270))
+    images = {}
+    for threads in (1, 3, 0):
+        packed = io.BytesIO()
+        with open_compressor(Compression.LZ4, packed, 1, threads) as stream:
+            for at in range(0, len(raw), 1 << 20):
+                stream.write(raw[at : at + (1 << 20)])
+        images[threads] = packed.getvalue()
+    assert images[1] == images[3] == images[0]
+    unpacked = subprocess.run(["lz4", "-dc"], input=images[3], capture_output=True, check=True)
+    assert unpacked.stdout == raw
+
+
 def test_none_passes_bytes_through() -> None:
     packed = io.BytesIO()
     with open_compressor(Compression.NONE, packed, None) as stream:
@@ -279,7 +296,7 @@ def test_atomic_write_bad_target_names_it(tmp_path: Path, where: str) -> None:
 
 
 def test_zstd_threads_change_the_speed_not_the_bytes() -> None:
-    # Several of zstd's jobs (16 MiB each at the default level), half incompressible.
+    # Several of zstd's jobs (ZSTD_JOB_SIZE each), half incompressible.
     rng = random.Random(7)
     raw = b"".join(rng.randbytes(1 << 16) + bytes(range(256)) * 256 for _ in range(320))
     images = {}
@@ -294,3 +311,15 @@ def test_zstd_threads_change_the_speed_not_the_bytes() -> None:
     # zstd's single-threaded mode would write other bytes: the count is never 0 there.
     single = zstandard.ZstdCompressor(level=9, threads=0, write_checksum=True)
     assert single.compress(raw) != images[1]
+
+
+def test_zstd_jobs_are_small_enough_for_every_core() -> None:
+    # zstd's own job size (16 MiB at level 9) would make this one job, for one core.
+    rng = random.Random(8)
+    raw = b"".join(rng.randbytes(1 << 12) * 4 for _ in range(2 * ZSTD_JOB_SIZE >> 14))
+    packed = io.BytesIO()
+    with open_compressor(Compression.ZSTD, packed, 9, 2) as stream:
+        stream.write(raw)
+    default_jobs = zstandard.ZstdCompressor(level=9, threads=2, write_checksum=True)
+    assert packed.getvalue() != default_jobs.compress(raw)  # the job size is ours
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(packed.getvalue()) == raw

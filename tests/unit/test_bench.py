@@ -17,6 +17,7 @@ from bench.report import (
     Generator,
     Spread,
     Target,
+    build_time_bound,
     issue_targets,
     ratio,
     render_table,
@@ -179,3 +180,22 @@ def test_the_script_explains_itself() -> None:
     assert result.returncode == 0, result.stderr
     for option in ("--runs", "--boots", "--quick", "--out"):
         assert option in result.stdout
+
+
+def test_the_build_time_bound_splits_off_compression_and_says_by_how_much() -> None:
+    builds = {
+        "bookend-hostonly": build([1.2, 1.0, 1.4], 9.0),
+        "bookend-uncompressed": build([0.5], 25.0),
+        "dracut-hostonly": build([6.0], 14.0),
+    }
+    text = build_time_bound(builds)
+    assert text is not None
+    # 0.1 x 6 s = 0.6 s; 1.2 s is 0.6 s over; zstd took 1.2 - 0.5 s (CPU 2.4 - 1.0 s).
+    assert "missed by 0.60 s (1.20 s against 0.60 s, 0.1 x dracut's 6.00 s)" in text
+    assert "uncompressed takes 0.50 s (0.08 x dracut; CPU 1.00 s)" in text
+    assert "compressing them takes 0.70 s of the 1.20 s (CPU 1.40 s)" in text
+    builds["bookend-hostonly"] = build([0.55], 9.0)
+    met = build_time_bound(builds)
+    assert met is not None and "met: 0.55 s <= 0.60 s" in met
+    del builds["bookend-uncompressed"]
+    assert build_time_bound(builds) is None  # not measured: no claim

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bookend.archive import ArchiveEntry, Compression, EntryKind, open_compressor, write_cpio
-from bookend.inspect.check import check_image
+from bookend.inspect.check import check_image, remove_dead_scratch, scratch_parent
 from tests.unit.elftree import compile_c, install_libc, shared_library
 from tests.unit.newcfile import archive, newc
 from tests.unit.nobody import as_nobody, shared_directory
@@ -338,3 +338,27 @@ def test_a_symlink_loop_is_a_problem_not_a_crash(tree: Path, tmp_path: Path) -> 
     assert len(found) == 2
     assert found[0].startswith("units: ") and "too many levels of symbolic links" in found[0]
     assert found[1].startswith("/init: ") and "too many levels of symbolic links" in found[1]
+
+
+def test_the_image_is_unpacked_in_ram_only_when_it_fits(tmp_path: Path) -> None:
+    fs = os.statvfs(tmp_path)
+    free = fs.f_bavail * fs.f_frsize
+    small, huge = 1 << 20, free  # unpacked, an image of `free` bytes would not fit
+    missing = tmp_path / "missing"
+    assert scratch_parent(small, (missing, tmp_path)) == str(tmp_path)
+    assert scratch_parent(huge, (missing, tmp_path)) is None
+    assert scratch_parent(small, (missing,)) is None
+
+
+def test_scratch_left_by_a_killed_check_is_removed_by_the_next(tmp_path: Path) -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # its pid now names no process
+    left = tmp_path / f"bookend-check-{gone.pid}-abc"
+    (left / "image/usr").mkdir(parents=True)
+    (left / "image/usr/big").write_bytes(b"x" * 1000)
+    alive = tmp_path / f"bookend-check-{os.getpid()}-def"
+    alive.mkdir()
+    other = tmp_path / "bookend-check-oldstyle"
+    other.mkdir()
+    remove_dead_scratch(str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])

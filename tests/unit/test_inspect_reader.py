@@ -131,6 +131,25 @@ def test_an_archive_split_across_frames_is_one_segment(
     assert listing(image) == [(0, kind, name) for name in TREE_NAMES]
 
 
+def test_a_large_zstd_segment_then_another(tmp_path: Path) -> None:
+    # Far more than one raw read of compressed input, so the decoder's leftover input
+    # (fed a step at a time) must carry over reads and end exactly where gzip starts.
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    big = os.urandom(300_000)
+    (tree / "big").write_bytes(big)
+    (tree / "etc").mkdir()
+    first = compress(["zstd", "-q", "-c"], gnu_cpio(tree, ["big"]))
+    second = compress(["gzip", "-n", "-c"], gnu_cpio(tree, ["etc"]))
+    assert len(first) > 4 * (1 << 16)
+    image = tmp_path / "initrd.img"
+    image.write_bytes(first + second)
+    with image.open("rb") as raw:
+        contents = {h.path: b.read() for h, b in read_image(raw, str(image))}
+    assert contents["big"] == big
+    assert listing(image) == [(0, "zstd", "big"), (1, "gzip", "etc")]
+
+
 def test_several_archives_inside_one_compressed_segment(tree: Path, tmp_path: Path) -> None:
     data = gnu_cpio(tree, ["etc", "etc/hostname"]) + gnu_cpio(tree, ["bin"])
     image = tmp_path / "initrd.img"
