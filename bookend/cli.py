@@ -390,6 +390,7 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
 
     from bookend.boottest.run import (
         BootTest,
+        check_disks_and_qemu,
         default_cache,
         end_progress,
         progress_printer,
@@ -411,6 +412,7 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bookend-boot-test-") as scratch:
         image, kernel = args.image, args.kernel
         if image is None:
+            check_disks_and_qemu(args.disk)  # bad input is refused before a build
             image, kernel = _build_for_boot_test(args, Path(scratch))
         kernel = kernel or _newest_kernel()
         test = BootTest(
@@ -441,9 +443,9 @@ def _build_for_boot_test(args: argparse.Namespace, scratch: Path) -> tuple[Path,
     from bookend.build import build_initrd, scan_cache
 
     if args.output is None:
-        args.output = scratch / "initrd.img"
+        args.output = str(scratch / "initrd.img")
     if args.exitrd_output is None:
-        args.exitrd_output = scratch / "exitrd.img"
+        args.exitrd_output = str(scratch / "exitrd.img")
     args.exitrd = True
     args.exitrd_in_initrd = True
     args.driver_classes = [*(args.driver_classes or []), "virtio"]

@@ -89,17 +89,23 @@ def disk_format(path: Path) -> str:
     return "raw"
 
 
+def check_disks_and_qemu(disks: list[Path], arch: Arch = X86_64) -> list[Disk]:
+    """The disks to attach; a one-line ConfigError for a file that is no disk, or no QEMU."""
+    attached = [Disk(path, format=disk_format(path)) for path in disks]
+    if shutil.which(arch.qemu_program) is None:
+        raise ConfigError(f"no QEMU: {arch.qemu_program} is not on PATH")
+    return attached
+
+
 def check_inputs(test: BootTest) -> list[Disk]:
     """The disks to attach; a one-line ConfigError for a missing kernel, image or QEMU."""
     if not test.kernel.is_file():
         raise ConfigError(f"{test.kernel}: no kernel there (--kernel)")
     if not test.image.is_file():
         raise ConfigError(f"{test.image}: no image there")
-    if shutil.which(test.arch.qemu_program) is None:
-        raise ConfigError(f"no QEMU: {test.arch.qemu_program} is not on PATH")
     if test.accel not in ("auto", "kvm", "tcg"):
         raise ConfigError(f"--accel: {test.accel!r} is not auto, kvm or tcg")
-    return [Disk(path, format=disk_format(path)) for path in test.disks]
+    return check_disks_and_qemu(list(test.disks), test.arch)
 
 
 def choose_accel(test: BootTest) -> str:
