@@ -17,6 +17,7 @@ from bookend.boottest.guest import MARK
 # "[   12.345678] text" on the console (kernel lines) and in the journal's dump.
 _STAMPED = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$")
 _JOURNAL = re.compile(rf"^{MARK}-J \[\s*(\d+\.\d+)\] \S+ systemd\[1\]: (.*)$")
+_CONSOLE_SYSTEMD = re.compile(r"^\[\s*(\d+\.\d+)\] systemd\[1\]: (.*)$")
 RUN_INIT = re.compile(r"Run \S+ as init process")
 SWITCHING = "Switching root."
 # The initrd's status lines on the console as it hands over (the journal is not there).
@@ -117,12 +118,16 @@ def _units(journal: list[tuple[float, str]]) -> list[Unit]:
 
 
 def _journal(lines: list[str]) -> list[tuple[float, str]]:
+    """systemd's messages with their times, in time order: the root's dump of the journal,
+    and the console's kernel lines, where the initrd's systemd logs until its journald
+    runs (the journal has those only as kernel messages). A message in both is paired
+    once: a unit's first start and first end count."""
     found = []
     for line in lines:
-        match = _JOURNAL.match(line)
+        match = _JOURNAL.match(line) or _CONSOLE_SYSTEMD.match(line)
         if match:
             found.append((float(match.group(1)), match.group(2)))
-    return found
+    return sorted(found, key=lambda item: item[0])
 
 
 def _mark(lines: list[str], token: str, word: str) -> list[str] | None:
