@@ -31,7 +31,10 @@ _DETACHED = re.compile(
 )
 _UNFINISHED = "Unable to finalize remaining"
 # Lines that end a boot early, and what to call them.
-EMERGENCY = re.compile(r"You are in emergency mode|Entering emergency mode|emergency shell")
+EMERGENCY = re.compile(
+    r"You are in emergency mode|Entering emergency mode|Started emergency\.service"
+    r"|Cannot open access to console, the root account is locked"
+)
 PANIC = re.compile(r"Kernel panic - not syncing: .*")
 _CAUSE = re.compile(
     r"(unknown filesystem type .*|Failed to mount .*|Dependency failed for .*"

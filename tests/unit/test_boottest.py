@@ -80,7 +80,8 @@ ROOT_EMERGENCY = """\
 [  OK  ] Reached target initrd-switch-root.target - Switch Root.
          Starting initrd-switch-root.service - Switch Root...
 Welcome to Debian GNU/Linux 12 (bookworm)!
-You are in emergency mode. After logging in, type "journalctl -xb" to view
+[  OK  ] Started emergency.service - Emergency Shell.
+Cannot open access to console, the root account is locked.
 """
 
 
