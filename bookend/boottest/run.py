@@ -91,6 +91,9 @@ def disk_format(path: Path) -> str:
 
 def check_disks_and_qemu(disks: list[Path], arch: Arch = X86_64) -> list[Disk]:
     """The disks to attach; a one-line ConfigError for a file that is no disk, or no QEMU."""
+    if not disks:
+        # A throwaway root made from the sysroot is not there yet: say so, not a hang.
+        raise ConfigError("boot-test: no --disk: name the root disk image to boot")
     attached = [Disk(path, format=disk_format(path)) for path in disks]
     if shutil.which(arch.qemu_program) is None:
         raise ConfigError(f"no QEMU: {arch.qemu_program} is not on PATH")

@@ -177,7 +177,12 @@ def test_bad_inputs_get_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     status = main(["boot-test", str(image), "--kernel", str(kernel), "--disk", str(image)])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "a cpio archive" in err
-    test = BootTest(kernel=kernel, image=image, disks=(), arch=replace_qemu("no-such-qemu"))
+    status = main(["boot-test", str(image), "--kernel", str(kernel)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "no --disk" in err
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 4096)
+    test = BootTest(kernel=kernel, image=image, disks=(disk,), arch=replace_qemu("no-such-qemu"))
     with pytest.raises(ConfigError, match="no QEMU: no-such-qemu is not on PATH"):
         check_inputs(test)
 
