@@ -14,8 +14,7 @@ from bookend.boottest.report import Report, phase_spans
 
 ROW = 20  # pixels per bar
 LEFT = 10
-SCALE_MIN = 8.0  # pixels per second, at least: long boots are drawn wider
-WIDTH = 1600  # the time axis's pixels, unless that gives less than SCALE_MIN
+WIDTH = 1400  # the time axis's pixels: the picture (labels too) fits a 1800-pixel window
 PHASE_COLOURS = {"kernel": "#8fb3e0", "initrd": "#f2c46d", "root": "#8fd18f",
                  "root's shutdown": "#e59a9a", "exitrd": "#c39be0"}  # fmt: skip
 UNIT_COLOUR = "#f7dfa8"
@@ -25,7 +24,7 @@ def svg(report: Report) -> str:
     spans = phase_spans(report.phases)
     units = list(report.initrd_units)
     end = max([e for _n, _s, e in spans] + [u.end for u in units] + [1.0])
-    scale = max(SCALE_MIN, min(WIDTH / end, 200.0))
+    scale = min(WIDTH / end, 200.0)  # pixels per second
     width = int(LEFT * 2 + end * scale + 320)
     top = 50
     height = top + ROW * (len(spans) + len(units) + 2) + 20
@@ -35,12 +34,13 @@ def svg(report: Report) -> str:
         f'<rect width="{width}" height="{height}" fill="white"/>',
         f'<text x="{LEFT}" y="20" font-size="16">{escape(_title(report))}</text>',
     ]
-    for second in range(int(end) + 1):
+    # A line and a label every step seconds, at least 40 pixels apart.
+    step = next((n for n in (1, 2, 5, 10, 20, 30, 60, 120) if n * scale >= 40), 300)
+    for second in range(0, int(end) + 1, step):
         x = LEFT + second * scale
         out.append(f'<line x1="{x:.1f}" y1="{top - 10}" x2="{x:.1f}" y2="{height - 10}" '
                    f'stroke="#ddd"/>')  # fmt: skip
-        if second % max(1, int(40 / scale) + 1) == 0:  # labels 40 pixels apart
-            out.append(f'<text x="{x:.1f}" y="{top - 14}" fill="#666">{second} s</text>')
+        out.append(f'<text x="{x:.1f}" y="{top - 14}" fill="#666">{second} s</text>')
     row = 0
     for name, start, stop in spans:
         out.append(_bar(top + row * ROW, start, stop, scale, PHASE_COLOURS.get(name, "#ccc"), name))
