@@ -212,7 +212,10 @@ def _write_pair(
         closure = with_manifest(bare)
         if exitrd is not None:
             exitrd_file = staged.enter_context(staged_image(config, exitrd, config.exitrd_output))
-            closure = with_manifest(_with_exitrd_digest(bare, exitrd_file.temporary))
+            carried = _with_exitrd_tree(bare, exitrd) if config.exitrd_in_initrd else bare
+            closure = with_manifest(
+                _with_exitrd_digest(carried, exitrd_file.temporary, config.exitrd_in_initrd)
+            )
         initrd_file = staged.enter_context(
             staged_image(config, closure) if uki_tools is None
             else _staged_uki(config, closure, uki_tools)
@@ -221,9 +224,26 @@ def _write_pair(
     return closure
 
 
-def _with_exitrd_digest(closure: Closure, exitrd: Path) -> Closure:
+def _with_exitrd_tree(closure: Closure, exitrd: Closure) -> Closure:
+    """closure plus the exitrd's entries under CARRIED (exitrd_in_initrd), but its device
+    nodes: systemd-shutdown mounts /dev over them."""
+    from bookend.exitrd_store import CARRIED
+
+    reason = "exitrd_in_initrd: the exitrd, copied to /run/initramfs at boot"
+    entries = dict(closure.entries)
+    entries[CARRIED] = ClosureEntry(ArchiveEntry(CARRIED, EntryKind.DIRECTORY, 0o755), reason, None)
+    for path, item in exitrd.entries.items():
+        if item.entry.kind in (EntryKind.CHAR_DEVICE, EntryKind.BLOCK_DEVICE) or path == "/":
+            continue
+        moved = replace(item.entry, path=CARRIED + path)
+        entries[moved.path] = ClosureEntry(moved, reason, None, item.secret)
+    return replace(closure, entries=entries)
+
+
+def _with_exitrd_digest(closure: Closure, exitrd: Path, carried: bool = False) -> Closure:
     """closure plus the unit that leaves the exitrd's digest in /run at boot (with the
-    initrd's systemd-tmpfiles; an initrd without it names no exitrd)."""
+    initrd's systemd-tmpfiles; an initrd without it names no exitrd); carried: and the
+    copy of the exitrd's tree to /run/initramfs."""
     from bookend.exitrd_store import initrd_entries, seal_image
 
     tmpfiles = [path for path in closure.entries if path.endswith("bin/systemd-tmpfiles")]
@@ -233,7 +253,8 @@ def _with_exitrd_digest(closure: Closure, exitrd: Path) -> Closure:
         return closure
     reason = "exitrd: the digest of the exitrd built with this initrd"
     entries = dict(closure.entries)
-    for path, data, target in initrd_entries(seal_image(exitrd).digest, min(tmpfiles)):
+    digest = seal_image(exitrd).digest
+    for path, data, target in initrd_entries(digest, min(tmpfiles), carried):
         if target is not None:
             entry = ArchiveEntry(path, EntryKind.SYMLINK, 0o777, target=target)
         elif data is not None:

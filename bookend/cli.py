@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from bookend import __version__
 from bookend.config import SETTINGS, Config, Setting, Vocabularies
-from bookend.errors import BookendError
+from bookend.errors import BookendError, ConfigError
 from bookend.scancache import ScanCache
 
 if TYPE_CHECKING:
@@ -106,6 +106,8 @@ def make_parser() -> argparse.ArgumentParser:
     plan.add_argument("--detect", action="store_true",
                       help="print only what hostonly detection finds on this machine "
                       "(the image's hostonly record), without the features")  # fmt: skip
+
+    _add_boot_test(commands)
 
     features = commands.add_parser("features", help="list the features and where each is declared")
     features.add_argument(
@@ -274,6 +276,41 @@ def _add_inspect_commands(commands: Any) -> None:
     size.add_argument("--json", action="store_true", help=json_help)
 
 
+def _add_boot_test(commands: Any) -> None:
+    test = commands.add_parser(
+        "boot-test",
+        help="boot a kernel and an image in QEMU against root disks (never changed), prove "
+        "the root came up and the shutdown went through the exitrd, and say where time went",
+    )
+    test.add_argument("image", nargs="?", type=Path, metavar="IMAGE",
+                      help="the initrd to test (default: one built now with the build "
+                      "options given, carrying its exitrd, plus the virtio drivers)")  # fmt: skip
+    test.add_argument("--kernel", type=Path, metavar="FILE",
+                      help="the kernel (default: the sysroot's /boot/vmlinuz-KVER of the "
+                      "build, or the newest in /boot)")  # fmt: skip
+    test.add_argument("--disk", type=Path, action="append", default=[], metavar="FILE",
+                      help="a root disk image or block device, attached as a snapshot "
+                      "(repeat for more, in order)")  # fmt: skip
+    test.add_argument("--append", action="append", default=[], metavar="WORDS",
+                      help="kernel command-line words (root=, rd.luks.uuid=...)")  # fmt: skip
+    test.add_argument(
+        "--accel",
+        choices=("auto", "kvm", "tcg"),
+        default="auto",
+        help="auto (default): KVM when a short probe runs a guest under it, else TCG",
+    )
+    test.add_argument("--timeout", type=float, default=900, metavar="SECONDS",
+                      help="for the whole boot and shutdown (default 900)")  # fmt: skip
+    test.add_argument("--memory", type=int, default=1024, metavar="MIB", help="guest RAM")
+    test.add_argument("--passphrase-file", type=Path, metavar="FILE",
+                      help="typed at each LUKS passphrase prompt on the console")  # fmt: skip
+    test.add_argument("--console-log", type=Path, metavar="FILE", help="keep the console here")
+    test.add_argument("--json", action="store_true", help="print the report as JSON")
+    test.add_argument("--timeline", type=Path, metavar="FILE",
+                      help="draw the phases and the initrd's units (.svg or .html)")  # fmt: skip
+    _add_settings(test)
+
+
 def _cli_values(args: argparse.Namespace) -> dict[str, Any]:
     return {s.key: getattr(args, s.key) for s in SETTINGS if getattr(args, s.key) is not None}
 
@@ -341,6 +378,87 @@ def _print_ssh_fingerprints(closure: Closure) -> None:
 
     for fingerprint in fingerprints(closure.archive_entries()):
         print(f"ssh host key of the initrd: {fingerprint}")
+
+
+def cmd_boot_test(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from bookend.boottest.run import (
+        BootTest,
+        check_disks_and_qemu,
+        default_cache,
+        end_progress,
+        progress_printer,
+        run_boot_test,
+        test_image_carries_exitrd,
+    )
+    from bookend.boottest.timeline import write_timeline
+
+    if args.timeline is not None and args.timeline.suffix not in (".svg", ".html"):
+        raise ConfigError(f"--timeline {args.timeline}: name a .svg or .html file")
+    passphrase = None
+    if args.passphrase_file is not None:
+        try:
+            passphrase = args.passphrase_file.read_text().rstrip("\n")
+        except OSError as error:
+            raise ConfigError(
+                f"--passphrase-file {args.passphrase_file}: {error.strerror}"
+            ) from None
+    with tempfile.TemporaryDirectory(prefix="bookend-boot-test-") as scratch:
+        image, kernel = args.image, args.kernel
+        if image is None:
+            check_disks_and_qemu(args.disk)  # bad input is refused before a build
+            image, kernel = _build_for_boot_test(args, Path(scratch))
+        kernel = kernel or _newest_kernel()
+        test = BootTest(
+            kernel=kernel, image=image, disks=tuple(args.disk), append=" ".join(args.append),
+            accel=args.accel, timeout=args.timeout, memory_mib=args.memory,
+            passphrase=passphrase, console_log=args.console_log,
+            expect_exitrd=test_image_carries_exitrd(image), cache_dir=default_cache(),
+        )  # fmt: skip
+        report = run_boot_test(test, None if args.json else progress_printer())
+    if not args.json:
+        end_progress()
+    if args.timeline is not None:
+        write_timeline(report, args.timeline)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        from bookend.boottest.report import summary
+
+        print(summary(report))
+        if args.timeline is not None:
+            print(f"  timeline: {args.timeline}")
+    return 0 if report.passed else 1
+
+
+def _build_for_boot_test(args: argparse.Namespace, scratch: Path) -> tuple[Path, Path | None]:
+    """The image boot-test builds when given none: the build options as given, into
+    scratch, with the exitrd carried inside and the drivers of QEMU's virtio disks."""
+    from bookend.build import build_initrd, scan_cache
+
+    if args.output is None:
+        args.output = str(scratch / "initrd.img")
+    if args.exitrd_output is None:
+        args.exitrd_output = str(scratch / "exitrd.img")
+    args.exitrd = True
+    args.exitrd_in_initrd = True
+    args.driver_classes = [*(args.driver_classes or []), "virtio"]
+    cache = scan_cache()
+    registry = _registry(args)
+    config = _config(args, cache, registry)
+    result = build_initrd(config, cache, registry)
+    kernel = config.sysroot / f"boot/vmlinuz-{config.kver}"
+    return result.initrd.path, kernel if kernel.is_file() else None
+
+
+def _newest_kernel() -> Path:
+    from bookend.boottest.qemu import installed_kernels
+
+    kernels = installed_kernels()
+    if not kernels:
+        raise ConfigError("no kernel: /boot has no vmlinuz-*; name one with --kernel")
+    return kernels[-1].path
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -588,6 +706,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "build": cmd_build,
+    "boot-test": cmd_boot_test,
     "plan": cmd_plan,
     "features": cmd_features,
     "config": cmd_config,

@@ -285,6 +285,7 @@ def _holds(path: Path, data: bytes) -> bool:
 
 
 DIGEST_UNIT = "bookend-exitrd-digest.service"
+CARRIED = "/usr/lib/bookend/exitrd-tree"  # in the initrd: the exitrd's tree (exitrd_in_initrd)
 DIGEST_CONF = "/usr/lib/bookend/exitrd-digest.conf"
 _UNIT_DIR = "/usr/lib/systemd/system"
 _DIGEST_UNIT_TEXT = f"""\
@@ -302,12 +303,19 @@ ExecStart=@TMPFILES@ --create {DIGEST_CONF}
 """
 
 
-def initrd_entries(digest: str, tmpfiles: str) -> list[tuple[str, bytes | None, str | None]]:
+def initrd_entries(
+    digest: str, tmpfiles: str, carried: bool = False
+) -> list[tuple[str, bytes | None, str | None]]:
     """What the initrd gets for the exitrd of digest: (path, file bytes, symlink target),
     directories (neither) first; tmpfiles: systemd-tmpfiles in the initrd. Only
-    DIGEST_CONF differs from one exitrd to another."""
+    DIGEST_CONF differs from one exitrd to another. carried: the initrd holds the exitrd's
+    tree at CARRIED (exitrd_in_initrd), and the same run of tmpfiles copies it to
+    /run/initramfs (`C`: a recursive copy keeping modes and symlinks), which the switch
+    to the root keeps: the root's systemd-shutdown pivots into it."""
     unit = _DIGEST_UNIT_TEXT.replace("@TMPFILES@", tmpfiles)
     conf = f"f {RUN_DIGEST} 0444 - - - {digest}\n".encode()
+    if carried:
+        conf += f"C /run/initramfs - - - - {CARRIED}\n".encode()
     wants = f"{_UNIT_DIR}/sysinit.target.wants"
     return [
         ("/usr/lib/bookend", None, None),

@@ -66,6 +66,7 @@ STACK_MODULES = (
     "test_ssh.py",
     "test_keymap.py",
     "test_splash.py",
+    "test_boot_test.py",  # bookend boot-test on the LVM-on-LUKS2 set
 )
 # Modules that boot the exitrd's own stacks (stackdisks.EXIT_SCENARIOS, a set of its
 # own), made right after the first set.

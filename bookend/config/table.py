@@ -293,6 +293,13 @@ class Config:
         True,
         off_help="write the initrd only",
     )
+    exitrd_in_initrd: bool = setting(
+        "carry the exitrd inside the initrd, which copies it to /run/initramfs before the "
+        "switch to the root: shutdown goes through it with nothing installed in the root "
+        "(what `bookend boot-test` builds); costs the exitrd's size in RAM while the system runs",
+        False,
+        off_help="the root loads the exitrd at shutdown (bookend install-exitrd)",
+    )
     force: bool = setting(
         "replace an existing initrd even with a new one that fails `bookend check`",
         False,

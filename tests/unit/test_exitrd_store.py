@@ -225,3 +225,30 @@ def test_initrd_gets_the_digest_and_only_it_changes(root_tree: Path, tmp_path: P
     assert conf == f"f /run/bookend/exitrd.sha256 0444 - - - {digest}\n".encode()
     unit = closure.entries["/usr/lib/systemd/system/bookend-exitrd-digest.service"].entry
     assert f"ExecStart={tmpfiles} --create {DIGEST_CONF}" in (unit.data or b"").decode()
+
+
+def test_a_carried_exitrd_is_copied_to_run_initramfs_by_the_same_tmpfiles_run() -> None:
+    from bookend.exitrd_store import CARRIED, DIGEST_CONF
+
+    digest = "ab" * 32
+    plain = dict((path, data) for path, data, _ in initrd_entries(digest, "/usr/bin/x"))
+    carried = dict((path, data) for path, data, _ in initrd_entries(digest, "/usr/bin/x", True))
+    assert f"C /run/initramfs - - - - {CARRIED}".encode() not in (plain[DIGEST_CONF] or b"")
+    assert (carried[DIGEST_CONF] or b"").endswith(f"C /run/initramfs - - - - {CARRIED}\n".encode())
+
+
+def test_the_exitrd_tree_goes_under_carried_without_its_device_nodes() -> None:
+    from bookend.build import _with_exitrd_tree
+    from bookend.exitrd_store import CARRIED
+
+    def item(entry: ArchiveEntry) -> ClosureEntry:
+        return ClosureEntry(entry, "t", None)
+
+    exitrd = Closure({
+        "/shutdown": item(ArchiveEntry("/shutdown", EntryKind.SYMLINK, 0o777, target="usr/x")),
+        "/usr/x": item(ArchiveEntry("/usr/x", EntryKind.FILE, 0o755, data=b"x")),
+        "/dev/console": item(ArchiveEntry("/dev/console", EntryKind.CHAR_DEVICE, 0o600, rdev=1)),
+    })  # fmt: skip
+    carried = _with_exitrd_tree(Closure({}), exitrd).entries
+    assert set(carried) == {CARRIED, f"{CARRIED}/shutdown", f"{CARRIED}/usr/x"}
+    assert carried[f"{CARRIED}/shutdown"].entry.target == "usr/x"  # as the exitrd has it

@@ -1,0 +1,243 @@
+"""`bookend boot-test`: boot a kernel and an image in QEMU against the user's disks, get
+the root's positive signal, power off through the exitrd, and say what happened.
+
+The disks are always attached as snapshots (QEMU keeps the guest's writes in a
+throwaway overlay), so a boot-test never changes them. guest.py says what the guest
+runs; report.py reads the console; timeline.py draws it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from bookend.arches import X86_64, Arch
+from bookend.boottest.guest import MARK, command_line, write_script_disk
+from bookend.boottest.pvh import direct_kernel
+from bookend.boottest.qemu import BootOptions, Disk, Guest, kvm_usable, qemu_argv
+from bookend.boottest.report import EMERGENCY, PANIC, PIVOT, RUN_INIT, SWITCHED, Report, parse
+from bookend.errors import ConfigError
+
+# After a line that ends the boot (emergency mode, a panic): seconds to keep reading
+# the console for the cause before QEMU is stopped.
+GRACE = 8.0
+# From the root's last mark to QEMU's exit: stopping the root's units, the pivot into
+# the exitrd, detaching the storage.
+SHUTDOWN_LIMIT = 300.0
+PASSPHRASE_PROMPT = "Please enter passphrase for disk"
+_QCOW2 = b"QFI\xfb"
+# What a file that is not a disk image often is, by its first bytes.
+_NOT_DISKS = (
+    (b"\x7fELF", "an ELF program"),
+    (b"070701", "a cpio archive (an initrd?)"),
+    (b"070702", "a cpio archive (an initrd?)"),
+    (b"\x28\xb5\x2f\xfd", "a zstd-compressed file (an initrd?)"),
+    (b"\xfd7zXZ\x00", "an xz-compressed file"),
+    (b"\x1f\x8b", "a gzip-compressed file"),
+    (b"MZ", "an EFI or kernel image"),
+)
+
+
+@dataclass(frozen=True)
+class BootTest:
+    """One boot-test's inputs, checked (check_inputs) before anything runs."""
+
+    kernel: Path
+    image: Path
+    disks: tuple[Path, ...]
+    append: str = ""
+    accel: str = "auto"  # auto, kvm or tcg
+    timeout: float = 900.0  # seconds for the whole boot, shutdown included
+    memory_mib: int = 1024
+    cpus: int = 2
+    passphrase: str | None = None  # typed at each LUKS passphrase prompt
+    expect_exitrd: bool = True  # the image carries an exitrd: the shutdown must use it
+    console_log: Path | None = None
+    arch: Arch = X86_64
+    cache_dir: Path | None = None  # where the unpacked kernel is kept (pvh.py)
+
+
+def disk_format(path: Path) -> str:
+    """raw or qcow2; a ConfigError naming the file when it is not a disk image."""
+    if path.is_dir():
+        raise ConfigError(f"{path}: a directory, not a disk image")
+    if not path.exists():
+        raise ConfigError(f"{path}: no such disk image")
+    if path.is_block_device():
+        return "raw"
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file or block device, not a disk image")
+    with path.open("rb") as source:
+        head = source.read(8)
+    if head.startswith(_QCOW2):
+        return "qcow2"
+    for magic, kind in _NOT_DISKS:
+        if head.startswith(magic):
+            raise ConfigError(f"{path}: {kind}, not a disk image")
+    size = path.stat().st_size
+    if size == 0 or size % 512:
+        raise ConfigError(f"{path}: {size} bytes, not a whole number of 512-byte sectors: "
+                          "not a disk image")  # fmt: skip
+    return "raw"
+
+
+def check_disks_and_qemu(disks: list[Path], arch: Arch = X86_64) -> list[Disk]:
+    """The disks to attach; a one-line ConfigError for a file that is no disk, or no QEMU."""
+    if not disks:
+        # A throwaway root made from the sysroot is not there yet: say so, not a hang.
+        raise ConfigError("boot-test: no --disk: name the root disk image to boot")
+    attached = [Disk(path, format=disk_format(path)) for path in disks]
+    if shutil.which(arch.qemu_program) is None:
+        raise ConfigError(f"no QEMU: {arch.qemu_program} is not on PATH")
+    return attached
+
+
+def check_inputs(test: BootTest) -> list[Disk]:
+    """The disks to attach; a one-line ConfigError for a missing kernel, image or QEMU."""
+    if not test.kernel.is_file():
+        raise ConfigError(f"{test.kernel}: no kernel there (--kernel)")
+    if not test.image.is_file():
+        raise ConfigError(f"{test.image}: no image there")
+    if test.accel not in ("auto", "kvm", "tcg"):
+        raise ConfigError(f"--accel: {test.accel!r} is not auto, kvm or tcg")
+    return check_disks_and_qemu(list(test.disks), test.arch)
+
+
+def choose_accel(test: BootTest) -> str:
+    if test.accel != "auto":
+        return test.accel
+    return "kvm" if kvm_usable(test.arch, platform.machine()) else "tcg"
+
+
+def run_boot_test(test: BootTest, progress: Callable[[float, str], None] | None = None) -> Report:
+    """Boot once and report; progress gets a short line whenever the boot moves on."""
+    disks = check_inputs(test)
+    accel = choose_accel(test)
+    token = secrets.token_hex(8)
+    with tempfile.TemporaryDirectory(prefix="bookend-boot-test-") as scratch:
+        script = Path(scratch) / "script.img"
+        write_script_disk(script, token)
+        serial = f"bookend{len(disks)}"  # drive_args names each disk's serial by its index
+        kernel = test.kernel
+        if test.cache_dir is not None:
+            kernel = direct_kernel(kernel, test.cache_dir / "kernels")
+        options = BootOptions(
+            kernel=kernel,
+            initrd=test.image,
+            disks=(*disks, Disk(script)),
+            append=f"{command_line(serial)} {test.append}".strip(),
+            memory_mib=test.memory_mib,
+            cpus=test.cpus,
+            timeout=test.timeout,
+            log_path=test.console_log,
+            arch=test.arch,
+            accel=accel,
+        )
+        started = time.monotonic()
+        with Guest(qemu_argv(options), timeout=test.timeout, log_path=test.console_log) as vm:
+            status = _watch(vm, test, token, progress or (lambda seconds, stage: None))
+            text = vm.text
+    report = parse(text, token, status, test.expect_exitrd)
+    extra = {"kernel": str(test.kernel), "image": str(test.image), "accel": accel,
+             "seconds": round(time.monotonic() - started, 1),
+             "disks": [str(d) for d in test.disks]}  # fmt: skip
+    if test.console_log is not None:
+        extra["console_log"] = str(test.console_log)
+    return replace(report, extra=extra)
+
+
+def _stage(text: str, token: str) -> str:
+    """Where the boot is, from the console so far."""
+    if PIVOT.search(text):
+        return "shutdown: in the exitrd"
+    if f"{MARK} {token} poweroff" in text:
+        return "shutdown"
+    if f"{MARK} {token} reached" in text:
+        return "root reached, reading its journal"
+    if f"{MARK} {token} starting" in text:
+        return "root: starting its default target"
+    if SWITCHED.search(text):
+        return "root"
+    if RUN_INIT.search(text):
+        return "initrd"
+    return "kernel"
+
+
+def _watch(
+    vm: Guest, test: BootTest, token: str, progress: Callable[[float, str], None]
+) -> int | None:
+    """Follow the boot to QEMU's exit; QEMU's status, or None when it was stopped."""
+    stage = ""
+    typed = 0
+    ending: float | None = None
+    while True:
+        status = vm.exit_status(1.0)
+        if status is not None or vm.expired:
+            return status
+        text = vm.text
+        now = _stage(text, token)
+        if now != stage:
+            stage = now
+        progress(vm.elapsed, stage)
+        prompts = text.count(PASSPHRASE_PROMPT)
+        if test.passphrase is not None and prompts > typed:
+            vm.send(test.passphrase + "\r")
+            typed = prompts
+        failing = EMERGENCY.search(text) or PANIC.search(text)
+        if failing and f"{MARK} {token} poweroff" not in text and ending is None:
+            ending = time.monotonic() + GRACE
+        if ending is not None and time.monotonic() > ending:
+            vm.kill()
+            return None
+
+
+def progress_printer() -> Callable[[float, str], None]:
+    """A progress line on standard error: rewritten in place each second on a terminal,
+    else one line each time the stage changes."""
+    err = sys.stderr
+    shown = [""]
+
+    def show(seconds: float, stage: str) -> None:
+        line = f"boot-test: {seconds:4.0f} s  {stage}"
+        if err.isatty():
+            err.write(f"\r{line}\x1b[K")
+            err.flush()
+        elif stage != shown[0]:
+            err.write(line + "\n")
+            err.flush()
+        shown[0] = stage
+
+    return show
+
+
+def end_progress() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+
+
+def default_cache() -> Path | None:
+    from bookend.scancache import default_directory
+
+    return default_directory(os.environ)
+
+
+def test_image_carries_exitrd(image: Path) -> bool:
+    """Whether image holds an exitrd it copies to /run/initramfs (exitrd_in_initrd); an
+    image bookend cannot read (not a cpio) carries none."""
+    from bookend.errors import BookendError
+    from bookend.exitrd_store import CARRIED
+    from bookend.inspect.image import scan_image
+
+    try:
+        entries = scan_image(image).final()
+    except (BookendError, OSError, ValueError):
+        return False
+    return f"{CARRIED.lstrip('/')}/shutdown" in entries

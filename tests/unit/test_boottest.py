@@ -1,0 +1,191 @@
+"""`bookend boot-test` without a guest: the console of a recorded boot (a plain root,
+shut down through the exitrd) read into its report, failures read from their lines, the
+summary, the timeline, and the checks of its inputs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bookend.arches import X86_64, Arch
+from bookend.boottest.guest import SCRIPT_BYTES, command_line, write_script_disk
+from bookend.boottest.report import parse, phase_spans, summary
+from bookend.boottest.run import BootTest, check_inputs, disk_format
+from bookend.boottest.timeline import svg, write_timeline
+from bookend.cli import main
+from bookend.errors import ConfigError
+
+RECORDED = Path(__file__).parent / "data" / "boottest-pass.console"
+TOKEN = "cb550688bc49407b"  # the recorded boot's
+
+
+@pytest.fixture(scope="module")
+def console() -> str:
+    return RECORDED.read_text()
+
+
+def test_a_recorded_boot_passes_with_its_phases_units_and_exitrd(console: str) -> None:
+    report = parse(console, TOKEN, 0, expect_exitrd=True)
+    assert report.passed, report.reasons
+    assert report.default_target == "multi-user.target"
+    phases = report.phases
+    assert phases.init is not None and phases.switch_root is not None
+    assert 0 < phases.init < phases.switch_root < (phases.root_reached or 0)
+    assert (phases.root_reached or 0) < (phases.poweroff or 0) < (phases.exitrd or 0)
+    assert (phases.exitrd or 0) < (phases.power_down or 0)
+    assert [name for name, _s, _e in phase_spans(phases)] == [
+        "kernel", "initrd", "root", "root's shutdown", "exitrd"
+    ]  # fmt: skip
+    names = {unit.name for unit in report.initrd_units}
+    # The early ones from the console (before the initrd's journald), the rest from the
+    # journal the root dumped.
+    assert {"systemd-udevd.service", "sysroot.mount", "systemd-fsck-root.service"} <= names
+    assert all(u.end <= phases.switch_root for u in report.initrd_units)
+    assert report.through_exitrd
+    assert "bookend: old root unmounted, every DM and MD device detached" in report.exitrd_lines
+
+
+def test_another_token_is_no_proof(console: str) -> None:
+    report = parse(console, "0123456789abcdef", 0, expect_exitrd=True)
+    assert not report.passed
+    assert report.phases.root_reached is None
+
+
+def test_a_shutdown_that_did_not_power_off_fails(console: str) -> None:
+    report = parse(console, TOKEN, None, expect_exitrd=True)
+    assert report.reasons == ("the guest did not power off within the time limit",)
+
+
+def test_a_shutdown_without_the_exitrd_fails_when_the_image_carries_one(console: str) -> None:
+    without = "\n".join(line for line in console.splitlines() if "Entering exitrd" not in line
+                        and "Returning to initrd" not in line)  # fmt: skip
+    assert parse(without, TOKEN, 0, expect_exitrd=True).reasons == (
+        "the shutdown did not go through the exitrd",
+    )
+    assert parse(without, TOKEN, 0, expect_exitrd=False).passed
+
+
+INITRD_FAILURE = """\
+[    9.000000] Run /init as init process
+[   20.000000] mount: /sysroot: unknown filesystem type 'ext4'.
+[FAILED] Failed to mount sysroot.mount - /sysroot.
+[DEPEND] Dependency failed for initrd-root-fs.target - Initrd Root File System.
+You are in emergency mode. After logging in, type "journalctl -xb" to view
+"""
+ROOT_EMERGENCY = """\
+[    9.000000] Run /init as init process
+[  OK  ] Reached target initrd-switch-root.target - Switch Root.
+         Starting initrd-switch-root.service - Switch Root...
+Welcome to Debian GNU/Linux 12 (bookworm)!
+[  OK  ] Started emergency.service - Emergency Shell.
+Cannot open access to console, the root account is locked.
+"""
+
+
+def test_an_initrd_that_cannot_mount_the_root_says_why() -> None:
+    report = parse(INITRD_FAILURE, TOKEN, None, expect_exitrd=True)
+    (reason,) = report.reasons
+    assert reason.startswith("the initrd entered emergency mode")
+    assert "unknown filesystem type 'ext4'" in reason
+    assert "Failed to mount sysroot.mount" in reason
+
+
+def test_a_root_in_emergency_mode_never_reached_its_target() -> None:
+    (reason,) = parse(ROOT_EMERGENCY, TOKEN, None, expect_exitrd=True).reasons
+    assert reason.startswith("the root entered emergency mode instead of its default target")
+
+
+def test_a_panic_is_named() -> None:
+    text = "[    1.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n"
+    (reason,) = parse(text, TOKEN, None, expect_exitrd=True).reasons
+    assert reason.startswith("the kernel panicked: Kernel panic - not syncing: VFS")
+
+
+def test_summary_and_json(console: str) -> None:
+    report = parse(console, TOKEN, 0, expect_exitrd=True)
+    text = summary(report)
+    assert text.startswith("boot-test: PASSED\n")
+    assert "phases: kernel 7.0 s, initrd 40.7 s" in text
+    assert "slowest units in the initrd:" in text
+    assert "shutdown: through the exitrd" in text
+    data = json.loads(json.dumps(report.to_json()))
+    assert data["passed"] is True
+    assert data["slowest_initrd_units"][0]["name"] == "systemd-udev-trigger.service"
+    failed = summary(parse(INITRD_FAILURE, TOKEN, None, expect_exitrd=True))
+    assert failed.startswith("boot-test: FAILED\n  why: the initrd entered emergency mode")
+
+
+def test_timeline_draws_each_phase_and_initrd_unit(console: str, tmp_path: Path) -> None:
+    report = parse(console, TOKEN, 0, expect_exitrd=True)
+    picture = svg(report)
+    assert picture.startswith("<svg ")
+    for label in (">kernel (", ">initrd (", ">root (", ">exitrd (", ">sysroot.mount ("):
+        assert label in picture
+    assert picture.count("<rect ") == 1 + 5 + len(report.initrd_units)
+    write_timeline(report, tmp_path / "boot.html")
+    assert (tmp_path / "boot.html").read_text().startswith("<!DOCTYPE html>")
+
+
+def test_the_script_disk_is_padded_with_newlines(tmp_path: Path) -> None:
+    write_script_disk(tmp_path / "s.img", TOKEN)
+    data = (tmp_path / "s.img").read_bytes()
+    assert len(data) == SCRIPT_BYTES and b"\0" not in data
+    assert f"BOOKEND-BOOT-TEST {TOKEN} poweroff".encode() in data
+    words = command_line("bookend1")
+    assert "/dev/disk/by-id/virtio-bookend1" in words
+    assert "systemd.unit=kernel-command-line.service" in words
+
+
+@pytest.mark.parametrize(
+    ("content", "said"),
+    [
+        (b"", "0 bytes"),
+        (b"\0" * 1000, "1000 bytes"),
+        (b"\x7fELF" + b"\0" * 508, "an ELF program"),
+        (b"070701" + b"\0" * 506, "a cpio archive"),
+        (b"\x28\xb5\x2f\xfd" + b"\0" * 508, "zstd"),
+    ],
+)
+def test_a_file_that_is_not_a_disk_is_refused(tmp_path: Path, content: bytes, said: str) -> None:
+    path = tmp_path / "disk.img"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=said):
+        disk_format(path)
+
+
+def test_disk_formats(tmp_path: Path) -> None:
+    (tmp_path / "raw").write_bytes(b"\0" * 4096)
+    (tmp_path / "qcow").write_bytes(b"QFI\xfb" + b"\0" * 100)
+    assert disk_format(tmp_path / "raw") == "raw"
+    assert disk_format(tmp_path / "qcow") == "qcow2"
+    with pytest.raises(ConfigError, match="a directory"):
+        disk_format(tmp_path)
+
+
+def test_bad_inputs_get_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = tmp_path / "initrd.img"
+    image.write_bytes(b"070701")
+    status = main(["boot-test", str(image), "--kernel", str(tmp_path / "none"),
+                   "--disk", str(image)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "no kernel there" in err
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"MZ")
+    status = main(["boot-test", str(image), "--kernel", str(kernel), "--disk", str(image)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "a cpio archive" in err
+    status = main(["boot-test", str(image), "--kernel", str(kernel)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "no --disk" in err
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(b"\0" * 4096)
+    test = BootTest(kernel=kernel, image=image, disks=(disk,), arch=replace_qemu("no-such-qemu"))
+    with pytest.raises(ConfigError, match="no QEMU: no-such-qemu is not on PATH"):
+        check_inputs(test)
+
+
+def replace_qemu(program: str) -> Arch:
+    return replace(X86_64, qemu=program)
