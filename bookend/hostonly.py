@@ -18,6 +18,9 @@ What sysfs cannot tell, and the guess made instead:
   the hidden layers under it; the common ones are mapped below, others need the
   "md-dm" driver class.
 
+Active swap devices (/proc/swaps) are followed down their stacks too, as / is: an
+image that can assemble and unlock the swap can resume from it (bookend.features.resume).
+
 Network roots are found the same way: an NBD device (/sys/block/nbdN), a disk whose
 sysfs path runs through an iSCSI session (.../hostN/sessionN/target...), also under
 LUKS or LVM, and an NFS mount (mountinfo). Each brings the network storage kind, the

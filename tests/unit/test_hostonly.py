@@ -426,7 +426,7 @@ def test_volume_missing_from_crypttab_is_a_warning(
     assert files["/etc/crypttab"] == (
         b"# Written by bookend: the sysroot's entries for the volumes / and /usr need.\n"
     )
-    assert "LUKS volume cryptroot is under / or /usr but not in" in caplog.text
+    assert "LUKS volume cryptroot is under /, /usr or an active swap but not in" in caplog.text
     assert "rd.luks.uuid=" in caplog.text
 
 
