@@ -60,6 +60,9 @@ FEATURE = Feature(
     executables=(HELPER,),
     units=("?systemd-hibernate-resume@.service", "?systemd-hibernate-resume.service"),
     generators=("systemd-hibernate-resume-generator",),
+    # Where HibernateLocation is read from: systemd loads the module itself at start-up on
+    # an EFI boot (Debian builds efivarfs as a module).
+    modules=("?efivarfs",),
     compute=_fsck_after_resume,
     switch_on=SwitchOn(program=HELPER, detected=hostonly_wants_resume),
 )

@@ -605,6 +605,8 @@ def test_hostonly_resume_from_a_swap_on_lvm_on_luks(
         # systemd up to 254, and 255 and later: whichever the sysroot has.
         (RequestKind.UNIT, "systemd-hibernate-resume@.service", True),
         (RequestKind.UNIT, "systemd-hibernate-resume.service", True),
+        # HibernateLocation is an EFI variable.
+        (RequestKind.MODULE, "efivarfs", True),
     }
 
 

@@ -70,7 +70,9 @@ def test_hibernate_to_swap_on_lvm_on_luks2_and_resume(
         initrd=generic_initrd,
         disks=(Disk(disk, snapshot=False), job),
         memory_mib=MEMORY_MIB,
-        append=f"{stack.cmdline} rw",
+        # On a busy host the passphrase prompt alone may come a minute into the wait for
+        # the root device; systemd 252's generator gives the swap the root's timeout too.
+        append=f"{stack.cmdline} rw rootflags=x-systemd.device-timeout=300s",
     )
     first_token, second_token = new_token(), new_token()
     first = replace(options, append=f"{options.append} bookend.job bookend.token={first_token}",
