@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.features.base import Contribution, Feature, FeatureContext, Generated, SwitchOn
+from bookend.sysroot import Sysroot
 
 HELPER = "/usr/lib/systemd/systemd-hibernate-resume"
 
@@ -42,8 +43,9 @@ def resume_named(cmdline: str) -> bool:
 
 def hostonly_wants_resume(context: FeatureContext) -> bool:
     """Hostonly: this machine has an active swap the kernel could resume from (systemd 255
-    and later find it without resume=), or its command line, or the UKI's, names one."""
-    if context.detection is None:
+    and later find it without resume=), or its command line, or the UKI's, names one; and
+    the sysroot's systemd was built with hibernation support."""
+    if context.detection is None or not Sysroot(context.config.sysroot).exists(HELPER):
         return False
     if context.detection.swap_devices:
         return True

@@ -535,6 +535,12 @@ SWAPS_HEADER = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
 SWAP_CRYPTTAB_LINE = "swap_crypt UUID=22222222-3333-4444-5555-666666666666 none luks"
 
 
+def with_resume_helper(root_tree: Path) -> None:
+    helper = root_tree / "usr/lib/systemd/systemd-hibernate-resume"
+    helper.parent.mkdir(parents=True, exist_ok=True)
+    helper.write_bytes(b"")
+
+
 def swap_on_lvm_on_luks_host(host: FakeHost) -> None:
     """/ on a plain virtio partition; the active swap an LV on a LUKS volume on NVMe,
     and a swap file beside it."""
@@ -589,6 +595,9 @@ def test_hostonly_resume_from_a_swap_on_lvm_on_luks(
 ) -> None:
     swap_on_lvm_on_luks_host(host)
     (root_tree / "etc/crypttab").write_text(CRYPTTAB + SWAP_CRYPTTAB_LINE + "\n")
+    # A systemd built without hibernation: nothing to resume with, the swap is set up alone.
+    assert "resume" not in make_plan(hostonly_config(root_tree, host)).features
+    with_resume_helper(root_tree)
     plan = make_plan(hostonly_config(root_tree, host))
     assert {"resume", "luks", "lvm"} <= set(plan.features)
     files = {g.entry.path: g.entry.data or b"" for g in plan.generated}
@@ -626,6 +635,7 @@ def test_hostonly_resume_without_an_active_swap_follows_the_command_line(
     host.mount("/", "252:2", "ext4", "/dev/vda2")
     host.proc_file("cmdline", cmdline + "\n")
     host.proc_file("swaps", SWAPS_HEADER)
+    with_resume_helper(root_tree)
     assert ("resume" in make_plan(hostonly_config(root_tree, host)).features) is wanted
 
 
@@ -634,6 +644,7 @@ def test_a_ukis_command_line_asks_for_resume_too(
 ) -> None:
     virtio_partition(host, "04.0", "virtio2", "vda", 252)
     host.mount("/", "252:2", "ext4", "/dev/vda2")
+    with_resume_helper(root_tree)
     config = dataclasses.replace(
         hostonly_config(root_tree, host), cmdline="root=/dev/vda2 resume=/dev/vda3"
     )
@@ -645,9 +656,7 @@ def test_generic_resume_when_the_sysroot_has_systemd_hibernate_resume(
     root_tree: Path, has_helper: bool
 ) -> None:
     if has_helper:
-        helper = root_tree / "usr/lib/systemd/systemd-hibernate-resume"
-        helper.parent.mkdir(parents=True)
-        helper.write_bytes(b"")
+        with_resume_helper(root_tree)
     config = load_config(None, {"sysroot": str(root_tree), "mode": "generic"})
     assert ("resume" in make_plan(config).features) is has_helper
     # The generator is the resume feature's alone: without it, nothing would start.
