@@ -18,6 +18,9 @@ What sysfs cannot tell, and the guess made instead:
   the hidden layers under it; the common ones are mapped below, others need the
   "md-dm" driver class.
 
+Active swap devices (/proc/swaps) are followed down their stacks too, as / is: an
+image that can assemble and unlock the swap can resume from it (bookend.features.resume).
+
 Network roots are found the same way: an NBD device (/sys/block/nbdN), a disk whose
 sysfs path runs through an iSCSI session (.../hostN/sessionN/target...), also under
 LUKS or LVM, and an NFS mount (mountinfo). Each brings the network storage kind, the
@@ -110,6 +113,7 @@ def detect_host(
     tree = _SysfsTree(sysfs)
     for mount in host_mounts(procfs / "self/mountinfo", mount_points):
         _detect_mount(tree, mount, found)
+    _detect_swaps(tree, procfs / "swaps", found)
     _network_interfaces(tree.root, procfs, found)
     return found.result()
 
@@ -127,6 +131,8 @@ def format_detection(detection: HostDetection) -> str:
     if detection.crypt_devices:
         devices = (f"{volume}={majmin}" for volume, majmin in detection.crypt_devices)
         lines.append("crypt-devices " + " ".join(devices))
+    if detection.swap_devices:
+        lines.append("swap-devices " + " ".join(detection.swap_devices))
     if detection.interfaces:
         lines.append("network-interfaces " + " ".join(detection.interfaces))
     return "".join(line + "\n" for line in lines)
@@ -184,6 +190,7 @@ class _Found:
     # kernel does not show it (NBD).
     network_roots: dict[str, str | None] = field(default_factory=dict)
     interfaces: dict[str, None] = field(default_factory=dict)
+    swap_devices: dict[str, None] = field(default_factory=dict)
 
     def want(self, names: Iterable[str], reason: str) -> None:
         """Look names or aliases up; builtin and unknown ones mean no module."""
@@ -200,6 +207,7 @@ class _Found:
             tuple(self.crypt_volumes),
             tuple(self.interfaces),
             crypt_devices=tuple(self.crypt_devices),
+            swap_devices=tuple(self.swap_devices),
         )
 
 
@@ -221,6 +229,13 @@ class _SysfsTree:
     def by_majmin(self, majmin: str) -> Path | None:
         link = self.root / "dev/block" / majmin
         return self.inside(link) if os.path.lexists(link) else None
+
+    def by_name(self, name: str) -> Path | None:
+        """A block device by its kernel name (sda2, dm-3), through /sys/dev/block."""
+        for link in sorted((self.root / "dev/block").glob("*")):
+            if (real := self.inside(link)) is not None and real.name == name:
+                return real
+        return None
 
     def links(self, directory: Path) -> list[Path]:
         """Devices the symlinks in a directory (slaves/, a btrfs devices/) lead to."""
@@ -295,6 +310,38 @@ def _detect_mount(tree: _SysfsTree, mount: Mount, found: _Found) -> None:
     _filesystem(mount.fstype, context, found)
     if mount.fstype in ("nfs", "nfs4"):
         found.network_roots.setdefault(context, _option(mount.options, "addr"))
+    _detect_stack(tree, devices, context, found)
+
+
+def active_swaps(swaps: Path) -> list[str]:
+    """The kernel names of the block devices /proc/swaps lists (swap files left out:
+    their filesystem is mounted only after the resume could have happened)."""
+    try:
+        lines = swaps.read_text().splitlines()[1:]
+    except OSError:
+        return []
+    fields = [line.split() for line in lines]
+    return [f[0].rsplit("/", 1)[-1] for f in fields if len(f) > 1 and f[1] == "partition"]
+
+
+def _detect_swaps(tree: _SysfsTree, swaps: Path, found: _Found) -> None:
+    """Each active swap's stack, as a mount's: an image that unlocks and assembles it
+    can resume from it. Not a swap on plain dm-crypt (a crypttab key of /dev/urandom):
+    its key is made anew at each boot, so no hibernation image survives on it."""
+    for name in active_swaps(swaps):
+        top = tree.by_name(name)
+        if top is None:
+            continue
+        devices = tree.stack([top])
+        if any((_read(dev / "dm/uuid") or "").startswith("CRYPT-PLAIN-") for dev in devices):
+            log.info("hostonly: swap /dev/%s has a random key; no resume from it", name)
+            continue
+        found.swap_devices.setdefault(name)
+        _detect_stack(tree, devices, f"swap /dev/{name}", found)
+
+
+def _detect_stack(tree: _SysfsTree, devices: list[Path], context: str, found: _Found) -> None:
+    """What the devices of one stack (top first) need, each found once."""
     for dev in devices:
         found.block_devices.setdefault(dev.name)
         _device_mapper(dev, context, found)

@@ -47,6 +47,9 @@ class HostDetection:
     # The devices the dm-crypt volumes decrypt, as (volume, "MAJOR:MINOR"): where their
     # LUKS headers are, which say how the volumes may be unlocked (TPM2, FIDO2, PKCS#11).
     crypt_devices: tuple[tuple[str, str], ...] = ()
+    # Kernel names of the active swap devices (/proc/swaps) whose stacks were followed
+    # too, for a resume from hibernation; not those with a key made anew at each boot.
+    swap_devices: tuple[str, ...] = ()
 
     @property
     def storage_kinds(self) -> frozenset[StorageKind]:

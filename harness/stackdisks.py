@@ -59,6 +59,13 @@ MD_LUKS_UUID = "b00ce4d0-7e57-4b00-8005-000000000003"
 MD_LUKS_ROOT_UUID = "b00ce4d0-7e57-4b00-8005-000000000002"
 LVM_MD_UUID = "b00ce4d0-7e57-4b00-8006-000000000001"
 LVM_MD_ROOT_UUID = "b00ce4d0-7e57-4b00-8006-000000000002"
+# The hibernation stack (RESUME_SCENARIOS): the 3rd layer is the swap LV's swap area.
+RESUME_LUKS_UUID = "b00ce4d0-7e57-4b00-8007-000000000001"
+RESUME_ROOT_UUID = "b00ce4d0-7e57-4b00-8007-000000000002"
+RESUME_SWAP_UUID = "b00ce4d0-7e57-4b00-8007-000000000003"
+# Room for the hibernation image of a 512 MiB guest (the kernel writes at most about
+# 2/5 of RAM, compressed), with some to spare.
+RESUME_SWAP_MIB = 384
 
 # The guest sees the root disk at index 0 and the job disk at 1 (qemu.py names
 # each disk's serial after its index); the stacks' disks follow in order.
@@ -202,6 +209,25 @@ EXIT_SCENARIOS = (
         md_uuid=LVM_MD_UUID,
         md_name="lvmmd",
         vg="mdvg",
+        lv="root",
+    ),
+)
+# Hibernation and resume: a root LV and a swap LV in one VG on LUKS2 (issue 17's proof 3).
+# A set of its own, as the exitrd's is; the swap LV and its UUID are fixed by the maker
+# function, not by Scenario fields, so the other sets' keys stay as they were.
+RESUME_SCENARIOS = (
+    Scenario(
+        name="swap-lvm-on-luks",
+        disk_mib=(DISK_MIB,),
+        fs_type="ext4",
+        root_uuid=RESUME_ROOT_UUID,
+        # The name the root's crypttab gives the volume, so the real root finds it open.
+        cmdline=f"root=UUID={RESUME_ROOT_UUID} "
+        f"rd.luks.name={RESUME_LUKS_UUID}=resume_crypt resume=UUID={RESUME_SWAP_UUID}",
+        luks_uuid=RESUME_LUKS_UUID,
+        luks_name="resume_crypt",
+        passphrase=PASSPHRASE,
+        vg="resumevg",
         lv="root",
     ),
 )
@@ -393,6 +419,25 @@ make_lvm_on_md() {
 
 """
 
+# The hibernation set's stack: the swap LV first, the root LV takes the rest.
+RESUME_MAKER_FUNCTIONS = rf"""
+make_swap_lvm_on_luks() {{
+    luks_format "$disks"
+    pvcreate "${{lvm_config[@]}}" "/dev/mapper/$luks_name"
+    vgcreate "${{lvm_config[@]}}" "$vg" "/dev/mapper/$luks_name"
+    lvcreate "${{lvm_config[@]}}" --yes -L {RESUME_SWAP_MIB}M -n swap "$vg"
+    lvcreate "${{lvm_config[@]}}" --yes -l 100%FREE -n "$lv" "$vg"
+    mkswap -U {RESUME_SWAP_UUID} "/dev/$vg/swap"
+    make_ext4 "/dev/$vg/$lv"
+    fill_root "/dev/$vg/$lv"
+    e2fsck -fn "/dev/$vg/$lv"
+    lvs -o lv_name,vg_name,lv_size,devices >> "$report"
+    vgchange "${{lvm_config[@]}}" -an "$vg"
+    cryptsetup close "$luks_name"
+}}
+
+"""
+
 MAKER_END = r"""
 umount "$src"
 # Nothing may stay open: the host caches these disks as they are now.
@@ -438,9 +483,8 @@ def scenario_call(scenario: Scenario, first_index: int) -> str:
 
 
 def maker_script(scenarios: tuple[Scenario, ...] = SCENARIOS) -> str:
-    functions = (
-        MAKER_FUNCTIONS if scenarios == SCENARIOS else MAKER_FUNCTIONS + EXIT_MAKER_FUNCTIONS
-    )
+    extra = {EXIT_SCENARIOS: EXIT_MAKER_FUNCTIONS, RESUME_SCENARIOS: RESUME_MAKER_FUNCTIONS}
+    functions = MAKER_FUNCTIONS + extra.get(scenarios, "")
     calls, index = [], FIRST_STACK_INDEX
     for scenario in scenarios:
         calls.append(scenario_call(scenario, index))
@@ -478,7 +522,10 @@ def ensure_stack_disks(
     key = stacks_key(root_disk, scenarios)
     directory = stacks_dir / key
     log = console_log or stacks_dir / f"{key}.console.log"
-    what = "storage stacks (maker guest)" if scenarios == SCENARIOS else "exitrd storage stacks"
+    what = {
+        SCENARIOS: "storage stacks (maker guest)",
+        RESUME_SCENARIOS: "hibernation stack (maker guest)",
+    }.get(scenarios, "exitrd storage stacks")
     made_once(what, directory, stacks_dir / f"{key}.lock", key,
               lambda: build_stacks(kernel, root_disk, directory, key, log, scenarios))  # fmt: skip
     return {s.name: StackDisks.made_from(s, directory) for s in scenarios}
@@ -487,6 +534,13 @@ def ensure_stack_disks(
 def ensure_exit_stack_disks(kernel: Kernel, root_disk: RootDisk) -> dict[str, StackDisks]:
     """The EXIT_SCENARIOS disks (LUKS2 on MD RAID1, LVM on MD RAID1) by name."""
     return ensure_stack_disks(kernel, root_disk, scenarios=EXIT_SCENARIOS)
+
+
+def ensure_resume_stack_disks(kernel: Kernel, root_disk: RootDisk) -> StackDisks:
+    """The RESUME_SCENARIOS disk: root and swap LVs on LUKS2."""
+    return ensure_stack_disks(kernel, root_disk, scenarios=RESUME_SCENARIOS)[
+        RESUME_SCENARIOS[0].name
+    ]
 
 
 def build_stacks(

@@ -41,6 +41,7 @@ class DiskNeeds:
     root_disk: bool = False
     stacks: bool = False
     exit_stacks: bool = False  # stackdisks.EXIT_SCENARIOS (made after the stacks)
+    resume_stacks: bool = False  # stackdisks.RESUME_SCENARIOS (made after those)
     trixie_tree: bool = False  # images built from Debian 13 (UKI, the Debian 13 guest)
     trixie_root: bool = False  # the Debian 13 guest's root disk
     dracut: bool = False
@@ -53,7 +54,8 @@ class DiskNeeds:
 
     @property
     def any(self) -> bool:
-        return (self.root_disk or self.stacks or self.trixie_tree or self.trixie_root
+        return (self.root_disk or self.stacks or self.resume_stacks or self.trixie_tree
+                or self.trixie_root
                 or self.dracut or self.nfs_server or self.arm64_root
                 or self.newer_systems or self.usr_disk)  # fmt: skip
 
@@ -71,6 +73,8 @@ STACK_MODULES = (
 # Modules that boot the exitrd's own stacks (stackdisks.EXIT_SCENARIOS, a set of its
 # own), made right after the first set.
 EXIT_STACK_MODULES = ("test_exitrd_stacks.py",)
+# ... and the hibernation stack (stackdisks.RESUME_SCENARIOS), made after those.
+RESUME_STACK_MODULES = ("test_resume.py",)
 # Images built from the trixie tree.
 TRIXIE_TREE_MODULES = (
     "test_uki.py",
@@ -92,7 +96,8 @@ ARM64_MODULES = ("test_arm64.py",)
 # host in under a minute, no guest.
 USR_DISK_MODULES = ("test_usr_firstboot.py",)
 # The boots that wait for the slowest disks, run last.
-SLOW_MODULES = (*STACK_MODULES, *EXIT_STACK_MODULES, *TRIXIE_TREE_MODULES,
+SLOW_MODULES = (*STACK_MODULES, *EXIT_STACK_MODULES, *RESUME_STACK_MODULES,
+                *TRIXIE_TREE_MODULES,
                 *NFS_SERVER_MODULES, *TPM_MODULES, *NEWER_SYSTEMD_MODULES,
                 *ARM64_MODULES)  # fmt: skip
 
@@ -115,7 +120,7 @@ def run_order(nodeid: str) -> tuple[int, bool]:
 
 def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
     root = stacks = exit_stacks = tree = trixie_root = dracut = nfs_server = False
-    arm64 = newer = usr_disk = False
+    arm64 = newer = usr_disk = resume = False
     for nodeid in nodeids:
         path = PurePosixPath(nodeid.split("::", 1)[0])
         if tier_of(nodeid) == "vm":
@@ -123,6 +128,7 @@ def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
             root = root or not (debian13 or path.name in ARM64_MODULES)
             stacks = stacks or path.name in STACK_MODULES + EXIT_STACK_MODULES
             exit_stacks = exit_stacks or path.name in EXIT_STACK_MODULES
+            resume = resume or path.name in RESUME_STACK_MODULES
             tree = tree or path.name in TRIXIE_TREE_MODULES or debian13
             trixie_root = trixie_root or debian13
             nfs_server = nfs_server or path.name in NFS_SERVER_MODULES
@@ -134,7 +140,8 @@ def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
         dracut = dracut or path.name in DRACUT_MODULES
     return DiskNeeds(root_disk=root, stacks=stacks, exit_stacks=exit_stacks, trixie_tree=tree,
                      trixie_root=trixie_root, dracut=dracut, nfs_server=nfs_server,
-                     arm64_root=arm64, newer_systems=newer, usr_disk=usr_disk)  # fmt: skip
+                     arm64_root=arm64, newer_systems=newer, usr_disk=usr_disk,
+                     resume_stacks=resume)  # fmt: skip
 
 
 @dataclass
@@ -187,14 +194,19 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
     from harness.qemu import installed_kernels
     from harness.rootdisk import cache_dir_default, ensure_root_disk, trixie_recipe
     from harness.serverguest import ensure_server_disk
-    from harness.stackdisks import ensure_exit_stack_disks, ensure_stack_disks, ensure_suite_stacks
+    from harness.stackdisks import (
+        ensure_exit_stack_disks,
+        ensure_resume_stack_disks,
+        ensure_stack_disks,
+        ensure_suite_stacks,
+    )
     from harness.ukisysroot import ensure_trixie_sysroot
     from harness.usrdisk import ensure_usr_disk
 
     builds = EarlyBuilds()
     kernels = installed_kernels()
     guest_steps: list[Callable[[], object]] = []
-    if needs.root_disk or needs.stacks:
+    if needs.root_disk or needs.stacks or needs.resume_stacks:
         guest_steps.append(ensure_root_disk)
     if needs.stacks and kernels:
         guest_steps.append(lambda: ensure_stack_disks(kernels[-1], ensure_root_disk()))
@@ -203,6 +215,8 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
             suite: ensure_newer_system(suite).root for suite in NEWER_SUITES}))  # fmt: skip
     if needs.exit_stacks and kernels:
         guest_steps.append(lambda: ensure_exit_stack_disks(kernels[-1], ensure_root_disk()))
+    if needs.resume_stacks and kernels:
+        guest_steps.append(lambda: ensure_resume_stack_disks(kernels[-1], ensure_root_disk()))
     if guest_steps:
         builds.start("root disk and stacks", guest_steps)
     tree_steps: list[Callable[[], object]] = []

@@ -85,7 +85,7 @@ def _hostonly_crypttab(sysroot: Sysroot, volumes: tuple[str, ...]) -> Generated:
     crypttab = crypttab_for(sysroot.read_text("/etc/crypttab") or "", volumes)
     for volume in crypttab.missing:
         log.warning(
-            "LUKS volume %s is under / or /usr but not in %s; "
+            "LUKS volume %s is under /, /usr or an active swap but not in %s; "
             "the kernel command line must name it (rd.luks.uuid=)",
             volume,
             sysroot.host_path("/etc/crypttab"),

@@ -139,7 +139,6 @@ FEATURE = Feature(
         "?systemd-debug-generator",
         "?systemd-gpt-auto-generator",
         "?systemd-run-generator",
-        "?systemd-hibernate-resume-generator",
     ),
     files=(
         "?/etc/systemd/system.conf",

@@ -291,8 +291,9 @@ def test_shipped_features_keep_their_place_in_the_plan_order() -> None:
     assert list(ALL) == [
         *("systemd", "udev", "kmod", "filesystems", "emergency", "release", "usr", "repart"),
         *("dm", "luks"),
-        *("tpm2", "fido2", "pkcs11", "plymouth", "lvm", "mdraid", "btrfs", "network", "nbd"),
-        *("iscsi", "nfs", "ssh", "activation", "hooks", "storage-daemons", "units", "vconsole"),
+        *("tpm2", "fido2", "pkcs11", "plymouth", "lvm", "mdraid", "btrfs", "resume", "network"),
+        *("nbd", "iscsi", "nfs", "ssh", "activation", "hooks", "storage-daemons", "units"),
+        *("vconsole",),
     ]
 
 

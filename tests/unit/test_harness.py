@@ -36,6 +36,7 @@ from harness.network import (
 from harness.qemu import BootOptions, Disk, qemu_argv
 from harness.rootdisk import building, made_once
 from harness.screen import png_from_ppm
+from harness.stackdisks import EXIT_SCENARIOS, RESUME_SCENARIOS, SCENARIOS, maker_script
 from harness.suite import Phase, disk_needs, run_order, tier_of, time_summary
 from harness.timings import TIMINGS_ENV, Timing, read_timings, timed
 from tests.pngfile import read_png
@@ -151,6 +152,10 @@ def test_early_builds_are_only_what_the_selected_tests_need() -> None:
     newer = disk_needs(["tests/vm/test_newer_systemd.py::t[trixie]"])
     assert (newer.newer_systems, newer.root_disk, newer.stacks) == (True, True, False)
     assert not disk_needs(["tests/vm/test_storage.py::a"]).newer_systems
+    # The hibernation stack is a set of its own, made by booting the bookworm root disk.
+    resume = disk_needs(["tests/vm/test_resume.py::t"])
+    assert (resume.resume_stacks, resume.root_disk, resume.stacks) == (True, True, False)
+    assert not disk_needs(["tests/vm/test_storage.py::a"]).resume_stacks
 
 
 def test_greetings_tell_the_initrd_from_the_real_root() -> None:
@@ -358,3 +363,13 @@ def test_a_set_is_made_aside_and_found_only_when_complete(tmp_path: Path) -> Non
         (work / "disk.img").write_text("whole")
     assert (result / "disk.img").read_text() == "whole"
     assert [p.name for p in tmp_path.iterdir()] == ["set-k1"]
+
+
+def test_the_hibernation_stack_is_a_set_of_its_own() -> None:
+    """Its maker function goes only into its own set's script, so the other sets' keys
+    (and their cached disks) stay as they were."""
+    assert "make_swap_lvm_on_luks" not in maker_script(SCENARIOS) + maker_script(EXIT_SCENARIOS)
+    script = maker_script(RESUME_SCENARIOS)
+    assert "\nmake_stack make_swap_lvm_on_luks\n" in script
+    assert "mkswap -U b00ce4d0-7e57-4b00-8007-000000000003 " in script
+    assert "resume=UUID=b00ce4d0-7e57-4b00-8007-000000000003" in RESUME_SCENARIOS[0].cmdline

@@ -426,7 +426,7 @@ def test_volume_missing_from_crypttab_is_a_warning(
     assert files["/etc/crypttab"] == (
         b"# Written by bookend: the sysroot's entries for the volumes / and /usr need.\n"
     )
-    assert "LUKS volume cryptroot is under / or /usr but not in" in caplog.text
+    assert "LUKS volume cryptroot is under /, /usr or an active swap but not in" in caplog.text
     assert "rd.luks.uuid=" in caplog.text
 
 
@@ -527,3 +527,137 @@ def test_storage_no_feature_serves_fails_naming_where_it_is(
     done = subprocess.run([sys.executable, "-m", "bookend", *argv],
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert (done.returncode, done.stderr) == (1, f"bookend: {message}\n")
+
+
+# Swaps: hibernation resume (bookend.features.resume).
+SWAP_LVM_UUID = "LVM-" + "Xr4kD2" * 5 + "ab" + "Sw4pLv" * 5 + "ef"
+SWAPS_HEADER = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
+SWAP_CRYPTTAB_LINE = "swap_crypt UUID=22222222-3333-4444-5555-666666666666 none luks"
+
+
+def with_resume_helper(root_tree: Path) -> None:
+    helper = root_tree / "usr/lib/systemd/systemd-hibernate-resume"
+    helper.parent.mkdir(parents=True, exist_ok=True)
+    helper.write_bytes(b"")
+
+
+def swap_on_lvm_on_luks_host(host: FakeHost) -> None:
+    """/ on a plain virtio partition; the active swap an LV on a LUKS volume on NVMe,
+    and a swap file beside it."""
+    virtio_partition(host, "04.0", "virtio2", "vda", 252)
+    host.mount("/", "252:2", "ext4", "/dev/vda2")
+    part = nvme_partition(host, 3)
+    luks = host.block(
+        "virtual/block/dm-0", "253:0", [part], {"dm/uuid": LUKS_UUID, "dm/name": "swap_crypt"}
+    )
+    host.block(
+        "virtual/block/dm-1", "253:1", [luks], {"dm/uuid": SWAP_LVM_UUID, "dm/name": "vg-swap"}
+    )
+    host.proc_file(
+        "swaps",
+        SWAPS_HEADER
+        + "/dev/dm-1                               partition\t4194300\t\t0\t\t-2\n"
+        + "/swapfile                               file\t\t1048572\t\t0\t\t-3\n",
+    )
+
+
+def test_an_active_swaps_stack_is_detected_as_a_mounts_is(
+    host: FakeHost, db: ModuleDatabase
+) -> None:
+    swap_on_lvm_on_luks_host(host)
+    found = detect_host(host.sys, host.proc, db)
+    assert found.swap_devices == ("dm-1",)  # the swap file is no device to resume from
+    assert found.storage == (
+        (StorageKind.LVM, "LVM logical volume dm-1 under swap /dev/dm-1"),
+        (StorageKind.LUKS, "LUKS volume dm-0 under swap /dev/dm-1"),
+    )
+    assert found.crypt_volumes == ("swap_crypt",)
+    assert ("nvme", "driver of /sys/devices/pci0000:00/0000:00:1d.0/0000:3d:00.0 (nvme) "
+            "for swap /dev/dm-1") in found.modules  # fmt: skip
+    assert "swap-devices dm-1\n" in format_detection(found)
+
+
+def test_a_swap_with_a_key_made_at_each_boot_is_left_out(
+    host: FakeHost, db: ModuleDatabase
+) -> None:
+    virtio_partition(host, "04.0", "virtio2", "vda", 252)
+    host.mount("/", "252:2", "ext4", "/dev/vda2")
+    part = nvme_partition(host, 3)
+    host.block("virtual/block/dm-0", "253:0", [part], {"dm/uuid": "CRYPT-PLAIN-cryptswap"})
+    host.proc_file("swaps", SWAPS_HEADER + "/dev/dm-0 partition 4194300 0 -2\n")
+    found = detect_host(host.sys, host.proc, db)
+    assert found.swap_devices == ()
+    assert found.storage == () and found.crypt_volumes == ()
+
+
+def test_hostonly_resume_from_a_swap_on_lvm_on_luks(
+    host: FakeHost, db: ModuleDatabase, root_tree: Path
+) -> None:
+    swap_on_lvm_on_luks_host(host)
+    (root_tree / "etc/crypttab").write_text(CRYPTTAB + SWAP_CRYPTTAB_LINE + "\n")
+    # A systemd built without hibernation: nothing to resume with, the swap is set up alone.
+    assert "resume" not in make_plan(hostonly_config(root_tree, host)).features
+    with_resume_helper(root_tree)
+    plan = make_plan(hostonly_config(root_tree, host))
+    assert {"resume", "luks", "lvm"} <= set(plan.features)
+    files = {g.entry.path: g.entry.data or b"" for g in plan.generated}
+    # The swap's volume is unlocked in the initrd; the others stay out.
+    assert files["/etc/crypttab"].decode().splitlines()[1:] == [SWAP_CRYPTTAB_LINE]
+    assert (
+        b"After=local-fs-pre.target"
+        in files["/etc/systemd/system/systemd-fsck-root.service.d/bookend-resume.conf"]
+    )
+    resume = {(r.kind, r.name, r.optional) for r in plan.requests if r.reason == "feature resume"}
+    assert resume == {
+        (RequestKind.EXECUTABLE, "/usr/lib/systemd/systemd-hibernate-resume", False),
+        (RequestKind.GENERATOR, "systemd-hibernate-resume-generator", False),
+        # systemd up to 254, and 255 and later: whichever the sysroot has.
+        (RequestKind.UNIT, "systemd-hibernate-resume@.service", True),
+        (RequestKind.UNIT, "systemd-hibernate-resume.service", True),
+        # HibernateLocation is an EFI variable.
+        (RequestKind.MODULE, "efivarfs", True),
+    }
+
+
+@pytest.mark.parametrize(
+    ("cmdline", "wanted"),
+    [
+        ("root=/dev/vda2 ro quiet", False),
+        ("root=/dev/vda2 resume=UUID=22222222-3333-4444-5555-666666666666", True),
+        ("root=/dev/vda2 resume=/dev/vda3 noresume", False),
+    ],
+    ids=["no-swap", "resume", "noresume"],
+)
+def test_hostonly_resume_without_an_active_swap_follows_the_command_line(
+    host: FakeHost, db: ModuleDatabase, root_tree: Path, cmdline: str, wanted: bool
+) -> None:
+    virtio_partition(host, "04.0", "virtio2", "vda", 252)
+    host.mount("/", "252:2", "ext4", "/dev/vda2")
+    host.proc_file("cmdline", cmdline + "\n")
+    host.proc_file("swaps", SWAPS_HEADER)
+    with_resume_helper(root_tree)
+    assert ("resume" in make_plan(hostonly_config(root_tree, host)).features) is wanted
+
+
+def test_a_ukis_command_line_asks_for_resume_too(
+    host: FakeHost, db: ModuleDatabase, root_tree: Path
+) -> None:
+    virtio_partition(host, "04.0", "virtio2", "vda", 252)
+    host.mount("/", "252:2", "ext4", "/dev/vda2")
+    with_resume_helper(root_tree)
+    config = dataclasses.replace(
+        hostonly_config(root_tree, host), cmdline="root=/dev/vda2 resume=/dev/vda3"
+    )
+    assert "resume" in make_plan(config).features
+
+
+@pytest.mark.parametrize("has_helper", [True, False])
+def test_generic_resume_when_the_sysroot_has_systemd_hibernate_resume(
+    root_tree: Path, has_helper: bool
+) -> None:
+    if has_helper:
+        with_resume_helper(root_tree)
+    config = load_config(None, {"sysroot": str(root_tree), "mode": "generic"})
+    assert ("resume" in make_plan(config).features) is has_helper
+    # The generator is the resume feature's alone: without it, nothing would start.
+    assert "systemd-hibernate-resume-generator" not in ALL["systemd"].generators
