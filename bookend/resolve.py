@@ -36,6 +36,7 @@ from bookend.errors import BookendError
 from bookend.exitrd_load import DIGEST_SUFFIX
 from bookend.kmodules import MODULE_ROOTS
 from bookend.scancache import ScanCache
+from bookend.signing import absolute_keys, check_keys
 from bookend.sshkeys import read_authorized_keys
 from bookend.suggest import did_you_mean
 from bookend.sysroot import Sysroot
@@ -83,12 +84,14 @@ def resolve(
     _check_detection_trees(settings, problems)
     _check_sysexts(settings, problems)
     _check_authorized_keys(settings, problems)
+    check_keys(values, origins, problems)
     problems.raise_if_any()
     resolved = {
         **values,
         "kver": kver,
         "output": output,
         "exitrd_output": values["exitrd_output"] or default_exitrd_path(output, kver),
+        **absolute_keys(values),
     }
     return make_config(resolved, origins, settings.item_origins)
 

@@ -25,6 +25,7 @@ from types import TracebackType
 
 from harness.pvh import direct_kernel
 from harness.qmp import Qmp
+from harness.secureboot import secure_boot_args
 
 GUEST_CPUS_ENV = "BOOKEND_TEST_GUEST_CPUS"
 TAIL_LINES = 60
@@ -59,6 +60,8 @@ class Disk:
     plugged: bool = True
     # Bytes of the file before what the guest sees as the disk's start.
     offset: int = 0
+    # Its place in the firmware's boot order (QEMU's bootindex); None: not in it.
+    bootindex: int | None = None
 
 
 @dataclass(frozen=True)
@@ -114,11 +117,12 @@ def drive_args(disks: Sequence[Disk]) -> list[str]:
         args += ["-drive", f"file={path},format={disk.format},if=none,id={drive}{snapshot}{offset}"]
         # A stable serial gives each disk a predictable /dev/disk/by-id name.
         serial = f"bookend{index}"
+        boot = "" if disk.bootindex is None else f",bootindex={disk.bootindex}"
         if not disk.plugged:
             if disk.bus is not Bus.VIRTIO:
                 raise ValueError(f"only virtio disks are plugged in late, not {disk.bus.value}")
         elif disk.bus is Bus.VIRTIO:
-            args += ["-device", f"virtio-blk-pci,drive={drive},serial={serial}"]
+            args += ["-device", f"virtio-blk-pci,drive={drive},serial={serial}{boot}"]
         elif disk.bus is Bus.AHCI:
             if ahci_ports == 0:
                 args += ["-device", "ahci,id=ahci0"]
@@ -157,6 +161,10 @@ class BootOptions:
     # More kernel command line, after the console and panic settings every boot has.
     append: str = ""
     esp: Path | None = None
+    # OVMF variables with Secure Boot keys enrolled (harness/secureboot.py): the Secure
+    # Boot firmware boots from the disks in their bootindex order (their ESP images),
+    # with neither a kernel nor esp.
+    secure_boot_vars: Path | None = None
     memory_mib: int = 1024
     cpus: int = field(default_factory=default_cpus)
     # A second channel, apart from the console, for changing the hardware (qmp.py).
@@ -207,9 +215,14 @@ def machine_argv(options: BootOptions) -> list[str]:
 def qemu_argv(options: BootOptions) -> list[str]:
     """QEMU's command line for options."""
     argv = machine_argv(options)
-    if (options.kernel is None) == (options.esp is None):
-        raise ValueError("boot options: give a kernel or an ESP, not both or neither")
-    if options.kernel is not None:
+    given = [x for x in (options.kernel, options.esp, options.secure_boot_vars) if x is not None]
+    if len(given) != 1:
+        raise ValueError(
+            "boot options: give a kernel, an ESP or Secure Boot variables, exactly one"
+        )
+    if options.secure_boot_vars is not None:
+        argv += secure_boot_args(options.secure_boot_vars)
+    elif options.kernel is not None:
         append = f"console={options.arch.console} panic=-1 {options.append}".strip()
         argv += ["-kernel", os.fspath(options.kernel), "-append", append]
         if options.initrd is not None:
