@@ -218,7 +218,7 @@ def qemu_argv(options: BootOptions) -> list[str]:
     given = [x for x in (options.kernel, options.esp, options.secure_boot_vars) if x is not None]
     if len(given) != 1:
         raise ValueError(
-            "boot options: give a kernel, an ESP or Secure Boot variables, exactly one"
+            "boot options: give a kernel or an ESP or Secure Boot variables, exactly one"
         )
     if options.secure_boot_vars is not None:
         argv += secure_boot_args(options.secure_boot_vars)
