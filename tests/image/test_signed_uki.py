@@ -3,7 +3,7 @@ certificate and refuses it with another; its .pcrsig holds PCR 11 signatures tha
 embedded .pcrpkey verifies.
 
 The tree is harness/ukisysroot.py's (trixie's ukify, stub, kernel and systemd-measure).
-The Secure Boot firmware's verdict on such UKIs is tests/vm/test_secureboot.py's.
+The Secure Boot firmware's verdict on such UKIs is tests/vm/test_uki.py's.
 """
 
 from __future__ import annotations
