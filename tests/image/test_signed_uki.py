@@ -3,6 +3,8 @@ certificate and refuses it with another; its .pcrsig holds PCR 11 signatures tha
 embedded .pcrpkey verifies.
 
 The tree is harness/ukisysroot.py's (trixie's ukify, stub, kernel and systemd-measure).
+The UKI's initrd has systemd-pcrphase-initrd.service, enabled (feature pcrphase), which
+extends PCR 11 by the phases the signatures are made for.
 The Secure Boot firmware's verdict on such UKIs is tests/vm/test_uki.py's.
 """
 
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bookend.inspect.image import scan_image
 from bookend.resolve import newest_kernel
 from harness.images import QEMU_VIRTIO_EXT4, bookend
 from harness.secureboot import make_key_pair, missing_tools
@@ -72,6 +75,13 @@ def test_signed_uki_verifies_and_carries_pcr11_signatures(tmp_path: Path) -> Non
             assert entry["pcrs"] == [11]
             assert entry["pkfp"] == hashlib.sha256(der).hexdigest()
             verify_policy_signature(public, bank, entry)
+
+    initrd = tmp_path / "initrd.img"
+    initrd.write_bytes(sections[".initrd"])
+    paths = {entry.path for entry in scan_image(initrd).entries}
+    unit = "usr/lib/systemd/system/systemd-pcrphase-initrd.service"
+    assert {unit, "usr/lib/systemd/systemd-pcrextend"} <= paths
+    assert "usr/lib/systemd/system/initrd.target.wants/systemd-pcrphase-initrd.service" in paths
 
 
 def verify_policy_signature(public: object, bank: str, entry: dict[str, object]) -> None:
