@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from bookend.errors import ConfigError
 from bookend.signing import signing_argv
+from bookend.uki import find_uki_tools
 from tests.unit.conftest import make_root_tree
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="no openssl")
@@ -116,3 +118,17 @@ def test_ukify_gets_both_signings_only_when_their_keys_are_given(tmp_path: Path)
     pcr_argv = signing_argv({**none, "pcr_private_key": pcr}, tmp_path, tmp_path / "pub")
     assert pcr_argv == ["--pcr-private-key", str(pcr), "--pcr-public-key",
                         str(tmp_path / "pub"), "--tools", str(tmp_path)]  # fmt: skip
+
+
+def test_pcr_signing_needs_the_sysroots_systemd_measure(keys: Path, tmp_path: Path) -> None:
+    from tests.unit.test_uki import KVER as UKI_KVER
+    from tests.unit.test_uki import uki_tree
+
+    sysroot = uki_tree(tmp_path / "sysroot")
+    with pytest.raises(ConfigError, match=r"has no systemd-measure \(systemd >= 252\)"):
+        find_uki_tools(sysroot, UKI_KVER, {"pcr_private_key": keys / "db.key"})
+    # A sysroot's program this machine cannot start (here: not an ELF file) is named.
+    measure = sysroot / "usr/lib/systemd/systemd-measure"
+    measure.write_text("#!/bin/false\n")
+    with pytest.raises(ConfigError, match=f"cannot read {measure}"):
+        find_uki_tools(sysroot, UKI_KVER, {"pcr_private_key": keys / "db.key"})
