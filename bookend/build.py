@@ -35,6 +35,7 @@ from bookend.hostonly import format_detection
 from bookend.manifest import with_manifest
 from bookend.plan import Plan, make_plan
 from bookend.scancache import ScanCache, default_directory
+from bookend.signing import KEY_SETTINGS
 from bookend.uki import UkiTools, find_uki_tools, staged_uki
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,9 @@ def build_initrd(
 ) -> BuildResult:
     """Both images of config; registry: the features by name (bookend.features.datafiles)."""
     # Before anything is built: a UKI the sysroot cannot make is known at once.
-    uki_tools = find_uki_tools(config.sysroot, config.kver) if config.uki else None
+    uki_tools = (
+        find_uki_tools(config.sysroot, config.kver, signing_keys(config)) if config.uki else None
+    )
     outputs = [config.output, *([config.exitrd_output] if config.exitrd else [])]
     cache = cache or scan_cache()
     with locked_outputs(outputs), _unpack_directory(cache) as unpack_dir:
@@ -162,6 +165,11 @@ def _unpack_directory(cache: ScanCache) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="bookend-extensions-") as directory:
         yield Path(directory)
+
+
+def signing_keys(config: Config) -> dict[str, Path | None]:
+    """The UKI's signing keys, absolute (bookend.resolve made them so)."""
+    return {key: getattr(config, key) for key in KEY_SETTINGS}
 
 
 def _build_locked(

@@ -36,6 +36,7 @@ from bookend.errors import BookendError
 from bookend.exitrd_store import DIGEST_SUFFIX
 from bookend.kmodules import MODULE_ROOTS
 from bookend.scancache import ScanCache
+from bookend.signing import absolute_keys, check_keys
 from bookend.sshkeys import read_authorized_keys
 from bookend.suggest import did_you_mean
 from bookend.sysroot import Sysroot
@@ -84,6 +85,7 @@ def resolve(
     _check_sysexts(settings, problems)
     _check_shutdown(settings, problems)
     _check_authorized_keys(settings, problems)
+    check_keys(values, origins, problems)
     problems.raise_if_any()
     shutdown = values["exitrd_shutdown"]
     resolved = {
@@ -93,6 +95,7 @@ def resolve(
         "exitrd_output": values["exitrd_output"] or default_exitrd_path(output, kver),
         # A file on this machine: named whole in the manifest and the up-to-date record.
         "exitrd_shutdown": shutdown and Path(os.path.abspath(shutdown)),
+        **absolute_keys(values),
     }
     return make_config(resolved, origins, settings.item_origins)
 

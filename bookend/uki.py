@@ -15,9 +15,9 @@ import importlib.util
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -25,6 +25,7 @@ from bookend import arches
 from bookend.archive.atomic import Staged, staged_file
 from bookend.errors import ConfigError
 from bookend.proc import run
+from bookend.signing import Measure, find_measure, public_key_of, require_sbsign, signing_argv
 from bookend.sysroot import Sysroot
 
 UKIFY_PATHS = ("/usr/lib/systemd/ukify", "/usr/bin/ukify")
@@ -53,10 +54,17 @@ class UkiTools:
     stub: Path
     kernel: Path
     os_release: Path | None
+    # The signing keys (bookend.signing.KEY_SETTINGS, absolute; None: not given) and
+    # the sysroot's systemd-measure when the PCR 11 values are signed.
+    keys: Mapping[str, Path | None] = field(default_factory=dict)
+    measure: Measure | None = None
 
 
-def find_uki_tools(sysroot: Path, kver: str) -> UkiTools:
+def find_uki_tools(
+    sysroot: Path, kver: str, keys: Mapping[str, Path | None] | None = None
+) -> UkiTools:
     """Everything ukify needs, or a one-line error naming the first thing missing."""
+    keys = dict(keys or {})
     root = Sysroot(sysroot)
     ukify = _first_file(root, UKIFY_PATHS)
     if ukify is None:
@@ -82,7 +90,11 @@ def find_uki_tools(sysroot: Path, kver: str) -> UkiTools:
             f"--uki: ukify needs the Python module pefile, which {sys.executable} lacks "
             "(install python3-pefile, or pip install pefile)"
         )
-    return UkiTools(ukify, stub, kernel, _first_file(root, OS_RELEASE_PATHS))
+    if keys.get("secureboot_key") is not None:
+        require_sbsign()
+    measure = find_measure(root, _first_file) if keys.get("pcr_private_key") else None
+    os_release = _first_file(root, OS_RELEASE_PATHS)
+    return UkiTools(ukify, stub, kernel, os_release, keys, measure)
 
 
 def _first_file(root: Sysroot, paths: tuple[str, ...]) -> Path | None:
@@ -94,7 +106,12 @@ def _first_file(root: Sysroot, paths: tuple[str, ...]) -> Path | None:
 
 
 def ukify_argv(
-    tools: UkiTools, kver: str, initrd: Path, cmdline: str | None, output: Path
+    tools: UkiTools,
+    kver: str,
+    initrd: Path,
+    cmdline: str | None,
+    output: Path,
+    scratch: Path | None = None,
 ) -> list[str]:
     argv = [sys.executable, str(tools.ukify), "build", "--linux", str(tools.kernel)]
     argv += ["--initrd", str(initrd), "--stub", str(tools.stub), "--uname", kver]
@@ -103,7 +120,23 @@ def ukify_argv(
         argv += ["--os-release", f"@{tools.os_release}"]
     if cmdline is not None:
         argv += ["--cmdline", cmdline]
-    return [*argv, "--output", str(output)]
+    return [*argv, *_signing(tools, scratch), "--output", str(output)]
+
+
+def _signing(tools: UkiTools, scratch: Path | None) -> list[str]:
+    """ukify's signing options; the PCR public key (derived from the private key when
+    not given) and a systemd-measure wrapper (bookend.signing.Measure) go into scratch."""
+    if not tools.keys:
+        return []
+    tools_dir = pcr_public = None
+    pcr_key = tools.keys.get("pcr_private_key")
+    if tools.measure is not None and pcr_key is not None and scratch is not None:
+        tools_dir = tools.measure.write_wrapper(scratch / "tools")
+        pcr_public = tools.keys.get("pcr_public_key")
+        if pcr_public is None:
+            pcr_public = scratch / "pcr-public.pem"
+            pcr_public.write_bytes(public_key_of(pcr_key, "private"))
+    return signing_argv(tools.keys, tools_dir, pcr_public)
 
 
 @contextmanager
@@ -125,7 +158,7 @@ def staged_uki(
         write_initrd(initrd)
         verify(initrd)  # the same check a plain initrd gets before it replaces one
         uki = Path(scratch) / "uki.efi"
-        run(ukify_argv(tools, kver, initrd, cmdline, uki))
+        run(ukify_argv(tools, kver, initrd, cmdline, uki, Path(scratch)))
 
         def copy(out: BinaryIO) -> None:
             with uki.open("rb") as source:

@@ -75,9 +75,10 @@ STACK_MODULES = (
 EXIT_STACK_MODULES = ("test_exitrd_stacks.py",)
 # ... and the hibernation stack (stackdisks.RESUME_SCENARIOS), made after those.
 RESUME_STACK_MODULES = ("test_resume.py",)
-# Images built from the trixie tree.
+# Images built from the trixie tree (in any tier).
 TRIXIE_TREE_MODULES = (
     "test_uki.py",
+    "test_signed_uki.py",
     "test_units.py",
     "test_exitrd_extensions.py",
     "test_feature_files.py",
@@ -138,6 +139,8 @@ def disk_needs(nodeids: Iterable[str]) -> DiskNeeds:
             # Their stacks are made by booting the bookworm root disk.
             root = root or path.name in NEWER_SYSTEMD_MODULES
         dracut = dracut or path.name in DRACUT_MODULES
+        # The signed UKI image test builds from the tree too, without a boot.
+        tree = tree or path.name in TRIXIE_TREE_MODULES
     return DiskNeeds(root_disk=root, stacks=stacks, exit_stacks=exit_stacks, trixie_tree=tree,
                      trixie_root=trixie_root, dracut=dracut, nfs_server=nfs_server,
                      arm64_root=arm64, newer_systems=newer, usr_disk=usr_disk,

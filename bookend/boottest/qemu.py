@@ -60,6 +60,8 @@ class Disk:
     plugged: bool = True
     # Bytes of the file before what the guest sees as the disk's start.
     offset: int = 0
+    # Its place in the firmware's boot order (QEMU's bootindex); None: not in it.
+    bootindex: int | None = None
 
 
 @dataclass(frozen=True)
@@ -96,11 +98,12 @@ def drive_args(disks: Sequence[Disk]) -> list[str]:
         args += ["-drive", f"file={path},format={disk.format},if=none,id={drive}{snapshot}{offset}"]
         # A stable serial gives each disk a predictable /dev/disk/by-id name.
         serial = f"bookend{index}"
+        boot = "" if disk.bootindex is None else f",bootindex={disk.bootindex}"
         if not disk.plugged:
             if disk.bus is not Bus.VIRTIO:
                 raise ValueError(f"only virtio disks are plugged in late, not {disk.bus.value}")
         elif disk.bus is Bus.VIRTIO:
-            args += ["-device", f"virtio-blk-pci,drive={drive},serial={serial}"]
+            args += ["-device", f"virtio-blk-pci,drive={drive},serial={serial}{boot}"]
         elif disk.bus is Bus.AHCI:
             if ahci_ports == 0:
                 args += ["-device", "ahci,id=ahci0"]
@@ -126,6 +129,10 @@ class BootOptions:
     # More kernel command line, after the console and panic settings every boot has.
     append: str = ""
     esp: Path | None = None
+    # OVMF variables with Secure Boot keys enrolled (harness/secureboot.py): the Secure
+    # Boot firmware boots from the disks in their bootindex order (their ESP images),
+    # with neither a kernel nor esp.
+    secure_boot_vars: Path | None = None
     memory_mib: int = 1024
     cpus: int = 2
     # A second channel, apart from the console, for changing the hardware (harness/qmp.py).
@@ -178,9 +185,14 @@ def machine_argv(options: BootOptions) -> list[str]:
 def qemu_argv(options: BootOptions) -> list[str]:
     """QEMU's command line for options."""
     argv = machine_argv(options)
-    if (options.kernel is None) == (options.esp is None):
-        raise ValueError("boot options: give a kernel or an ESP, not both or neither")
-    if options.kernel is not None:
+    given = [x for x in (options.kernel, options.esp, options.secure_boot_vars) if x is not None]
+    if len(given) != 1:
+        raise ValueError(
+            "boot options: give a kernel or an ESP or Secure Boot variables, exactly one"
+        )
+    if options.secure_boot_vars is not None:
+        argv += secure_boot_args(options.secure_boot_vars)
+    elif options.kernel is not None:
         append = f"console={options.arch.serial} panic=-1 {options.append}".strip()
         argv += ["-kernel", os.fspath(options.kernel), "-append", append]
         if options.initrd is not None:
@@ -198,6 +210,21 @@ def qemu_argv(options: BootOptions) -> list[str]:
 
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
+# Debian's OVMF built with SMM, for Secure Boot (ovmf package).
+OVMF_SECURE_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
+
+
+def secure_boot_args(variables: Path) -> list[str]:
+    """OVMF with Secure Boot: q35 with SMM, the code read-only and the variables store
+    secure (only SMM code may write it); writes go to -snapshot's overlay."""
+    code = os.fspath(OVMF_SECURE_CODE).replace(",", ",,")
+    store = os.fspath(variables).replace(",", ",,")
+    return [
+        "-machine", "q35,smm=on",
+        "-global", "driver=cfi.pflash01,property=secure,value=on",
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={store}",
+    ]  # fmt: skip
 
 
 def uefi_args(esp: Path) -> list[str]:

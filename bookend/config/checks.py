@@ -71,7 +71,26 @@ def load_settings(
         problems.add(
             merged.origins["cmdline"], "cmdline", "only a UKI carries a command line (--uki)"
         )
+    _check_signing(values, merged.origins, problems)
     return Settings(values, dict(merged.origins), item_origins, tuple(problems.messages))
+
+
+def _check_signing(
+    values: Mapping[str, Any], origins: Mapping[str, str], problems: Problems
+) -> None:
+    """Keys only for a UKI; a Secure Boot key with its certificate; a PCR public key with
+    the private key that signs."""
+    for key in ("secureboot_key", "secureboot_cert", "pcr_private_key", "pcr_public_key"):
+        if values[key] is not None and not values["uki"]:
+            problems.add(origins[key], key, "only a UKI is signed (--uki)")
+    for key, other in (
+        ("secureboot_key", "secureboot_cert"),
+        ("secureboot_cert", "secureboot_key"),
+    ):
+        if values[key] is not None and values[other] is None:
+            problems.add(origins[key], key, f"needs {other} too (--{other.replace('_', '-')})")
+    if values["pcr_public_key"] is not None and values["pcr_private_key"] is None:
+        problems.add(origins["pcr_public_key"], "pcr_public_key", "needs pcr_private_key too")
 
 
 def _checked_value(setting: Setting, merged: Merged, problems: Problems) -> Any:

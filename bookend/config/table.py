@@ -314,6 +314,27 @@ class Config:
     cmdline: str | None = setting(
         "kernel command line built into the UKI (--uki)", metavar="CMDLINE"
     )
+    # Keys on the machine running bookend (not in the sysroot), relative to the current
+    # directory; bookend.resolve makes them absolute and checks them (bookend.signing).
+    secureboot_key: Path | None = setting(
+        "PEM private key that signs the UKI for Secure Boot (with secureboot_cert)",
+        metavar="FILE",
+        flag="--secureboot-key",
+    )
+    secureboot_cert: Path | None = setting(
+        "PEM X.509 certificate of secureboot_key, put into the UKI's signature",
+        metavar="FILE",
+        flag="--secureboot-cert",
+    )
+    pcr_private_key: Path | None = setting(
+        "PEM private key that signs the UKI's expected TPM PCR 11 values (.pcrsig), "
+        "with the sysroot's systemd-measure",
+        metavar="FILE",
+    )
+    pcr_public_key: Path | None = setting(
+        "its public key, put into the UKI (.pcrpkey); default: derived from pcr_private_key",
+        metavar="FILE",
+    )
     rebuild: bool = setting(
         "build even when the images beside the output were made from the same inputs",
         False,

@@ -19,6 +19,7 @@ from bookend.features import (
     nbd,
     network,
     nfs,
+    pcrphase,
     pkcs11,
     plymouth,
     release,
@@ -70,6 +71,7 @@ _ORDER: tuple[Feature, ...] = (
     storage_daemons.FEATURE,
     units.FEATURE,
     vconsole.FEATURE,
+    pcrphase.FEATURE,
 )
 ALL: dict[str, Feature] = {feature.name: feature for feature in (*_ORDER, *SHIPPED.values())}
 

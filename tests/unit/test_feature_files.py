@@ -294,6 +294,7 @@ def test_shipped_features_keep_their_place_in_the_plan_order() -> None:
         *("tpm2", "fido2", "pkcs11", "plymouth", "lvm", "mdraid", "btrfs", "resume", "network"),
         *("nbd", "iscsi", "nfs", "ssh", "activation", "hooks", "storage-daemons", "units"),
         *("vconsole",),
+        "pcrphase",
     ]
 
 

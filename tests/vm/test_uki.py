@@ -1,34 +1,63 @@
-"""`bookend build --uki`: a UKI made by trixie's ukify boots under UEFI firmware.
+"""`bookend build --uki`: a UKI made by trixie's ukify, signed, boots under Secure Boot;
+unsigned and foreign-signed copies of it are refused.
 
 Debian 12 has no ukify, so the UKI is built from a cached Debian 13 tree
-(harness/ukisysroot.py) with its kernel, stub and ukify. OVMF boots it from an
-ESP with no command line from outside: the root and the test's token reach the
-kernel only through the UKI's own .cmdline. The root disk is the usual bookworm
-one, whose systemd reports the token after switch-root.
+(harness/ukisysroot.py) with its kernel, stub, ukify and systemd-measure, signed with a
+db key the test makes (and with PCR 11 signatures). One boot proves it all: the test
+enrolls a PK, a KEK and that db key into a copy of OVMF's variables
+(harness/secureboot.py) and gives OVMF's Secure Boot build three FAT ESPs in boot order:
+the same UKI with its signature removed, then signed by a key the firmware does not
+know, then as bookend signed it. The firmware must refuse the first two ("Access
+Denied") and start the third with no command line from outside: the root and the
+test's token reach the kernel only through the UKI's own .cmdline. The root disk is the
+usual bookworm one, whose systemd reports the token after switch-root; a job there reads
+the SecureBoot EFI variable (1: enforcing) and the kernel's lockdown state, which the
+test checks in what the guest wrote back.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from bookend.inspect.check import check_image
 from bookend.resolve import newest_kernel
+from harness.guestjob import job_status, make_job_disk, read_job_output
 from harness.images import QEMU_VIRTIO_EXT4, bookend
-from harness.qemu import OVMF, Boot, BootOptions
+from harness.qemu import Boot, BootOptions, Disk, boot
 from harness.rootdisk import RootDisk
-from harness.token import boot_to_token, new_token
+from harness.secureboot import KeyPair, enrolled_vars, make_esp, make_key_pair, missing_tools
+from harness.token import expect_token, new_token
 from harness.ukisysroot import ensure_trixie_sysroot
 
-BOOT_LIMIT = 600
+BOOT_LIMIT = 900
+# Seconds until the firmware tries its first boot entry (OVMF's start with SMM, emulated,
+# on a loaded machine), then for each refusal: OVMF reads and hashes the 38 MB file
+# (about 20 s, emulated); a refusal that takes much longer is no refusal.
+FIRMWARE_LIMIT = 360
+REFUSAL_LIMIT = 150
+EFI_GLOBAL = "8be4df61-93ca-11d2-aa0d-00e098032b8c"
+# The job prints SecureBoot's and SetupMode's value bytes (after the 4 attribute bytes)
+# and the kernel's lockdown modes, and keeps them on its disk.
+JOB = f"""#!/bin/sh
+vars=/sys/firmware/efi/efivars
+[ -e $vars/SecureBoot-{EFI_GLOBAL} ] || mount -t efivarfs efivarfs $vars
+secure=$(od -An -tu1 -j4 -N1 $vars/SecureBoot-{EFI_GLOBAL} | tr -d ' ')
+setup=$(od -An -tu1 -j4 -N1 $vars/SetupMode-{EFI_GLOBAL} | tr -d ' ')
+lockdown=$(cat /sys/kernel/security/lockdown)
+echo "SecureBoot=$secure SetupMode=$setup lockdown=$lockdown" | tee /job/out/secureboot
+echo "BOOKEND-SECUREBOOT SecureBoot=$secure SetupMode=$setup" > /dev/console
+"""
 
 
 @pytest.fixture(scope="module")
 def uki_sysroot() -> Path:
-    if not OVMF.is_file():
-        pytest.skip(f"no UEFI firmware {OVMF} (apt install ovmf)")
+    if missing_tools():
+        pytest.skip(f"missing {', '.join(missing_tools())} (scripts/setup)")
     return ensure_trixie_sysroot()
 
 
@@ -38,40 +67,79 @@ def pe_sections(image: Path) -> dict[str, bytes]:
     return {s.Name.rstrip(b"\0").decode(): s.get_data().rstrip(b"\0") for s in pe.sections}
 
 
-def test_uki_from_a_trixie_sysroot_boots_the_root_under_ovmf(
+def refused_copies(signed: Path, other: KeyPair) -> tuple[Path, Path]:
+    """signed with its signature removed, and that signed by another key."""
+    unsigned = signed.with_name("unsigned.efi")
+    shutil.copyfile(signed, unsigned)
+    subprocess.run(["sbattach", "--remove", unsigned], check=True, capture_output=True)
+    foreign = signed.with_name("foreign.efi")
+    subprocess.run(["sbsign", "--key", other.key, "--cert", other.cert, "--output", foreign,
+                    unsigned], check=True, capture_output=True)  # fmt: skip
+    return unsigned, foreign
+
+
+def test_signed_uki_boots_the_root_under_secure_boot_unsigned_and_foreign_are_refused(
     uki_sysroot: Path, root_disk: RootDisk, tmp_path: Path, console_log: Path
 ) -> None:
     kver = newest_kernel(uki_sysroot)
     assert kver is not None
+    db, other, pcr = (make_key_pair(tmp_path / "keys", name) for name in ("db", "other", "pcr"))
     token = new_token()
-    cmdline = f"console=ttyS0 panic=-1 root=UUID={root_disk.uuid} rw bookend.token={token}"
-    uki = tmp_path / "uki.efi"
+    # no_timer_check: an emulated CPU on a loaded host can miss the kernel's early timer
+    # interrupt test ("IO-APIC + timer doesn't work!", a panic), seen on q35 here.
+    cmdline = (f"console=ttyS0 panic=-1 no_timer_check root=UUID={root_disk.uuid} rw "
+               f"bookend.token={token} bookend.job")  # fmt: skip
+    signed = tmp_path / "uki.efi"
     result = bookend("build", "--sysroot", str(uki_sysroot), "--kver", kver, "--uki",
-                     "--cmdline", cmdline, "-o", str(uki), *QEMU_VIRTIO_EXT4,
-                     check=False)  # fmt: skip
+                     "--cmdline", cmdline, "-o", str(signed), *QEMU_VIRTIO_EXT4,
+                     "--secureboot-key", str(db.key), "--secureboot-cert", str(db.cert),
+                     "--pcr-private-key", str(pcr.key),
+                     # The job reads the SecureBoot variable through efivarfs.
+                     "--add-module", "efivarfs", check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    sections = pe_sections(uki)
+    sections = pe_sections(signed)
     assert sections[".cmdline"].decode() == cmdline
     assert sections[".uname"].decode() == kver
     assert b"VERSION_CODENAME=trixie" in sections[".osrel"]  # the sysroot's, not the host's
+    # PCR 11 signatures (tests/image/test_signed_uki.py verifies them).
+    assert json.loads(sections[".pcrsig"])["sha256"][0]["pcrs"] == [11]
     # The exitrd is still a plain image beside the UKI.
     exitrd = tmp_path / f"exitrd.img-{kver}"
     assert check_image(exitrd).kind == "exitrd" and check_image(exitrd).problems == []
 
-    esp = tmp_path / "esp"
-    (esp / "EFI/BOOT").mkdir(parents=True)
-    shutil.copyfile(uki, esp / "EFI/BOOT/BOOTX64.EFI")
-    kernel_version = kver.replace("+", "[+]")
-
-    def through_the_stub(vm: Boot) -> None:
-        vm.expect(r"EFI stub: Loaded initrd", timeout=240)
-        vm.expect(rf"Linux version {kernel_version}", timeout=60)
-        # systemd 257 greets an initrd with "Booting initrd of", 252 with "Welcome to".
-        vm.expect(r"(Welcome to|Booting initrd of) .*\(bookend initrd\)", timeout=240)
-        vm.expect(r"Reached target .*initrd\.target", timeout=240)
-        vm.expect(r"Welcome to Debian GNU/Linux [^\n]*!", timeout=180)
-
-    # The token is already in the UKI's own command line, so it is not given again.
-    options = BootOptions(esp=esp, disks=(root_disk.image,), timeout=BOOT_LIMIT,
+    esps = [make_esp(tmp_path / f"{uki.stem}.esp", uki)
+            for uki in (*refused_copies(signed, other), signed)]  # fmt: skip
+    job = make_job_disk(tmp_path / "job.img", JOB)
+    disks: tuple[Disk | Path, ...] = (
+        *(Disk(esp, bootindex=index) for index, esp in enumerate(esps)),
+        root_disk.image,
+        job,
+    )
+    variables = enrolled_vars(tmp_path / "keys", db)
+    options = BootOptions(secure_boot_vars=variables, disks=disks, timeout=BOOT_LIMIT,
                           log_path=console_log)  # fmt: skip
-    boot_to_token(options, on_the_way=through_the_stub, token=token)
+    with boot(options) as vm:
+        through_the_firmware_and_stub(vm, kver)
+        printed = vm.expect(r"BOOKEND-JOB-STATUS (\d+)", timeout=BOOT_LIMIT)
+        expect_token(vm, token, BOOT_LIMIT)
+    assert "starting Boot0001" not in vm.text and "starting Boot0002" not in vm.text
+    assert printed.group(1) == "0" and job_status(job.path) == 0
+    found = read_job_output(job.path, "secureboot", tmp_path / "secureboot").read_text()
+    # Enforcing: SecureBoot 1 and user mode (a PK enrolled), and the kernel locked down.
+    assert found.startswith("SecureBoot=1 SetupMode=0 lockdown="), found
+    assert "[integrity]" in found or "[confidentiality]" in found, found
+
+
+def through_the_firmware_and_stub(vm: Boot, kver: str) -> None:
+    vm.expect(r"BdsDxe: loading Boot0001 ", timeout=FIRMWARE_LIMIT)
+    for entry in ("Boot0001", "Boot0002"):  # the unsigned, then the foreign one
+        vm.expect(rf"failed to load {entry} [^\n]*: Access Denied", timeout=REFUSAL_LIMIT)
+    vm.expect(r"starting Boot0003 ", timeout=REFUSAL_LIMIT)
+    vm.expect(r"EFI stub: Loaded initrd", timeout=240)
+    vm.expect(r"EFI stub: UEFI Secure Boot is enabled", timeout=60)
+    vm.expect(rf"Linux version {kver.replace('+', '[+]')}", timeout=60)
+    vm.expect(r"secureboot: Secure boot enabled", timeout=60)  # the kernel's own check
+    # systemd 257 greets an initrd with "Booting initrd of", 252 with "Welcome to".
+    vm.expect(r"(Welcome to|Booting initrd of) .*\(bookend initrd\)", timeout=240)
+    vm.expect(r"Reached target .*initrd\.target", timeout=240)
+    vm.expect(r"Welcome to Debian GNU/Linux [^\n]*!", timeout=180)
