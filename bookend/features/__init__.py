@@ -7,7 +7,10 @@ feature would be written.
 
 from bookend.features import (
     activation,
+    credentials,
+    debug,
     emergency,
+    extensions,
     fido2,
     filesystems,
     hooks,
@@ -64,6 +67,9 @@ _ORDER: tuple[Feature, ...] = (
     storage_daemons.FEATURE,
     units.FEATURE,
     vconsole.FEATURE,
+    credentials.FEATURE,
+    extensions.FEATURE,
+    debug.FEATURE,
 )
 ALL: dict[str, Feature] = {feature.name: feature for feature in (*_ORDER, *SHIPPED.values())}
 

@@ -71,6 +71,7 @@ def test_settings_that_switch_features_on_are_config_fields() -> None:
         "ssh_authorized_keys",
         *("keymap", "console_font"),
         "splash",
+        *("credentials", "sysexts", "confexts"),
     }
     assert declared <= {field.name for field in dataclasses.fields(Config)}
 

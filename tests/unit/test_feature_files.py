@@ -292,6 +292,7 @@ def test_shipped_features_keep_their_place_in_the_plan_order() -> None:
         *("systemd", "udev", "kmod", "filesystems", "emergency", "release", "dm", "luks"),
         *("tpm2", "fido2", "pkcs11", "plymouth", "lvm", "mdraid", "btrfs", "network", "nbd"),
         *("iscsi", "nfs", "ssh", "activation", "hooks", "storage-daemons", "units", "vconsole"),
+        *("credentials", "extensions", "debug"),
     ]
 
 
