@@ -205,11 +205,11 @@ def break_shell(vm: Boot) -> None:
         "n=0; while read -r d m r; do [ $m = /sysroot ] && n=1; done < /proc/mounts; "
         "echo BOOKEND-BREAK $((6 * 8)) sysroot-mounted=$n\n"
     )
-    attempts = 15
+    attempts = 30
     for attempt in range(attempts):
         vm.send(command)
         try:
-            vm.expect("BOOKEND-BREAK 48 sysroot-mounted=0", 20)
+            vm.expect("BOOKEND-BREAK 48 sysroot-mounted=0", 10)
             break
         except AssertionError:
             if attempt == attempts - 1:
