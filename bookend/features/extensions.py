@@ -44,6 +44,12 @@ SYSEXT_DIR = "/etc/extensions"
 CONFEXT_DIR = "/usr/lib/confexts"
 SYSEXT_UNIT = "systemd-sysext.service"
 CONFEXT_UNIT = "systemd-confext.service"
+# Loaded by systemd-modules-load before the merge, not left to the kernel's requests:
+# /dev/loop-control is a static node, and systemd 252's sysext failed in the initrd with
+# loop not loaded.
+MODULES = ("loop", "squashfs", "overlay")  # erofs: by the kernel's request, where present
+MODULES_LOAD = "/etc/modules-load.d/bookend-extensions.conf"
+AFTER_MODULES = b"[Unit]\nWants=systemd-modules-load.service\nAfter=systemd-modules-load.service\n"
 
 
 def _embedded(
@@ -82,6 +88,13 @@ def _extensions(context: FeatureContext) -> Contribution:
                 items += embedded
                 items.append(Request(RequestKind.UNIT, unit, reason))
                 items.append(wants_link("sysinit.target", "wants", unit, reason))
+                dropin = f"/etc/systemd/system/{unit}.d/bookend-modules.conf"
+                entry = ArchiveEntry(dropin, EntryKind.FILE, 0o644, data=AFTER_MODULES)
+                items.append(Generated(entry, reason))
+    if items:
+        text = "".join(f"{name}\n" for name in MODULES).encode()
+        entry = ArchiveEntry(MODULES_LOAD, EntryKind.FILE, 0o644, data=text)
+        items.append(Generated(entry, reason))
     return items
 
 
@@ -91,6 +104,7 @@ FEATURE = Feature(
     "in the initrd (--add-sysext, --add-confext)",
     # A plain image is mounted from a loop device; overlayfs stacks it over /usr or /etc.
     modules=("loop", "squashfs", "?erofs", "overlay"),
+    requires=("kmod",),
     compute=_extensions,
     switch_on=SwitchOn(settings=("sysexts", "confexts")),
 )
