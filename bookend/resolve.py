@@ -84,6 +84,8 @@ def resolve(
     _check_detection_trees(settings, problems)
     _check_sysexts(settings, problems)
     _check_shutdown(settings, problems)
+    _check_initrd_extensions(settings, problems)
+    _check_credentials(settings, problems)
     _check_authorized_keys(settings, problems)
     check_keys(values, origins, problems)
     problems.raise_if_any()
@@ -167,6 +169,7 @@ def _check_in_sysroot(settings: Settings, cache: ScanCache, problems: Problems) 
         if find_unit(root, unit) is None:
             problems.add(source, "storage_daemons", f"unit {unit} not found in the sysroot")
     _check_units(settings, root, problems)
+    _check_confext_support(settings, root, problems)
     return kver
 
 
@@ -301,6 +304,37 @@ def _check_shutdown(settings: Settings, problems: Problems) -> None:
     if path is not None and not os.path.isfile(path):
         what = "no such file" if not os.path.lexists(path) else "not a file"
         problems.add(settings.origins["exitrd_shutdown"], "exitrd_shutdown", f"{path}: {what}")
+
+
+def _check_credentials(settings: Settings, problems: Problems) -> None:
+    """Each credential's file is a readable file on this machine."""
+    for (name, path), source in _items(settings, "credentials"):
+        if not os.path.isfile(path):
+            what = "no such file" if not os.path.lexists(path) else "not a file"
+            problems.add(source, "credentials", f"{name}: {path}: {what}")
+        elif not os.access(path, os.R_OK):
+            problems.add(source, "credentials", f"{name}: {path}: not readable")
+
+
+def _check_initrd_extensions(settings: Settings, problems: Problems) -> None:
+    """Each extension is a file here (what it holds is checked when the initrd is
+    planned, bookend.features.extensions)."""
+    for key in ("sysexts", "confexts"):
+        for name, source in _items(settings, key):
+            if not os.path.isfile(name):
+                what = "no such file" if not os.path.lexists(name) else "not an image file"
+                problems.add(source, key, f"{name}: {what}")
+
+
+def _check_confext_support(settings: Settings, sysroot: Sysroot, problems: Problems) -> None:
+    """Configuration extensions need systemd-confext (systemd 254 and later)."""
+    confexts = _items(settings, "confexts")
+    if confexts and find_unit(sysroot, "systemd-confext.service") is None:
+        problems.add(
+            confexts[0][1],
+            "confexts",
+            "the sysroot's systemd has no systemd-confext.service (systemd 254 and later)",
+        )
 
 
 def _check_authorized_keys(settings: Settings, problems: Problems) -> None:

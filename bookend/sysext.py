@@ -34,6 +34,7 @@ import shutil
 import stat
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from bookend import arches, proc
@@ -55,6 +56,22 @@ GPT_MAGIC = b"EFI PART"  # at 512: a disk image with partitions (a DDI)
 # What unpacks each kind of image in user space, and the Debian package that has it.
 UNPACKERS = {"squashfs": ("unsquashfs", "squashfs-tools"), "erofs": ("fsck.erofs", "erofs-utils")}
 SHUTDOWN = "/usr/lib/systemd/systemd-shutdown"
+
+
+@dataclass(frozen=True)
+class ExtensionKind:
+    """What differs between the extensions checked here: a system extension (merged
+    into /usr and /opt) or a configuration extension (into /etc), and which image it is
+    for, as the messages name it."""
+
+    release_dir: str  # where its extension-release.NAME is
+    prefix: str  # of its release keys: SYSEXT_SCOPE, SYSEXT_LEVEL or CONFEXT_...
+    image: str  # "the exitrd", "the initrd"
+
+
+EXITRD_SYSEXT = ExtensionKind(RELEASE_DIR, "SYSEXT", "the exitrd")
+INITRD_SYSEXT = ExtensionKind(RELEASE_DIR, "SYSEXT", "the initrd")
+INITRD_CONFEXT = ExtensionKind("etc/extension-release.d", "CONFEXT", "the initrd")
 
 
 def extension_name(path: Path) -> str:
@@ -121,30 +138,39 @@ def _unpack(kind: str, image: Path, destination: Path) -> None:
         raise ConfigError(f"{image}: not a readable {kind} image ({exc})") from None
 
 
-def check_extension(path: Path, tree: Path, sysroot: Sysroot) -> None:
-    """The extension fits the exitrd as systemd-sysext would judge it; ConfigError
-    naming the extension and what does not match otherwise."""
+def check_extension(
+    path: Path, tree: Path, sysroot: Sysroot, kind: ExtensionKind = EXITRD_SYSEXT
+) -> None:
+    """The extension fits the image as systemd-sysext (or systemd-confext) would judge
+    it; ConfigError naming the extension and what does not match otherwise."""
     name = extension_name(path)
-    release_path = tree / RELEASE_DIR / f"extension-release.{name}"
+    release_dir = kind.release_dir
+    release_path = tree / release_dir / f"extension-release.{name}"
     if not release_path.is_file():
-        raise ConfigError(f"{path}: not a system extension (no {RELEASE_DIR}/{release_path.name})")
+        what = "system" if kind.prefix == "SYSEXT" else "configuration"
+        raise ConfigError(f"{path}: not a {what} extension (no {release_dir}/{release_path.name})")
     if (tree / "usr/lib/os-release").exists():
         raise ConfigError(f"{path}: holds usr/lib/os-release, which an extension may not replace")
     release = parse_os_release(release_path.read_text(errors="replace"))
     host_text = sysroot.read_text("/etc/os-release") or sysroot.read_text("/usr/lib/os-release")
-    problem = release_mismatch(release, parse_os_release(host_text or ""), _architecture(sysroot))
+    host = parse_os_release(host_text or "")
+    problem = release_mismatch(release, host, _architecture(sysroot), kind)
     if problem:
-        raise ConfigError(f"{path}: {RELEASE_DIR}/{release_path.name}: {problem}")
+        raise ConfigError(f"{path}: {release_dir}/{release_path.name}: {problem}")
 
 
 def release_mismatch(
-    release: Mapping[str, str], host: Mapping[str, str], architecture: str | None
+    release: Mapping[str, str],
+    host: Mapping[str, str],
+    architecture: str | None,
+    kind: ExtensionKind = EXITRD_SYSEXT,
 ) -> str | None:
-    """Why an extension's release fields do not fit the exitrd's os-release, or None."""
-    scopes = release.get("SYSEXT_SCOPE", "system portable").split()
+    """Why an extension's release fields do not fit the image's os-release, or None."""
+    image, scope_key, level_key = kind.image, f"{kind.prefix}_SCOPE", f"{kind.prefix}_LEVEL"
+    scopes = release.get(scope_key, "system portable").split()
     if "initrd" not in scopes:
         listed = " ".join(scopes)
-        return f"SYSEXT_SCOPE is '{listed}'; the exitrd is an initrd, so it must list initrd"
+        return f"{scope_key} is '{listed}'; {image} is an initrd, so it must list initrd"
     wanted_architecture = release.get("ARCHITECTURE", "")
     if wanted_architecture not in ("", "_any") and architecture not in (None, wanted_architecture):
         return f"ARCHITECTURE={wanted_architecture}, but the sysroot is {architecture}"
@@ -153,18 +179,18 @@ def release_mismatch(
         return None
     host_id = host.get("ID", "")
     if not ext_id or (ext_id != host_id and ext_id not in host.get("ID_LIKE", "").split()):
-        return f"ID={ext_id or '(none)'}, but the exitrd's os-release says ID={host_id} (or _any)"
-    host_level, ext_level = host.get("SYSEXT_LEVEL", ""), release.get("SYSEXT_LEVEL", "")
+        return f"ID={ext_id or '(none)'}, but {image}'s os-release says ID={host_id} (or _any)"
+    host_level, ext_level = host.get(level_key, ""), release.get(level_key, "")
     if host_level and ext_level:
         if host_level != ext_level:
-            return f"SYSEXT_LEVEL={ext_level}, but the exitrd's is {host_level}"
+            return f"{level_key}={ext_level}, but {image}'s is {host_level}"
         return None
     host_version = host.get("VERSION_ID", "")
     ext_version = release.get("VERSION_ID", "")
     if host_version and ext_version != host_version:
         return (
-            f"VERSION_ID={ext_version or '(none)'}, but the exitrd's os-release says "
-            f"VERSION_ID={host_version} (or give SYSEXT_LEVEL, or ID=_any)"
+            f"VERSION_ID={ext_version or '(none)'}, but {image}'s os-release says "
+            f"VERSION_ID={host_version} (or give {level_key}, or ID=_any)"
         )
     return None
 

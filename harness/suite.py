@@ -82,6 +82,7 @@ TRIXIE_TREE_MODULES = (
     "test_units.py",
     "test_exitrd_extensions.py",
     "test_feature_files.py",
+    "test_credentials_extensions.py",
 )
 DRACUT_MODULES = ("test_inspect_images.py",)
 # ... and the NFS server guest's disk (harness/serverguest.py).

@@ -141,6 +141,9 @@ class BootOptions:
     network: tuple[str, ...] = ()
     # More QEMU arguments for devices a test adds: a TPM (-tpmdev/-device), a display.
     devices: tuple[str, ...] = ()
+    # More QEMU arguments that add no ACPI table of their own, so the PVH entry still
+    # works: SMBIOS strings (-smbios type=11,...), another serial port.
+    plain_devices: tuple[str, ...] = ()
     # Descriptors QEMU inherits, e.g. the sockets of a network link between guests.
     pass_fds: tuple[int, ...] = ()
     # Seconds after which QEMU is killed, whatever the test still waits for.
@@ -206,7 +209,8 @@ def qemu_argv(options: BootOptions) -> list[str]:
         argv += uefi_args(options.esp)
     if options.qmp_socket is not None:
         argv += ["-qmp", f"unix:{os.fspath(options.qmp_socket)},server=on,wait=off"]
-    return argv + list(options.devices) + drive_args(options.attached)
+    extra = [*options.plain_devices, *options.devices]
+    return argv + extra + drive_args(options.attached)
 
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")

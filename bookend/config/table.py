@@ -124,6 +124,26 @@ def parse_unit_item(item: str) -> tuple[str, str | None]:
     return unit, target or None
 
 
+# A credential's name as systemd accepts one: a file name of at most 255 bytes.
+CREDENTIAL_NAME = r"[A-Za-z0-9_.:@+-]{1,255}"
+
+
+def credential_problem(item: str) -> str | None:
+    """NAME=FILE: NAME a credential name, FILE a path on the building machine."""
+    name, sep, path = item.partition("=")
+    if not sep or not path:
+        return f"'{_short(item)}' is not NAME=FILE"
+    if not re.fullmatch(CREDENTIAL_NAME, name) or name in (".", ".."):
+        return f"'{_short(name)}' is not a credential name (letters, digits and _.:@+-)"
+    return None
+
+
+def parse_credential(item: str) -> tuple[str, str]:
+    """NAME=FILE as (name, absolute path of FILE, relative to the current directory)."""
+    name, _, path = item.partition("=")
+    return name, os.path.abspath(path)
+
+
 def hook_problem(hook: str) -> str | None:
     point, sep, command = hook.partition("=")
     point = point.strip()
@@ -386,6 +406,33 @@ class Config:
         "from Debian's systemd-standalone-shutdown) to be the exitrd's /shutdown; its "
         "libraries come from the sysroot (default: the sysroot's, standalone if it has one)",
         metavar="FILE",
+    )
+    credentials: tuple[tuple[str, str], ...] = setting(  # (name, file on this machine)
+        "systemd credentials embedded in the initrd for its services' LoadCredential=/"
+        "ImportCredential=, as NAME=FILE (a FILE ending in .cred is an encrypted one); "
+        "the image is then written mode 0600 (feature credentials)",
+        [],
+        flag="--credential",
+        metavar="NAME=FILE",
+        check=credential_problem,
+        parse_item=parse_credential,
+        show_item=lambda item: f"{item[0]}={item[1]}",
+    )
+    sysexts: tuple[str, ...] = setting(
+        "system extensions (a squashfs or erofs image, or a directory) systemd-sysext "
+        "merges into the initrd's /usr and /opt at boot (feature extensions)",
+        [],
+        flag="--add-sysext",
+        metavar="FILE",
+        parse_item=os.path.abspath,
+    )
+    confexts: tuple[str, ...] = setting(
+        "configuration extensions (an image or a directory) systemd-confext merges into "
+        "the initrd's /etc at boot; systemd 254 and later (feature extensions)",
+        [],
+        flag="--add-confext",
+        metavar="FILE",
+        parse_item=os.path.abspath,
     )
     units: tuple[tuple[str, str | None], ...] = setting(  # (unit, target or None: [Install])
         "sysroot units to add to the initrd with what they run and need, enabled per their "

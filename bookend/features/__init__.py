@@ -7,7 +7,10 @@ feature would be written.
 
 from bookend.features import (
     activation,
+    credentials,
+    debug,
     emergency,
+    extensions,
     fido2,
     filesystems,
     hooks,
@@ -72,6 +75,9 @@ _ORDER: tuple[Feature, ...] = (
     units.FEATURE,
     vconsole.FEATURE,
     pcrphase.FEATURE,
+    credentials.FEATURE,
+    extensions.FEATURE,
+    debug.FEATURE,
 )
 ALL: dict[str, Feature] = {feature.name: feature for feature in (*_ORDER, *SHIPPED.values())}
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from bookend.archive import ArchiveEntry, EntryKind
-from bookend.config import Config, EmergencyAccess
+from bookend.config import HOOK_POINTS, Config, EmergencyAccess
 from bookend.features.base import Contribution, Feature, FeatureContext, Generated
+from bookend.features.hooks import POINT_ORDER, UNIT_DIR, wants_link
 
 PASSWD = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
 
@@ -37,6 +38,84 @@ SHOW_ERRORS_DROPIN = (
     b"[Service]\n"
     b"ExecStartPre=-/usr/bin/journalctl --no-pager --boot --priority=err --output=short-monotonic\n"
 )
+
+
+# A bare rd.break stops before switch-root, as dracut's does. systemd's
+# ConditionKernelCommandLine=rd.break matches rd.break=POINT too, so this tells them apart
+# (shell builtins only).
+BARE_BREAK = """\
+#!/bin/sh
+# Written by bookend: exit 0 when the kernel command line has a bare rd.break.
+set -f
+read -r cmdline < /proc/cmdline
+for word in $cmdline; do
+    [ "$word" = rd.break ] && exit 0
+done
+exit 1
+"""
+BARE_BREAK_SCRIPT = "/usr/lib/bookend/rd-break-bare"
+BARE_BREAK_UNIT = "bookend-break.service"
+
+
+def break_unit(point: str, access: EmergencyAccess, bare: bool = False) -> str:
+    """The unit that stops the boot at point for a shell, when rd.break=point asks (or,
+    bare, a plain rd.break).
+
+    The shell is sulogin's, as in emergency mode: the emergency shell setting says who
+    gets it (a locked image asks for Enter and goes on). It runs before the point's
+    hooks, and the units ordered after the point wait until the shell is left. Only
+    conditions on the command line decide, so no unit but the one asked for takes the
+    console (the bare one runs its check alone: nothing else stops at its point)."""
+    after, before = POINT_ORDER[point]
+    # What systemd-sulogin-shell passes when SYSTEMD_SULOGIN_FORCE=1 (UNLOCK_DROPIN).
+    force = " --force" if access is EmergencyAccess.UNLOCKED else ""
+    if bare:
+        asked = "ConditionKernelCommandLine=rd.break\n"
+        check = f"ExecCondition=/bin/sh {BARE_BREAK_SCRIPT}\n"
+        after = (*after, f"bookend-break-{point}.service")
+        word = "rd.break"
+    else:
+        asked, check, word = (
+            f"ConditionKernelCommandLine=rd.break={point}\n",
+            "",
+            f"rd.break={point}",
+        )
+    message = f"bookend: {word}: stopped; leave the shell (exit) to go on with the boot"
+    return f"""\
+# Written by bookend: {word} stops the boot here for a shell.
+[Unit]
+Description=bookend {word}
+DefaultDependencies=no
+ConditionPathExists=/etc/initrd-release
+{asked}After={" ".join(after)}
+Before={" ".join(before)} bookend-hook-{point}-1.service
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+{check}ExecStartPre=/bin/sh -c "echo '{message}'"
+ExecStart=-sulogin{force}
+StandardInput=tty-force
+StandardOutput=inherit
+StandardError=inherit
+TTYPath=/dev/console
+TTYReset=yes
+TTYVHangup=yes
+KillMode=process
+TimeoutStartSec=infinity
+"""
+
+
+def _break_units(config: Config) -> list[Generated]:
+    reason = "feature emergency: rd.break stops the boot for a shell"
+    script = ArchiveEntry(BARE_BREAK_SCRIPT, EntryKind.FILE, 0o755, data=BARE_BREAK.encode())
+    entries = [Generated(script, reason)]
+    units = [(f"bookend-break-{point}.service", point, False) for point in HOOK_POINTS]
+    for name, point, bare in [*units, (BARE_BREAK_UNIT, "pre-pivot", True)]:
+        text = break_unit(point, config.emergency_access, bare).encode()
+        entry = ArchiveEntry(f"{UNIT_DIR}/{name}", EntryKind.FILE, 0o644, data=text)
+        entries += [Generated(entry, reason), wants_link("initrd.target", "wants", name, reason)]
+    return entries
 
 
 def _shadow_line(config: Config) -> str:
@@ -77,12 +156,13 @@ def _accounts(context: FeatureContext) -> Contribution:
             entries.append(
                 Generated(ArchiveEntry(path, EntryKind.FILE, 0o644, data=UNLOCK_DROPIN), reason)
             )
-    return entries
+    return entries + _break_units(config)
 
 
 FEATURE = Feature(
     name="emergency",
-    help="sulogin and /bin/sh for emergency and rescue mode; root locked unless configured",
+    help="sulogin and /bin/sh for emergency and rescue mode and rd.break stops; root locked "
+    "unless configured",
     executables=("sulogin", "/bin/sh"),
     compute=_accounts,
 )

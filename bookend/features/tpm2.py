@@ -5,8 +5,17 @@ systemd 256 and later, tpm2.target and its generator order unlocking after the T
 
 from __future__ import annotations
 
-from bookend.features.base import Contribution, Feature, FeatureContext, SwitchOn
+from bookend.features.base import (
+    Contribution,
+    Feature,
+    FeatureContext,
+    Request,
+    RequestKind,
+    SwitchOn,
+)
 from bookend.features.tokens import TokenKind, contribution, switch
+from bookend.sysroot import Sysroot
+from bookend.units import find_unit
 
 KIND = TokenKind(
     feature="tpm2",
@@ -22,8 +31,19 @@ KIND = TokenKind(
 )
 
 
+# systemd 252 and later measure the boot's phases into PCR 11 (after a UKI's
+# systemd-stub measured the kernel): the initrd's phase is "enter-initrd". The unit
+# comes with the initrd.target.wants link systemd ships for it; it runs only under a
+# UKI and with a TPM (its conditions).
+PCRPHASE_UNIT = "systemd-pcrphase-initrd.service"
+
+
 def _contribution(context: FeatureContext) -> Contribution:
-    return contribution(KIND, context)
+    items = list(contribution(KIND, context))
+    if find_unit(Sysroot(context.config.sysroot), PCRPHASE_UNIT) is not None:
+        reason = "feature tpm2: measure the initrd phase into PCR 11"
+        items.append(Request(RequestKind.UNIT, PCRPHASE_UNIT, reason))
+    return items
 
 
 FEATURE = Feature(

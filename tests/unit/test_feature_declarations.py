@@ -72,6 +72,7 @@ def test_settings_that_switch_features_on_are_config_fields() -> None:
         *("keymap", "console_font"),
         "splash",
         "uki",  # pcrphase
+        *("credentials", "sysexts", "confexts"),
     }
     assert declared <= {field.name for field in dataclasses.fields(Config)}
 

@@ -295,6 +295,7 @@ def test_shipped_features_keep_their_place_in_the_plan_order() -> None:
         *("nbd", "iscsi", "nfs", "ssh", "activation", "hooks", "storage-daemons", "units"),
         *("vconsole",),
         "pcrphase",
+        *("credentials", "extensions", "debug"),
     ]
 
 

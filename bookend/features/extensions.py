@@ -1,0 +1,110 @@
+"""System and configuration extensions merged in the initrd by systemd itself.
+
+Unlike the exitrd's (bookend.sysext), these are merged at boot, as on a running system:
+each image goes into the initrd as it is, checked first by the rules systemd-sysext
+(or systemd-confext) applies, and systemd-sysext.service merges it into /usr and /opt
+before sysinit.target, so the initrd's units find its programs. The images lie where
+both systemd 252's and later versions' services look: system extensions in
+/etc/extensions, configuration extensions (systemd 254 and later) in /usr/lib/confexts.
+The same services merge what systemd-stub leaves in /.extra/sysext and /.extra/confext
+(systemd 254 and later) and what an earlier unit puts in /run/extensions. Merging needs
+a loop device, the image's file system and overlayfs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from bookend.archive import ArchiveEntry, EntryKind
+from bookend.config import Config
+from bookend.errors import ConfigError
+from bookend.features.base import (
+    Contribution,
+    Feature,
+    FeatureContext,
+    Generated,
+    Request,
+    RequestKind,
+    SwitchOn,
+)
+from bookend.features.hooks import wants_link
+from bookend.sysext import (
+    INITRD_CONFEXT,
+    INITRD_SYSEXT,
+    ExtensionKind,
+    check_extension,
+    extension_name,
+    extension_tree,
+    image_kind,
+)
+from bookend.sysroot import Sysroot
+
+SYSEXT_DIR = "/etc/extensions"
+CONFEXT_DIR = "/usr/lib/confexts"
+SYSEXT_UNIT = "systemd-sysext.service"
+CONFEXT_UNIT = "systemd-confext.service"
+# Loaded by systemd-modules-load before the merge, not left to the kernel's requests:
+# /dev/loop-control is a static node, and systemd 252's sysext failed in the initrd with
+# loop not loaded.
+MODULES = ("loop", "squashfs", "overlay")  # erofs: by the kernel's request, where present
+MODULES_LOAD = "/etc/modules-load.d/bookend-extensions.conf"
+AFTER_MODULES = b"[Unit]\nWants=systemd-modules-load.service\nAfter=systemd-modules-load.service\n"
+
+
+def _embedded(
+    config: Config, key: str, kind: ExtensionKind, directory: str, work: Path
+) -> list[Generated]:
+    """Each image of the setting key, checked, at directory/NAME.raw."""
+    sysroot = Sysroot(config.sysroot)
+    entries: list[Generated] = []
+    for index, name in enumerate(getattr(config, key)):
+        path = Path(name)
+        if path.is_dir():
+            raise ConfigError(
+                f"{path}: {key}: the initrd takes extension images (squashfs or erofs), "
+                f"not directories; make one with mksquashfs"
+            )
+        image_kind(path)  # a squashfs or erofs image, else one line naming it
+        check_extension(path, extension_tree(path, work / key / str(index)), sysroot, kind)
+        origin = config.origin_of(key, index)
+        target = f"{directory}/{extension_name(path)}.raw"
+        entry = ArchiveEntry(target, EntryKind.FILE, 0o644, source=path)
+        entries.append(Generated(entry, f"{key} ({origin}): extension {name}"))
+    return entries
+
+
+def _extensions(context: FeatureContext) -> Contribution:
+    config = context.config
+    items: list[Request | Generated] = []
+    reason = "feature extensions: merge the extensions before sysinit.target"
+    with tempfile.TemporaryDirectory(prefix="bookend-extensions-") as work:
+        for key, kind, directory, unit in (
+            ("sysexts", INITRD_SYSEXT, SYSEXT_DIR, SYSEXT_UNIT),
+            ("confexts", INITRD_CONFEXT, CONFEXT_DIR, CONFEXT_UNIT),
+        ):
+            embedded = _embedded(config, key, kind, directory, Path(work))
+            if embedded:
+                items += embedded
+                items.append(Request(RequestKind.UNIT, unit, reason))
+                items.append(wants_link("sysinit.target", "wants", unit, reason))
+                dropin = f"/etc/systemd/system/{unit}.d/bookend-modules.conf"
+                entry = ArchiveEntry(dropin, EntryKind.FILE, 0o644, data=AFTER_MODULES)
+                items.append(Generated(entry, reason))
+    if items:
+        text = "".join(f"{name}\n" for name in MODULES).encode()
+        entry = ArchiveEntry(MODULES_LOAD, EntryKind.FILE, 0o644, data=text)
+        items.append(Generated(entry, reason))
+    return items
+
+
+FEATURE = Feature(
+    name="extensions",
+    help="system and configuration extension images merged by systemd-sysext/-confext "
+    "in the initrd (--add-sysext, --add-confext)",
+    # A plain image is mounted from a loop device; overlayfs stacks it over /usr or /etc.
+    modules=("loop", "squashfs", "?erofs", "overlay"),
+    requires=("kmod",),
+    compute=_extensions,
+    switch_on=SwitchOn(settings=("sysexts", "confexts")),
+)

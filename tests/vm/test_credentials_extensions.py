@@ -1,0 +1,218 @@
+"""Issue 17, part A, in one boot: credentials, a system extension, the debug shell and an
+rd.break stop, all in a systemd initrd built from the Debian 13 tree (systemd 257),
+booting the usual Debian 12 root disk (systemd 252).
+
+- Credentials: one by SMBIOS type 11 (QEMU's -smbios), one by
+  `systemd.set_credential=` on the kernel command line, one embedded with
+  `--credential` (in /etc/credstore). A test package's service in the initrd loads all
+  three with LoadCredential= and prints them; it also writes a unit into /run for the
+  real root, whose systemd 252 loads the two given to the machine (the embedded one is
+  the initrd's) after switch-root and prints them.
+- `--add-sysext`: a squashfs extension brings a program the initrd's service runs;
+  its output comes only from the extension's file.
+- `--add-feature debug` and `rd.systemd.debug_shell=ttyS1`: a root shell on the second
+  serial port, where the test runs a command and reads its result.
+- `rd.break=pre-mount` (with `--emergency-shell unlocked`): the boot stops before the
+  root is mounted; the test runs a command in the shell on the console, leaves it, and
+  the boot goes on to the real root's token.
+Each check is a value the guest computed (the credentials are random), so a service
+that did not run, an extension not merged, or a shell that did not answer fails it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bookend.resolve import newest_kernel
+from harness.images import QEMU_VIRTIO_EXT4, bookend
+from harness.qemu import Boot, BootOptions, boot
+from harness.rootdisk import RootDisk
+from harness.token import expect_token, new_token, with_token
+from harness.treecopy import tree_with_files
+from harness.ukisysroot import ensure_trixie_sysroot
+
+BOOT_LIMIT = 900
+INITRD_UNIT = "bookend-creds-initrd.service"
+ROOT_UNIT = "bookend-creds-root.service"
+INITRD_UNIT_FILE = """\
+[Unit]
+Description=bookend test: credentials and a system extension in the initrd
+After=systemd-sysext.service
+Before=initrd.target
+
+[Service]
+Type=oneshot
+LoadCredential=smbcred
+LoadCredential=cmdcred
+LoadCredential=embcred
+ExecStart=bookend-creds-initrd
+StandardOutput=journal+console
+
+[Install]
+WantedBy=initrd.target
+"""
+# Shell builtins, and what --add-file brings (mkdir, cp, ln).
+INITRD_HELPER = f"""\
+#!/bin/sh
+set -eu
+# A credential need not end in a newline: read then fails, having read it.
+read -r smb < "$CREDENTIALS_DIRECTORY/smbcred" || true
+read -r cmd < "$CREDENTIALS_DIRECTORY/cmdcred" || true
+read -r emb < "$CREDENTIALS_DIRECTORY/embcred" || true
+echo "BOOKEND-CRED in=initrd smb=$smb cmd=$cmd emb=$emb"
+bookend-sysext-hello "$cmd"
+mkdir -p /run/systemd/system/multi-user.target.wants
+cp /usr/share/bookend-test/{ROOT_UNIT} /run/systemd/system/
+ln -sf ../{ROOT_UNIT} /run/systemd/system/multi-user.target.wants/{ROOT_UNIT}
+"""
+ROOT_UNIT_FILE = """\
+[Unit]
+Description=bookend test: the machine's credentials in the real root
+Before=bookend-test-report.service
+
+[Service]
+Type=oneshot
+LoadCredential=smbcred
+LoadCredential=cmdcred
+ExecStart=/bin/sh -c 'read -r s < "$$CREDENTIALS_DIRECTORY/smbcred"; \
+read -r c < "$$CREDENTIALS_DIRECTORY/cmdcred"; \
+echo "BOOKEND-CRED in=root smb=$$s cmd=$$c" > /dev/ttyS0'
+"""
+PACKAGE_FILES = {
+    f"/usr/lib/systemd/system/{INITRD_UNIT}": (INITRD_UNIT_FILE, 0o644),
+    "/usr/local/bin/bookend-creds-initrd": (INITRD_HELPER, 0o755),
+    f"/usr/share/bookend-test/{ROOT_UNIT}": (ROOT_UNIT_FILE, 0o644),
+}
+# What the initrd's helper runs besides shell builtins.
+TOOLS = ("--add-file", "/usr/bin/mkdir", "--add-file", "/usr/bin/cp", "--add-file", "/usr/bin/ln")
+EXTENSION_PROGRAM = """\
+#!/bin/sh
+echo "BOOKEND-SYSEXT merged-from-extension arg=$1"
+"""
+
+
+@pytest.fixture(scope="module")
+def test_sysroot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    copy = tmp_path_factory.mktemp("creds") / "sysroot"
+    with tree_with_files(ensure_trixie_sysroot(), copy, PACKAGE_FILES) as root:
+        yield root
+
+
+def make_extension(directory: Path) -> Path:
+    """A squashfs system extension for the Debian 13 initrd, with one program."""
+    tree = directory / "tree"
+    release = tree / "usr/lib/extension-release.d/extension-release.hello"
+    release.parent.mkdir(parents=True)
+    release.write_text("ID=debian\nVERSION_ID=13\nSYSEXT_SCOPE=initrd\n")
+    program = tree / "usr/bin/bookend-sysext-hello"
+    program.parent.mkdir(parents=True)
+    program.write_text(EXTENSION_PROGRAM)
+    program.chmod(0o755)
+    image = directory / "hello.raw"
+    subprocess.run(["mksquashfs", str(tree), str(image), "-all-root", "-noappend", "-quiet"],
+                   check=True)  # fmt: skip
+    return image
+
+
+class SerialPort:
+    """The guest's ttyS1, on a Unix socket QEMU listens on."""
+
+    def __init__(self, path: Path) -> None:
+        deadline = time.monotonic() + 60
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        while True:
+            try:
+                self.sock.connect(os.fspath(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        self.text = ""
+
+    def expect(self, wanted: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while wanted not in self.text:
+            left = deadline - time.monotonic()
+            assert left > 0, f"ttyS1 never showed {wanted!r}; it showed {self.text[-2000:]!r}"
+            self.sock.settimeout(left)
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            assert data, f"ttyS1 closed; it showed {self.text[-2000:]!r}"
+            self.text += data.decode(errors="replace")
+
+    def send(self, text: str) -> None:
+        self.sock.sendall(text.encode())
+
+
+def test_credentials_sysext_debug_shell_and_rd_break(
+    test_sysroot: Path, root_disk: RootDisk, tmp_path: Path, console_log: Path
+) -> None:
+    kver = newest_kernel(test_sysroot)
+    assert kver is not None
+    smb, cmd, emb = new_token(), new_token(), new_token()
+    (tmp_path / "embcred").write_text(emb + "\n")
+    initrd = tmp_path / "initrd.img"
+    result = bookend("build", "--sysroot", str(test_sysroot), "--kver", kver, "-o", str(initrd),
+                     "--no-exitrd", "--add-unit", INITRD_UNIT, *QEMU_VIRTIO_EXT4,
+                     "--credential", f"embcred={tmp_path / 'embcred'}",
+                     "--add-sysext", str(make_extension(tmp_path)),
+                     "--add-feature", "debug", "--emergency-shell", "unlocked",
+                     *TOOLS,
+                     "--add-file", f"/usr/share/bookend-test/{ROOT_UNIT}",
+                     check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert initrd.stat().st_mode & 0o777 == 0o600  # it holds a credential
+
+    token = new_token()
+    serial = tmp_path / "ttyS1.sock"
+    append = (f"root=UUID={root_disk.uuid} rw systemd.set_credential=cmdcred:{cmd} "
+              "rd.systemd.debug_shell=ttyS1 rd.break=pre-mount")  # fmt: skip
+    options = BootOptions(
+        kernel=test_sysroot / f"boot/vmlinuz-{kver}", initrd=initrd, disks=(root_disk.image,),
+        append=append, timeout=BOOT_LIMIT, log_path=console_log,
+        plain_devices=("-smbios", f"type=11,value=io.systemd.credential:smbcred={smb}",
+                       "-chardev", f"socket,id=ttyS1,path={serial},server=on,wait=off",
+                       "-serial", "chardev:ttyS1"),
+    )  # fmt: skip
+    with boot(with_token(options, token)) as vm:
+        port = SerialPort(serial)
+        vm.expect(f"BOOKEND-CRED in=initrd smb={smb} cmd={cmd} emb={emb}", 400)
+        vm.expect(f"BOOKEND-SYSEXT merged-from-extension arg={cmd}", 60)
+        # The debug shell: a root shell on ttyS1 while the boot waits at its break.
+        port.send("echo BOOKEND-DEBUG $((6 * 7))\n")
+        port.expect("BOOKEND-DEBUG 42", 120)
+        break_shell(vm)
+        vm.expect(f"BOOKEND-CRED in=root smb={smb} cmd={cmd}\n", 400)
+        expect_token(vm, token, 300)
+
+
+def break_shell(vm: Boot) -> None:
+    """rd.break=pre-mount stopped the boot with a shell on the console: use it (the root
+    is not mounted yet), then leave it. The stop may come before or after the lines
+    expected so far, so the command is typed until the shell answers: a line typed
+    before the shell runs is taken by sulogin's "Press Enter" or flushed."""
+    command = (
+        "n=0; while read -r d m r; do [ $m = /sysroot ] && n=1; done < /proc/mounts; "
+        "echo BOOKEND-BREAK $((6 * 8)) sysroot-mounted=$n\n"
+    )
+    attempts = 30
+    for attempt in range(attempts):
+        vm.send(command)
+        try:
+            vm.expect("BOOKEND-BREAK 48 sysroot-mounted=0", 10)
+            break
+        except AssertionError:
+            if attempt == attempts - 1:
+                raise
+    assert "bookend: rd.break=pre-mount: stopped" in vm.text
+    vm.send("exit\n")
