@@ -192,7 +192,7 @@ def render_report(report: Report, before: MachineState, after: MachineState) -> 
             )
     plain = next((r for r in report.results if r.features.key == "ext4"), None)
     if plain is not None:
-        parts.append("## Targets of issue 7 (plain ext4, ratios of medians from this run)\n")
+        parts.append("## Targets of issues 7 and 18 (plain ext4, ratios of medians of this run)\n")
         parts.append(render_targets(issue_targets(plain.builds, plain.boots, report.rebuild)))
         bound = build_time_bound(plain.builds)
         if bound is not None:

@@ -7,8 +7,10 @@ import pytest
 from bookend.archive import EntryKind
 from bookend.errors import ConfigError
 from bookend.features import ALL
-from bookend.features.base import RequestKind
+from bookend.features.base import FeatureContext, RequestKind
+from bookend.features.kmod import modules_to_load
 from bookend.plan import Plan, enabled_features, make_plan
+from bookend.storage import HostDetection
 from tests.unit.conftest import load_config
 
 
@@ -90,3 +92,19 @@ def test_configured_modules_loaded_at_boot_and_requested(root_tree: Path) -> Non
     assert {("virtio_blk", False), ("ext4", True)} <= modules
     fstab = files["/etc/fstab"]
     assert isinstance(fstab, bytes) and b"LABEL=r /sysroot ext4 defaults 0 1\n" in fstab
+
+
+def test_hostonly_loads_its_detected_filesystems_at_boot(root_tree: Path) -> None:
+    config = load_config(
+        None, {"sysroot": str(root_tree), "modules": [], "filesystems": ["ext4", "vfat"]}
+    )
+    detection = HostDetection(
+        modules=(("virtio_blk", "disk vda"), ("ext4", "filesystem of /")),
+        filesystems=("ext4",),
+        block_devices=("vda",),
+        storage=(),
+    )
+    # ext4 ahead of the mount; vfat is configured but detection found no module for it.
+    assert modules_to_load(FeatureContext(config, detection)) == ["ext4"]
+    # Generic images name every filesystem: those stay on demand.
+    assert modules_to_load(FeatureContext(config, None)) == []
