@@ -194,6 +194,7 @@ def test_time_summary_compares_vm_tests_in_a_row_with_the_wall_time() -> None:
         "vm: 2 tests, 82 s wall (first start to last end), 141 s summed over tests",
         "vm: one guest at a time would have taken 100 s (141 s less 41 s spent waiting for "
         "disks); side by side they took 82 s (1.2x)",
+        "    141 s  tests/vm/test_b.py",
     ]
 
 
