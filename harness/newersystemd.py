@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import lzma
 import shutil
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,8 +135,15 @@ def standalone_shutdown(system: NewerSystem, cache_dir: Path | None = None) -> P
     systemd-standalone-shutdown, which conflicts with systemd, so the tree cannot hold
     it): the version of the tree's systemd, as its own apt index names it, fetched once
     from the mirror, checked against that index's SHA-256 and unpacked with dpkg-deb -x
-    into the cache. Returns the unpacked program."""
-    record = _package_record(system.tree, STANDALONE_PACKAGE, _installed_version(system.tree))
+    into the cache. Returns the unpacked program.
+
+    A tree made a while ago names a version the mirror may have dropped since (testing
+    moves on): the mirror's current indexes of the tree's suite and of unstable are then
+    searched for that same version (a pool keeps a file while some suite names it), and
+    if neither has it the run stops with a line saying so, since another version's
+    program would not be the tree's."""
+    version = _installed_version(system.tree)
+    record = _package_record(system.tree, STANDALONE_PACKAGE, version)
     cache_dir = cache_dir or cache_dir_default()
     name = Path(record["Filename"]).name
     made = cache_dir / "debs" / name.removesuffix(".deb")
@@ -142,17 +151,58 @@ def standalone_shutdown(system: NewerSystem, cache_dir: Path | None = None) -> P
 
     def make() -> None:
         with building(made, record["SHA256"][:16]) as work:
-            url = f"{debian_mirror()}/{record['Filename']}"
-            with urllib.request.urlopen(url, timeout=120) as response:
-                data = response.read()
-            actual = hashlib.sha256(data).hexdigest()
-            assert actual == record["SHA256"], f"{url}: SHA-256 {actual}, the index says {record}"
+            data = _download(record) or _download(_mirror_record(system, version))
+            assert data is not None, f"{debian_mirror()}/{record['Filename']}: gone"
             (work / name).write_bytes(data)
             run(["dpkg-deb", "-x", work / name, work / "root"])
 
     lock = made.parent / f"{made.name}.lock"
     made_once(f"{name} unpacked", made, lock, record["SHA256"][:16], make)
     return made / "root/usr/lib/systemd/systemd-shutdown"
+
+
+def _download(record: dict[str, str]) -> bytes | None:
+    """The file record names, from the mirror, checked against its SHA-256; None if the
+    mirror has it no longer (HTTP 404)."""
+    url = f"{debian_mirror()}/{record['Filename']}"
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response:
+            data: bytes = response.read()
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return None
+        raise
+    actual = hashlib.sha256(data).hexdigest()
+    assert actual == record["SHA256"], f"{url}: SHA-256 {actual}, the index says {record}"
+    return data
+
+
+def _mirror_record(system: NewerSystem, version: str) -> dict[str, str]:
+    """STANDALONE_PACKAGE at version in the mirror's current index of the tree's suite
+    or of unstable, for the tree's architecture."""
+    arch = _tree_arch(system.tree)
+    found: list[str] = []
+    for suite in dict.fromkeys((system.suite, "unstable")):
+        url = f"{debian_mirror()}/dists/{suite}/main/binary-{arch}/Packages.xz"
+        with urllib.request.urlopen(url, timeout=300) as response:
+            text = lzma.decompress(response.read()).decode(errors="replace")
+        for record in _records(text):
+            if record.get("Package") == STANDALONE_PACKAGE:
+                if record.get("Version") == version:
+                    return record
+                found.append(f"{suite} {record.get('Version')}")
+    raise AssertionError(
+        f"{system.tree}: its systemd is {version}, and the mirror no longer has "
+        f"{STANDALONE_PACKAGE} {version} (it has {', '.join(found) or 'none'}): "
+        "remake the tree (a new recipe) to test the mirror's current systemd"
+    )
+
+
+def _tree_arch(tree: Path) -> str:
+    """The architecture of the tree's apt index (its list files end binary-ARCH_Packages)."""
+    for index in sorted((tree / "var/lib/apt/lists").glob("*_binary-*_Packages")):
+        return index.name.removesuffix("_Packages").rpartition("_binary-")[2]
+    raise AssertionError(f"{tree}: no binary-ARCH_Packages in its apt lists")
 
 
 def _installed_version(tree: Path) -> str:
