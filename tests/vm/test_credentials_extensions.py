@@ -99,7 +99,7 @@ echo "BOOKEND-SYSEXT merged-from-extension arg=$1"
 
 
 @pytest.fixture(scope="module")
-def test_sysroot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def initrd_sysroot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     copy = tmp_path_factory.mktemp("creds") / "sysroot"
     with tree_with_files(ensure_trixie_sysroot(), copy, PACKAGE_FILES) as root:
         yield root
@@ -155,14 +155,14 @@ class SerialPort:
 
 
 def test_credentials_sysext_debug_shell_and_rd_break(
-    test_sysroot: Path, root_disk: RootDisk, tmp_path: Path, console_log: Path
+    initrd_sysroot: Path, root_disk: RootDisk, tmp_path: Path, console_log: Path
 ) -> None:
-    kver = newest_kernel(test_sysroot)
+    kver = newest_kernel(initrd_sysroot)
     assert kver is not None
     smb, cmd, emb = new_token(), new_token(), new_token()
     (tmp_path / "embcred").write_text(emb + "\n")
     initrd = tmp_path / "initrd.img"
-    result = bookend("build", "--sysroot", str(test_sysroot), "--kver", kver, "-o", str(initrd),
+    result = bookend("build", "--sysroot", str(initrd_sysroot), "--kver", kver, "-o", str(initrd),
                      "--no-exitrd", "--add-unit", INITRD_UNIT, *QEMU_VIRTIO_EXT4,
                      "--credential", f"embcred={tmp_path / 'embcred'}",
                      "--add-sysext", str(make_extension(tmp_path)),
@@ -178,7 +178,7 @@ def test_credentials_sysext_debug_shell_and_rd_break(
     append = (f"root=UUID={root_disk.uuid} rw systemd.set_credential=cmdcred:{cmd} "
               "rd.systemd.debug_shell=ttyS1 rd.break=pre-mount")  # fmt: skip
     options = BootOptions(
-        kernel=test_sysroot / f"boot/vmlinuz-{kver}", initrd=initrd, disks=(root_disk.image,),
+        kernel=initrd_sysroot / f"boot/vmlinuz-{kver}", initrd=initrd, disks=(root_disk.image,),
         append=append, timeout=BOOT_LIMIT, log_path=console_log,
         plain_devices=("-smbios", f"type=11,value=io.systemd.credential:smbcred={smb}",
                        "-chardev", f"socket,id=ttyS1,path={serial},server=on,wait=off",
