@@ -423,18 +423,20 @@ PROBE_SECONDS = 5.0
 
 def kvm_usable(arch: Arch, host_machine: str, timeout: float = PROBE_SECONDS) -> bool:
     """Whether a guest runs under KVM here: /dev/kvm is usable, the guest is this CPU's
-    kind, and a firmware-only x86 guest (no disk, no kernel) gets through SeaBIOS to
-    "No bootable device" within timeout. Where /dev/kvm exists but guests hang (nested
-    machines without the CPU's virtualisation) that line never comes: QEMU is killed
-    when the time is up and the answer is no, so the caller falls back to TCG."""
+    kind, and the machine the boot will use (same CPU model, memory and CPU count) gets
+    through SeaBIOS to "No bootable device" within timeout, with no disk and no kernel.
+    Where /dev/kvm exists but guests hang (nested machines without the CPU's
+    virtualisation) that line never comes: QEMU is killed when the time is up. Where
+    QEMU cannot start that CPU model under KVM (a nested host refusing an MSR of
+    "-cpu max") it ends without the line. Either way the answer is no, and the caller
+    falls back to TCG."""
     from bookend.arches import host_arch
 
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or host_arch(host_machine) != arch:
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or host_arch(host_machine).debian != arch.debian:
         return False
-    if arch != X86_64:
+    if arch.debian != X86_64.debian:
         return False  # the probe needs SeaBIOS; other boards boot no firmware by default
-    argv = [arch.qemu_program, "-accel", "kvm", "-m", "64", "-nographic", "-monitor", "none",
-            "-serial", "stdio", "-nic", "none", "-no-reboot"]  # fmt: skip
+    argv = machine_argv(BootOptions(arch=arch, accel="kvm"))
     try:
         with Guest(argv, timeout=timeout) as probe:
             return probe.wait_for(PROBE_SEEN, timeout) is not None

@@ -189,3 +189,48 @@ def test_bad_inputs_get_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def replace_qemu(program: str) -> Arch:
     return replace(X86_64, qemu=program)
+
+
+def fake_qemu(tmp_path: Path, body: str) -> Arch:
+    """X86_64 whose QEMU is a script (which execs its last command, so killing it ends
+    it): the probe's verdict on a machine that answers so."""
+    program = tmp_path / "qemu"
+    program.write_text(f"#!/bin/sh\n{body}\n")
+    program.chmod(0o755)
+    return replace(X86_64, qemu=str(program))
+
+
+@pytest.mark.parametrize(
+    ("body", "usable"),
+    [
+        # SeaBIOS ran to its end under KVM.
+        ('echo "Booting from Hard Disk..."; echo "No bootable device."; exec sleep 30', True),
+        # The CPU model cannot start under KVM (a nested host's MSR refusal): QEMU ends.
+        ('echo "error: failed to set MSR 0x10a to 0x69" >&2; exit 134', False),
+        # The guest hangs: nothing on the console before the time is up.
+        ("exec sleep 30", False),
+    ],
+)
+def test_the_kvm_probe_says_yes_only_when_the_firmware_ran_to_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str, usable: bool
+) -> None:
+    import bookend.boottest.qemu as qemu
+
+    arch = fake_qemu(tmp_path, body)
+    monkeypatch.setattr(qemu.os, "access", lambda path, mode: True)
+    assert qemu.kvm_usable(arch, "x86_64", timeout=1.0) is usable
+
+
+def test_the_kvm_probe_runs_the_machine_the_boot_will_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import bookend.boottest.qemu as qemu
+
+    seen = tmp_path / "argv"
+    arch = fake_qemu(tmp_path, f'echo "$@" > {seen}; echo "No bootable device."')
+    monkeypatch.setattr(qemu.os, "access", lambda path, mode: True)
+    assert qemu.kvm_usable(arch, "x86_64", timeout=2.0)
+    words = seen.read_text().split()
+    assert words[words.index("-accel") + 1] == "kvm"
+    boot = qemu.machine_argv(qemu.BootOptions(arch=arch, accel="kvm"))
+    assert words == boot[1:]

@@ -27,7 +27,7 @@ FAIL_LIMIT = "360"
 
 
 def boot_test(*args: str) -> tuple[int, dict[str, Any]]:
-    result = bookend("boot-test", "--json", "--accel", "auto", *args, check=False)
+    result = bookend("boot-test", "--json", "--accel", "tcg", *args, check=False)
     assert result.returncode in (0, 1), result.stderr
     return result.returncode, json.loads(result.stdout)
 
