@@ -269,6 +269,8 @@ def summary(report: Report) -> str:
         lines += [f"    {line}" for line in report.exitrd_lines] or ["    (nothing)"]
     elif report.phases.power_down is not None:
         lines.append("  shutdown: powered off without an exitrd")
+    if extra.get("shared_root"):
+        lines.append(f"  root: {extra['shared_root']}, shared read-only, writes kept in RAM")
     if extra.get("console_log"):
         lines.append(f"  console: {extra['console_log']}")
     return "\n".join(lines)
