@@ -232,3 +232,13 @@ def test_a_shared_root_must_be_a_root_tree(tmp_path: Path) -> None:
         check_inputs(test)
     with pytest.raises(ConfigError, match="no --disk and no root tree"):
         check_inputs(replace(test, share=None))
+
+
+def test_a_mark_after_the_consoles_palette_reset_still_counts(console: str) -> None:
+    # systemd 257 resets the console's palette (OSC 104) before it prints; the console
+    # kept "104" and the BEL in front of the root's mark.
+    mark = f"BOOKEND-BOOT-TEST {TOKEN} reached"
+    assert mark in console
+    for reset in ("104\x07", "\x1b]104\x07", "\x1b[0m"):
+        report = parse(console.replace(mark, reset + mark), TOKEN, 0, expect_exitrd=True)
+        assert report.passed, (reset, report.reasons)
