@@ -290,7 +290,8 @@ def _add_boot_test(commands: Any) -> None:
                       "build, or the newest in /boot)")  # fmt: skip
     test.add_argument("--disk", type=Path, action="append", default=[], metavar="FILE",
                       help="a root disk image or block device, attached as a snapshot "
-                      "(repeat for more, in order)")  # fmt: skip
+                      "(repeat for more, in order; none: the sysroot is the root, shared "
+                      "read-only, writable in RAM)")  # fmt: skip
     test.add_argument("--append", action="append", default=[], metavar="WORDS",
                       help="kernel command-line words (root=, rd.luks.uuid=...)")  # fmt: skip
     test.add_argument(
@@ -384,6 +385,7 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     import tempfile
 
     from bookend.boottest.run import (
+        SHARE_FEATURE,
         BootTest,
         check_disks_and_qemu,
         default_cache,
@@ -404,17 +406,23 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"--passphrase-file {args.passphrase_file}: {error.strerror}"
             ) from None
+    # No --disk: the sysroot itself is the root (shared read-only, writable in RAM).
+    share = None if args.disk else Path(args.sysroot or "/")
     with tempfile.TemporaryDirectory(prefix="bookend-boot-test-") as scratch:
         image, kernel = args.image, args.kernel
         if image is None:
-            check_disks_and_qemu(args.disk)  # bad input is refused before a build
-            image, kernel = _build_for_boot_test(args, Path(scratch))
+            check_disks_and_qemu(args.disk, share=share)  # bad input is refused before a build
+            if share is not None:
+                args.features = [*(args.features or []), SHARE_FEATURE]
+            image, kernel, sysroot = _build_for_boot_test(args, Path(scratch))
+            share = None if share is None else sysroot  # a config file's sysroot too
         kernel = kernel or _newest_kernel()
         test = BootTest(
             kernel=kernel, image=image, disks=tuple(args.disk), append=" ".join(args.append),
             accel=args.accel, timeout=args.timeout, memory_mib=args.memory,
             passphrase=passphrase, console_log=args.console_log,
             expect_exitrd=test_image_carries_exitrd(image), cache_dir=default_cache(),
+            share=share,
         )  # fmt: skip
         report = run_boot_test(test, None if args.json else progress_printer())
     if not args.json:
@@ -432,9 +440,10 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def _build_for_boot_test(args: argparse.Namespace, scratch: Path) -> tuple[Path, Path | None]:
+def _build_for_boot_test(args: argparse.Namespace, scratch: Path) -> tuple[Path, Path | None, Path]:
     """The image boot-test builds when given none: the build options as given, into
-    scratch, with the exitrd carried inside and the drivers of QEMU's virtio disks."""
+    scratch, with the exitrd carried inside and the drivers of QEMU's virtio disks;
+    with its kernel (when the sysroot has it) and the sysroot it was built from."""
     from bookend.build import build_initrd, scan_cache
 
     if args.output is None:
@@ -449,7 +458,7 @@ def _build_for_boot_test(args: argparse.Namespace, scratch: Path) -> tuple[Path,
     config = _config(args, cache, registry)
     result = build_initrd(config, cache, registry)
     kernel = config.sysroot / f"boot/vmlinuz-{config.kver}"
-    return result.initrd.path, kernel if kernel.is_file() else None
+    return result.initrd.path, kernel if kernel.is_file() else None, config.sysroot
 
 
 def _newest_kernel() -> Path:

@@ -83,6 +83,7 @@ TRIXIE_TREE_MODULES = (
     "test_exitrd_extensions.py",
     "test_feature_files.py",
     "test_credentials_extensions.py",
+    "test_boot_test_shared_root.py",
 )
 DRACUT_MODULES = ("test_inspect_images.py",)
 # ... and the NFS server guest's disk (harness/serverguest.py).

@@ -15,6 +15,9 @@ from typing import Any
 from bookend.boottest.guest import MARK
 
 # "[   12.345678] text" on the console (kernel lines) and in the journal's dump.
+# Terminal control a line may start with: systemd 257 resets the console's palette
+# (OSC 104, "ESC ] 104 BEL") before it prints, and the console may have lost the ESC ].
+_CONTROL = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|^[0-9;]*\x07")
 _STAMPED = re.compile(r"^\[\s*(\d+\.\d+)\]\s?(.*)$")
 _JOURNAL = re.compile(rf"^{MARK}-J \[\s*(\d+\.\d+)\] \S+ systemd\[1\]: (.*)$")
 _CONSOLE_SYSTEMD = re.compile(r"^\[\s*(\d+\.\d+)\] systemd\[1\]: (.*)$")
@@ -143,7 +146,7 @@ def _mark(lines: list[str], token: str, word: str) -> list[str] | None:
 
 def parse(console: str, token: str, qemu_status: int | None, expect_exitrd: bool) -> Report:
     """The report of a finished boot; qemu_status None: QEMU was stopped (time limit)."""
-    lines = [line.strip() for line in console.splitlines()]
+    lines = [_CONTROL.sub("", line.strip()).strip() for line in console.splitlines()]
     journal = _journal(lines)
     switch = next((when for when, text in journal if text == SWITCHING), None)
     reached = _mark(lines, token, "reached")
@@ -269,6 +272,8 @@ def summary(report: Report) -> str:
         lines += [f"    {line}" for line in report.exitrd_lines] or ["    (nothing)"]
     elif report.phases.power_down is not None:
         lines.append("  shutdown: powered off without an exitrd")
+    if extra.get("shared_root"):
+        lines.append(f"  root: {extra['shared_root']}, shared read-only, writes kept in RAM")
     if extra.get("console_log"):
         lines.append(f"  console: {extra['console_log']}")
     return "\n".join(lines)

@@ -2,8 +2,10 @@
 the root's positive signal, power off through the exitrd, and say what happened.
 
 The disks are always attached as snapshots (QEMU keeps the guest's writes in a
-throwaway overlay), so a boot-test never changes them. guest.py says what the guest
-runs; report.py reads the console; timeline.py draws it.
+throwaway overlay), so a boot-test never changes them. With no disk the root is the
+sysroot itself, shared read-only by QEMU over 9p and made writable in the guest's RAM
+(systemd.volatile=overlay): a throwaway root that leaves the sysroot as it was.
+guest.py says what the guest runs; report.py reads the console; timeline.py draws it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,11 @@ GRACE = 8.0
 # the exitrd, detaching the storage.
 SHUTDOWN_LIMIT = 300.0
 PASSPHRASE_PROMPT = "Please enter passphrase for disk"
+# The 9p mount tag of a shared sysroot: root= names it (systemd-fstab-generator mounts a
+# root= that is no device path as it is, with rootfstype= and rootflags=).
+SHARE_TAG = "bookend-sysroot"
+# The feature whose modules mount it (bookend/data/features.d/sysroot-share.toml).
+SHARE_FEATURE = "sysroot-share"
 _QCOW2 = b"QFI\xfb"
 # What a file that is not a disk image often is, by its first bytes.
 _NOT_DISKS = (
@@ -63,6 +70,7 @@ class BootTest:
     console_log: Path | None = None
     arch: Arch = X86_64
     cache_dir: Path | None = None  # where the unpacked kernel is kept (pvh.py)
+    share: Path | None = None  # a root tree shared read-only as the root (with no disks)
 
 
 def disk_format(path: Path) -> str:
@@ -89,11 +97,40 @@ def disk_format(path: Path) -> str:
     return "raw"
 
 
-def check_disks_and_qemu(disks: list[Path], arch: Arch = X86_64) -> list[Disk]:
-    """The disks to attach; a one-line ConfigError for a file that is no disk, or no QEMU."""
+def share_args(tree: Path) -> list[str]:
+    """QEMU's arguments that share tree read-only with the guest as SHARE_TAG.
+    security_model=none: the guest sees the files' own owners and modes."""
+    path = os.fspath(tree).replace(",", ",,")
+    return ["-virtfs", f"local,path={path},mount_tag={SHARE_TAG},readonly=on,security_model=none"]
+
+
+def share_words() -> str:
+    """The kernel command-line words that boot the shared tree as a throwaway root:
+    mounted read-only over 9p, with a tmpfs laid over it by the initrd's
+    systemd-volatile-root.service (overlayfs), so the root is writable and its writes
+    stay in RAM. fstab=no: the tree's /etc/fstab names the disks of the machine it
+    belongs to, which this guest does not have (their waits would fail the boot)."""
+    flags = "trans=virtio,version=9p2000.L,msize=262144,cache=loose"
+    return f"root={SHARE_TAG} rootfstype=9p rootflags={flags} ro systemd.volatile=overlay fstab=no"
+
+
+def check_share(tree: Path) -> None:
+    """A one-line ConfigError unless tree looks like a root the guest can boot."""
+    if not tree.is_dir():
+        raise ConfigError(f"{tree}: not a directory, no root tree to share (--sysroot)")
+    if not any((tree / init).exists() for init in ("sbin/init", "usr/sbin/init")):
+        raise ConfigError(f"{tree}: no sbin/init, not a root tree to boot (--sysroot)")
+
+
+def check_disks_and_qemu(
+    disks: list[Path], arch: Arch = X86_64, share: Path | None = None
+) -> list[Disk]:
+    """The disks to attach; a one-line ConfigError for a file that is no disk, or no QEMU.
+    With no disks the root is share, a tree shared read-only."""
     if not disks:
-        # A throwaway root made from the sysroot is not there yet: say so, not a hang.
-        raise ConfigError("boot-test: no --disk: name the root disk image to boot")
+        if share is None:
+            raise ConfigError("boot-test: no --disk and no root tree to share")
+        check_share(share)
     attached = [Disk(path, format=disk_format(path)) for path in disks]
     if shutil.which(arch.qemu_program) is None:
         raise ConfigError(f"no QEMU: {arch.qemu_program} is not on PATH")
@@ -108,7 +145,7 @@ def check_inputs(test: BootTest) -> list[Disk]:
         raise ConfigError(f"{test.image}: no image there")
     if test.accel not in ("auto", "kvm", "tcg"):
         raise ConfigError(f"--accel: {test.accel!r} is not auto, kvm or tcg")
-    return check_disks_and_qemu(list(test.disks), test.arch)
+    return check_disks_and_qemu(list(test.disks), test.arch, test.share)
 
 
 def choose_accel(test: BootTest) -> str:
@@ -129,11 +166,14 @@ def run_boot_test(test: BootTest, progress: Callable[[float, str], None] | None 
         kernel = test.kernel
         if test.cache_dir is not None:
             kernel = direct_kernel(kernel, test.cache_dir / "kernels")
+        share = [] if disks or test.share is None else share_args(test.share)
+        root = share_words() if share else ""
         options = BootOptions(
             kernel=kernel,
             initrd=test.image,
             disks=(*disks, Disk(script)),
-            append=f"{command_line(serial)} {test.append}".strip(),
+            devices=tuple(share),
+            append=" ".join(w for w in (command_line(serial), root, test.append) if w),
             memory_mib=test.memory_mib,
             cpus=test.cpus,
             timeout=test.timeout,
@@ -149,6 +189,8 @@ def run_boot_test(test: BootTest, progress: Callable[[float, str], None] | None 
     extra = {"kernel": str(test.kernel), "image": str(test.image), "accel": accel,
              "seconds": round(time.monotonic() - started, 1),
              "disks": [str(d) for d in test.disks]}  # fmt: skip
+    if not test.disks and test.share is not None:
+        extra["shared_root"] = str(test.share)
     if test.console_log is not None:
         extra["console_log"] = str(test.console_log)
     return replace(report, extra=extra)

@@ -63,6 +63,7 @@ _ORDER: tuple[Feature, ...] = (
     lvm.FEATURE,
     mdraid.FEATURE,
     SHIPPED["btrfs"],
+    SHIPPED["sysroot-share"],
     resume.FEATURE,
     network.FEATURE,
     nbd.FEATURE,

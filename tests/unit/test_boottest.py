@@ -13,10 +13,20 @@ import pytest
 from bookend.arches import X86_64, Arch
 from bookend.boottest.guest import SCRIPT_BYTES, command_line, write_script_disk
 from bookend.boottest.report import parse, phase_spans, summary
-from bookend.boottest.run import BootTest, check_inputs, disk_format
+from bookend.boottest.run import (
+    SHARE_FEATURE,
+    SHARE_TAG,
+    BootTest,
+    check_inputs,
+    check_share,
+    disk_format,
+    share_args,
+    share_words,
+)
 from bookend.boottest.timeline import svg, write_timeline
 from bookend.cli import main
 from bookend.errors import ConfigError
+from bookend.features import ALL
 
 RECORDED = Path(__file__).parent / "data" / "boottest-pass.console"
 TOKEN = "cb550688bc49407b"  # the recorded boot's
@@ -177,9 +187,10 @@ def test_bad_inputs_get_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     status = main(["boot-test", str(image), "--kernel", str(kernel), "--disk", str(image)])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "a cpio archive" in err
-    status = main(["boot-test", str(image), "--kernel", str(kernel)])
+    # No --disk: the sysroot is the root, and one that is no root tree is refused.
+    status = main(["boot-test", str(image), "--kernel", str(kernel), "--sysroot", str(tmp_path)])
     err = capsys.readouterr().err
-    assert status == 2 and err.count("\n") == 1 and "no --disk" in err
+    assert status == 2 and err.count("\n") == 1 and "no sbin/init" in err
     disk = tmp_path / "disk.img"
     disk.write_bytes(b"\0" * 4096)
     test = BootTest(kernel=kernel, image=image, disks=(disk,), arch=replace_qemu("no-such-qemu"))
@@ -234,3 +245,45 @@ def test_the_kvm_probe_runs_the_machine_the_boot_will_use(
     assert words[words.index("-accel") + 1] == "kvm"
     boot = qemu.machine_argv(qemu.BootOptions(arch=arch, accel="kvm"))
     assert words == boot[1:]
+
+
+def test_a_shared_root_is_read_only_over_9p_and_writable_in_ram(tmp_path: Path) -> None:
+    tree = tmp_path / "a,tree"
+    assert share_args(tree) == [
+        "-virtfs",
+        f"local,path={tmp_path}/a,,tree,mount_tag={SHARE_TAG},readonly=on,security_model=none",
+    ]
+    words = share_words().split()
+    assert f"root={SHARE_TAG}" in words and "rootfstype=9p" in words and "ro" in words
+    assert "systemd.volatile=overlay" in words and "fstab=no" in words
+    flags = next(w for w in words if w.startswith("rootflags=")).removeprefix("rootflags=")
+    assert {"trans=virtio", "version=9p2000.L"} <= set(flags.split(","))
+    # The image's feature brings the modules that mount it.
+    assert {"9p", "9pnet_virtio", "overlay"} <= set(ALL[SHARE_FEATURE].modules)
+
+
+def test_a_shared_root_must_be_a_root_tree(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a directory"):
+        check_share(tmp_path / "none")
+    with pytest.raises(ConfigError, match="no sbin/init"):
+        check_share(tmp_path)
+    (tmp_path / "usr/sbin").mkdir(parents=True)
+    (tmp_path / "usr/sbin/init").write_text("")
+    check_share(tmp_path)
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"MZ")
+    test = BootTest(kernel=kernel, image=kernel, disks=(), share=tmp_path / "none")
+    with pytest.raises(ConfigError, match="no root tree to share"):
+        check_inputs(test)
+    with pytest.raises(ConfigError, match="no --disk and no root tree"):
+        check_inputs(replace(test, share=None))
+
+
+def test_a_mark_after_the_consoles_palette_reset_still_counts(console: str) -> None:
+    # systemd 257 resets the console's palette (OSC 104) before it prints; the console
+    # kept "104" and the BEL in front of the root's mark.
+    mark = f"BOOKEND-BOOT-TEST {TOKEN} reached"
+    assert mark in console
+    for reset in ("104\x07", "\x1b]104\x07", "\x1b[0m"):
+        report = parse(console.replace(mark, reset + mark), TOKEN, 0, expect_exitrd=True)
+        assert report.passed, (reset, report.reasons)

@@ -291,7 +291,8 @@ def test_shipped_features_keep_their_place_in_the_plan_order() -> None:
     assert list(ALL) == [
         *("systemd", "udev", "kmod", "filesystems", "emergency", "release", "usr", "repart"),
         *("dm", "luks"),
-        *("tpm2", "fido2", "pkcs11", "plymouth", "lvm", "mdraid", "btrfs", "resume", "network"),
+        *("tpm2", "fido2", "pkcs11", "plymouth", "lvm", "mdraid", "btrfs", "sysroot-share"),
+        *("resume", "network"),
         *("nbd", "iscsi", "nfs", "ssh", "activation", "hooks", "storage-daemons", "units"),
         *("vconsole",),
         "pcrphase",
