@@ -36,8 +36,8 @@ from bookend.features.base import (
     RequestKind,
     SwitchOn,
 )
-from bookend.features.tokens import TokenSearch
 from bookend.features.tpm2 import KIND as TPM2
+from bookend.libsearch import loaded_by
 from bookend.sysroot import Sysroot
 
 PLAIN_STORE = "/etc/credstore"
@@ -57,6 +57,7 @@ TPM2_SEALED = frozenset(
         "adbc4ca3efb64201ba881b6f2e4095ea",  # the same, scoped to a user
     )
 )
+SYSTEMD = "/usr/lib/systemd/systemd"
 # The header's first 16 bytes are the first 24 characters of base64 text (with no line
 # break among them).
 ID_TEXT = 24
@@ -82,14 +83,15 @@ def tpm2_sealed(file: str) -> bool:
 def _tpm2_requests(context: FeatureContext, names: list[str]) -> list[Request]:
     """What PID 1 needs in the initrd to decrypt credentials names with the TPM2."""
     reason = f"credentials: {', '.join(names)} sealed by a TPM2"
-    search = TokenSearch(Sysroot(context.config.sysroot))
+    sysroot = Sysroot(context.config.sysroot)
     requests = [
         Request(RequestKind.DRIVER_CLASS, "tpm", reason),
         Request(RequestKind.UNIT, "tpm2.target", reason, optional=True),
         Request(RequestKind.GENERATOR, "systemd-tpm2-generator", reason, optional=True),
     ]
     for soname in TPM2.libraries:
-        found = search.library(soname)
+        # The service manager (through its executor) decrypts: found as its loader would.
+        found = loaded_by(sysroot, SYSTEMD, soname)
         if found is None:
             raise SysrootError(
                 f"credentials: {names[0]} is sealed by a TPM2, and the sysroot has no "

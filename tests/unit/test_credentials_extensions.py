@@ -19,6 +19,7 @@ from bookend.features.credentials import sealing_id
 from bookend.features.emergency import BARE_BREAK
 from bookend.plan import Plan, make_plan
 from bookend.resolve import configure
+from tests.unit.elftree import compile_c
 from tests.unit.test_exitrd_additions import put
 from tests.unit.test_tokens import token_root
 
@@ -82,7 +83,8 @@ def test_sealing_id_from_base64_text_or_raw_bytes() -> None:
 
 
 def test_tpm2_sealed_credential_brings_the_tpm(root_tree: Path, tmp_path: Path) -> None:
-    root = token_root(root_tree)
+    root = token_root(root_tree)  # the tss2 libraries, and a libc
+    compile_c("int main(void) { return 0; }\n", root / "usr/lib/systemd/systemd")
     sealed = put(tmp_path, "/secret.cred", TPM2_SEALED + "\n")
     plan = make_plan(config_of({"sysroot": str(root), "credentials": [f"secret={sealed}"]}))
     requests = {(r.kind, r.name) for r in plan.requests if r.reason.startswith("credentials:")}
