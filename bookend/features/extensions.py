@@ -5,7 +5,9 @@ each image goes into the initrd as it is, checked first by the rules systemd-sys
 (or systemd-confext) applies, and systemd-sysext.service merges it into /usr and /opt
 before sysinit.target, so the initrd's units find its programs. The images lie where
 both systemd 252's and later versions' services look: system extensions in
-/etc/extensions, configuration extensions (systemd 254 and later) in /usr/lib/confexts.
+/etc/extensions, configuration extensions (systemd 254 and later) in /var/lib/confexts
+(systemd-confext in an initrd does not look in /usr/lib/confexts: 257 was seen to
+ignore an image there).
 The same services merge what systemd-stub leaves in /.extra/sysext and /.extra/confext
 (systemd 254 and later) and what an earlier unit puts in /run/extensions. Merging needs
 a loop device, the image's file system and overlayfs.
@@ -41,7 +43,7 @@ from bookend.sysext import (
 from bookend.sysroot import Sysroot
 
 SYSEXT_DIR = "/etc/extensions"
-CONFEXT_DIR = "/usr/lib/confexts"
+CONFEXT_DIR = "/var/lib/confexts"
 SYSEXT_UNIT = "systemd-sysext.service"
 CONFEXT_UNIT = "systemd-confext.service"
 # Loaded by systemd-modules-load before the merge, not left to the kernel's requests:
