@@ -13,6 +13,7 @@ swtpm runs with --terminate: it ends when QEMU closes the connection.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -84,3 +85,53 @@ def stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextmanager
+def host_tpm(state: Path) -> Iterator[str]:
+    """Run swtpm on state for a program on the host, and give the TPM2 TCTI string that
+    reaches it (systemd's --tpm2-device=, which loads libtss2-tcti-swtpm): a credential
+    sealed there is sealed by the TPM a later software_tpm(state) gives a guest.
+    swtpm listens on 127.0.0.1 only, on two ports found free just before: the TCTI
+    takes the control channel's to be the next after the command port."""
+    state.mkdir(parents=True, exist_ok=True)
+    server = free_port_pair()
+    ctrl = server + 1
+    argv = [
+        SWTPM, "socket", "--tpm2",
+        "--tpmstate", f"dir={state}",
+        "--server", f"type=tcp,port={server},bindaddr=127.0.0.1",
+        "--ctrl", f"type=tcp,port={ctrl},bindaddr=127.0.0.1",
+        # Powered on and started, as the firmware leaves it for a guest.
+        "--flags", "not-need-init,startup-clear",
+        "--log", f"file={state / 'swtpm-host.log'},level=1",
+    ]  # fmt: skip
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + START_LIMIT
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", ctrl), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"swtpm did not listen on 127.0.0.1:{ctrl}") from None
+                time.sleep(0.05)
+        yield f"swtpm:host=127.0.0.1,port={server}"
+    finally:
+        stop(process)
+
+
+def free_port_pair() -> int:
+    """A port of 127.0.0.1 that is free, and the next one too."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as first:
+            first.bind(("127.0.0.1", 0))
+            port: int = first.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no two free ports in a row on 127.0.0.1")

@@ -11,13 +11,17 @@ import pytest
 from bookend.archive import EntryKind
 from bookend.cli import vocabularies
 from bookend.config import HOOK_POINTS, Config
-from bookend.errors import ConfigError
+from bookend.errors import ConfigError, SysrootError
 from bookend.features import ALL, DEFAULT
 from bookend.features.base import Generated, RequestKind
+from bookend.features.credentials import TPM2_SEALED as TPM2_KEYS
+from bookend.features.credentials import sealing_id
 from bookend.features.emergency import BARE_BREAK
 from bookend.plan import Plan, make_plan
 from bookend.resolve import configure
+from tests.unit.elftree import compile_c
 from tests.unit.test_exitrd_additions import put
+from tests.unit.test_tokens import token_root
 
 UNITS = "/etc/systemd/system"
 # The fixture tree's os-release says ID=fixture, no VERSION_ID.
@@ -49,7 +53,8 @@ def test_credentials_are_embedded_secret_in_the_credential_stores(
     root_tree: Path, tmp_path: Path
 ) -> None:
     plain = put(tmp_path, "/plain", "value\n")
-    encrypted = put(tmp_path, "/token.cred", "k6iUCUh0RJCQyvL8k8q1UyAAAAABAAAADAAAABAAAAC\n")
+    # Sealed by the host key: no TPM2 needed.
+    encrypted = put(tmp_path, "/token.cred", f"{HOST_SEALED}\n")
     config = config_of({"sysroot": str(root_tree),
                         "credentials": [f"db.password={plain}", f"token={encrypted}"]})  # fmt: skip
     plan = make_plan(config)
@@ -62,6 +67,43 @@ def test_credentials_are_embedded_secret_in_the_credential_stores(
     for store in ("/etc/credstore", "/etc/credstore.encrypted"):
         assert entries[store].entry.kind is EntryKind.DIRECTORY
         assert entries[store].entry.mode == 0o700
+    assert not [r for r in plan.requests if r.reason.startswith("credentials:")]
+
+
+# The headers systemd-creds 257 wrote (base64): --with-key=host, and --with-key=tpm2.
+HOST_SEALED = "Whxqht+dQJax1aZeCGLxmiAAAAABAAAADAAAAA=="
+TPM2_SEALED = "DHzAexF2RZGcSwvqCLwg/iAAAAABAAAADAAAABAAAAC139t"
+
+
+def test_sealing_id_from_base64_text_or_raw_bytes() -> None:
+    tpm2 = bytes.fromhex("0c7cc07b117645919c4b0bea08bc20fe")
+    assert sealing_id(TPM2_SEALED.encode()) == tpm2
+    assert sealing_id(tpm2 + b"\x20\0\0\0\x01\0\0\0\x0c\0\0\0") == tpm2
+    assert sealing_id(HOST_SEALED.encode()) not in TPM2_KEYS
+
+
+def test_tpm2_sealed_credential_brings_the_tpm(root_tree: Path, tmp_path: Path) -> None:
+    root = token_root(root_tree)  # the tss2 libraries, and a libc
+    compile_c("int main(void) { return 0; }\n", root / "usr/lib/systemd/systemd")
+    sealed = put(tmp_path, "/secret.cred", TPM2_SEALED + "\n")
+    plan = make_plan(config_of({"sysroot": str(root), "credentials": [f"secret={sealed}"]}))
+    requests = {(r.kind, r.name) for r in plan.requests if r.reason.startswith("credentials:")}
+    assert (RequestKind.DRIVER_CLASS, "tpm") in requests
+    assert (RequestKind.UNIT, "tpm2.target") in requests
+    libraries = {Path(name).name for kind, name in requests if kind is RequestKind.PATH}
+    assert libraries == {"libtss2-esys.so.0", "libtss2-rc.so.0", "libtss2-mu.so.0",
+                         "libtss2-tcti-device.so.0"}  # fmt: skip
+    assert generated(plan)["/etc/credstore.encrypted/secret"].secret
+
+
+def test_tpm2_sealed_credential_without_tss2_is_one_line(root_tree: Path, tmp_path: Path) -> None:
+    sealed = put(tmp_path, "/secret.cred", TPM2_SEALED + "\n")
+    with pytest.raises(SysrootError) as error:
+        make_plan(config_of({"sysroot": str(root_tree), "credentials": [f"secret={sealed}"]}))
+    assert str(error.value) == (
+        "credentials: secret is sealed by a TPM2, and the sysroot has no libtss2-esys.so.0, "
+        "which systemd loads to decrypt it"
+    )
 
 
 def test_no_credentials_no_feature(root_tree: Path) -> None:

@@ -10,6 +10,15 @@ booting the usual Debian 12 root disk (systemd 252).
   the initrd's) after switch-root and prints them.
 - `--add-sysext`: a squashfs extension brings a program the initrd's service runs;
   its output comes only from the extension's file.
+- A TPM2-sealed credential: `systemd-creds encrypt --with-key=tpm2` (the tree's
+  systemd-creds 257, run in the tree with chroot) seals a random value on the host with
+  swtpm (harness/tpm.host_tpm), the same TPM state the guest then gets; `--credential
+  NAME=FILE.cred` embeds it in /etc/credstore.encrypted, and an initrd service takes it
+  with LoadCredentialEncrypted= and prints it: PID 1 decrypted it through the guest's
+  TPM. The tree has no tss2 libraries of its own: the test's copy gets trixie's
+  (harness/treedebs.py).
+- `--add-confext`: a squashfs configuration extension puts a file in the initrd's /etc
+  (merged by systemd-confext.service); the same service prints the random value in it.
 - `--add-feature debug` and `rd.systemd.debug_shell=ttyS1`: a root shell on the second
   serial port, where the test runs a command and reads its result.
 - `rd.break=pre-mount` (with `--emergency-shell unlocked`): the boot stops before the
@@ -26,25 +35,54 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from bookend.features.credentials import sealing_id
 from bookend.resolve import newest_kernel
 from harness.images import QEMU_VIRTIO_EXT4, bookend
 from harness.qemu import Boot, BootOptions, boot
 from harness.rootdisk import RootDisk
 from harness.token import expect_token, new_token, with_token
+from harness.tpm import host_tpm, software_tpm
 from harness.treecopy import tree_with_files
+from harness.treedebs import add_packages
 from harness.ukisysroot import ensure_trixie_sysroot
 
 BOOT_LIMIT = 900
 INITRD_UNIT = "bookend-creds-initrd.service"
+TPM_UNIT = "bookend-creds-tpm.service"
+TPM_UNIT_FILE = """\
+[Unit]
+Description=bookend test: a TPM2-sealed credential in the initrd
+Wants=tpm2.target
+After=tpm2.target
+Before=initrd.target
+
+[Service]
+Type=oneshot
+LoadCredentialEncrypted=tpmcred
+ExecStart=/bin/sh -c 'read -r t < "$$CREDENTIALS_DIRECTORY/tpmcred" || true; \
+echo "BOOKEND-CRED-TPM2 in=initrd value=$$t"'
+StandardOutput=journal+console
+
+[Install]
+WantedBy=initrd.target
+"""
+# Trixie's tss2 libraries: what systemd 257 dlopens, and the TCTI that reaches swtpm from
+# the host.
+TSS2_PACKAGES = (
+    "libtss2-esys-3.0.2-0t64", "libtss2-mu-4.0.1-0t64", "libtss2-rc0t64", "libtss2-sys1t64",
+    "libtss2-tcti-device0t64", "libtss2-tcti-swtpm0t64",
+)  # fmt: skip
+TPM2_HMAC = bytes.fromhex("0c7cc07b117645919c4b0bea08bc20fe")  # --with-key=tpm2
 ROOT_UNIT = "bookend-creds-root.service"
 INITRD_UNIT_FILE = """\
 [Unit]
 Description=bookend test: credentials and a system extension in the initrd
-After=systemd-sysext.service
+After=systemd-sysext.service systemd-confext.service
 Before=initrd.target
 
 [Service]
@@ -68,6 +106,8 @@ read -r cmd < "$CREDENTIALS_DIRECTORY/cmdcred" || true
 read -r emb < "$CREDENTIALS_DIRECTORY/embcred" || true
 echo "BOOKEND-CRED in=initrd smb=$smb cmd=$cmd emb=$emb"
 bookend-sysext-hello "$cmd"
+read -r conf < /etc/bookend-confext.conf
+echo "BOOKEND-CONFEXT in=initrd value=$conf"
 mkdir -p /run/systemd/system/multi-user.target.wants
 cp /usr/share/bookend-test/{ROOT_UNIT} /run/systemd/system/
 ln -sf ../{ROOT_UNIT} /run/systemd/system/multi-user.target.wants/{ROOT_UNIT}
@@ -87,6 +127,7 @@ echo "BOOKEND-CRED in=root smb=$$s cmd=$$c" > /dev/ttyS0'
 """
 PACKAGE_FILES = {
     f"/usr/lib/systemd/system/{INITRD_UNIT}": (INITRD_UNIT_FILE, 0o644),
+    f"/usr/lib/systemd/system/{TPM_UNIT}": (TPM_UNIT_FILE, 0o644),
     "/usr/local/bin/bookend-creds-initrd": (INITRD_HELPER, 0o755),
     f"/usr/share/bookend-test/{ROOT_UNIT}": (ROOT_UNIT_FILE, 0o644),
 }
@@ -101,8 +142,20 @@ echo "BOOKEND-SYSEXT merged-from-extension arg=$1"
 @pytest.fixture(scope="module")
 def initrd_sysroot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     copy = tmp_path_factory.mktemp("creds") / "sysroot"
-    with tree_with_files(ensure_trixie_sysroot(), copy, PACKAGE_FILES) as root:
+    tree = ensure_trixie_sysroot()
+    with tree_with_files(tree, copy, PACKAGE_FILES) as root:
+        add_packages(tree, root, TSS2_PACKAGES)
         yield root
+
+
+def seal_with_tpm2(sysroot: Path, state: Path, name: str, value: str) -> bytes:
+    """value sealed as credential name by the TPM whose state is state."""
+    with host_tpm(state) as tcti:
+        argv = ["chroot", str(sysroot), "systemd-creds", "encrypt", "--with-key=tpm2",
+                f"--tpm2-device={tcti}", "--tpm2-pcrs=", f"--name={name}", "-", "-"]  # fmt: skip
+        result = subprocess.run(argv, input=value.encode(), capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout
 
 
 def make_extension(directory: Path) -> Path:
@@ -116,6 +169,19 @@ def make_extension(directory: Path) -> Path:
     program.write_text(EXTENSION_PROGRAM)
     program.chmod(0o755)
     image = directory / "hello.raw"
+    subprocess.run(["mksquashfs", str(tree), str(image), "-all-root", "-noappend", "-quiet"],
+                   check=True)  # fmt: skip
+    return image
+
+
+def make_confext(directory: Path, value: str) -> Path:
+    """A squashfs configuration extension for the Debian 13 initrd: one file in /etc."""
+    tree = directory / "conftree"
+    release = tree / "etc/extension-release.d/extension-release.helloconf"
+    release.parent.mkdir(parents=True)
+    release.write_text("ID=debian\nVERSION_ID=13\nCONFEXT_SCOPE=initrd\n")
+    (tree / "etc/bookend-confext.conf").write_text(value + "\n")
+    image = directory / "helloconf.raw"
     subprocess.run(["mksquashfs", str(tree), str(image), "-all-root", "-noappend", "-quiet"],
                    check=True)  # fmt: skip
     return image
@@ -159,13 +225,20 @@ def test_credentials_sysext_debug_shell_and_rd_break(
 ) -> None:
     kver = newest_kernel(initrd_sysroot)
     assert kver is not None
-    smb, cmd, emb = new_token(), new_token(), new_token()
+    smb, cmd, emb, conf, tpm = (new_token() for _ in range(5))
     (tmp_path / "embcred").write_text(emb + "\n")
+    state = tmp_path / "tpm-state"
+    sealed = seal_with_tpm2(test_sysroot, state, "tpmcred", tpm + "\n")
+    assert sealing_id(sealed) == TPM2_HMAC and tpm.encode() not in sealed
+    (tmp_path / "tpmcred.cred").write_bytes(sealed)
     initrd = tmp_path / "initrd.img"
     result = bookend("build", "--sysroot", str(initrd_sysroot), "--kver", kver, "-o", str(initrd),
                      "--no-exitrd", "--add-unit", INITRD_UNIT, *QEMU_VIRTIO_EXT4,
                      "--credential", f"embcred={tmp_path / 'embcred'}",
+                     "--add-unit", TPM_UNIT,
+                     "--credential", f"tpmcred={tmp_path / 'tpmcred.cred'}",
                      "--add-sysext", str(make_extension(tmp_path)),
+                     "--add-confext", str(make_confext(tmp_path, conf)),
                      "--add-feature", "debug", "--emergency-shell", "unlocked",
                      *TOOLS,
                      "--add-file", f"/usr/share/bookend-test/{ROOT_UNIT}",
@@ -184,15 +257,21 @@ def test_credentials_sysext_debug_shell_and_rd_break(
                        "-chardev", f"socket,id=ttyS1,path={serial},server=on,wait=off",
                        "-serial", "chardev:ttyS1"),
     )  # fmt: skip
-    with boot(with_token(options, token)) as vm:
+    with (
+        software_tpm(state) as tpm_devices,
+        boot(with_token(replace(options, devices=tpm_devices), token)) as vm,
+    ):
         port = SerialPort(serial)
         vm.expect(f"BOOKEND-CRED in=initrd smb={smb} cmd={cmd} emb={emb}", 400)
         vm.expect(f"BOOKEND-SYSEXT merged-from-extension arg={cmd}", 60)
+        vm.expect(f"BOOKEND-CONFEXT in=initrd value={conf}", 60)
         # The debug shell: a root shell on ttyS1 while the boot waits at its break.
         port.send("echo BOOKEND-DEBUG $((6 * 7))\n")
         port.expect("BOOKEND-DEBUG 42", 120)
         break_shell(vm)
         vm.expect(f"BOOKEND-CRED in=root smb={smb} cmd={cmd}\n", 400)
+        # Its own service, in no fixed order with the others: done before switch-root.
+        assert f"BOOKEND-CRED-TPM2 in=initrd value={tpm}" in vm.text
         expect_token(vm, token, 300)
 
 
