@@ -228,7 +228,7 @@ def test_credentials_sysext_debug_shell_and_rd_break(
     smb, cmd, emb, conf, tpm = (new_token() for _ in range(5))
     (tmp_path / "embcred").write_text(emb + "\n")
     state = tmp_path / "tpm-state"
-    sealed = seal_with_tpm2(test_sysroot, state, "tpmcred", tpm + "\n")
+    sealed = seal_with_tpm2(initrd_sysroot, state, "tpmcred", tpm + "\n")
     assert sealing_id(sealed) == TPM2_HMAC and tpm.encode() not in sealed
     (tmp_path / "tpmcred.cred").write_bytes(sealed)
     initrd = tmp_path / "initrd.img"
