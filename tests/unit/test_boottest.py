@@ -5,6 +5,7 @@ summary, the timeline, and the checks of its inputs."""
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -228,7 +229,7 @@ def test_the_kvm_probe_says_yes_only_when_the_firmware_ran_to_its_end(
     import bookend.boottest.qemu as qemu
 
     arch = fake_qemu(tmp_path, body)
-    monkeypatch.setattr(qemu.os, "access", lambda path, mode: True)
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
     assert qemu.kvm_usable(arch, "x86_64", timeout=1.0) is usable
 
 
@@ -239,7 +240,7 @@ def test_the_kvm_probe_runs_the_machine_the_boot_will_use(
 
     seen = tmp_path / "argv"
     arch = fake_qemu(tmp_path, f'echo "$@" > {seen}; echo "No bootable device."')
-    monkeypatch.setattr(qemu.os, "access", lambda path, mode: True)
+    monkeypatch.setattr(os, "access", lambda path, mode: True)
     assert qemu.kvm_usable(arch, "x86_64", timeout=2.0)
     words = seen.read_text().split()
     assert words[words.index("-accel") + 1] == "kvm"
