@@ -14,8 +14,10 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from bookend.boottest.qemu import OVMF_SECURE_CODE as SECURE_CODE
 
@@ -80,15 +82,27 @@ def enrolled_vars(directory: Path, db: KeyPair) -> Path:
     return out
 
 
-def make_esp(image: Path, efi_program: Path) -> Path:
-    """A FAT ESP image holding efi_program as EFI/BOOT/BOOTX64.EFI (the removable path)."""
+def make_esp(image: Path, efi_program: Path, extra: Mapping[str, bytes] | None = None) -> Path:
+    """A FAT ESP image holding efi_program as EFI/BOOT/BOOTX64.EFI (the removable path),
+    and extra's files (ESP path, such as EFI/BOOT/BOOTX64.EFI.extra.d/a.cred -> data)."""
     image.unlink(missing_ok=True)
     size_kib = ESP_MIB * 1024
     subprocess.run(["mkfs.vfat", "-C", "-n", "ESP", image, str(size_kib)],
                    check=True, capture_output=True)  # fmt: skip
     env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
-    for directory in ("::/EFI", "::/EFI/BOOT"):
-        subprocess.run(["mmd", "-i", image, directory], check=True, capture_output=True, env=env)
-    subprocess.run(["mcopy", "-i", image, efi_program, "::/EFI/BOOT/BOOTX64.EFI"],
-                   check=True, capture_output=True, env=env)  # fmt: skip
+    made: set[PurePosixPath] = set()
+    with tempfile.TemporaryDirectory(prefix="bookend-esp-") as scratch:
+        files = {"EFI/BOOT/BOOTX64.EFI": efi_program}
+        for index, (path, data) in enumerate((extra or {}).items()):
+            files[path] = Path(scratch) / str(index)
+            files[path].write_bytes(data)
+        for path, source in files.items():
+            target = PurePosixPath(path)
+            for directory in reversed(target.parents[:-1]):
+                if directory not in made:
+                    subprocess.run(["mmd", "-i", image, f"::/{directory}"],
+                                   check=True, capture_output=True, env=env)  # fmt: skip
+                    made.add(directory)
+            subprocess.run(["mcopy", "-i", image, source, f"::/{target}"],
+                           check=True, capture_output=True, env=env)  # fmt: skip
     return image

@@ -3,7 +3,10 @@
 What the kernel command line (`systemd.set_credential=`, and with systemd 254 and later
 `systemd.set_credential_binary=`), SMBIOS type 11 strings and QEMU's fw_cfg give, PID 1
 imports itself into /run/credentials/@system before any unit starts; /run goes on to
-the real root with switch-root, so nothing in the image is needed for them. A service
+the real root with switch-root, so nothing in the image is needed for them; nor for the
+*.cred files systemd-stub brings from the ESP (/.extra/credentials and
+/.extra/global_credentials), which PID 1 (252 and later) keeps encrypted in
+/run/credentials/@encrypted for `LoadCredentialEncrypted=`. A service
 takes one with `LoadCredential=NAME` (systemd 252) or `ImportCredential=` (254 and
 later). This feature embeds the credentials the configuration names, where both look
 for them: /etc/credstore/NAME, and an encrypted one (a file named *.cred, as

@@ -8,9 +8,11 @@ both systemd 252's and later versions' services look: system extensions in
 /etc/extensions, configuration extensions (systemd 254 and later) in /var/lib/confexts
 (systemd-confext in an initrd does not look in /usr/lib/confexts: 257 was seen to
 ignore an image there).
-The same services merge what systemd-stub leaves in /.extra/sysext and /.extra/confext
-(systemd 254 and later) and what an earlier unit puts in /run/extensions. Merging needs
-a loop device, the image's file system and overlayfs.
+The same services merge what an earlier unit puts in /run/extensions, and (systemd 254
+and later) what systemd-stub leaves in /.extra/sysext and /.extra/confext from the ESP,
+but only signed Verity images from there: systemd's strict policy for an untrusted
+source. 252 ignores /.extra/sysext, and nothing here makes it look: the images come
+unauthenticated. Merging needs a loop device, the image's file system and overlayfs.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ a run must make early, the time summary, and QEMU's command line."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,6 +38,7 @@ from harness.network import (
 from harness.qemu import BootOptions, Disk, qemu_argv
 from harness.rootdisk import building, made_once
 from harness.screen import png_from_ppm
+from harness.secureboot import make_esp
 from harness.stackdisks import EXIT_SCENARIOS, RESUME_SCENARIOS, SCENARIOS, maker_script
 from harness.suite import Phase, disk_needs, run_order, tier_of, time_summary
 from harness.timings import TIMINGS_ENV, Timing, read_timings, timed
@@ -374,3 +377,21 @@ def test_the_hibernation_stack_is_a_set_of_its_own() -> None:
     assert "\nmake_stack make_swap_lvm_on_luks\n" in script
     assert "mkswap -U b00ce4d0-7e57-4b00-8007-000000000003 " in script
     assert "resume=UUID=b00ce4d0-7e57-4b00-8007-000000000003" in RESUME_SCENARIOS[0].cmdline
+
+
+@pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in ("mkfs.vfat", "mmd", "mcopy", "mtype")),
+    reason="mtools and dosfstools (scripts/setup)",
+)
+def test_an_esp_holds_the_uki_at_the_removable_path_and_the_stubs_sidecar_files(
+    tmp_path: Path,
+) -> None:
+    program = tmp_path / "uki.efi"
+    program.write_bytes(b"MZ uki")
+    extra = {"EFI/BOOT/BOOTX64.EFI.extra.d/a.cred": b"one", "loader/credentials/b.cred": b"two"}
+    image = make_esp(tmp_path / "esp.img", program, extra)
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    for path, data in {"EFI/BOOT/BOOTX64.EFI": b"MZ uki", **extra}.items():
+        shown = subprocess.run(["mtype", "-i", image, f"::/{path}"], env=env,
+                               capture_output=True, check=True)  # fmt: skip
+        assert shown.stdout == data, path

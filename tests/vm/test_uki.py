@@ -13,6 +13,15 @@ test's token reach the kernel only through the UKI's own .cmdline. The root disk
 usual bookworm one, whose systemd reports the token after switch-root; a job there reads
 the SecureBoot EFI variable (1: enforcing) and the kernel's lockdown state, which the
 test checks in what the guest wrote back.
+
+The same boot carries credentials from the ESP (issue 17): the signed UKI's ESP holds
+one in EFI/BOOT/BOOTX64.EFI.extra.d/ (this UKI's) and one in loader/credentials/ (every
+UKI's), each a random value encrypted by `systemd-creds encrypt --with-key=tpm2-absent`
+(the null key: the machine has no TPM). systemd-stub (257) hands them to the initrd in
+/.extra/, PID 1 keeps them in /run/credentials/@encrypted, and a unit in the initrd
+(from the test's copy of the tree, `--add-unit`) takes both with
+LoadCredentialEncrypted= and prints them; the root's job decrypts them again with the
+root's systemd-creds (252), so they went on through switch-root.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +42,7 @@ from harness.qemu import Boot, BootOptions, Disk, boot
 from harness.rootdisk import RootDisk
 from harness.secureboot import KeyPair, enrolled_vars, make_esp, make_key_pair, missing_tools
 from harness.token import expect_token, new_token
+from harness.treecopy import tree_with_files
 from harness.ukisysroot import ensure_trixie_sysroot
 
 BOOT_LIMIT = 900
@@ -51,14 +62,53 @@ setup=$(od -An -tu1 -j4 -N1 $vars/SetupMode-{EFI_GLOBAL} | tr -d ' ')
 lockdown=$(cat /sys/kernel/security/lockdown)
 echo "SecureBoot=$secure SetupMode=$setup lockdown=$lockdown" | tee /job/out/secureboot
 echo "BOOKEND-SECUREBOOT SecureBoot=$secure SetupMode=$setup" > /dev/console
+# The ESP's credentials, kept encrypted through switch-root, decrypted by the root's tools.
+for name in espcred globalcred; do
+    systemd-creds decrypt --name=$name /run/credentials/@encrypted/$name - > /job/out/$name
+done
 """
+ESP_UNIT = "bookend-espcred.service"
+ESP_UNIT_FILE = """\
+[Unit]
+Description=bookend test: credentials systemd-stub brought from the ESP
+Before=initrd.target
+
+[Service]
+Type=oneshot
+LoadCredentialEncrypted=espcred
+LoadCredentialEncrypted=globalcred
+ExecStart=/bin/sh -c 'read -r u < "$$CREDENTIALS_DIRECTORY/espcred" || true; \\
+read -r g < "$$CREDENTIALS_DIRECTORY/globalcred" || true; \\
+echo "BOOKEND-ESPCRED uki=$$u global=$$g"'
+StandardOutput=journal+console
+
+[Install]
+WantedBy=initrd.target
+"""
+# Where systemd-stub looks for a UKI's own credentials and for every UKI's.
+UKI_CREDS = "EFI/BOOT/BOOTX64.EFI.extra.d"
+GLOBAL_CREDS = "loader/credentials"
 
 
 @pytest.fixture(scope="module")
-def uki_sysroot() -> Path:
+def uki_sysroot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The trixie tree with the test's initrd unit (a linked copy)."""
     if missing_tools():
         pytest.skip(f"missing {', '.join(missing_tools())} (scripts/setup)")
-    return ensure_trixie_sysroot()
+    copy = tmp_path_factory.mktemp("uki") / "sysroot"
+    files = {f"/usr/lib/systemd/system/{ESP_UNIT}": (ESP_UNIT_FILE, 0o644)}
+    with tree_with_files(ensure_trixie_sysroot(), copy, files) as root:
+        yield root
+
+
+def null_key_credential(sysroot: Path, name: str, value: str) -> bytes:
+    """value as credential name, encrypted by the tree's systemd-creds with the null key
+    (for machines without a TPM; authenticates nothing)."""
+    argv = ["chroot", str(sysroot), "systemd-creds", "encrypt", "--with-key=tpm2-absent",
+            f"--name={name}", "-", "-"]  # fmt: skip
+    result = subprocess.run(argv, input=value.encode(), capture_output=True, check=False)
+    assert result.returncode == 0, result.stderr.decode()
+    return result.stdout
 
 
 def pe_sections(image: Path) -> dict[str, bytes]:
@@ -95,7 +145,8 @@ def test_signed_uki_boots_the_root_under_secure_boot_unsigned_and_foreign_are_re
                      "--secureboot-key", str(db.key), "--secureboot-cert", str(db.cert),
                      "--pcr-private-key", str(pcr.key),
                      # The job reads the SecureBoot variable through efivarfs.
-                     "--add-module", "efivarfs", check=False)  # fmt: skip
+                     "--add-module", "efivarfs", "--add-unit", ESP_UNIT,
+                     check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     sections = pe_sections(signed)
     assert sections[".cmdline"].decode() == cmdline
@@ -107,8 +158,16 @@ def test_signed_uki_boots_the_root_under_secure_boot_unsigned_and_foreign_are_re
     exitrd = tmp_path / f"exitrd.img-{kver}"
     assert check_image(exitrd).kind == "exitrd" and check_image(exitrd).problems == []
 
+    uki_cred, global_cred = new_token(), new_token()
+    extra = {
+        f"{UKI_CREDS}/espcred.cred": null_key_credential(uki_sysroot, "espcred", uki_cred),
+        f"{GLOBAL_CREDS}/globalcred.cred": null_key_credential(
+            uki_sysroot, "globalcred", global_cred
+        ),
+    }
     esps = [make_esp(tmp_path / f"{uki.stem}.esp", uki)
-            for uki in (*refused_copies(signed, other), signed)]  # fmt: skip
+            for uki in refused_copies(signed, other)]  # fmt: skip
+    esps.append(make_esp(tmp_path / "signed.esp", signed, extra))
     job = make_job_disk(tmp_path / "job.img", JOB)
     disks: tuple[Disk | Path, ...] = (
         *(Disk(esp, bootindex=index) for index, esp in enumerate(esps)),
@@ -120,6 +179,10 @@ def test_signed_uki_boots_the_root_under_secure_boot_unsigned_and_foreign_are_re
                           log_path=console_log)  # fmt: skip
     with boot(options) as vm:
         through_the_firmware_and_stub(vm, kver)
+        # The initrd's unit (ordered before initrd.target) decrypted both.
+        vm.expect(f"BOOKEND-ESPCRED uki={uki_cred} global={global_cred}", timeout=240)
+        vm.expect(r"Reached target .*initrd\.target", timeout=240)
+        vm.expect(r"Welcome to Debian GNU/Linux [^\n]*!", timeout=180)
         printed = vm.expect(r"BOOKEND-JOB-STATUS (\d+)", timeout=BOOT_LIMIT)
         expect_token(vm, token, BOOT_LIMIT)
     assert "starting Boot0001" not in vm.text and "starting Boot0002" not in vm.text
@@ -128,6 +191,9 @@ def test_signed_uki_boots_the_root_under_secure_boot_unsigned_and_foreign_are_re
     # Enforcing: SecureBoot 1 and user mode (a PK enrolled), and the kernel locked down.
     assert found.startswith("SecureBoot=1 SetupMode=0 lockdown="), found
     assert "[integrity]" in found or "[confidentiality]" in found, found
+    for name, value in (("espcred", uki_cred), ("globalcred", global_cred)):
+        kept = read_job_output(job.path, name, tmp_path / name).read_text()
+        assert kept.strip() == value, (name, kept)
 
 
 def through_the_firmware_and_stub(vm: Boot, kver: str) -> None:
@@ -141,5 +207,3 @@ def through_the_firmware_and_stub(vm: Boot, kver: str) -> None:
     vm.expect(r"secureboot: Secure boot enabled", timeout=60)  # the kernel's own check
     # systemd 257 greets an initrd with "Booting initrd of", 252 with "Welcome to".
     vm.expect(r"(Welcome to|Booting initrd of) .*\(bookend initrd\)", timeout=240)
-    vm.expect(r"Reached target .*initrd\.target", timeout=240)
-    vm.expect(r"Welcome to Debian GNU/Linux [^\n]*!", timeout=180)
