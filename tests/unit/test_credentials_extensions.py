@@ -205,6 +205,9 @@ def test_rd_break_units_wait_at_each_point_with_sulogin(
         assert f"ConditionKernelCommandLine=rd.break={point}\n" in text
         assert f"bookend-hook-{point}-1.service" in text  # before the point's hooks
         assert ("ExecStart=-sulogin --force\n" in text) is force
+        # Said through the kernel's log: sulogin flushes what the tty has not sent yet.
+        said = f"ExecStartPre=-/bin/sh -c \"echo '<3>bookend: rd.break={point}: stopped;"
+        assert said in text and "' > /dev/kmsg\"\n" in text
         assert entries[f"{UNITS}/initrd.target.wants/{unit}"].entry.target == f"../{unit}"
     mount = entries[f"{UNITS}/bookend-break-pre-mount.service"].entry.data
     assert mount is not None and b"Before=systemd-fsck-root.service sysroot.mount " in mount
