@@ -142,7 +142,9 @@ class BootOptions:
     # More QEMU arguments for devices a test adds: a TPM (-tpmdev/-device), a display.
     devices: tuple[str, ...] = ()
     # More QEMU arguments that add no ACPI table of their own, so the PVH entry still
-    # works: SMBIOS strings (-smbios type=11,...), another serial port.
+    # works: SMBIOS strings (-smbios type=11,...), fw_cfg files (-fw_cfg name=opt/...: a
+    # PVH boot of Debian 12's vmlinux listed the same ACPI tables with one), another
+    # serial port.
     plain_devices: tuple[str, ...] = ()
     # Descriptors QEMU inherits, e.g. the sockets of a network link between guests.
     pass_fds: tuple[int, ...] = ()

@@ -3,10 +3,13 @@
 What the kernel command line (`systemd.set_credential=`, and with systemd 254 and later
 `systemd.set_credential_binary=`), SMBIOS type 11 strings and QEMU's fw_cfg give, PID 1
 imports itself into /run/credentials/@system before any unit starts; /run goes on to
-the real root with switch-root, so nothing in the image is needed for them; nor for the
-*.cred files systemd-stub brings from the ESP (/.extra/credentials and
-/.extra/global_credentials), which PID 1 (252 and later) keeps encrypted in
-/run/credentials/@encrypted for `LoadCredentialEncrypted=`. A service
+the real root with switch-root. Nor does the image need anything for the *.cred files
+systemd-stub brings from the ESP (/.extra/credentials and /.extra/global_credentials),
+which PID 1 (252 and later) keeps encrypted in /run/credentials/@encrypted for
+`LoadCredentialEncrypted=`. Only fw_cfg needs something in the image: Debian's
+kernels build its driver as a module (qemu_fw_cfg), which PID 1 loads itself in a
+virtual machine before it imports (/sys/firmware/qemu_fw_cfg), so the module comes
+with the feature, hostonly or not (the build host need not be a guest). A service
 takes one with `LoadCredential=NAME` (systemd 252) or `ImportCredential=` (254 and
 later). This feature embeds the credentials the configuration names, where both look
 for them: /etc/credstore/NAME, and an encrypted one (a file named *.cred, as
@@ -133,8 +136,11 @@ def _credentials(context: FeatureContext) -> Contribution:
 
 FEATURE = Feature(
     name="credentials",
-    help="systemd credentials embedded for the initrd's services (/etc/credstore); "
-    "those from the kernel command line, SMBIOS and fw_cfg need nothing in the image",
+    help="systemd credentials embedded for the initrd's services (/etc/credstore), and "
+    "qemu_fw_cfg for QEMU's fw_cfg credentials; those from the kernel command line and "
+    "SMBIOS need nothing in the image",
+    # Optional: built in, or absent from the kernel, it needs nothing.
+    modules=("?qemu_fw_cfg",),
     compute=_credentials,
     switch_on=SwitchOn(settings=("credentials",)),
 )

@@ -55,6 +55,7 @@ exit 1
 """
 BARE_BREAK_SCRIPT = "/usr/lib/bookend/rd-break-bare"
 BARE_BREAK_UNIT = "bookend-break.service"
+KMSG_LEVEL = 3  # err: printed on the console even with `quiet` (console loglevel 4)
 
 
 def break_unit(point: str, access: EmergencyAccess, bare: bool = False) -> str:
@@ -81,6 +82,9 @@ def break_unit(point: str, access: EmergencyAccess, bare: bool = False) -> str:
             f"rd.break={point}",
         )
     message = f"bookend: {word}: stopped; leave the shell (exit) to go on with the boot"
+    # The line goes through the kernel's log, which writes to the console itself: one
+    # echoed to the tty could still sit in its buffer when sulogin flushes a serial
+    # line's queues (and systemd hangs the tty up before it), and was seen lost.
     return f"""\
 # Written by bookend: {word} stops the boot here for a shell.
 [Unit]
@@ -93,7 +97,7 @@ Before={" ".join(before)} bookend-hook-{point}-1.service
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-{check}ExecStartPre=/bin/sh -c "echo '{message}'"
+{check}ExecStartPre=-/bin/sh -c "echo '<{KMSG_LEVEL}>{message}' > /dev/kmsg"
 ExecStart=-sulogin{force}
 StandardInput=tty-force
 StandardOutput=inherit

@@ -106,6 +106,27 @@ def test_tpm2_sealed_credential_without_tss2_is_one_line(root_tree: Path, tmp_pa
     )
 
 
+def fw_cfg_requests(plan: Plan) -> list[tuple[str, bool]]:
+    return [(r.name, r.optional) for r in plan.requests
+            if r.kind is RequestKind.MODULE and r.reason == "feature credentials"]  # fmt: skip
+
+
+def test_the_feature_brings_qemu_fw_cfg_for_fw_cfg_credentials(
+    root_tree: Path, tmp_path: Path
+) -> None:
+    """PID 1 loads qemu_fw_cfg itself before it imports QEMU's fw_cfg credentials: the
+    module comes with the feature, optional (built in or absent needs nothing); the
+    feature named alone brings it with no credential store."""
+    plain = put(tmp_path, "/plain", "value\n")
+    embedded = make_plan(config_of({"sysroot": str(root_tree), "credentials": [f"a={plain}"]}))
+    named = make_plan(config_of({"sysroot": str(root_tree), "features": ["credentials"]}))
+    for plan in (embedded, named):
+        assert "credentials" in plan.features
+        assert fw_cfg_requests(plan) == [("qemu_fw_cfg", True)]
+    assert not any(path.startswith("/etc/credstore") for path in generated(named))
+    assert fw_cfg_requests(make_plan(config_of({"sysroot": str(root_tree)}))) == []
+
+
 def test_no_credentials_no_feature(root_tree: Path) -> None:
     plan = make_plan(config_of({"sysroot": str(root_tree)}))
     assert "credentials" not in plan.features and "extensions" not in plan.features
@@ -205,6 +226,9 @@ def test_rd_break_units_wait_at_each_point_with_sulogin(
         assert f"ConditionKernelCommandLine=rd.break={point}\n" in text
         assert f"bookend-hook-{point}-1.service" in text  # before the point's hooks
         assert ("ExecStart=-sulogin --force\n" in text) is force
+        # Said through the kernel's log: sulogin flushes what the tty has not sent yet.
+        said = f"ExecStartPre=-/bin/sh -c \"echo '<3>bookend: rd.break={point}: stopped;"
+        assert said in text and "' > /dev/kmsg\"\n" in text
         assert entries[f"{UNITS}/initrd.target.wants/{unit}"].entry.target == f"../{unit}"
     mount = entries[f"{UNITS}/bookend-break-pre-mount.service"].entry.data
     assert mount is not None and b"Before=systemd-fsck-root.service sysroot.mount " in mount

@@ -4,10 +4,15 @@ booting the usual Debian 12 root disk (systemd 252).
 
 - Credentials: one by SMBIOS type 11 (QEMU's -smbios), one by
   `systemd.set_credential=` on the kernel command line, one embedded with
-  `--credential` (in /etc/credstore). A test package's service in the initrd loads all
-  three with LoadCredential= and prints them; it also writes a unit into /run for the
-  real root, whose systemd 252 loads the two given to the machine (the embedded one is
-  the initrd's) after switch-root and prints them.
+  `--credential` (in /etc/credstore), a binary one (a NUL, a 0xff, random bytes) by
+  `systemd.set_credential_binary=` (base64) and one by QEMU's fw_cfg (`-fw_cfg
+  name=opt/io.systemd.credentials/...`, read by PID 1 through the qemu_fw_cfg module the
+  feature brings). A test package's service in the initrd loads the first three with
+  LoadCredential= and the last two with one `ImportCredential=bookend.*` glob, and prints
+  them (the binary one as its SHA-256); it also writes a unit into /run for the real
+  root, whose systemd 252 loads the four given to the machine (the embedded one is the
+  initrd's) with LoadCredential= after switch-root and prints them: the binary one too,
+  which 252 cannot import from the command line itself.
 - `--add-sysext`: a squashfs extension brings a program the initrd's service runs;
   its output comes only from the extension's file.
 - A TPM2-sealed credential: `systemd-creds encrypt --with-key=tpm2` (the tree's
@@ -30,6 +35,8 @@ that did not run, an extension not merged, or a shell that did not answer fails 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import socket
 import subprocess
@@ -90,6 +97,9 @@ Type=oneshot
 LoadCredential=smbcred
 LoadCredential=cmdcred
 LoadCredential=embcred
+# systemd 254 and later: by a glob, the binary one from the kernel command line and the
+# one from QEMU's fw_cfg.
+ImportCredential=bookend.*
 ExecStart=bookend-creds-initrd
 StandardOutput=journal+console
 
@@ -105,6 +115,9 @@ read -r smb < "$CREDENTIALS_DIRECTORY/smbcred" || true
 read -r cmd < "$CREDENTIALS_DIRECTORY/cmdcred" || true
 read -r emb < "$CREDENTIALS_DIRECTORY/embcred" || true
 echo "BOOKEND-CRED in=initrd smb=$smb cmd=$cmd emb=$emb"
+read -r fw < "$CREDENTIALS_DIRECTORY/bookend.fw" || true
+bin=$(sha256sum < "$CREDENTIALS_DIRECTORY/bookend.bin")
+echo "BOOKEND-CRED-IMPORTED in=initrd fw=$fw bin=${{bin%% *}}"
 bookend-sysext-hello "$cmd"
 read -r conf < /etc/bookend-confext.conf
 echo "BOOKEND-CONFEXT in=initrd value=$conf"
@@ -121,9 +134,13 @@ Before=bookend-test-report.service
 Type=oneshot
 LoadCredential=smbcred
 LoadCredential=cmdcred
+LoadCredential=bookend.fw
+LoadCredential=bookend.bin
 ExecStart=/bin/sh -c 'read -r s < "$$CREDENTIALS_DIRECTORY/smbcred"; \
 read -r c < "$$CREDENTIALS_DIRECTORY/cmdcred"; \
-echo "BOOKEND-CRED in=root smb=$$s cmd=$$c" > /dev/ttyS0'
+read -r f < "$$CREDENTIALS_DIRECTORY/bookend.fw" || true; \
+b=$$(sha256sum < "$$CREDENTIALS_DIRECTORY/bookend.bin"); \
+echo "BOOKEND-CRED in=root smb=$$s cmd=$$c fw=$$f bin=$${b%%%% *}" > /dev/ttyS0'
 """
 PACKAGE_FILES = {
     f"/usr/lib/systemd/system/{INITRD_UNIT}": (INITRD_UNIT_FILE, 0o644),
@@ -132,7 +149,8 @@ PACKAGE_FILES = {
     f"/usr/share/bookend-test/{ROOT_UNIT}": (ROOT_UNIT_FILE, 0o644),
 }
 # What the initrd's helper runs besides shell builtins.
-TOOLS = ("--add-file", "/usr/bin/mkdir", "--add-file", "/usr/bin/cp", "--add-file", "/usr/bin/ln")
+TOOLS = tuple(arg for tool in ("mkdir", "cp", "ln", "sha256sum")
+              for arg in ("--add-file", f"/usr/bin/{tool}"))  # fmt: skip
 EXTENSION_PROGRAM = """\
 #!/bin/sh
 echo "BOOKEND-SYSEXT merged-from-extension arg=$1"
@@ -225,7 +243,10 @@ def test_credentials_sysext_debug_shell_and_rd_break(
 ) -> None:
     kver = newest_kernel(initrd_sysroot)
     assert kver is not None
-    smb, cmd, emb, conf, tpm = (new_token() for _ in range(5))
+    smb, cmd, emb, conf, tpm, fw = (new_token() for _ in range(6))
+    # Binary: a NUL and bytes that are no text; the guest prints their SHA-256.
+    binary = b"\0\xff\n" + os.urandom(16)
+    bin_sum = hashlib.sha256(binary).hexdigest()
     (tmp_path / "embcred").write_text(emb + "\n")
     state = tmp_path / "tpm-state"
     sealed = seal_with_tpm2(initrd_sysroot, state, "tpmcred", tpm + "\n")
@@ -245,15 +266,19 @@ def test_credentials_sysext_debug_shell_and_rd_break(
                      check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert initrd.stat().st_mode & 0o777 == 0o600  # it holds a credential
+    # A module in Debian 13's kernel: PID 1 reads fw_cfg only once it has loaded it.
+    assert "/drivers/firmware/qemu_fw_cfg.ko" in bookend("ls", str(initrd)).stdout
 
     token = new_token()
     serial = tmp_path / "ttyS1.sock"
     append = (f"root=UUID={root_disk.uuid} rw systemd.set_credential=cmdcred:{cmd} "
+              f"systemd.set_credential_binary=bookend.bin:{base64.b64encode(binary).decode()} "
               "rd.systemd.debug_shell=ttyS1 rd.break=pre-mount")  # fmt: skip
     options = BootOptions(
         kernel=initrd_sysroot / f"boot/vmlinuz-{kver}", initrd=initrd, disks=(root_disk.image,),
         append=append, timeout=BOOT_LIMIT, log_path=console_log,
         plain_devices=("-smbios", f"type=11,value=io.systemd.credential:smbcred={smb}",
+                       "-fw_cfg", f"name=opt/io.systemd.credentials/bookend.fw,string={fw}",
                        "-chardev", f"socket,id=ttyS1,path={serial},server=on,wait=off",
                        "-serial", "chardev:ttyS1"),
     )  # fmt: skip
@@ -263,13 +288,14 @@ def test_credentials_sysext_debug_shell_and_rd_break(
     ):
         port = SerialPort(serial)
         vm.expect(f"BOOKEND-CRED in=initrd smb={smb} cmd={cmd} emb={emb}", 400)
+        vm.expect(f"BOOKEND-CRED-IMPORTED in=initrd fw={fw} bin={bin_sum}", 60)
         vm.expect(f"BOOKEND-SYSEXT merged-from-extension arg={cmd}", 60)
         vm.expect(f"BOOKEND-CONFEXT in=initrd value={conf}", 60)
         # The debug shell: a root shell on ttyS1 while the boot waits at its break.
         port.send("echo BOOKEND-DEBUG $((6 * 7))\n")
         port.expect("BOOKEND-DEBUG 42", 120)
         break_shell(vm)
-        vm.expect(f"BOOKEND-CRED in=root smb={smb} cmd={cmd}\n", 400)
+        vm.expect(f"BOOKEND-CRED in=root smb={smb} cmd={cmd} fw={fw} bin={bin_sum}\n", 400)
         # Its own service, in no fixed order with the others: done before switch-root.
         assert f"BOOKEND-CRED-TPM2 in=initrd value={tpm}" in vm.text
         expect_token(vm, token, 300)
