@@ -36,7 +36,7 @@ if __package__ in (None, ""):
 
 from bench.measure import ImageFacts, read_image_facts, run_build
 from bench.tools import FEATURE_SETS, Command, base_env, bookend_argv, progress, write_report
-from bookend.archive.compress import DEFAULT_LEVELS, Compression
+from bookend.archive.compress import DEFAULT_LEVELS, EXITRD_DEFAULT_LEVELS, Compression
 from bookend.features import ALL
 from bookend.storage import NETWORK_STORAGE
 from harness.qemu import installed_kernels
@@ -197,7 +197,8 @@ def render_report(built: Sequence[Built], kver: str, group: str = "network") -> 
         f"# {chosen.title}",
         "",
         f"`python3 bench/featuresizes.py --group {group}`, {time.strftime('%Y-%m-%d')}, kernel "
-        f"{kver}, {platform.machine()}, zstd level {DEFAULT_LEVELS[Compression.ZSTD]}. Base: "
+        f"{kver}, {platform.machine()}, zstd level {DEFAULT_LEVELS[Compression.ZSTD]} "
+        f"(the exitrd: its own default, zstd {EXITRD_DEFAULT_LEVELS[Compression.ZSTD]}). Base: "
         f"`bookend build --MODE {' '.join(BASE_ARGS)}`; each other row adds "
         f"`--add-feature NAME` for its features{options if group != 'network' else ''}. "
         "Content counts file bytes, each hard-link group once; an entry is "

@@ -103,9 +103,11 @@ METHOD = """\
   mkinitramfs `-c zstd -l {level}` (zstd without `-T0`: mkinitramfs gives no way to add it).
   The tools' defaults differ: bookend zstd {bookend_level} (multithreaded); dracut 059 gzip -9 (pigz
   when installed); Debian's initramfs-tools zstd -9 (single thread).
+  bookend's exitrd (the image it writes beside the initrd, which nothing unpacks at
+  boot) keeps its own default, `exitrd_compress` zstd 3.
   The one exception is *bookend hostonly uncompressed*: the hostonly build with
-  `--compress none`, built in the same rounds and not booted, which shows how much of
-  bookend's time compression takes.
+  `--compress none --exitrd-compress none`, built in the same rounds and not booted,
+  which shows how much of bookend's time compression takes.
 - **Same feature set**: each tool is told the guest's modules (`virtio_blk virtio_pci
   ext4`: bookend `--add-module`/`--filesystem`, dracut `--add-drivers`/`--filesystems`,
   mkinitramfs its conf dir's `modules` file), since this host's root device is not the

@@ -137,7 +137,7 @@ def bookend_argv(
 ) -> tuple[str, ...]:
     """`bookend build` of this checkout (base_env's PYTHONPATH) in mode, zstd at the level
     (None: uncompressed)."""
-    compress = ("--compress", "none") if zstd_level is None else (
+    compress = ("--compress", "none", "--exitrd-compress", "none") if zstd_level is None else (
         "--compress", "zstd", "--compress-level", str(zstd_level))  # fmt: skip
     return (
         sys.executable, "-m", "bookend", "build", "--kver", kver, "-o", str(output),

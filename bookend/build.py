@@ -27,6 +27,7 @@ from bookend.archive.atomic import Staged, staged_file
 from bookend.archive.lock import locked_outputs
 from bookend.closure import Closure, ClosureEntry, build_closure
 from bookend.config import Config
+from bookend.config.table import exitrd_level
 from bookend.errors import ArchiveError
 from bookend.exitrd_store import digest_path
 from bookend.features import ALL
@@ -62,17 +63,21 @@ def write_image(config: Config, closure: Closure, output: Path | None = None) ->
 
 
 @contextmanager
-def staged_image(config: Config, closure: Closure, output: Path | None = None) -> Iterator[Staged]:
-    """The complete (and, for the initrd, checked) image beside its target, not yet renamed."""
+def staged_image(
+    config: Config, closure: Closure, output: Path | None = None, *, exitrd: bool = False
+) -> Iterator[Staged]:
+    """The complete (and, for the initrd, checked) image beside its target, not yet renamed;
+    exitrd: the exitrd, with its own compression."""
     epoch = source_date_epoch(os.environ)
+    # Nothing unpacks the exitrd at boot or at shutdown, only install-exitrd, once.
+    compression = config.exitrd_compress if exitrd else config.compress
+    level = exitrd_level(config) if exitrd else config.compress_level
 
     def write(out: BinaryIO) -> None:
         if closure.early:
             # The kernel finds early microcode only in an uncompressed archive at the start.
             write_cpio(list(closure.early), out, epoch=0)
-        with open_compressor(
-            config.compress, out, config.compress_level, config.compress_threads
-        ) as stream:
+        with open_compressor(compression, out, level, config.compress_threads) as stream:
             write_cpio(closure.archive_entries(), stream, epoch=epoch)
 
     target = output or config.output
@@ -82,16 +87,16 @@ def staged_image(config: Config, closure: Closure, output: Path | None = None) -
         log.warning("%s holds secrets (%s): written with mode 0600", target, ", ".join(secrets))
     # Only the initrd is checked: it is what stops a boot, and what the user replaces.
     verify = _check_before_replacing(config, target) if output is None else None
-    size_hint = _expected_size(config, target, closure)
+    size_hint = _expected_size(compression, target, closure)
     mode = 0o600 if secrets else 0o644
     with staged_file(target, write, mode, verify, size_hint) as staged:
         yield staged
 
 
-def _expected_size(config: Config, target: Path, closure: Closure) -> int:
+def _expected_size(compression: Compression, target: Path, closure: Closure) -> int:
     """For the full-disk message: uncompressed, the content; else the image it replaces
     (same settings, about the same size), or the content as an upper bound."""
-    if config.compress is not Compression.NONE and target.is_file():
+    if compression is not Compression.NONE and target.is_file():
         return target.stat().st_size
     total = 0
     for entry in [*closure.early, *closure.archive_entries()]:
@@ -219,7 +224,9 @@ def _write_pair(
         exitrd_file = None
         closure = with_manifest(bare)
         if exitrd is not None:
-            exitrd_file = staged.enter_context(staged_image(config, exitrd, config.exitrd_output))
+            exitrd_file = staged.enter_context(
+                staged_image(config, exitrd, config.exitrd_output, exitrd=True)
+            )
             carried = _with_exitrd_tree(bare, exitrd) if config.exitrd_in_initrd else bare
             closure = with_manifest(
                 _with_exitrd_digest(carried, exitrd_file.temporary, config.exitrd_in_initrd)

@@ -364,10 +364,12 @@ def cmd_build(args: argparse.Namespace) -> int:
     state = "up to date, not rewritten: " if result.up_to_date else ""
     for image in (result.initrd, result.exitrd):
         if image is not None:
-            uki = " in a UKI" if config.uki and image is result.initrd else ""
+            initrd = image is result.initrd
+            uki = " in a UKI" if config.uki and initrd else ""
+            compression = config.compress if initrd else config.exitrd_compress
             print(
                 f"{image.path}: {state}{len(image.closure.entries)} entries{uki}, "
-                f"{image.size / 1e6:.1f} MB ({config.compress.value}), kernel {config.kver}"
+                f"{image.size / 1e6:.1f} MB ({compression.value}), kernel {config.kver}"
             )
     _print_ssh_fingerprints(result.initrd.closure)
     return 0

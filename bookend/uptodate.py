@@ -57,6 +57,7 @@ def inputs_digest(config: Config, closures: Iterable[Closure]) -> str:
         "bookend": __version__,
         "python": sys.version,
         "compressor": _compressor_version(config.compress),
+        "exitrd_compressor": _compressor_version(config.exitrd_compress),
         "epoch": source_date_epoch(os.environ),
         "settings": _settings(config),
     }

@@ -134,12 +134,12 @@ def _each(setting: Setting, merged: Merged) -> list[tuple[str, str]]:
 def _check_compress_level(
     values: Mapping[str, Any], origins: Mapping[str, str], problems: Problems
 ) -> None:
-    level, compression = values["compress_level"], values["compress"]
-    assert isinstance(compression, Compression)
-    low, high = LEVELS[compression]
-    if level is not None and not low <= level <= high:
-        problems.add(
-            origins["compress_level"],
-            "compress_level",
-            f"{level} is not a {compression.value} level ({low}..{high})",
-        )
+    for key, compression_key in (("compress_level", "compress"),
+                                 ("exitrd_compress_level", "exitrd_compress")):  # fmt: skip
+        level, compression = values[key], values[compression_key]
+        assert isinstance(compression, Compression)
+        low, high = LEVELS[compression]
+        if level is not None and not low <= level <= high:
+            problems.add(
+                origins[key], key, f"{level} is not a {compression.value} level ({low}..{high})"
+            )

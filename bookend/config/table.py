@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
 
-from bookend.archive.compress import DEFAULT_LEVELS, Compression
+from bookend.archive.compress import DEFAULT_LEVELS, EXITRD_DEFAULT_LEVELS, Compression
 from bookend.completion import KERNELS
 from bookend.sshkeys import looks_inline
 from bookend.suggest import did_you_mean
@@ -181,6 +181,14 @@ def _short(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def exitrd_level(config: Config) -> int:
+    """The level the exitrd is compressed at: its own setting, else its compressor's
+    exitrd default (bookend.archive.compress.EXITRD_DEFAULT_LEVELS)."""
+    if config.exitrd_compress_level is not None:
+        return config.exitrd_compress_level
+    return EXITRD_DEFAULT_LEVELS[config.exitrd_compress]
+
+
 @dataclass(frozen=True)
 class Config:
     """The checked configuration every later stage reads; one field per setting."""
@@ -216,6 +224,17 @@ class Config:
         ),
         # zstd and lz4 write the same bytes whatever the number of workers: not an input.
         image_input=False,
+    )
+    exitrd_compress: Compression = setting(
+        "compression of the exitrd, whatever the initrd's: install-exitrd unpacks it once "
+        "and shutdown copies that tree, so it costs build time and space, not shutdown time",
+        "zstd",
+        metavar="NAME",
+    )
+    exitrd_compress_level: int | None = setting(
+        "the exitrd's compression level (default: 3 for zstd, else as compress_level's)",
+        metavar="N",
+        show=lambda config: exitrd_level(config),
     )
     features: tuple[str, ...] = setting(
         "extra features to enable (see `bookend features`)",

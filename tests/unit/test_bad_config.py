@@ -98,6 +98,8 @@ CASES = (
          "(did you mean 'zstd'?)", 'compress = "zstdd"\n'),
     Case("compress-level", CLI, "compress_level", "15 is not a xz level (0..9)",
          flags=("--compress", "xz", "--compress-level", "15")),
+    Case("exitrd-compress-level", TOML, "exitrd_compress_level", "4 is not a none level (0..0)",
+         'exitrd_compress = "none"\nexitrd_compress_level = 4\n'),
     Case("hook-point", CLI, "hooks", "unknown hook point 'pre-mout' (did you mean 'pre-mount'?)",
          flags=("--hook", "pre-mout=echo hi")),
     Case("hook-form", TOML, "hooks", "'echo hi' is not POINT=COMMAND", 'hooks = ["echo hi"]\n'),
