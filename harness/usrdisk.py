@@ -3,11 +3,11 @@
 The disk holds the cached root disk's tree (rootdisk.py) split in two GPT partitions, the
 way an image builder writes a disk image: partition 1 is /usr (the root disk's /usr and
 the repart.d definitions of the image), partition 2 the root with an empty /usr, whose
-fstab grows it (x-systemd.growfs). The partitions fill the first 1 GiB of a 4 GiB disk
-and the rest is free, as an image builder leaves it: on its first boot systemd-repart in
-the initrd must grow the root partition into the rest and the real root's systemd-growfs
-its filesystem. (The partition table spans the disk: systemd 252's repart does not move
-a backup GPT header left at 1 GiB by copying a 1 GiB image file onto a bigger disk.)
+fstab grows it (x-systemd.growfs). The image is made as an image builder makes one: a 1 GiB
+file whose GPT (its backup header and last usable LBA) ends at 1 GiB, then made a 4 GiB
+disk (truncated up, as `dd` of the image onto a bigger disk leaves it). On its first
+boot systemd-repart in the initrd must grow the root partition into the 3 GiB past the
+image's end and the real root's systemd-growfs its filesystem.
 Everything is made on the host: the root disk's tree by debugfs (unmounted), the
 filesystems by mkfs.ext4 -d, the partition table by systemd-repart:
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +65,10 @@ root=$(findmnt -no SOURCE /)
 part=$(basename "$root")
 part_bytes=$(( $(cat /sys/class/block/$part/size) * 512 ))
 fs_bytes=$(df -B1 --output=size / | tail -n 1 | tr -d ' ')
+# The partition table as the first boot left it: its last usable sector, and the disk's.
+disk=/dev/$(lsblk -no PKNAME "$root")
+last_lba=$(sfdisk --dump "$disk" 2>/dev/null | sed -n 's/^last-lba: *//p')
+disk_sectors=$(cat /sys/class/block/${{disk#/dev/}}/size)
 marker=$(tr ' ' _ < {MARKER} 2>/dev/null || echo none)
 # The real root's systemd would log the mount of /usr as usr.mount; the initrd's are
 # sysusr-usr.mount and sysroot-usr.mount, in the same journal (/run/log/journal).
@@ -72,6 +77,7 @@ initrd=$(journalctl -b -q -o cat -u sysusr-usr.mount -u sysroot-usr.mount | grep
 line="{CHECK_LINE} token=$token usr-source=$(findmnt -no SOURCE /usr)"
 line="$line usr-options=$(findmnt -no OPTIONS /usr) marker=$marker"
 line="$line root=$root part-bytes=$part_bytes fs-bytes=$fs_bytes"
+line="$line last-lba=${{last_lba:-none}} disk-sectors=$disk_sectors"
 line="$line root-usr-mounts=$own initrd-usr-mounts=$initrd end"
 echo "$line" > /dev/ttyS0
 """
@@ -112,8 +118,9 @@ def recipe_key(root: RootDisk, fstab: str) -> str:
         fstab,
         REPART_ROOT,
         str(ROOT_MIB),
+        str(IMAGE_MIB),
         str(DISK_MIB),
-        "2",
+        "3",
     )
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
@@ -163,6 +170,17 @@ def make_usr_disk(root: RootDisk, result: Path, key: str, fstab: str) -> None:
         (work / "root.img").unlink()
 
 
+def gpt_ends(image: Path) -> tuple[int, int]:
+    """The primary GPT header's backup-header LBA and last usable LBA (512-byte sectors)."""
+    with image.open("rb") as disk:
+        disk.seek(512)
+        header = disk.read(92)
+    if header[:8] != b"EFI PART":
+        raise ValueError(f"{image}: no GPT header at LBA 1")
+    backup, _first, last = struct.unpack_from("<QQQ", header, 32)
+    return backup, last
+
+
 def _write(tree: Path, relative: str, content: str, mode: int) -> None:
     path = tree / relative
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -178,8 +196,10 @@ def _mkfs(tree: Path, image: Path, mib: int, uuid: str, label: str) -> None:
 
 
 def _partition(disk: Path, usr: Path, root: Path) -> None:
-    """A DISK_MIB disk whose GPT holds usr then root in its first IMAGE_MIB, written by the
-    host's systemd-repart (regular files need no loop device for CopyBlocks=)."""
+    """An IMAGE_MIB image whose GPT holds usr then root, written by the host's
+    systemd-repart (regular files need no loop device for CopyBlocks=), then grown to a
+    DISK_MIB disk with its partition table left as written: the backup header and the
+    last usable LBA stay at IMAGE_MIB."""
     definitions = disk.parent / "image-repart.d"
     for name, kind, image, mib in (("10-usr", "usr-x86-64", usr, USR_MIB),
                                    ("20-root", "root-x86-64", root, ROOT_MIB)):  # fmt: skip
@@ -187,7 +207,9 @@ def _partition(disk: Path, usr: Path, root: Path) -> None:
             f"[Partition]\nType={kind}\nLabel={name[3:]}\nCopyBlocks={image}\n"
             f"SizeMinBytes={mib}M\nSizeMaxBytes={mib}M\n"
         ), 0o644)  # fmt: skip
-    run(["systemd-repart", "--empty=create", f"--size={DISK_MIB}M", "--dry-run=no",
+    run(["systemd-repart", "--empty=create", f"--size={IMAGE_MIB}M", "--dry-run=no",
          "--no-pager", f"--definitions={definitions}", "--seed=b00ce4d07e574b008007000000000000",
          disk])  # fmt: skip
     shutil.rmtree(definitions)
+    with disk.open("r+b") as written:
+        written.truncate(DISK_MIB * MIB)

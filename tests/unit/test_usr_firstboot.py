@@ -1,16 +1,23 @@
 """The usr and repart features on fixture sysroots: what switches them on (the sysroot's
 fstab and repart.d, hostonly only), what they bring (the /usr filesystem's tools, mkfs for
-a definition's Format=), and fsck's result sent to the console."""
+a definition's Format=), fsck's result sent to the console; and what systemd-repart makes
+of an image whose GPT ends before its disk does (harness/usrdisk.py's first-boot disk)."""
 
 from __future__ import annotations
 
+import shutil
+import struct
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from bookend.features import ALL, filesystems, repart, usr
 from bookend.features.base import FeatureContext, Generated, Request, split_contribution
 from bookend.plan import switched_on
 from bookend.storage import HostDetection
 from bookend.sysroot import Sysroot
+from harness.usrdisk import gpt_ends
 from tests.unit.conftest import load_config
 
 HOSTONLY = HostDetection(modules=(), filesystems=("ext4",), block_devices=(), storage=())
@@ -96,3 +103,41 @@ def test_fsck_units_print_their_result_on_the_console(root_tree: Path) -> None:
     for unit in ("systemd-fsck-root.service", "systemd-fsck@.service", "systemd-fsck-usr.service"):
         data = dropins[f"/etc/systemd/system/{unit}.d/bookend-console.conf"]
         assert data is not None and b"StandardOutput=journal+console" in data
+
+
+def _first_partition_sectors(image: Path) -> int:
+    """The size of the GPT's first entry (entries at LBA 2: type, uuid, first, last LBA)."""
+    with image.open("rb") as disk:
+        disk.seek(2 * 512 + 32)
+        first, last = struct.unpack("<QQ", disk.read(16))
+    return int(last) - int(first) + 1
+
+
+def test_repart_grows_into_a_disk_bigger_than_its_image(tmp_path: Path) -> None:
+    """An image written for 64 MiB on a 256 MiB disk: its GPT's backup header and last
+    usable LBA sit at 64 MiB. systemd-repart opening the disk to write (libfdisk moves the
+    backup header to the disk's end as it reads a writable disk) grows the partition
+    into the whole disk; a dry run, opening it read-only, sees only the image's 64 MiB."""
+    repart_tool = shutil.which("systemd-repart")
+    if repart_tool is None:
+        pytest.skip("systemd-repart is not installed (scripts/setup installs systemd)")
+    image, made, grown = tmp_path / "disk.img", tmp_path / "made", tmp_path / "grown"
+    for directory, size in ((made, "SizeMinBytes=16M\nSizeMaxBytes=16M\n"), (grown, "")):
+        directory.mkdir()
+        (directory / "10-root.conf").write_text(f"[Partition]\nType=root-x86-64\n{size}")
+
+    def repart(definitions: Path, *args: str) -> None:
+        argv = [repart_tool, "--no-pager", f"--definitions={definitions}", *args, str(image)]
+        subprocess.run(argv, check=True, capture_output=True)
+
+    repart(made, "--empty=create", "--size=64M", "--dry-run=no")
+    with image.open("r+b") as disk:
+        disk.truncate(256 * 2**20)
+    assert gpt_ends(image) == (64 * 2048 - 1, 64 * 2048 - 34)
+    assert _first_partition_sectors(image) == 16 * 2048
+    repart(grown, "--dry-run=yes")
+    assert gpt_ends(image) == (64 * 2048 - 1, 64 * 2048 - 34)
+    repart(grown, "--dry-run=no")
+    assert gpt_ends(image) == (256 * 2048 - 1, 256 * 2048 - 34)
+    # Everything but the 1 MiB before the partition and the backup table after it.
+    assert _first_partition_sectors(image) > 254 * 2048

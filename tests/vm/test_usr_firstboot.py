@@ -1,10 +1,12 @@
 """A separate /usr, and the first boot of an image that grows into its disk, on
-harness/usrdisk.py's disks: /usr on partition 1, a 510 MiB root on partition 2, and 3 GiB
-free after it. The initrd mounts /usr before switch-root (the root has no init without
-it) and checks the root and /usr with fsck, its verdicts on the console. The first boot
-gives /usr by mount.usr=: systemd-repart grows the root partition by the /usr partition's
-repart.d, and the real root's systemd-growfs grows the filesystem (its fstab says
-x-systemd.growfs). The second gives /usr by a line of the root's fstab alone."""
+harness/usrdisk.py's disks: a 1 GiB image (/usr on partition 1, a 510 MiB root on
+partition 2, the GPT's backup header in its last sector) on a 4 GiB disk. The initrd
+mounts /usr before switch-root (the root has no init without it) and checks the root and
+/usr with fsck, its verdicts on the console. The first boot gives /usr by mount.usr=:
+systemd-repart grows the root partition by the /usr partition's repart.d into the disk
+past the image's end (its libfdisk moves the GPT's end there), and the real root's
+systemd-growfs grows the filesystem (its fstab says x-systemd.growfs). The second gives
+/usr by a line of the root's fstab alone."""
 
 from __future__ import annotations
 
@@ -18,7 +20,16 @@ from harness.images import QEMU_VIRTIO_EXT4, build_image
 from harness.qemu import Boot, BootOptions, Disk, Kernel
 from harness.rootdisk import RootDisk
 from harness.token import boot_to_token
-from harness.usrdisk import CHECK_LINE, MARKER_TEXT, ROOT_MIB, UsrDisk, ensure_usr_disk
+from harness.usrdisk import (
+    CHECK_LINE,
+    DISK_MIB,
+    IMAGE_MIB,
+    MARKER_TEXT,
+    ROOT_MIB,
+    UsrDisk,
+    ensure_usr_disk,
+    gpt_ends,
+)
 from tests.vm.conftest import BOOT_LIMIT
 
 GIB = 1024**3
@@ -87,10 +98,22 @@ def assert_usr_from_its_partition(boot: FirstBoot) -> None:
 def test_usr_by_mount_usr_and_first_boot_growth(
     kernel: Kernel, root_disk: RootDisk, usr_initrd: Path, console_log: Path
 ) -> None:
-    boot = boot_usr_disk(kernel, usr_initrd, ensure_usr_disk(root_disk), console_log)
+    disk = ensure_usr_disk(root_disk)
+    # A genuine 1 GiB image on a 4 GiB disk: its GPT ends at 1 GiB (the backup header in
+    # the image's last sector), the disk goes on for 3 GiB more.
+    backup, last_usable = gpt_ends(disk.image)
+    assert backup == IMAGE_MIB * 2048 - 1, backup
+    assert last_usable < IMAGE_MIB * 2048, last_usable
+    assert disk.image.stat().st_size == DISK_MIB * 1024**2
+    boot = boot_usr_disk(kernel, usr_initrd, disk, console_log)
     assert_usr_from_its_partition(boot)
     assert re.search(r"Mounted .*/sysusr/usr\b", boot.initrd)
     assert re.search(r"Finished .*systemd-repart\.service", boot.initrd)
+    # The partition table now spans the disk: its last usable sector is the disk's last
+    # but the backup table's (33 sectors).
+    sectors = int(boot.checked["disk-sectors"])
+    assert sectors == DISK_MIB * 2048, boot.checked
+    assert int(boot.checked["last-lba"]) == sectors - 34, boot.checked
     # 510 MiB written; the disk has 3.5 GiB for the root once grown.
     assert ROOT_MIB * 1024**2 < 3 * GIB
     assert int(boot.checked["part-bytes"]) > 3 * GIB, boot.checked
