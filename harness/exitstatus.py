@@ -16,7 +16,8 @@ with Debian testing's systemd-standalone-shutdown 262-1 run as PID 1 of a PID na
 with container= set): the hook then takes the verb from PID 1's own command line, where
 /shutdown still has it. systemd-shutdown runs its hooks side by side, and QEMU ends the
 moment the port is written, so the hook first waits (bounded) until the other hooks,
-its parent's other children, are done: bookend-holders' line still reaches the console.
+its parent's other children, are done (exited: a zombie waiting to be reaped is done, as
+systemd reaps them one by one): bookend-holders' line still reaches the console.
 
 Use: `--exitrd-sysext exit_hook_extension(dir)` in the build (tests/vm/conftest.py's
 shared images have it), DEBUG_EXIT among BootOptions.plain_devices (it adds no ACPI
@@ -114,7 +115,8 @@ static int left_by_the_root(void) {
     return code;
 }
 
-/* How many other children my parent has (the other shutdown hooks still running). */
+/* How many other children my parent has that still run (the other shutdown hooks): a
+   zombie does not count, as systemd reaps the hooks one by one, maybe this one first. */
 static int siblings(void) {
     int count = 0;
     DIR *proc = opendir(PROC);
@@ -131,8 +133,10 @@ static int siblings(void) {
         fclose(file);
         stat[size] = '\0';
         char *end = strrchr(stat, ')'); /* "pid (comm) state ppid ..." */
+        char state = '?';
         int ppid = -1;
-        if (end != NULL && sscanf(end + 1, " %*c %d", &ppid) == 1 && ppid == getppid())
+        if (end != NULL && sscanf(end + 1, " %c %d", &state, &ppid) == 2 && ppid == getppid()
+            && state != 'Z' && state != 'X')
             count++;
     }
     if (proc != NULL)

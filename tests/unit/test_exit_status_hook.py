@@ -96,6 +96,21 @@ def test_waits_for_the_other_hooks_within_its_bound(hook: Path) -> None:
     assert time.monotonic() - started < 0.9
 
 
+def test_a_hook_that_ended_is_not_waited_for(hook: Path) -> None:
+    # systemd reaps the hooks one by one: one that ended may stay a zombie until this one
+    # ends. Waiting for it would take the whole bound on every power-off.
+    zombie = hook.parent / "proc/999998"
+    zombie.mkdir()
+    (zombie / "stat").write_text(f"999998 (bookend-holde) Z {os.getpid()} 1 1 0 -1\n")
+    try:
+        started = time.monotonic()
+        assert run_hook(hook, "exit", ["/shutdown", "exit", "--exit-code=3"])[0] == 4
+        assert time.monotonic() - started < 0.9
+    finally:
+        (zombie / "stat").unlink()
+        zombie.rmdir()
+
+
 def test_qemu_status_and_the_root_side_hook(tmp_path: Path) -> None:
     assert qemu_status(123) == 249
     with pytest.raises(ValueError):
