@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.exitstatus import exit_hook_extension
 from harness.guests import DEBIAN12, DEBIAN13, Guest, debian12_guest, debian13_guest
 from harness.images import QEMU_VIRTIO_EXT4, build_image
 from harness.qemu import BootOptions, Kernel, installed_kernels
@@ -55,10 +56,20 @@ def stacks(kernel: Kernel, root_disk: RootDisk) -> dict[str, StackDisks]:
 
 
 @pytest.fixture(scope="session")
-def host_initrd(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An initrd for a virtio disk with an ext4 root, and its exitrd beside it."""
+def exit_hook(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ...]:
+    """The build arguments that put the exit-status hook (harness/exitstatus.py) into an
+    exitrd: it does nothing unless the root leaves a status, so every test can share it."""
+    return ("--exitrd-sysext", str(exit_hook_extension(tmp_path_factory.mktemp("exit-hook"))))
+
+
+@pytest.fixture(scope="session")
+def host_initrd(
+    kernel: Kernel, exit_hook: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """An initrd for a virtio disk with an ext4 root, and its exitrd (with the exit-status
+    hook) beside it."""
     output = tmp_path_factory.mktemp("host") / "initrd.img"
-    return build_image(output, kernel.version, *QEMU_VIRTIO_EXT4)
+    return build_image(output, kernel.version, *QEMU_VIRTIO_EXT4, *exit_hook)
 
 
 @pytest.fixture(scope="session")
@@ -72,10 +83,13 @@ def nbd_images(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.fixture(scope="session")
-def generic_initrd(kernel: Kernel, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A generic initrd (every storage driver and feature), and its exitrd beside it."""
+def generic_initrd(
+    kernel: Kernel, exit_hook: tuple[str, ...], tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A generic initrd (every storage driver and feature), and its exitrd (with the
+    exit-status hook) beside it."""
     output = tmp_path_factory.mktemp("generic") / "initrd.img"
-    return build_image(output, kernel.version, "--generic")
+    return build_image(output, kernel.version, "--generic", *exit_hook)
 
 
 @pytest.fixture

@@ -4,7 +4,10 @@ LUKS2 on MD RAID1, LVM on MD RAID1 (stackdisks.EXIT_SCENARIOS) and btrfs RAID1
 (stackdisks.SCENARIOS) roots each power off through the generic initrd's exitrd: its
 systemd-shutdown (252 on Debian 12) unmounts /oldroot, detaches the DM devices and
 stops the arrays (the mdraid feature's hook stops what it leaves), and bookend.holders'
-hook says that nothing is left. One more boot, of the plain root,
+hook says that nothing is left. Each shutdown also proves that the exitrd's /shutdown
+ran (harness/exitstatus.py, as systemd's TEST-08-INITRD): the root leaves a random status
+N, the exitrd's hook writes N+1 to QEMU's isa-debug-exit port, QEMU exits with
+((N+1) << 1) | 1. One more boot, of the plain root,
 then looks at every disk: the MD superblocks say clean and assemble with no resync, the
 file systems check clean.
 
@@ -26,6 +29,7 @@ import pytest
 from bookend.holders import WAIT_SECONDS
 from bookend.proc import run
 from harness.exitrdjob import SHUTDOWN_LIMIT, install_exitrd_job, shutdown_through, split_at_pivot
+from harness.exitstatus import DEBUG_EXIT, console_line, new_status, pass_status_job, qemu_status
 from harness.guestjob import make_job_disk, read_job_output, run_job
 from harness.qemu import BootOptions, Disk, Kernel
 from harness.rootdisk import RootDisk
@@ -121,16 +125,20 @@ def test_exitrd_takes_down_md_lvm_on_md_and_btrfs_raid1_and_leaves_them_clean(
             run(["cp", "--sparse=always", "--reflink=auto", str(member), str(copy)])
             disks.append(copy)
         copies += disks
-        job = install_exitrd_job(tmp_path / f"job-{name}.img", exitrd.parent)
+        status = new_status()
+        job = install_exitrd_job(tmp_path / f"job-{name}.img", exitrd.parent,
+                                 then=pass_status_job(status))  # fmt: skip
         # The root has no modules of its own: the initrd loads ext4 for the job disk.
         modules = "" if stack.fs_type == "ext4" else " rd.modules-load=ext4"
         append = f"{stack.cmdline} rw{modules}"
         options = replace(root_boot, initrd=generic_initrd, append=append,
                           disks=(*(Disk(d, snapshot=False) for d in disks), job),
+                          plain_devices=DEBUG_EXIT,
                           log_path=tmp_path / f"{name}-console.log")  # fmt: skip
-        text = shutdown_through(options, stack.passphrase)
+        text = shutdown_through(options, stack.passphrase, exit_status=qemu_status(status))
         running, exiting = split_at_pivot(text)
         assert ALL_DETACHED in exiting, f"{name}: {exiting[-3000:]}"
+        assert console_line(status) in exiting, f"{name}: {exiting[-2000:]}"
         assert "shutdown[1]: All filesystems unmounted." in exiting, f"{name}: {exiting[-3000:]}"
         if stack.md_name:
             # systemd-shutdown's loop stops the arrays (since 247), else the mdraid hook.
@@ -138,10 +146,12 @@ def test_exitrd_takes_down_md_lvm_on_md_and_btrfs_raid1_and_leaves_them_clean(
             assert re.search(stopped, exiting), exiting[-3000:]
             assert "shutdown[1]: All DM devices detached." in exiting, exiting[-3000:]
         # From the system's power-off request (systemd's first "Stopping" after the
-        # job) to QEMU's exit, and the part of it spent in the exitrd.
+        # job) to the exit-status hook's line, the exitrd's last (QEMU ends 1 s later
+        # through isa-debug-exit, before the kernel's power-down line), and the part of
+        # it spent in the exitrd.
         start = stamp(running, r"BOOKEND-JOB-STATUS")
         pivot = stamp(text, r"(Returning to initrd|Entering exitrd)")
-        end = stamp(exiting, POWER_DOWN)
+        end = stamp(exiting, r"BOOKEND-EXIT-STATUS")
         figures.append(f"{name}: shutdown {end - start:.1f} s after the job, "
                        f"{end - pivot:.1f} s of it in the exitrd")  # fmt: skip
 
@@ -175,7 +185,8 @@ def test_exitrd_takes_down_md_lvm_on_md_and_btrfs_raid1_and_leaves_them_clean(
     assert re.search(r"^log_root\s+0$", output("super-btrfs-raid1.txt"), re.M)
 
     packed, unpacked = image_sizes(exitrd, tmp_path)
-    print(f"generic exitrd: {packed:.1f} MB zstd, {unpacked:.1f} MB unpacked")
+    print(f"generic exitrd (with the test's exit-status hook): {packed:.1f} MB zstd, "
+          f"{unpacked:.1f} MB unpacked")  # fmt: skip
     print("\n".join(figures))
 
 

@@ -20,76 +20,21 @@ proves its exitrd ran (`systemctl exit 123` comes out as 124).
 
 from __future__ import annotations
 
-import secrets
+import re
+import shutil
 from pathlib import Path
 
 import bookend as package
 from harness.exitrdjob import INSTALL_EXITRD_JOB
+from harness.exitstatus import DEBUG_EXIT, console_line, new_status, pass_status_job, qemu_status
 from harness.guestjob import make_job_disk, read_job_output
-from harness.images import QEMU_VIRTIO_EXT4, bookend
 from harness.qemu import BootOptions, Kernel, boot
 from harness.rootdisk import RootDisk
 from harness.token import new_token
 from harness.treecopy import put_file
-from tests.unit.elftree import compile_c
 
 # Three boots and three shutdowns through the exitrd, under emulation.
 LIMIT = 1800
-HOOK_DIR = "/usr/lib/systemd/system-shutdown"
-DEBUG_EXIT = "isa-debug-exit,iobase=0x501,iosize=1"
-# The exitrd's hook: the exit status systemd passes on (--exit-code=N in PID 1's
-# argv, systemd >= 254) or the one the running root left in /exit-status, plus one,
-# to QEMU's isa-debug-exit port. Only on poweroff and exit: a reboot or kexec goes on.
-EXIT_HOOK = r"""
-#include <fcntl.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <unistd.h>
-
-static int passed_on(void) {
-    char argv[4096];
-    int fd = open("/proc/1/cmdline", O_RDONLY);
-    ssize_t size = fd < 0 ? -1 : read(fd, argv, sizeof(argv) - 1);
-    if (size <= 0)
-        return -1;
-    argv[size] = '\0';
-    for (char *arg = argv; arg < argv + size; arg += strlen(arg) + 1)
-        if (strncmp(arg, "--exit-code=", 12) == 0 && atoi(arg + 12) > 0)
-            return atoi(arg + 12);
-    return -1;
-}
-
-static int left_by_the_root(void) {
-    int code = -1;
-    FILE *file = fopen("/exit-status", "r");
-    if (file == NULL || fscanf(file, "%d", &code) != 1)
-        return -1;
-    return code;
-}
-
-int main(int argc, char **argv) {
-    const char *verb = argc > 1 ? argv[1] : "";
-    if (strcmp(verb, "poweroff") != 0 && strcmp(verb, "exit") != 0)
-        return 0;
-    int code = passed_on();
-    if (code < 0)
-        code = left_by_the_root();
-    if (code < 0 || code > 254)
-        return 0;
-    unsigned char value = (unsigned char)(code + 1);
-    FILE *kmsg = fopen("/dev/kmsg", "w");
-    if (kmsg != NULL) {
-        fprintf(kmsg, "BOOKEND-EXIT-STATUS %d becomes %d in the exitrd\n", code, value);
-        fclose(kmsg);
-        sleep(1); /* for the console to show it before QEMU ends */
-    }
-    int port = open("/dev/port", O_WRONLY);
-    if (port < 0 || pwrite(port, &value, 1, 0x501) != 1)
-        return 1;
-    return 0;
-}
-"""
 # What the report unit runs instead of its report, per stage (the job writes the next
 # verb on the root, which keeps its writes across the reboot and the kexec: one QEMU).
 NEXT_VERB = """\
@@ -105,14 +50,6 @@ REPORT_DROPIN = """\
 [Service]
 ExecStart=
 ExecStart=/usr/local/sbin/bookend-verbs-next
-"""
-# The running root's hook, at its own systemd-shutdown's end, before the pivot: leaves
-# the status for the exitrd in its tree (/run survives until the pivot).
-PASS_STATUS = """\
-#!/bin/sh
-[ "$1" = poweroff ] && [ -d /run/initramfs ] && cp /var/lib/bookend-verbs/status \\
-    /run/initramfs/exit-status
-exit 0
 """
 KEXEC_LOAD = """\
 import ctypes, os, sys
@@ -142,8 +79,7 @@ case $stage in
     echo kexec > $state/next ;;
 2)
     cat /proc/cmdline > /job/out/kexec-cmdline
-    cp /job/verbs/status $state/status
-    cp /job/verbs/pass-status /usr/lib/systemd/system-shutdown/bookend-pass-status
+    sh -eux /job/verbs/pass-status
     echo report > $state/next ;;
 esac
 echo $((stage + 1)) > $state/stage
@@ -151,48 +87,38 @@ echo "BOOKEND-VERBS stage=$((stage + 1))" > /dev/ttyS0
 """
 
 
-def exit_hook_extension(directory: Path) -> Path:
-    """A directory system extension for the exitrd holding the exit status hook."""
-    tree = directory / "bookend-exit-status"
-    put_file(tree, "/usr/lib/extension-release.d/extension-release.bookend-exit-status",
-             "ID=_any\nSYSEXT_SCOPE=initrd\n")  # fmt: skip
-    compile_c(EXIT_HOOK, tree / f"{HOOK_DIR[1:]}/bookend-exit-status", "-O2")
-    return tree
-
-
 def test_reboot_kexec_and_exit_status_go_through_the_exitrd(
-    kernel: Kernel, root_disk: RootDisk, tmp_path: Path, console_log: Path
+    kernel: Kernel, root_disk: RootDisk, host_initrd: Path, tmp_path: Path, console_log: Path
 ) -> None:
+    # The shared image's exitrd has the exit-status hook (tests/vm/conftest.py); only
+    # the exitrd goes on the job disk to be installed.
     images = tmp_path / "images"
     images.mkdir()
-    extension = exit_hook_extension(tmp_path / "extensions")
-    result = bookend("build", "--kver", kernel.version, "-o", str(images / "initrd.img"),
-                     "--exitrd-sysext", str(extension), *QEMU_VIRTIO_EXT4, check=False)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    (images / "initrd.img").rename(tmp_path / "initrd.img")  # only the exitrd is installed
+    for name in ("exitrd.img", "exitrd.img.sha256"):
+        shutil.copy(host_initrd.with_name(name), images / name)
 
-    status = secrets.randbelow(100) + 1
+    status = new_status()
     first, kexeced = new_token(), new_token()
     root = f"root=UUID={root_disk.uuid} rw"
     kexec_cmdline = f"console=ttyS0 panic=-1 {root} bookend.job bookend.token={kexeced} "
     kexec_cmdline += "bookend.verbs=kexeced"
     verbs = tmp_path / "verbs"
     for name, text in (("next-verb", NEXT_VERB), ("report.conf", REPORT_DROPIN),
-                       ("pass-status", PASS_STATUS), ("kexec-load.py", KEXEC_LOAD),
-                       ("kexec-cmdline", kexec_cmdline), ("status", f"{status}\n")):  # fmt: skip
+                       ("pass-status", pass_status_job(status)), ("kexec-load.py", KEXEC_LOAD),
+                       ("kexec-cmdline", kexec_cmdline)):  # fmt: skip
         put_file(verbs, f"/{name}", text, 0o755)
     (verbs / "vmlinuz").write_bytes(kernel.path.read_bytes())
-    (verbs / "initrd.img").write_bytes((tmp_path / "initrd.img").read_bytes())
+    (verbs / "initrd.img").write_bytes(host_initrd.read_bytes())
     # The install job's own part runs once: on later boots the unit is enabled already.
     once = "set -eux\n[ -e /var/lib/bookend-verbs/stage ] || {\n"
     install = INSTALL_EXITRD_JOB.replace("set -eux\n", once, 1) + "}\n"
     job = make_job_disk(tmp_path / "job.img", install + STAGES,
                         files={"src/bookend": Path(package.__file__).parent, "exitrd": images,
                                "verbs": verbs})  # fmt: skip
-    options = BootOptions(kernel=kernel.path, initrd=tmp_path / "initrd.img",
+    options = BootOptions(kernel=kernel.path, initrd=host_initrd,
                           disks=(root_disk.image, job), reboot=True, timeout=LIMIT,
                           append=f"{root} bookend.job bookend.token={first}",
-                          devices=("-device", DEBUG_EXIT), log_path=console_log)  # fmt: skip
+                          plain_devices=DEBUG_EXIT, log_path=console_log)  # fmt: skip
     with boot(options) as vm:
         vm.expect(r"BOOKEND-VERBS stage=1", LIMIT)
         vm.expect(r"BOOKEND-VERBS next=reboot", LIMIT)
@@ -207,10 +133,10 @@ def test_reboot_kexec_and_exit_status_go_through_the_exitrd(
         vm.expect(r"BOOKEND-VERBS stage=3", LIMIT)
         vm.expect(rf"BOOKEND-TOKEN {kexeced} booted-with-initrd=yes systemd-initrd=yes", LIMIT)
         vm.expect(r"Returning to initrd\.\.\.", LIMIT)
-        vm.expect(rf"BOOKEND-EXIT-STATUS {status} becomes {status + 1} in the exitrd", LIMIT)
+        vm.expect(re.escape(console_line(status)), LIMIT)
         exit_status = vm.wait_exit(300)
         text = vm.text
-    assert exit_status == ((status + 1) << 1) | 1, f"QEMU exited with {exit_status}"
+    assert exit_status == qemu_status(status), f"QEMU exited with {exit_status}"
     assert text.count("BOOKEND-TOKEN") == 1  # only the kexec'd boot reported
     assert read_job_output(job.path, "kexec-loaded", tmp_path / "loaded").read_text() == "1\n"
     cmdline = read_job_output(job.path, "kexec-cmdline", tmp_path / "cmdline").read_text()

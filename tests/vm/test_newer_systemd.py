@@ -6,11 +6,11 @@ Two boots per release. The plain root: the initrd mounts it, switches root, the 
 reports the token, and the power-off pivots into the exitrd, whose systemd-shutdown
 unmounts the old root. That exitrd's /shutdown is the standalone systemd-shutdown of
 the package systemd-standalone-shutdown of the tree's version (no libsystemd-shared in
-the exitrd at all; on 262 libmount, which it dlopens, with what libmount links). On
-Debian 13 the root ends with `systemctl exit N` (systemd >= 254 passes --exit-code=N
-on to /shutdown): the exitrd's hook writes N+1 to QEMU's isa-debug-exit port, so QEMU's
-status shows that the exitrd's systemd-shutdown ran its hooks. On testing (262) the hook
-found no exit code, not yet understood, so that root powers off.
+the exitrd at all; on 262 libmount, which it dlopens, with what libmount links). Both
+roots end with `systemctl exit N` (systemd >= 254 passes --exit-code=N on to /shutdown):
+the exitrd's hook (harness/exitstatus.py) writes N+1 to QEMU's isa-debug-exit port, so
+QEMU's status shows that the exitrd's systemd-shutdown ran its hooks. systemd 262 runs
+the hooks with an empty verb; the hook takes it from PID 1's command line instead.
 LVM on LUKS2: the passphrase is typed at the console prompt, the root (a copy of the
 same release's root disk, harness/stackdisks.py ensure_suite_stacks) reports, a job
 records from inside it what it runs on, and the exitrd detaches the device-mapper stack.
@@ -20,7 +20,6 @@ Run with `-rP` to see the measured figures.
 from __future__ import annotations
 
 import re
-import secrets
 import time
 from pathlib import Path
 
@@ -29,11 +28,18 @@ import pytest
 from bookend.features.storage_daemons import systemd_version
 from bookend.sysroot import Sysroot
 from harness.exitrdjob import install_exitrd_job, shutdown_through, split_at_pivot
+from harness.exitstatus import (
+    DEBUG_EXIT,
+    EXIT_INSTEAD,
+    console_line,
+    exit_hook_extension,
+    new_status,
+    qemu_status,
+)
 from harness.guestjob import read_job_output
 from harness.images import QEMU_VIRTIO_EXT4, build_image, content_by_bsdtar
 from harness.newersystemd import (
     NEWER_SUITES,
-    TRIXIE,
     NewerSystem,
     ensure_newer_system,
     standalone_shutdown,
@@ -42,7 +48,6 @@ from harness.qemu import BootOptions, Disk, Kernel
 from harness.rootdisk import RootDisk
 from harness.stackdisks import StackDisks, ensure_suite_stacks
 from tests.vm.test_exitrd_trust import LOADED
-from tests.vm.test_exitrd_verbs import DEBUG_EXIT, exit_hook_extension
 
 BOOT_LIMIT = 900
 
@@ -76,39 +81,26 @@ def build_images(system: NewerSystem, directory: Path, *args: str) -> Path:
 def options(system: NewerSystem, initrd: Path, disks: tuple[Disk, ...], append: str,
             log: Path, devices: tuple[str, ...] = ()) -> BootOptions:  # fmt: skip
     return BootOptions(kernel=system.kernel.path, initrd=initrd, disks=disks, append=append,
-                       timeout=BOOT_LIMIT, log_path=log, devices=devices)  # fmt: skip
-
-
-# The root's report ends with `systemctl exit N` instead of its power-off.
-EXIT_INSTEAD = """
-sed -i 's/^systemctl --no-block poweroff$/systemctl --no-block exit {status}/' \\
-    /usr/local/sbin/bookend-test-report
-grep -q 'systemctl --no-block exit {status}' /usr/local/sbin/bookend-test-report
-"""
+                       timeout=BOOT_LIMIT, log_path=log, plain_devices=devices)  # fmt: skip
 
 
 def test_plain_root_boots_and_powers_off_through_the_exitrd(
     system: NewerSystem, tmp_path: Path
 ) -> None:
-    # Both releases' exitrds run the package systemd-standalone-shutdown; Debian 13's root
-    # also ends with `systemctl exit N`, which its exitrd's hook turns into QEMU's status.
-    exiting = system.suite == TRIXIE
+    # Both releases' exitrds run the package systemd-standalone-shutdown; both roots end
+    # with `systemctl exit N`, which the exitrd's hook turns into QEMU's status.
     standalone = standalone_shutdown(system)
-    args: tuple[str, ...] = ("--exitrd-shutdown", str(standalone))
-    devices: tuple[str, ...] = ()
-    then, status = "", 0
-    if exiting:
-        extension = exit_hook_extension(tmp_path / "extensions")
-        args += ("--exitrd-sysext", str(extension))
-        status = secrets.randbelow(100) + 1
-        then, devices = EXIT_INSTEAD.format(status=status), ("-device", DEBUG_EXIT)
+    extension = exit_hook_extension(tmp_path / "extensions")
+    args = ("--exitrd-shutdown", str(standalone), "--exitrd-sysext", str(extension))
+    status = new_status()
     initrd = build_images(system, tmp_path / "images", *args)
-    job = install_exitrd_job(tmp_path / "job.img", initrd.parent, then=then)
+    job = install_exitrd_job(tmp_path / "job.img", initrd.parent,
+                             then=EXIT_INSTEAD.format(status=status))  # fmt: skip
     started = time.monotonic()
     text = shutdown_through(options(system, initrd, (Disk(system.root.image), job),
                                     f"root=UUID={system.root.uuid} rw",
-                                    tmp_path / "console.log", devices),
-                            exit_status=((status + 1) << 1) | 1 if exiting else 0)  # fmt: skip
+                                    tmp_path / "console.log", DEBUG_EXIT),
+                            exit_status=qemu_status(status))  # fmt: skip
     seconds = time.monotonic() - started
     running, pivoted = split_at_pivot(text)
     loaded = LOADED.search(running)
@@ -131,15 +123,14 @@ def test_plain_root_boots_and_powers_off_through_the_exitrd(
     # The exitrd's systemd-shutdown itself unmounted the old root (with libmount, which
     # systemd >= 256 dlopens: the standalone 262 links only libc and libm).
     assert re.search(r"shutdown\[1\]: All filesystems unmounted", pivoted), pivoted[-2000:]
-    if exiting:
-        assert f"BOOKEND-EXIT-STATUS {status} becomes {status + 1} in the exitrd" in pivoted
+    assert console_line(status) in pivoted, pivoted[-2000:]
     print(f"{system.suite} (systemd {tree_systemd(system)}, kernel {system.kernel.version}): "
           f"initrd {initrd.stat().st_size / 1e6:.1f} MB, exitrd "
           f"(standalone systemd-shutdown) "
           f"{exitrd.stat().st_size / 1e6:.2f} MB zstd, {unpacked / 1e6:.2f} MB unpacked, "
           f"loaded at shutdown in {int(loaded.group(3)) / 1000:.2f} s "
-          f"({loaded.group(2)} entries); plain root boot and exitrd "
-          f"{'exit' if exiting else 'power-off'} in {seconds:.0f} s")  # fmt: skip
+          f"({loaded.group(2)} entries); plain root boot and exitrd exit (status "
+          f"{status} -> {status + 1}) in {seconds:.0f} s")  # fmt: skip
 
 
 def test_lvm_on_luks2_root_unlocks_boots_and_detaches(
