@@ -28,8 +28,10 @@ EXIT_INSTEAD, and qemu_status(N) as the status shutdown_through waits for.
 from __future__ import annotations
 
 import secrets
-import subprocess
 from pathlib import Path
+
+from harness.cc import compile_c
+from harness.treecopy import put_file
 
 HOOK_DIR = "usr/lib/systemd/system-shutdown"
 EXTENSION = "bookend-exit-status"
@@ -193,22 +195,15 @@ grep -q 'systemctl --no-block exit {status}' /usr/local/sbin/bookend-test-report
 
 def compile_hook(output: Path, *defines: str) -> Path:
     """The hook compiled to output; defines (NAME=VALUE) replace its paths."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    source = output.with_name(output.name + ".c")
-    source.write_text(EXIT_HOOK)
     flags = [f"-D{define}" for define in defines]
-    subprocess.run(["gcc", "-O2", "-Wall", "-Werror", *flags, "-o", str(output), str(source)],
-                   check=True)  # fmt: skip
-    source.unlink()
-    return output
+    return compile_c(EXIT_HOOK, output, "-O2", "-Wall", "-Werror", *flags)
 
 
 def exit_hook_extension(directory: Path) -> Path:
     """A directory system extension for the exitrd holding the exit-status hook."""
     tree = directory / EXTENSION
-    release = tree / f"usr/lib/extension-release.d/extension-release.{EXTENSION}"
-    release.parent.mkdir(parents=True, exist_ok=True)
-    release.write_text("ID=_any\nSYSEXT_SCOPE=initrd\n")
+    release = f"usr/lib/extension-release.d/extension-release.{EXTENSION}"
+    put_file(tree, release, "ID=_any\nSYSEXT_SCOPE=initrd\n")
     compile_hook(tree / HOOK_DIR / EXTENSION)
     return tree
 

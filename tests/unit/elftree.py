@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
+
+from harness.cc import compile_c as compile_c  # the tests' one compiler call
 
 HOST_LIBC = Path("/usr/lib/x86_64-linux-gnu/libc.so.6")
 HOST_LOADER = Path("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
@@ -13,15 +14,6 @@ HOST_LOADER = Path("/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
 # rather than taken from bookend.elf, so a wrong constant there fails the tests.
 DLOPEN_NOTE_OWNER = "FDO"
 DLOPEN_NOTE_TYPE = 0x407C0C0A
-
-
-def compile_c(source: str, output: Path, *flags: str) -> Path:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    c_file = output.with_name(output.name + ".c")
-    c_file.write_text(source)
-    subprocess.run(["gcc", "-o", str(output), str(c_file), *flags], check=True)
-    c_file.unlink()
-    return output
 
 
 def install_libc(root: Path) -> None:
