@@ -23,6 +23,9 @@ WAIT_SECONDS = 10
 # What the script runs besides the shell's builtins; a sysroot without them (a minimal
 # image) gets an exitrd whose hook cannot run, which only costs the report.
 EXECUTABLES = ("?/bin/sh", "?readlink", "?sleep")
+# The hook's console line when nothing is left (`say` puts "bookend: " before it).
+DETACHED = "old root unmounted, every DM and MD device detached"
+ALL_DETACHED = f"bookend: {DETACHED}"
 
 HOLDERS_SCRIPT = """\
 #!/bin/sh
@@ -162,14 +165,14 @@ while left; do
     sleep 0.5
 done
 if ! left; then
-    say "old root unmounted, every DM and MD device detached"
+    say "@DETACHED@"
     exit 0
 fi
 now
 say "not detached after $(((up - started) / 100)) s; what holds it (power-off goes on):"
 name_holders
 exit 0
-""".replace("@WAIT@", str(WAIT_SECONDS))
+""".replace("@WAIT@", str(WAIT_SECONDS)).replace("@DETACHED@", DETACHED)
 
 
 def holders_entry() -> ArchiveEntry:

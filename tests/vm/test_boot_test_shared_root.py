@@ -35,7 +35,7 @@ def test_boots_the_sysroot_shared_read_only_and_leaves_it_unchanged(tmp_path: Pa
     before = listing(tree)
     console = tmp_path / "console.log"
     result = bookend(
-        "boot-test", "--json", "--accel", "auto", "--sysroot", str(tree), "--kver", kver,
+        "boot-test", "--json", "--accel", "tcg", "--sysroot", str(tree), "--kver", kver,
         "--kernel", str(tree / f"boot/vmlinuz-{kver}"), "--console-log", str(console),
         "--timeout", "600", check=False,
     )  # fmt: skip

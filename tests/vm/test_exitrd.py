@@ -20,6 +20,7 @@ import subprocess
 from dataclasses import replace
 from pathlib import Path
 
+from bookend.holders import ALL_DETACHED
 from bookend.proc import run
 from harness.exitrdjob import (
     SHUTDOWN_LIMIT,
@@ -33,9 +34,6 @@ from harness.guestjob import make_job_disk, read_job_output, run_job
 from harness.qemu import BootOptions, Disk, Kernel
 from harness.rootdisk import RootDisk
 from harness.stackdisks import StackDisks
-
-# The exitrd hook's line when nothing is left (bookend.holders).
-ALL_DETACHED = "bookend: old root unmounted, every DM and MD device detached"
 
 # Opens the stack the exitrd took down, from another root, and checks its filesystem.
 FSCK_JOB = """\

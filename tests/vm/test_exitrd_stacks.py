@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from bookend.holders import WAIT_SECONDS
+from bookend.holders import ALL_DETACHED, WAIT_SECONDS
 from bookend.proc import run
 from harness.exitrdjob import SHUTDOWN_LIMIT, install_exitrd_job, shutdown_through, split_at_pivot
 from harness.exitstatus import DEBUG_EXIT, console_line, new_status, pass_status_job, qemu_status
@@ -35,8 +35,6 @@ from harness.qemu import BootOptions, Disk, Kernel
 from harness.rootdisk import RootDisk
 from harness.stackdisks import StackDisks, ensure_exit_stack_disks
 
-# The exitrd hook's line when nothing is left (bookend.holders).
-ALL_DETACHED = "bookend: old root unmounted, every DM and MD device detached"
 # The kernel's last line as QEMU powers off.
 POWER_DOWN = "reboot: Power down"
 # From the pivot into the exitrd to the power-off when the root cannot be detached:
