@@ -49,12 +49,13 @@ import pytest
 
 from bookend.features.credentials import sealing_id
 from bookend.resolve import newest_kernel
+from harness.creds import encrypt_credential
 from harness.images import QEMU_VIRTIO_EXT4, bookend
 from harness.qemu import Boot, BootOptions, boot
 from harness.rootdisk import RootDisk
 from harness.token import expect_token, new_token, with_token
 from harness.tpm import host_tpm, software_tpm
-from harness.treecopy import tree_with_files
+from harness.treecopy import put_file, tree_with_files
 from harness.treedebs import add_packages
 from harness.ukisysroot import ensure_trixie_sysroot
 
@@ -169,40 +170,36 @@ def initrd_sysroot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def seal_with_tpm2(sysroot: Path, state: Path, name: str, value: str) -> bytes:
     """value sealed as credential name by the TPM whose state is state."""
     with host_tpm(state) as tcti:
-        argv = ["chroot", str(sysroot), "systemd-creds", "encrypt", "--with-key=tpm2",
-                f"--tpm2-device={tcti}", "--tpm2-pcrs=", f"--name={name}", "-", "-"]  # fmt: skip
-        result = subprocess.run(argv, input=value.encode(), capture_output=True, check=False)
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout
+        return encrypt_credential(sysroot, name, value, "--with-key=tpm2",
+                                  f"--tpm2-device={tcti}", "--tpm2-pcrs=")  # fmt: skip
+
+
+def squashfs_image(image: Path, files: dict[str, tuple[str, int]]) -> Path:
+    """A squashfs image at image holding files (path: (text, mode)), owned by root."""
+    tree = image.with_suffix(".tree")
+    for path, (text, mode) in files.items():
+        put_file(tree, path, text, mode)
+    subprocess.run(["mksquashfs", str(tree), str(image), "-all-root", "-noappend", "-quiet"],
+                   check=True)  # fmt: skip
+    return image
 
 
 def make_extension(directory: Path) -> Path:
     """A squashfs system extension for the Debian 13 initrd, with one program."""
-    tree = directory / "tree"
-    release = tree / "usr/lib/extension-release.d/extension-release.hello"
-    release.parent.mkdir(parents=True)
-    release.write_text("ID=debian\nVERSION_ID=13\nSYSEXT_SCOPE=initrd\n")
-    program = tree / "usr/bin/bookend-sysext-hello"
-    program.parent.mkdir(parents=True)
-    program.write_text(EXTENSION_PROGRAM)
-    program.chmod(0o755)
-    image = directory / "hello.raw"
-    subprocess.run(["mksquashfs", str(tree), str(image), "-all-root", "-noappend", "-quiet"],
-                   check=True)  # fmt: skip
-    return image
+    release = "ID=debian\nVERSION_ID=13\nSYSEXT_SCOPE=initrd\n"
+    return squashfs_image(directory / "hello.raw", {
+        "usr/lib/extension-release.d/extension-release.hello": (release, 0o644),
+        "usr/bin/bookend-sysext-hello": (EXTENSION_PROGRAM, 0o755),
+    })  # fmt: skip
 
 
 def make_confext(directory: Path, value: str) -> Path:
     """A squashfs configuration extension for the Debian 13 initrd: one file in /etc."""
-    tree = directory / "conftree"
-    release = tree / "etc/extension-release.d/extension-release.helloconf"
-    release.parent.mkdir(parents=True)
-    release.write_text("ID=debian\nVERSION_ID=13\nCONFEXT_SCOPE=initrd\n")
-    (tree / "etc/bookend-confext.conf").write_text(value + "\n")
-    image = directory / "helloconf.raw"
-    subprocess.run(["mksquashfs", str(tree), str(image), "-all-root", "-noappend", "-quiet"],
-                   check=True)  # fmt: skip
-    return image
+    release = "ID=debian\nVERSION_ID=13\nCONFEXT_SCOPE=initrd\n"
+    return squashfs_image(directory / "helloconf.raw", {
+        "etc/extension-release.d/extension-release.helloconf": (release, 0o644),
+        "etc/bookend-confext.conf": (value + "\n", 0o644),
+    })  # fmt: skip
 
 
 class SerialPort:

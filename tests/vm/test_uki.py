@@ -36,6 +36,7 @@ import pytest
 
 from bookend.inspect.check import check_image
 from bookend.resolve import newest_kernel
+from harness.creds import encrypt_credential
 from harness.guestjob import job_status, make_job_disk, read_job_output
 from harness.images import QEMU_VIRTIO_EXT4, bookend
 from harness.qemu import Boot, BootOptions, Disk, boot
@@ -102,13 +103,9 @@ def uki_sysroot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def null_key_credential(sysroot: Path, name: str, value: str) -> bytes:
-    """value as credential name, encrypted by the tree's systemd-creds with the null key
-    (for machines without a TPM; authenticates nothing)."""
-    argv = ["chroot", str(sysroot), "systemd-creds", "encrypt", "--with-key=tpm2-absent",
-            f"--name={name}", "-", "-"]  # fmt: skip
-    result = subprocess.run(argv, input=value.encode(), capture_output=True, check=False)
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout
+    """value as credential name, encrypted with the null key (for machines without a
+    TPM; authenticates nothing)."""
+    return encrypt_credential(sysroot, name, value, "--with-key=tpm2-absent")
 
 
 def pe_sections(image: Path) -> dict[str, bytes]:
