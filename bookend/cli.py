@@ -473,7 +473,8 @@ def _newest_kernel() -> Path:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from bookend.closure import build_closure, format_closure
+    from bookend.build import image_closures, unpack_directory
+    from bookend.closure import format_closure
     from bookend.plan import format_plan, make_plan
 
     cache = ScanCache(None)  # shared by the stages, kept in memory only
@@ -489,7 +490,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if not args.closure and not args.why:
         print(format_plan(plan))
         return 0
-    closure = build_closure(config, plan, cache)
+    # The initrd's closure as the build writes it: with the exitrd's digest (and tree).
+    with unpack_directory(cache) as unpack_dir:
+        closure = image_closures(config, plan, cache, unpack_dir)[0]
     if args.why:
         if args.why not in closure.entries:
             print(f"bookend: {args.why} is not in the image", file=sys.stderr)
