@@ -1,7 +1,8 @@
 """Each stage's output is plain data the next one takes, and what is printed is what is
 written: the exitrd's digest (sealed from the exitrd's closure, its entries and their
 sources) and its carried tree are in the initrd's closure, so `bookend plan --closure`
-lists them and the digest is the written exitrd's."""
+lists them and the digest is the written exitrd's; boot-test's image settings are a
+layer of the configuration of their own, not a change to the parsed arguments."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from bookend import build, cli
 from bookend.archive import ArchiveEntry, EntryKind
+from bookend.boottest.run import BOOT_TEST, SHARE_FEATURE, image_settings
 from bookend.build import build_initrd, write_image
 from bookend.closure import Closure, ClosureEntry
 from bookend.config import Config
@@ -197,3 +199,35 @@ def test_an_exitrd_file_changed_after_its_seal_stops_the_build(
     with pytest.raises(ArchiveError, match="its files changed while it was written"):
         build_initrd(load_config(None, values), ScanCache(None))
     assert not output.exists() and not (tmp_path / f"exitrd.img-{KVER}").exists()
+
+
+def test_boot_test_asks_for_its_image_settings_in_a_layer_of_its_own(
+    root_tree: Path, tmp_path: Path
+) -> None:
+    values = {"sysroot": str(root_tree), "features": ["debug"], "output": str(tmp_path / "i")}
+    (tmp_path / "scratch").mkdir()
+    added = image_settings(values, tmp_path / "scratch", share=True)
+    assert added[0] == BOOT_TEST
+    config = load_config(None, values, added=[added])
+    assert config.features == ("debug", SHARE_FEATURE)
+    assert config.origin_of("features", 1) == BOOT_TEST
+    assert config.origin_of("features", 0) == "command line"
+    assert config.exitrd and config.exitrd_in_initrd and "virtio" in config.driver_classes
+    assert config.output == tmp_path / "i"  # given: kept
+    assert config.exitrd_output == tmp_path / "scratch/exitrd.img"
+    on_a_disk = load_config(None, values, added=[image_settings(values, tmp_path, share=False)])
+    assert SHARE_FEATURE not in on_a_disk.features
+
+
+def test_boot_test_builds_without_changing_its_parsed_arguments(
+    sysroot: Path, tmp_path: Path, planned: list[Config]
+) -> None:
+    args = cli.make_parser().parse_args(["boot-test", *flags(sysroot, tmp_path)])
+    before = dict(vars(args))
+    (tmp_path / "scratch").mkdir()
+    image, kernel, root = cli._build_for_boot_test(args, tmp_path / "scratch", True)
+    assert vars(args) == before
+    assert image == tmp_path / "scratch/initrd.img" and image.is_file()
+    assert kernel is None and root == sysroot  # the fixture tree has no /boot/vmlinuz-KVER
+    config = planned[-1]
+    assert SHARE_FEATURE in config.features and config.exitrd_in_initrd
