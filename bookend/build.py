@@ -236,7 +236,7 @@ def _write_pair(
             exitrd_file = staged.enter_context(
                 staged_image(config, exitrd, config.exitrd_output, exitrd=True)
             )
-            check_exitrd_named(initrd, exitrd_file.temporary, config.exitrd_output)
+            _check_exitrd_named(initrd, exitrd_file.temporary, config.exitrd_output)
         initrd_file = staged.enter_context(
             staged_image(config, initrd) if uki_tools is None
             else _staged_uki(config, initrd, uki_tools)
@@ -244,7 +244,7 @@ def _write_pair(
         _replace_pair(initrd_file, exitrd_file)
 
 
-def check_exitrd_named(initrd: Closure, written: Path, target: Path) -> None:
+def _check_exitrd_named(initrd: Closure, written: Path, target: Path) -> None:
     """The exitrd written (at written, for target) has the digest the initrd names.
 
     The digest was sealed from the exitrd's closure, whose files were read again to

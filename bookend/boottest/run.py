@@ -62,8 +62,11 @@ def image_settings(given: Mapping[str, Any], scratch: Path, share: bool) -> Laye
     the exitrd carried inside it (nothing is installed in the root), the drivers of
     QEMU's virtio disks, the images in scratch unless given a place, and with share (no
     --disk: the sysroot is the root) the feature that mounts the shared sysroot."""
-    values: dict[str, Any] = {"exitrd": True, "exitrd_in_initrd": True}
-    values["driver_classes"] = ["virtio"]
+    values: dict[str, Any] = {
+        "exitrd": True,
+        "exitrd_in_initrd": True,
+        "driver_classes": ["virtio"],
+    }
     for key, name in (("output", "initrd.img"), ("exitrd_output", "exitrd.img")):
         if given.get(key) is None:
             values[key] = str(scratch / name)
