@@ -21,10 +21,12 @@ With verity=True /usr is protected by dm-verity, as a signed image ships it: par
 holds /usr as a read-only squashfs, partition 2 its hash tree (`veritysetup format` on
 the files, no device-mapper on the host), the root comes third. The partitions' GPT UUIDs
 are the root hash's first and last 128 bits, where systemd-veritysetup-generator looks
-for them, so the command line gives `usrhash=` alone (no mount.usr=: the fstab generator
-mounts /dev/mapper/usr). squashfs rather than ext4: systemd-fsck (252) checks every
-/usr device, and e2fsck cannot open a read-only device; fsck.squashfs does not exist,
-so there is nothing to check. Uncompressed, so TCG spends no time inflating /usr.
+for them, so the command line names no partition: `usrhash=` and `mount.usr=/dev/mapper/usr`
+(what the fstab generator would take for usrhash= alone; given, so mount.usr= stays
+proven), with `ro` in mount.usrflags= (the device is read-only). squashfs rather than
+ext4: systemd-fsck (252) checks every /usr device, and e2fsck cannot open a read-only
+device; fsck.squashfs does not exist, so there is nothing to check. Uncompressed, so
+TCG spends no time inflating /usr.
 """
 
 from __future__ import annotations
@@ -176,7 +178,8 @@ def ensure_usr_disk(
     cmdline = f"root=UUID={ROOT_UUID}"
     if verity:
         root_hash = (result / "usr.roothash").read_text().strip()
-        cmdline += f" usrhash={root_hash} mount.usrfstype=squashfs mount.usrflags=noatime"
+        cmdline += f" usrhash={root_hash} mount.usr=/dev/mapper/usr mount.usrfstype=squashfs"
+        cmdline += " mount.usrflags=ro,noatime"
         return UsrDisk(image=result / "disk.img", cmdline=cmdline, root_hash=root_hash)
     if not fstab_usr:
         cmdline += f" mount.usr=UUID={USR_UUID} mount.usrfstype=ext4 mount.usrflags=noatime"

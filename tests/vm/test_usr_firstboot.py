@@ -7,12 +7,12 @@ its verdicts on the console.
 The first boot's /usr is protected by dm-verity, as a signed image's is: a squashfs on
 partition 1, its hash tree on partition 2, and `usrhash=` on the command line. The host
 initrd's (systemd 252) veritysetup generator finds both partitions by the UUIDs the root
-hash gives and opens /dev/mapper/usr, which the fstab generator mounts at /sysusr/usr
-(mount.usrfstype= and mount.usrflags= still apply); the real root shows the kernel's
-verity table for it with the same root hash. On the same boot systemd-repart grows the
-root partition by the /usr partition's repart.d into the disk past the image's end (its
-libfdisk moves the GPT's end there), and the real root's systemd-growfs grows the
-filesystem (its fstab says x-systemd.growfs).
+hash gives and opens /dev/mapper/usr, which `mount.usr=` names (what the fstab generator
+takes for usrhash= alone) and which is mounted at /sysusr/usr; the real root shows the
+kernel's verity table for it with the same root hash, and cryptsetup's "verified". On
+the same boot systemd-repart grows the root partition by the /usr partition's repart.d
+into the disk past the image's end (its libfdisk moves the GPT's end there), and the
+real root's systemd-growfs grows the filesystem (its fstab says x-systemd.growfs).
 
 The same boot proves that systemd 252's PID 1 imports credentials from SMBIOS type 11
 (`-smbios type=11,value=io.systemd.credential:NAME=VALUE`) and from QEMU's fw_cfg
@@ -48,6 +48,7 @@ from harness.usrdisk import (
     UsrDisk,
     ensure_usr_disk,
     gpt_ends,
+    partition_uuids,
 )
 from tests.vm.conftest import BOOT_LIMIT
 
@@ -139,7 +140,7 @@ def test_verity_usr_by_usrhash_credentials_and_first_boot_growth(
     kernel: Kernel, root_disk: RootDisk, usr_initrd: Path, console_log: Path
 ) -> None:
     disk = ensure_usr_disk(root_disk, verity=True)
-    assert disk.root_hash is not None and "mount.usr=" not in disk.cmdline
+    assert disk.root_hash is not None and "mount.usr=/dev/mapper/usr" in disk.cmdline
     # A genuine 1 GiB image on a 4 GiB disk: its GPT ends at 1 GiB (the backup header in
     # the image's last sector), the disk goes on for 3 GiB more.
     backup, last_usable = gpt_ends(disk.image)
@@ -174,6 +175,10 @@ def assert_verity_usr(boot: FirstBoot, root_hash: str) -> None:
     """/usr came through dm-verity: the generator's service opened it in the initrd on
     the partitions the root hash names (the disk's first two), and the real root's
     kernel checks /usr against that hash."""
+    data_uuid, hash_uuid = partition_uuids(root_hash)
+    found = (f"Using data device /dev/disk/by-partuuid/{data_uuid} and hash device "
+             f"/dev/disk/by-partuuid/{hash_uuid} for usr.")  # fmt: skip
+    assert found in boot.initrd
     assert re.search(r"Finished .*Verity Protection Setup for usr", boot.initrd)
     checked = boot.checked
     assert checked["usr-target"] == "verity", checked
@@ -181,7 +186,7 @@ def assert_verity_usr(boot: FirstBoot, root_hash: str) -> None:
     data, hashes = checked["usr-devices"].split(",")
     assert data.endswith(":1") and hashes == data.removesuffix("1") + "2", checked
     assert checked["usr-verity"] == "verified", checked
-    # mount.usrflags=noatime, and ro, which the fstab generator adds for verity.
+    # mount.usrflags=ro,noatime: the device is read-only.
     assert "ro" in checked["usr-options"].split(","), checked
 
 
