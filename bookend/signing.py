@@ -32,7 +32,7 @@ from bookend.proc import run
 from bookend.sysroot import Sysroot
 
 KEY_SETTINGS = ("secureboot_key", "secureboot_cert", "pcr_private_key", "pcr_public_key")
-# Where systemd (250 and later) looks for the certificates it checks a Verity image's
+# Where systemd (252 and 257 alike) looks for the certificates it checks a Verity image's
 # signature against in userspace, when the kernel's keyrings do not vouch for it; it reads
 # only *.crt files, and skips hidden ones.
 VERITY_DIR = "/etc/verity.d"

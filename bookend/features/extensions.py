@@ -10,9 +10,10 @@ both systemd 252's and later versions' services look: system extensions in
 ignore an image there).
 The same services merge what an earlier unit puts in /run/extensions, and (systemd 254
 and later) what systemd-stub leaves in /.extra/sysext and /.extra/confext from the ESP,
-but only signed Verity images from there: systemd's strict policy for an untrusted
-source. 252 ignores /.extra/sysext, and nothing here makes it look: the images come
-unauthenticated. Merging needs a loop device, the image's file system and overlayfs.
+but only signed Verity images from there: feature signed-extensions brings what that
+takes, and has the services started even with no image embedded. 252 ignores
+/.extra/sysext, and nothing here makes it look: the images come unauthenticated.
+Merging needs a loop device, the image's file system and overlayfs.
 """
 
 from __future__ import annotations
