@@ -81,7 +81,7 @@ def test_each_image_is_written_with_its_own_compression(root_tree: Path, tmp_pat
 def test_the_compressor_gets_the_exitrds_level(
     root_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[tuple[Compression, int | None, int]] = []
+    seen: list[tuple[Compression, int | None, int, int | None]] = []
     real = open_compressor
 
     def recording(

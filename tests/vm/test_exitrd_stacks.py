@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from bookend.archive.reader import compression_of
 from bookend.holders import ALL_DETACHED, WAIT_SECONDS
 from bookend.proc import run
 from harness.exitrdjob import SHUTDOWN_LIMIT, install_exitrd_job, shutdown_through, split_at_pivot
@@ -183,7 +184,8 @@ def test_exitrd_takes_down_md_lvm_on_md_and_btrfs_raid1_and_leaves_them_clean(
     assert re.search(r"^log_root\s+0$", output("super-btrfs-raid1.txt"), re.M)
 
     packed, unpacked = image_sizes(exitrd, tmp_path)
-    print(f"generic exitrd (with the test's exit-status hook): {packed:.1f} MB zstd, "
+    compression = compression_of(exitrd.read_bytes()[:8])
+    print(f"generic exitrd (with the test's exit-status hook): {packed:.1f} MB {compression}, "
           f"{unpacked:.1f} MB unpacked")  # fmt: skip
     print("\n".join(figures))
 
