@@ -53,11 +53,12 @@ DEFAULT_LEVELS = {
 
 # The exitrd is never unpacked by the kernel: `install-exitrd` unpacks it once into a tree
 # and shutdown copies the tree, so its compressor costs build time, install time and
-# space in /boot, never shutdown time. Its default, xz 6 with the sysroot's branch filter,
-# writes the smallest image (bench/results/2026-12-03-exitrd-size.md): Debian 13's
-# standalone exitrd 1.53 MB (zstd 3: 2.10 MB) for about 3 s of CPU more, Debian 12's
-# 5.1 MB (zstd 3: 7.0 MB) for 6-11 s more. zstd 3 (`exitrd_compress = "zstd"`) is the fast
-# choice: a third of zstd 9's CPU for an image near its size.
+# space in /boot, never shutdown time (bench/results/2026-12-03-exitrd-size.md). zstd 3,
+# the default, takes 0.04 s of CPU for Debian 13's standalone exitrd (2.10 MB) and 0.2 s
+# for Debian 12's (7.0 MB); xz 6 with the sysroot's branch filter writes the smallest
+# images, 1.53 MB and 5.1 MB, for 3 s and 6-11 s more on this host, which every build
+# would pay (kernel installs, and the builds the tests run in emulated guests, 10-30
+# times slower), while the image's size costs only space in /boot.
 EXITRD_DEFAULT_LEVELS = {**DEFAULT_LEVELS, Compression.ZSTD: 3}
 
 # The kernel's unlz4 reads the legacy format: this magic, then blocks of at most 8 MiB

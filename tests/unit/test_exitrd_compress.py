@@ -47,17 +47,18 @@ def written(config: Config, output: Path, exitrd: bool) -> bytes:
     return output.read_bytes()
 
 
-def test_defaults_xz_6_for_the_exitrd_whatever_the_initrd(root_tree: Path, tmp_path: Path) -> None:
+def test_defaults_zstd_3_for_the_exitrd_whatever_the_initrd(
+    root_tree: Path, tmp_path: Path
+) -> None:
     default = config(root_tree, tmp_path)
-    assert default.exitrd_compress is Compression.XZ and exitrd_level(default) == 6
+    assert default.exitrd_compress is Compression.ZSTD and exitrd_level(default) == 3
     assert default.compress_level is None  # the initrd keeps its own default (9)
-    shown = show_json(config(root_tree, tmp_path, compress="gzip", compress_level=2), False)
-    assert (shown["exitrd_compress"], shown["exitrd_compress_level"]) == ("xz", 6)
-    assert (shown["compress"], shown["compress_level"]) == ("gzip", 2)
-    chosen = config(root_tree, tmp_path, exitrd_compress="zstd")
-    assert exitrd_level(chosen) == 3  # zstd for the exitrd: level 3, the fast choice
-    assert exitrd_level(config(root_tree, tmp_path, exitrd_compress="gzip")) == 9
-    assert exitrd_level(config(root_tree, tmp_path, exitrd_compress_level=9)) == 9
+    shown = show_json(config(root_tree, tmp_path, compress="xz", compress_level=2), False)
+    assert (shown["exitrd_compress"], shown["exitrd_compress_level"]) == ("zstd", 3)
+    assert (shown["compress"], shown["compress_level"]) == ("xz", 2)
+    chosen = config(root_tree, tmp_path, exitrd_compress="xz")
+    assert exitrd_level(chosen) == 6  # another compressor: its usual default level
+    assert exitrd_level(config(root_tree, tmp_path, exitrd_compress_level=19)) == 19
 
 
 def test_each_image_is_written_with_its_own_compression(root_tree: Path, tmp_path: Path) -> None:
@@ -69,7 +70,7 @@ def test_each_image_is_written_with_its_own_compression(root_tree: Path, tmp_pat
     # The exitrd's level is its own: zstd 3 by default, 19 when asked, the initrd's 1 apart.
     levels = {}
     for level in (None, 19):
-        settings = {"compress_level": 1, "exitrd_compress": "zstd"} | (
+        settings = {"compress_level": 1} | (
             {} if level is None else {"exitrd_compress_level": level}
         )
         image = written(config(root_tree, tmp_path, **settings), tmp_path / f"{level}.img", True)
@@ -94,8 +95,10 @@ def test_the_compressor_gets_the_exitrds_level(
     chosen = config(root_tree, tmp_path, compress_level=7, compress_threads=2)
     written(chosen, tmp_path / "e.img", exitrd=True)
     written(chosen, tmp_path / "i.img", exitrd=False)
-    # The fixture tree's programs are not ELF: no machine, so no branch filter.
-    assert seen == [(Compression.XZ, 6, 2, None), (Compression.ZSTD, 7, 2, None)]
+    # An xz exitrd of the fixture tree, whose programs are not ELF: no machine, no filter.
+    written(config(root_tree, tmp_path, exitrd_compress="xz"), tmp_path / "x.img", exitrd=True)
+    assert seen == [(Compression.ZSTD, 3, 2, None), (Compression.ZSTD, 7, 2, None),
+                    (Compression.XZ, 6, 0, None)]  # fmt: skip
 
 
 def test_an_xz_exitrd_gets_the_branch_filter_of_the_sysroots_machine(
@@ -103,16 +106,13 @@ def test_an_xz_exitrd_gets_the_branch_filter_of_the_sysroots_machine(
 ) -> None:
     monkeypatch.setattr(bookend.build, "sysroot_arch", lambda sysroot: X86_64)
     exitrd = tmp_path / "e.img"
-    image = written(config(root_tree, tmp_path, compress="xz"), exitrd, exitrd=True)
+    xz = config(root_tree, tmp_path, compress="xz", exitrd_compress="xz")
+    image = written(xz, exitrd, exitrd=True)
     # The xz block header (after the 12-byte stream header): its flags' two low bits
     # are the number of filters less one, and the first filter's ID is x86's.
     assert (image[13] & 0x03, image[14]) == (1, lzma.FILTER_X86)
     assert lzma.decompress(image).startswith(b"070701")
     assert "/usr/text" in seal_image(exitrd).sums.decode()  # install-exitrd reads it
     # The initrd, which the kernel unpacks, never gets one; nor an exitrd in zstd.
-    initrd = written(config(root_tree, tmp_path, compress="xz"), tmp_path / "i.img", False)
-    assert initrd[13] & 0x03 == 0
-    assert (
-        bookend.build.exitrd_branch_filter(config(root_tree, tmp_path, exitrd_compress="zstd"))
-        is None
-    )
+    assert written(xz, tmp_path / "i.img", exitrd=False)[13] & 0x03 == 0
+    assert bookend.build.exitrd_branch_filter(config(root_tree, tmp_path)) is None
