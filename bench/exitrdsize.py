@@ -27,6 +27,7 @@ import io
 import json
 import lzma
 import os
+import posixpath
 import stat
 import statistics
 import subprocess
@@ -41,6 +42,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.tools import base_env, progress, write_report
+from bookend import elf
 from bookend.archive import ArchiveEntry, EntryKind, write_cpio
 from bookend.archive.compress import Compression, open_compressor
 from bookend.archive.reader import read_image
@@ -142,14 +144,54 @@ def cpio(entries: Sequence[ArchiveEntry]) -> bytes:
     return out.getvalue()
 
 
-def root_causes(entries: Sequence[ArchiveEntry]) -> dict[str, str]:
-    """Each entry's group: the reason of the entry its manifest chain starts from."""
+def floor_paths(entries: Sequence[ArchiveEntry], work: Path) -> set[str]:
+    """What /shutdown's program needs: itself, its DT_NEEDED closure and its loader, with
+    the links on the way. The manifest gives one reason per entry (the C library may be
+    there "for" the hook's shell): the floor is read from the ELF files themselves."""
+    by_path = {e.path: e for e in entries}
+    by_name: dict[str, str] = {}
+    for entry in entries:
+        if entry.kind in (EntryKind.FILE, EntryKind.SYMLINK):
+            by_name.setdefault(posixpath.basename(entry.path), entry.path)
+    floor: set[str] = set()
+    todo = ["/shutdown"]
+    while todo:
+        path = todo.pop()
+        while path not in floor and by_path[path].kind is EntryKind.SYMLINK:
+            floor.add(path)
+            path = posixpath.normpath(
+                posixpath.join(posixpath.dirname(path), by_path[path].target or "")
+            )
+        if path in floor:
+            continue
+        floor.add(path)
+        scratch = work / "elf"
+        scratch.write_bytes(by_path[path].data or b"")
+        info = elf.read_elf(scratch)
+        wanted = [*info.needed, *([info.interpreter] if info.interpreter else [])]
+        todo += [by_name[posixpath.basename(name)] for name in wanted]
+    return floor
+
+
+FLOOR = "the floor: /shutdown's program, its DT_NEEDED closure and loader"
+
+
+def root_causes(entries: Sequence[ArchiveEntry], floor: set[str]) -> dict[str, str]:
+    """Each entry's group: the floor (a link to it too), or the reason of the entry its
+    manifest chain starts from."""
     data = next(e.data for e in entries if e.path == MANIFEST)
     assert data is not None
     why = {path: tuple(value) for path, value in json.loads(data)["entries"].items()}
     groups = {}
     for entry in entries:
         path = entry.path
+        while path not in floor and why.get(path, ("", None))[0] in FOLLOWED:
+            if why[path][0] == "parent directory of" or why[path][1] not in why:
+                break  # a directory stays where the manifest puts it
+            path = why[path][1]
+        if path in floor:
+            groups[entry.path] = FLOOR
+            continue
         while why.get(path, ("", None))[0] in FOLLOWED and why[path][1] in why:
             path = why[path][1]
         reason = why.get(path, ("", None))[0] or f"directory {path}"
@@ -182,8 +224,10 @@ def measure_variant(variant: Variant, raw: bytes, runs: int, work: Path) -> Row:
     return Row(variant, len(packed), median_of(runs, compress_cpu), median_of(runs, install_wall))
 
 
-def render_shares(entries: Sequence[ArchiveEntry], raw: bytes, share_by: Variant) -> str:
-    groups = root_causes(entries)
+def render_shares(
+    entries: Sequence[ArchiveEntry], raw: bytes, share_by: Variant, work: Path
+) -> str:
+    groups = root_causes(entries, floor_paths(entries, work))
     whole = len(share_by.compress(raw))
     lines = [f"| group (what pulled it in) | entries | unpacked, bytes | {share_by.name}, "
              "bytes the image loses without it |", "|---|---|---|---|"]  # fmt: skip
@@ -221,7 +265,7 @@ def report_system(system: str, runs: int, work: Path) -> str:
     return "\n\n".join([
         f"## {system}: {what}",
         f"{len(entries)} entries, {len(raw):,} bytes of cpio.",
-        render_rows(rows), render_shares(entries, raw, share_by),
+        render_rows(rows), render_shares(entries, raw, share_by, work / system),
     ])  # fmt: skip
 
 

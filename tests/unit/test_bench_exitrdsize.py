@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.exitrdsize import MANIFEST, SMALLEST, VARIANTS, cpio, read_entries, root_causes
+from bench.exitrdsize import FLOOR, MANIFEST, SMALLEST, VARIANTS, cpio, read_entries, root_causes
 from bookend.archive import ArchiveEntry, EntryKind
 
 PROGRAM = "/usr/lib/systemd/systemd-shutdown"
@@ -32,14 +32,16 @@ def entries() -> list[ArchiveEntry]:
 
 
 def test_each_entry_is_counted_to_what_pulled_it_in() -> None:
-    groups = root_causes(entries())
-    program = "exitrd: systemd-shutdown executes /shutdown"  # without the file's name
-    assert {groups[p] for p in (PROGRAM, "/usr/lib/libc.so.6", "/usr/lib/libmount.so.1")} == {
-        program
-    }
+    # The floor, read from the ELF files (on real images), and what leads to it: libmount
+    # and libc by their manifest chains, here.
+    groups = root_causes(entries(), {PROGRAM})
+    assert {groups[p] for p in (PROGRAM, "/usr/lib/libc.so.6", "/usr/lib/libmount.so.1")} == {FLOOR}
     assert groups["/usr/bin/sh"] == groups["/usr/bin/dash"] == "feature exitrd"
     assert groups["/usr"] == "directory /usr"
     assert groups[MANIFEST] == "bookend: why"
+    # Without a floor, the chain ends at the program's reason (without the file's name).
+    program = "exitrd: systemd-shutdown executes /shutdown"
+    assert root_causes(entries(), set())["/usr/lib/libc.so.6"] == program
 
 
 def test_every_variant_writes_an_image_bookend_reads_back(tmp_path: Path) -> None:
