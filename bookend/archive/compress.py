@@ -57,8 +57,8 @@ DEFAULT_LEVELS = {
 # the default, takes 0.04 s of CPU for Debian 13's standalone exitrd (2.10 MB) and 0.2 s
 # for Debian 12's (7.0 MB); xz 6 with the sysroot's branch filter writes the smallest
 # images, 1.53 MB and 5.1 MB, for 2.5 s and 9.4 s more on this host, which every build
-# would pay (kernel installs, and the builds the tests run in emulated guests, 10-30
-# times slower), while the image's size costs only space in /boot.
+# would pay (kernel installs, and the builds the VM tests run inside emulated guests,
+# where CPU costs several times more), while the image's size costs only /boot space.
 EXITRD_DEFAULT_LEVELS = {**DEFAULT_LEVELS, Compression.ZSTD: 3}
 
 # The kernel's unlz4 reads the legacy format: this magic, then blocks of at most 8 MiB
