@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from bookend import uptodate
+from bookend.arches import sysroot_arch
 from bookend.archive import (
     Compression,
     open_compressor,
@@ -35,6 +36,7 @@ from bookend.manifest import with_manifest
 from bookend.plan import Plan, make_plan
 from bookend.scancache import ScanCache, default_directory
 from bookend.signing import KEY_SETTINGS
+from bookend.sysroot import Sysroot
 from bookend.uki import UkiTools, find_uki_tools, staged_uki
 
 log = logging.getLogger(__name__)
@@ -70,12 +72,14 @@ def staged_image(
     # Nothing unpacks the exitrd at boot or at shutdown, only install-exitrd, once.
     compression = config.exitrd_compress if exitrd else config.compress
     level = exitrd_level(config) if exitrd else config.compress_level
+    branch_filter = exitrd_branch_filter(config) if exitrd else None
 
     def write(out: BinaryIO) -> None:
         if closure.early:
             # The kernel finds early microcode only in an uncompressed archive at the start.
             write_cpio(list(closure.early), out, epoch=0)
-        with open_compressor(compression, out, level, config.compress_threads) as stream:
+        threads = config.compress_threads
+        with open_compressor(compression, out, level, threads, branch_filter) as stream:
             write_cpio(closure.archive_entries(), stream, epoch=epoch)
 
     target = output or config.output
@@ -89,6 +93,15 @@ def staged_image(
     mode = 0o600 if secrets else 0o644
     with staged_file(target, write, mode, verify, size_hint) as staged:
         yield staged
+
+
+def exitrd_branch_filter(config: Config) -> int | None:
+    """The xz branch filter of the sysroot's machine code, for an xz exitrd: Python unpacks
+    it (install-exitrd), never the kernel, whose xz may not have that filter."""
+    if config.exitrd_compress is not Compression.XZ:
+        return None
+    arch = sysroot_arch(Sysroot(config.sysroot))
+    return arch.xz_branch_filter if arch is not None else None
 
 
 def _expected_size(compression: Compression, target: Path, closure: Closure) -> int:

@@ -7,12 +7,13 @@ systemd-shutdown itself: finding /etc/initrd-release it knows it runs from an in
 so it unmounts /oldroot and detaches the DM, MD and loop devices under it, now that
 nothing holds them, and powers off.
 
-The exitrd holds no kernel modules (the running kernel has them loaded), no udev and
-no shell: only systemd-shutdown and exactly its DT_NEEDED closure, the release files,
-and what a feature the initrd has declares as its exitrd part (Feature.exitrd) because
-something runs it at shutdown: the hook that stops root storage daemons and the steps
-that detach network storage. systemd-shutdown detaches DM (LUKS, LVM) devices with
-ioctls, so those stacks add nothing. What the configuration adds comes with it: the
+The exitrd holds no kernel modules (the running kernel has them loaded) and no udev:
+only systemd-shutdown and exactly its DT_NEEDED closure, the release files, the holders
+hook (bookend.holders) with the one program it runs, the shell, and what a feature the
+initrd has declares as its exitrd part (Feature.exitrd) because something runs it at
+shutdown: the hook that stops root storage daemons and the steps that detach network
+storage. systemd-shutdown detaches DM (LUKS, LVM) devices with ioctls, so those stacks
+add nothing. What the configuration adds comes with it: the
 exitrd parts of exitrd_features, the exitrd_files, and the /usr and /opt of the
 exitrd_sysexts (bookend.sysext).
 

@@ -52,11 +52,13 @@ DEFAULT_LEVELS = {
 }
 
 # The exitrd is never unpacked by the kernel: `install-exitrd` unpacks it once into a tree
-# and shutdown copies the tree, so its compressor costs build time and space in /boot,
-# never shutdown time. Debian 12's plain exitrd (16.4 MB of cpio), CPU seconds to write
-# it and read it back for its digest, and its size: zstd 9 0.71 s, 6.56 MB; zstd 3 0.22 s,
-# 7.04 MB; zstd 1 0.15 s, 7.81 MB; none 0.02 s, 16.4 MB (bench/results/2026-12-02-exitrd.md).
-# zstd 3 keeps the image near level 9's size for a third of the CPU.
+# and shutdown copies the tree, so its compressor costs build time, install time and
+# space in /boot, never shutdown time (bench/results/2026-12-03-exitrd-size.md). zstd 3,
+# the default, takes 0.04 s of CPU for Debian 13's standalone exitrd (2.10 MB) and 0.2 s
+# for Debian 12's (7.0 MB); xz 6 with the sysroot's branch filter writes the smallest
+# images, 1.53 MB and 5.1 MB, for 2.5 s and 9.4 s more on this host, which every build
+# would pay (kernel installs, and the builds the VM tests run inside emulated guests,
+# where CPU costs several times more), while the image's size costs only /boot space.
 EXITRD_DEFAULT_LEVELS = {**DEFAULT_LEVELS, Compression.ZSTD: 3}
 
 # The kernel's unlz4 reads the legacy format: this magic, then blocks of at most 8 MiB
@@ -75,9 +77,15 @@ ZSTD_JOB_SIZE = 4 << 20
 
 @contextmanager
 def open_compressor(
-    compression: Compression, out: BinaryIO, level: int | None = None, threads: int = 0
+    compression: Compression,
+    out: BinaryIO,
+    level: int | None = None,
+    threads: int = 0,
+    branch_filter: int | None = None,
 ) -> Iterator[Sink]:
-    """threads: zstd's and lz4's workers, 0 for one per CPU; Python's lzma and gzip have one."""
+    """threads: zstd's and lz4's workers, 0 for one per CPU; Python's lzma and gzip have one.
+    branch_filter: xz only, a branch converter (lzma.FILTER_X86...) before LZMA2: only for
+    what Python unpacks, since the kernel's xz has only those its configuration chose."""
     chosen = DEFAULT_LEVELS[compression] if level is None else level
     if compression is Compression.ZSTD:
         # Always workers (-1: one per CPU), never zstd's single-threaded mode: its output
@@ -91,9 +99,13 @@ def open_compressor(
             yield zstd_stream
     elif compression is Compression.XZ:
         # The kernel's xz decoder checks CRC32 only, not the default CRC64.
+        filters = None
+        if branch_filter is not None:
+            filters = [{"id": branch_filter}, {"id": lzma.FILTER_LZMA2, "preset": chosen}]
         with lzma.LZMAFile(
-            out, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32, preset=chosen
-        ) as xz_stream:
+            out, "wb", format=lzma.FORMAT_XZ, check=lzma.CHECK_CRC32,
+            preset=None if filters else chosen, filters=filters,
+        ) as xz_stream:  # fmt: skip
             yield xz_stream
     elif compression is Compression.GZIP:
         with gzip.GzipFile(

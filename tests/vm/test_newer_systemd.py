@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from bookend.archive.reader import compression_of
 from bookend.features.storage_daemons import systemd_version
 from bookend.sysroot import Sysroot
 from harness.exitrdjob import install_exitrd_job, shutdown_through, split_at_pivot
@@ -127,7 +128,8 @@ def test_plain_root_boots_and_powers_off_through_the_exitrd(
     print(f"{system.suite} (systemd {tree_systemd(system)}, kernel {system.kernel.version}): "
           f"initrd {initrd.stat().st_size / 1e6:.1f} MB, exitrd "
           f"(standalone systemd-shutdown) "
-          f"{exitrd.stat().st_size / 1e6:.2f} MB zstd, {unpacked / 1e6:.2f} MB unpacked, "
+          f"{exitrd.stat().st_size / 1e6:.2f} MB {compression_of(exitrd.read_bytes()[:8])}, "
+          f"{unpacked / 1e6:.2f} MB unpacked, "
           f"loaded at shutdown in {int(loaded.group(3)) / 1000:.2f} s "
           f"({loaded.group(2)} entries); plain root boot and exitrd exit (status "
           f"{status} -> {status + 1}) in {seconds:.0f} s")  # fmt: skip
