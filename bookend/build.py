@@ -9,15 +9,13 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager as ContextManager
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from bookend import uptodate
 from bookend.archive import (
-    ArchiveEntry,
     Compression,
-    EntryKind,
     open_compressor,
     source_date_epoch,
     write_atomically,
@@ -25,11 +23,11 @@ from bookend.archive import (
 )
 from bookend.archive.atomic import Staged, staged_file
 from bookend.archive.lock import locked_outputs
-from bookend.closure import Closure, ClosureEntry, build_closure
+from bookend.closure import Closure, build_closure, with_exitrd
 from bookend.config import Config
 from bookend.config.table import exitrd_level
 from bookend.errors import ArchiveError
-from bookend.exitrd_store import digest_path
+from bookend.exitrd_store import DIGEST_CONF, digest_path, named_digest, seal_image
 from bookend.features import ALL
 from bookend.features.base import Feature
 from bookend.hostonly import format_detection
@@ -157,12 +155,12 @@ def build_initrd(
     )
     outputs = [config.output, *([config.exitrd_output] if config.exitrd else [])]
     cache = cache or scan_cache()
-    with locked_outputs(outputs), _unpack_directory(cache) as unpack_dir:
+    with locked_outputs(outputs), unpack_directory(cache) as unpack_dir:
         return _build_locked(config, uki_tools, cache, registry, unpack_dir)
 
 
 @contextmanager
-def _unpack_directory(cache: ScanCache) -> Iterator[Path]:
+def unpack_directory(cache: ScanCache) -> Iterator[Path]:
     """Where the exitrd's extension images are unpacked: beside the scan cache, where an
     unchanged image stays unpacked between builds; without a cache, for this build."""
     if cache.directory is not None:
@@ -187,12 +185,9 @@ def _build_locked(
     plan = make_plan(config, cache, registry)
     if plan.detection is not None:
         log.info("hostonly detection:\n%s", format_detection(plan.detection).rstrip())
-    bare = build_closure(config, plan, cache)  # the exitrd's digest joins it when written
-    closure = with_manifest(bare)
+    closure, exitrd = image_closures(config, plan, cache, unpack_dir)
     for warning in closure.warnings:
         log.warning("%s", warning)
-    # Both closures are made, and so every input error found, before either is written.
-    exitrd = _exitrd_closure(config, plan, cache, unpack_dir) if config.exitrd else None
     cache.save()
     outputs = [config.output]
     if exitrd is not None:
@@ -205,7 +200,7 @@ def _build_locked(
         and uptodate.is_up_to_date(cache.directory, outputs, inputs)
     )
     if not up_to_date:
-        closure = _write_pair(config, bare, exitrd[1] if exitrd else None, uki_tools)
+        _write_pair(config, closure, exitrd[1] if exitrd else None, uki_tools)
         uptodate.record_inputs(cache.directory, outputs, inputs)
     initrd = _image_result(config.output, plan, closure)
     if exitrd is None:
@@ -213,73 +208,58 @@ def _build_locked(
     return BuildResult(initrd, _image_result(config.exitrd_output, *exitrd), up_to_date)
 
 
-def _write_pair(
-    config: Config, bare: Closure, exitrd: Closure | None, uki_tools: UkiTools | None
-) -> Closure:
-    """Both images complete beside their targets, then renamed into place together.
+def image_closures(
+    config: Config, plan: Plan, cache: ScanCache, unpack_dir: Path
+) -> tuple[Closure, tuple[Plan, Closure] | None]:
+    """The initrd's closure as it is written (with what it holds of the exitrd, and its
+    manifest), and the exitrd's plan and closure: both made, and so every input error
+    found, before either image is written. unpack_dir: where the exitrd's extension
+    images are unpacked."""
+    from bookend.exitrd import make_exitrd_plan
 
-    The exitrd is written first: its digest goes into the initrd (bookend.exitrd_store),
-    which thereby names the one exitrd it trusts. The initrd's closure as written."""
+    initrd = build_closure(config, plan, cache)
+    if not config.exitrd:
+        return with_manifest(initrd), None
+    exitrd_plan = make_exitrd_plan(config, plan, unpack_dir)
+    exitrd = with_manifest(build_closure(config, exitrd_plan, cache))
+    return with_manifest(with_exitrd(initrd, exitrd, config)), (exitrd_plan, exitrd)
+
+
+def _write_pair(
+    config: Config, initrd: Closure, exitrd: Closure | None, uki_tools: UkiTools | None
+) -> None:
+    """Both images complete beside their targets, then renamed into place together;
+    the exitrd checked first to be the one whose digest the initrd holds."""
     with ExitStack() as staged:
         exitrd_file = None
-        closure = with_manifest(bare)
         if exitrd is not None:
             exitrd_file = staged.enter_context(
                 staged_image(config, exitrd, config.exitrd_output, exitrd=True)
             )
-            carried = _with_exitrd_tree(bare, exitrd) if config.exitrd_in_initrd else bare
-            closure = with_manifest(
-                _with_exitrd_digest(carried, exitrd_file.temporary, config.exitrd_in_initrd)
-            )
+            _check_exitrd_named(initrd, exitrd_file.temporary, config.exitrd_output)
         initrd_file = staged.enter_context(
-            staged_image(config, closure) if uki_tools is None
-            else _staged_uki(config, closure, uki_tools)
+            staged_image(config, initrd) if uki_tools is None
+            else _staged_uki(config, initrd, uki_tools)
         )  # fmt: skip
         _replace_pair(initrd_file, exitrd_file)
-    return closure
 
 
-def _with_exitrd_tree(closure: Closure, exitrd: Closure) -> Closure:
-    """closure plus the exitrd's entries under CARRIED (exitrd_in_initrd), but its device
-    nodes: systemd-shutdown mounts /dev over them."""
-    from bookend.exitrd_store import CARRIED
+def _check_exitrd_named(initrd: Closure, written: Path, target: Path) -> None:
+    """The exitrd written (at written, for target) has the digest the initrd names.
 
-    reason = "exitrd_in_initrd: the exitrd, copied to /run/initramfs at boot"
-    entries = dict(closure.entries)
-    entries[CARRIED] = ClosureEntry(ArchiveEntry(CARRIED, EntryKind.DIRECTORY, 0o755), reason, None)
-    for path, item in exitrd.entries.items():
-        if item.entry.kind in (EntryKind.CHAR_DEVICE, EntryKind.BLOCK_DEVICE) or path == "/":
-            continue
-        moved = replace(item.entry, path=CARRIED + path)
-        entries[moved.path] = ClosureEntry(moved, reason, None, item.secret)
-    return replace(closure, entries=entries)
-
-
-def _with_exitrd_digest(closure: Closure, exitrd: Path, carried: bool = False) -> Closure:
-    """closure plus the unit that leaves the exitrd's digest in /run at boot (with the
-    initrd's systemd-tmpfiles; an initrd without it names no exitrd); carried: and the
-    copy of the exitrd's tree to /run/initramfs."""
-    from bookend.exitrd_store import initrd_entries, seal_image
-
-    tmpfiles = [path for path in closure.entries if path.endswith("bin/systemd-tmpfiles")]
-    if not tmpfiles:
-        log.warning("the initrd has no systemd-tmpfiles: it names no exitrd, and the "
-                    "exitrd loader falls back to the latest one installed")  # fmt: skip
-        return closure
-    reason = "exitrd: the digest of the exitrd built with this initrd"
-    entries = dict(closure.entries)
-    digest = seal_image(exitrd).digest
-    for path, data, target in initrd_entries(digest, min(tmpfiles), carried):
-        if target is not None:
-            entry = ArchiveEntry(path, EntryKind.SYMLINK, 0o777, target=target)
-        elif data is not None:
-            entry = ArchiveEntry(path, EntryKind.FILE, 0o644, data=data)
-        elif path in entries:
-            continue
-        else:
-            entry = ArchiveEntry(path, EntryKind.DIRECTORY, 0o755)
-        entries[path] = ClosureEntry(entry, reason, None)
-    return replace(closure, entries=entries)
+    The digest was sealed from the exitrd's closure, whose files were read again to
+    write the image: one changed in between would have the loader refuse the exitrd
+    at shutdown, so the build stops here instead."""
+    item = initrd.entries.get(DIGEST_CONF)
+    named = named_digest(item.entry.data or b"") if item is not None else None
+    if named is None:
+        return  # an initrd without systemd-tmpfiles names no exitrd (a warning said so)
+    actual = seal_image(written).digest
+    if actual != named:
+        raise ArchiveError(
+            f"{target}: its files changed while it was written (digest {actual}, the "
+            f"initrd names {named}); nothing replaced, build again"
+        )
 
 
 def _image_result(output: Path, plan: Plan, closure: Closure) -> ImageResult:
@@ -314,12 +294,3 @@ def _replace_pair(initrd: Staged, exitrd: Staged | None) -> None:
     if exitrd is not None:
         exitrd.commit()
         write_digest(exitrd.target)
-
-
-def _exitrd_closure(
-    config: Config, initrd_plan: Plan, cache: ScanCache, unpack_dir: Path
-) -> tuple[Plan, Closure]:
-    from bookend.exitrd import make_exitrd_plan
-
-    plan = make_exitrd_plan(config, initrd_plan, unpack_dir)
-    return plan, with_manifest(build_closure(config, plan, cache))

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bookend import __version__
-from bookend.config import SETTINGS, Config, Setting, Vocabularies
+from bookend.config import SETTINGS, Config, Layer, Setting, Vocabularies
 from bookend.errors import BookendError, ConfigError
 from bookend.scancache import ScanCache
 
@@ -342,7 +342,9 @@ def _config(
     args: argparse.Namespace,
     cache: ScanCache | None = None,
     registry: Mapping[str, Feature] | None = None,
+    added: Sequence[Layer] = (),
 ) -> Config:
+    """The configuration of the command line; added: the command's own layers after it."""
     from bookend.resolve import configure
 
     return configure(
@@ -351,6 +353,7 @@ def _config(
         vocabularies(registry or _registry(args)),
         config_root=args.config_root,
         cache=cache,
+        added=added,
     )
 
 
@@ -387,7 +390,6 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     import tempfile
 
     from bookend.boottest.run import (
-        SHARE_FEATURE,
         BootTest,
         check_disks_and_qemu,
         default_cache,
@@ -414,9 +416,7 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
         image, kernel = args.image, args.kernel
         if image is None:
             check_disks_and_qemu(args.disk, share=share)  # bad input is refused before a build
-            if share is not None:
-                args.features = [*(args.features or []), SHARE_FEATURE]
-            image, kernel, sysroot = _build_for_boot_test(args, Path(scratch))
+            image, kernel, sysroot = _build_for_boot_test(args, Path(scratch), share is not None)
             share = None if share is None else sysroot  # a config file's sysroot too
         kernel = kernel or _newest_kernel()
         test = BootTest(
@@ -442,22 +442,20 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def _build_for_boot_test(args: argparse.Namespace, scratch: Path) -> tuple[Path, Path | None, Path]:
-    """The image boot-test builds when given none: the build options as given, into
-    scratch, with the exitrd carried inside and the drivers of QEMU's virtio disks;
-    with its kernel (when the sysroot has it) and the sysroot it was built from."""
+def _build_for_boot_test(
+    args: argparse.Namespace, scratch: Path, share: bool
+) -> tuple[Path, Path | None, Path]:
+    """The image boot-test builds when given none: the build options as given, then
+    boot-test's own (bookend.boottest.run.image_settings: into scratch, the exitrd
+    carried, the virtio drivers; share: the shared sysroot's feature); with its kernel
+    (when the sysroot has it) and the sysroot it was built from."""
+    from bookend.boottest.run import image_settings
     from bookend.build import build_initrd, scan_cache
 
-    if args.output is None:
-        args.output = str(scratch / "initrd.img")
-    if args.exitrd_output is None:
-        args.exitrd_output = str(scratch / "exitrd.img")
-    args.exitrd = True
-    args.exitrd_in_initrd = True
-    args.driver_classes = [*(args.driver_classes or []), "virtio"]
+    added = image_settings(_cli_values(args), scratch, share)
     cache = scan_cache()
     registry = _registry(args)
-    config = _config(args, cache, registry)
+    config = _config(args, cache, registry, [added])
     result = build_initrd(config, cache, registry)
     kernel = config.sysroot / f"boot/vmlinuz-{config.kver}"
     return result.initrd.path, kernel if kernel.is_file() else None, config.sysroot
@@ -473,7 +471,8 @@ def _newest_kernel() -> Path:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from bookend.closure import build_closure, format_closure
+    from bookend.build import image_closures, unpack_directory
+    from bookend.closure import format_closure
     from bookend.plan import format_plan, make_plan
 
     cache = ScanCache(None)  # shared by the stages, kept in memory only
@@ -489,7 +488,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if not args.closure and not args.why:
         print(format_plan(plan))
         return 0
-    closure = build_closure(config, plan, cache)
+    # The initrd's closure as the build writes it: with the exitrd's digest (and tree).
+    with unpack_directory(cache) as unpack_dir:
+        closure = image_closures(config, plan, cache, unpack_dir)[0]
     if args.why:
         if args.why not in closure.entries:
             print(f"bookend: {args.why} is not in the image", file=sys.stderr)

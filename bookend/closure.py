@@ -16,7 +16,7 @@ import posixpath
 import stat
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bookend import firmware, kmodules, microcode, modinfo, udevrules, units
@@ -25,6 +25,7 @@ from bookend.archive.cpio import MAX_FILE_SIZE, too_big
 from bookend.config import Config
 from bookend.drivers import DRIVER_CLASSES
 from bookend.errors import ConfigError, ElfError, SysrootError
+from bookend.exitrd_store import CARRIED, initrd_entries, seal_entries
 from bookend.features.base import FeatureContext, Request, RequestKind
 from bookend.libsearch import LibrarySearch
 from bookend.plan import Plan
@@ -515,6 +516,55 @@ def _add_requested_path(builder: _Builder, request: Request) -> None:
         missing = builder.sysroot.host_path(request.name)
         raise ConfigError(f"{request.reason}: {missing}: no such file or directory")
     builder.add_path(request.name, request.reason, None, recurse=True)
+
+
+def with_exitrd(initrd: Closure, exitrd: Closure, config: Config) -> Closure:
+    """The initrd's closure with what it holds of the exitrd built beside it: the unit
+    that leaves the exitrd's digest in /run at boot and, with exitrd_in_initrd, the
+    exitrd's tree. The digest is the seal of the exitrd's entries (bookend.exitrd_store),
+    so it is known, and printed by `bookend plan --closure`, before anything is written."""
+    carried = _with_exitrd_tree(initrd, exitrd) if config.exitrd_in_initrd else initrd
+    sealed = seal_entries([*exitrd.early, *exitrd.archive_entries()], config.exitrd_output)
+    joined = _with_exitrd_digest(carried, sealed.digest, config.exitrd_in_initrd)
+    return replace(joined, entries=dict(sorted(joined.entries.items())))
+
+
+def _with_exitrd_tree(closure: Closure, exitrd: Closure) -> Closure:
+    """closure plus the exitrd's entries under CARRIED, but its device nodes:
+    systemd-shutdown mounts /dev over them."""
+    reason = "exitrd_in_initrd: the exitrd, copied to /run/initramfs at boot"
+    entries = dict(closure.entries)
+    entries[CARRIED] = ClosureEntry(ArchiveEntry(CARRIED, EntryKind.DIRECTORY, 0o755), reason, None)
+    for path, item in exitrd.entries.items():
+        if item.entry.kind in (EntryKind.CHAR_DEVICE, EntryKind.BLOCK_DEVICE) or path == "/":
+            continue
+        moved = replace(item.entry, path=CARRIED + path)
+        entries[moved.path] = ClosureEntry(moved, reason, None, item.secret)
+    return replace(closure, entries=entries)
+
+
+def _with_exitrd_digest(closure: Closure, digest: str, carried: bool) -> Closure:
+    """closure plus the unit that leaves the exitrd's digest in /run at boot (with the
+    initrd's systemd-tmpfiles; an initrd without it names no exitrd); carried: and the
+    copy of the exitrd's tree to /run/initramfs."""
+    tmpfiles = [path for path in closure.entries if path.endswith("bin/systemd-tmpfiles")]
+    if not tmpfiles:
+        warning = ("the initrd has no systemd-tmpfiles: it names no exitrd, and the "
+                   "exitrd loader falls back to the latest one installed")  # fmt: skip
+        return replace(closure, warnings=(*closure.warnings, warning))
+    reason = "exitrd: the digest of the exitrd built with this initrd"
+    entries = dict(closure.entries)
+    for path, data, target in initrd_entries(digest, min(tmpfiles), carried):
+        if target is not None:
+            entry = ArchiveEntry(path, EntryKind.SYMLINK, 0o777, target=target)
+        elif data is not None:
+            entry = ArchiveEntry(path, EntryKind.FILE, 0o644, data=data)
+        elif path in entries:
+            continue
+        else:
+            entry = ArchiveEntry(path, EntryKind.DIRECTORY, 0o755)
+        entries[path] = ClosureEntry(entry, reason, None)
+    return replace(closure, entries=entries)
 
 
 def format_closure(closure: Closure) -> str:

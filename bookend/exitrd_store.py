@@ -15,13 +15,16 @@ permission bits, no more and no fewer. So the loader (bookend/data/load-exitrd.s
 shell script using coreutils only) checks a copy of the whole tree with one sha256sum
 run, and the digest names everything the exitrd holds.
 
-The build computes the same digest from the image it writes and puts it in the initrd
-(bookend.build); the initrd leaves it in RUN_DIGEST, which survives the switch to the
-real root, and the loader takes only the exitrd that digest names. Several exitrds may
-be installed at once (one per initrd that names them): INDEX says which initrd names
-which digest, and an install removes the exitrds no listed initrd names any more.
-DEFAULT names the latest install's exitrd: the loader's fallback when the initrd that
-booted named none (it was built without an exitrd, or by something else).
+The build computes the same digest from the exitrd's closure, its entries and their
+sources (seal_entries), before either image is written, and puts it in the initrd's
+closure (bookend.closure.with_exitrd), so `bookend plan --closure` shows it; the image
+written is checked to have it (seal_image). The initrd leaves it in RUN_DIGEST, which
+survives the switch to the real root, and the loader takes only the exitrd that digest
+names. Several exitrds may be installed at once (one per initrd that names them): INDEX
+says which initrd names which digest, and an install removes the exitrds no listed
+initrd names any more. DEFAULT names the latest install's exitrd: the loader's fallback
+when the initrd that booted named none (it was built without an exitrd, or by something
+else).
 
 The build writes the image's SHA-256 beside it (digest_path); install-exitrd takes only
 an image that matches it, so a damaged or half-written copy is never installed.
@@ -34,13 +37,13 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import BinaryIO
 
-from bookend.archive import write_atomically
+from bookend.archive import ArchiveEntry, EntryKind, write_atomically
 from bookend.errors import ArchiveError, ConfigError
 
 STORE = "usr/lib/bookend/exitrd"  # under the root
@@ -119,27 +122,71 @@ def _checked_name(path: str, where: object) -> str:
     return path
 
 
+# A member of an image as the seal sees it: its kind ("file", "dir", "link", as
+# bookend.inspect.image names kinds), permission bits, symlink target, and a file's SHA-256.
+Member = tuple[str, int, str | None, str | None]
+
+
 def seal_image(image: Path) -> Sealed:
     """The seal of a bookend exitrd image, from its entries as the kernel would see them."""
     from bookend.inspect.image import scan_image
 
     final = scan_image(image, digests=True).final()
+    members: dict[str, Member] = {}
+    for path, entry in final.items():
+        digest = entry.digest
+        if entry.kind == "file" and digest is None and entry.hardlink is not None:
+            digest = final[entry.hardlink].digest
+        members[path] = (entry.kind, entry.mode, entry.target, digest)
+    return _seal_members(members, image)
+
+
+def seal_entries(entries: Iterable[ArchiveEntry], where: object) -> Sealed:
+    """The seal of the image these entries make (bookend.archive.write_cpio writes them
+    in one archive, its root left out), without writing it: what seal_image of that
+    image gives. Files are read from their sources; where names the image in errors."""
+    from bookend.inspect.image import clean_path
+
+    members: dict[str, Member] = {}
+    for entry in entries:
+        path = clean_path(entry.path)
+        if path == ".":
+            continue  # write_cpio leaves the root out: it is the kernel's rootfs
+        digest = _content_digest(entry) if entry.kind is EntryKind.FILE else None
+        members[path] = (entry.kind.value, entry.mode & 0o7777, entry.target, digest)
+    return _seal_members(members, where)
+
+
+def _content_digest(entry: ArchiveEntry) -> str:
+    if entry.data is not None:
+        return hashlib.sha256(entry.data).hexdigest()
+    if entry.source is None:
+        raise ArchiveError(f"{entry.path}: file entry without a source or data")
+    digest = hashlib.sha256()
+    try:
+        with entry.source.open("rb") as source:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as error:
+        raise ArchiveError(f"{entry.source}: cannot read: {error.strerror}") from None
+    return digest.hexdigest()
+
+
+def _seal_members(members: Mapping[str, Member], where: object) -> Sealed:
+    """The seal of an image's final members, by relative path."""
     entries: dict[str, tuple[int, str | None]] = {}
     contents: dict[str, str] = {}
-    for path, entry in final.items():
-        _checked_name(path, image)
-        if entry.kind in _DEVICES:
+    for path, (kind, mode, target, digest) in members.items():
+        _checked_name(path, where)
+        if kind in _DEVICES:
             continue  # hidden: the running system's /dev is moved over the exitrd's
-        if entry.kind not in _TYPES:
-            raise ArchiveError(f"exitrd {image}: {path}: a {entry.kind} (not kept in the tree)")
-        if entry.kind == "link":
-            entries[path] = (stat.S_IFLNK | 0o777, entry.target)
+        if kind not in _TYPES:
+            raise ArchiveError(f"exitrd {where}: {path}: a {kind} (not kept in the tree)")
+        if kind == "link":
+            entries[path] = (stat.S_IFLNK | 0o777, target)
             continue
-        entries[path] = (_TYPES[entry.kind] | entry.mode, None)
-        if entry.kind == "file":
-            digest = entry.digest
-            if digest is None and entry.hardlink is not None:
-                digest = final[entry.hardlink].digest
+        entries[path] = (_TYPES[kind] | mode, None)
+        if kind == "file":
             assert digest is not None
             contents[path] = digest
     for path in list(entries):  # directories the kernel would make for a deeper entry
@@ -324,3 +371,11 @@ def initrd_entries(
         (f"{_UNIT_DIR}/{DIGEST_UNIT}", unit.encode(), None),
         (f"{wants}/{DIGEST_UNIT}", None, f"../{DIGEST_UNIT}"),
     ]
+
+
+def named_digest(conf: bytes) -> str | None:
+    """The digest a DIGEST_CONF (initrd_entries wrote it) leaves in RUN_DIGEST."""
+    fields = conf.partition(b"\n")[0].decode(errors="replace").split()
+    if fields[:2] != ["f", RUN_DIGEST] or not _is_digest(fields[-1]):
+        return None
+    return fields[-1]

@@ -102,7 +102,9 @@ PAGES: dict[str, Page] = {
     "plan": Page(
         "Print what `bookend build` would put in the image, without building it: the "
         "features and what each asks for, the kernel modules and why. --closure prints "
-        "every file with its type and source; --why PATH prints the chain of reasons that "
+        "every entry of the initrd as the build writes it (the exitrd's digest and, with "
+        "--exitrd-in-initrd, its tree included) with its type and reason; --why PATH "
+        "prints the chain of reasons that "
         "pulls PATH in. --detect prints only what hostonly detection finds on this machine "
         "(modules and why, filesystems, devices, storage kinds, the network interfaces a "
         "network root uses), as the image records it, whatever the features need.\n\n"

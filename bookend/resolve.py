@@ -25,6 +25,7 @@ from typing import Any
 from bookend import kmodules
 from bookend.config import (
     Config,
+    Layer,
     ModuleMode,
     Problems,
     Settings,
@@ -57,9 +58,12 @@ def configure(
     cwd: Callable[[], Path] = Path.cwd,
     config_root: Path | None = None,
     cache: ScanCache | None = None,
+    added: Sequence[Layer] = (),
 ) -> Config:
     """The configuration (bookend.config.load_settings) resolved against its sysroot."""
-    settings = load_settings(config_file, cli_values, vocabularies, config_root=config_root)
+    settings = load_settings(
+        config_file, cli_values, vocabularies, config_root=config_root, added=added
+    )
     return resolve(settings, cwd=cwd, cache=cache)
 
 

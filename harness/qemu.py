@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from bookend.arches import ARM64, X86_64, Arch
 from bookend.boottest.qemu import (
     OVMF,
+    OVMF_BLANK_VARS,
     TAIL_LINES,
     Bus,
     Disk,
@@ -35,9 +36,9 @@ from harness.pvh import direct_kernel
 from harness.qmp import Qmp
 
 __all__ = [
-    "ARM64", "OVMF", "TAIL_LINES", "X86_64", "Arch", "Boot", "BootOptions", "Bus", "Disk",
-    "Kernel", "boot", "console_text", "default_cpus", "drive_args", "installed_kernels",
-    "machine_argv", "plug_virtio_disk", "qemu_argv", "uefi_args",
+    "ARM64", "OVMF", "OVMF_BLANK_VARS", "TAIL_LINES", "X86_64", "Arch", "Boot", "BootOptions",
+    "Bus", "Disk", "Kernel", "boot", "console_text", "default_cpus", "drive_args",
+    "installed_kernels", "machine_argv", "plug_virtio_disk", "qemu_argv", "uefi_args",
 ]  # fmt: skip
 
 GUEST_CPUS_ENV = "BOOKEND_TEST_GUEST_CPUS"
@@ -98,9 +99,10 @@ def boot(options: MachineOptions) -> Boot:
     An x86 kernel is booted from its unpacked vmlinux where it can be (harness/pvh.py),
     on the plain machine only: QEMU's PVH loader puts the initrd at the top of RAM below
     a fixed ACPI allowance, and a TPM's tables outgrow it (the initrd overwrote them:
-    no ACPI, so power-off halted instead).
+    no ACPI, so power-off halted instead). Under OVMF (efi_vars) the kernel boots
+    through its EFI stub, which only the packed kernel has.
     """
-    if options.kernel is not None and not options.devices:
+    if options.kernel is not None and not options.devices and options.efi_vars is None:
         options = replace(options, kernel=direct_kernel(options.kernel))
     return Boot(qemu_argv(options), timeout=options.timeout, log_path=options.log_path,
                 echo=options.echo, pass_fds=options.pass_fds)  # fmt: skip

@@ -240,7 +240,7 @@ def start_early_builds(needs: DiskNeeds) -> EarlyBuilds:
     if needs.usr_disk:
         # Waits for the root disk the first thread makes, then cuts it up on the host.
         usr_steps: list[Callable[[], object]] = [
-            lambda: ensure_usr_disk(ensure_root_disk()),
+            lambda: ensure_usr_disk(ensure_root_disk(), verity=True),
             lambda: ensure_usr_disk(ensure_root_disk(), fstab_usr=True),
         ]
         builds.start("usr disks", usr_steps)

@@ -16,6 +16,17 @@ filesystems by mkfs.ext4 -d, the partition table by systemd-repart:
 
 A unit of the root prints what the test checks on the console (CHECK_LINE), before the
 root disk's report of the token.
+
+With verity=True /usr is protected by dm-verity, as a signed image ships it: partition 1
+holds /usr as a read-only squashfs, partition 2 its hash tree (`veritysetup format` on
+the files, no device-mapper on the host), the root comes third. The partitions' GPT UUIDs
+are the root hash's first and last 128 bits, where systemd-veritysetup-generator looks
+for them, so the command line names no partition: `usrhash=` and `mount.usr=/dev/mapper/usr`
+(what the fstab generator would take for usrhash= alone; given, so mount.usr= stays
+proven), with `ro` in mount.usrflags= (the device is read-only). squashfs rather than
+ext4: systemd-fsck (252) checks every /usr device, and e2fsck cannot open a read-only
+device; fsck.squashfs does not exist, so there is nothing to check. Uncompressed, so
+TCG spends no time inflating /usr.
 """
 
 from __future__ import annotations
@@ -41,6 +52,13 @@ ROOT_UUID = "b00ce4d0-7e57-4b00-8007-000000000002"
 # The discoverable partitions' types (the x86-64 ones).
 USR_TYPE = "8484680C-9521-48C6-9C11-B0720656F69E"
 ROOT_TYPE = "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709"
+# The verity disk: its /usr hash tree's partition (4 MiB of SHA-256 for 500 MiB of /usr);
+# the data partition has the rest of USR_MIB. A fixed salt and superblock UUID make the
+# root hash the same for the same tree.
+VERITY_HASH_MIB = 8
+VERITY_SALT = "b00ce4d07e574b008007" * 3 + "b00c"
+VERITY_SUPERBLOCK_UUID = "b00ce4d0-7e57-4b00-8007-0000000000a1"
+SQUASHFS_OPTIONS = ("-noI", "-noD", "-noF", "-noX", "-noappend", "-quiet")
 # In the /usr partition only: the guest reads it back through /usr.
 MARKER = "/usr/share/bookend/usr-partition"
 MARKER_TEXT = "bookend /usr partition"
@@ -74,11 +92,17 @@ marker=$(tr ' ' _ < {MARKER} 2>/dev/null || echo none)
 # sysusr-usr.mount and sysroot-usr.mount, in the same journal (/run/log/journal).
 own=$(journalctl -b -q -o cat -u usr.mount | grep -c Mount)
 initrd=$(journalctl -b -q -o cat -u sysusr-usr.mount -u sysroot-usr.mount | grep -c Mounted)
+# The verity disk's /usr: the kernel's table of the usr device (its target type and the
+# root hash it checks against) and cryptsetup's word on it; empty on the other disks.
+set -- $(dmsetup table usr 2>/dev/null)
+target=${{3:-none}} devices=${{5:-none}},${{6:-none}} hash=${{12:-none}}
+verity=$(veritysetup status usr 2>/dev/null | sed -n 's/^ *status: *//p' | tr ' ' _)
 line="{CHECK_LINE} token=$token usr-source=$(findmnt -no SOURCE /usr)"
 line="$line usr-options=$(findmnt -no OPTIONS /usr) marker=$marker"
 line="$line root=$root part-bytes=$part_bytes fs-bytes=$fs_bytes"
 line="$line last-lba=${{last_lba:-none}} disk-sectors=$disk_sectors"
-line="$line root-usr-mounts=$own initrd-usr-mounts=$initrd end"
+line="$line root-usr-mounts=$own initrd-usr-mounts=$initrd"
+line="$line usr-target=$target usr-devices=$devices usr-hash=$hash usr-verity=${{verity:-none}} end"
 echo "$line" > /dev/ttyS0
 """
 
@@ -105,11 +129,22 @@ FSTAB_USR = f"UUID={USR_UUID} /usr ext4 noatime 0 2\n"
 @dataclass(frozen=True)
 class UsrDisk:
     image: Path
-    # root=, and /usr by mount.usr=; the test adds rw and its token.
+    # root=, and /usr by mount.usr= or usrhash=; the test adds rw and its token.
     cmdline: str
+    root_hash: str | None = None  # the verity disk's /usr root hash
 
 
-def recipe_key(root: RootDisk, fstab: str) -> str:
+def partition_uuids(root_hash: str) -> tuple[str, str]:
+    """The GPT UUIDs of the data and hash partitions systemd-veritysetup-generator
+    looks for: the root hash's first and last 16 bytes, in the order written."""
+
+    def uuid(hex32: str) -> str:
+        return "-".join((hex32[:8], hex32[8:12], hex32[12:16], hex32[16:20], hex32[20:]))
+
+    return uuid(root_hash[:32]), uuid(root_hash[-32:])
+
+
+def recipe_key(root: RootDisk, fstab: str, verity: bool = False) -> str:
     """The disk's name: the root disk it is cut from and everything written here."""
     parts = (
         root.image.name,
@@ -121,29 +156,37 @@ def recipe_key(root: RootDisk, fstab: str) -> str:
         str(IMAGE_MIB),
         str(DISK_MIB),
         "3",
+        *(("verity", str(VERITY_HASH_MIB), VERITY_SALT, *SQUASHFS_OPTIONS) if verity else ()),
     )
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 
 def ensure_usr_disk(
-    root: RootDisk, cache_dir: Path | None = None, *, fstab_usr: bool = False
+    root: RootDisk, cache_dir: Path | None = None, *, fstab_usr: bool = False, verity: bool = False
 ) -> UsrDisk:
     """The disk whose /usr the kernel command line gives (mount.usr=), or with
-    fstab_usr, the one whose root's fstab has a /usr line (and the command line none)."""
+    fstab_usr, the one whose root's fstab has a /usr line (and the command line none),
+    or with verity, the one whose /usr is on dm-verity (usrhash=)."""
     cache_dir = cache_dir or cache_dir_default()
     fstab = FSTAB + (FSTAB_USR if fstab_usr else "")
-    key = recipe_key(root, fstab)
+    key = recipe_key(root, fstab, verity)
     result = cache_dir / f"usrgrow-{key}"
     what = "usr (fstab) disk" if fstab_usr else "usr and first-boot disk"
+    what = "usr (verity) and first-boot disk" if verity else what
     made_once(what, result, cache_dir / f"usrgrow-{key}.lock", key,
-              lambda: make_usr_disk(root, result, key, fstab))  # fmt: skip
+              lambda: make_usr_disk(root, result, key, fstab, verity))  # fmt: skip
     cmdline = f"root=UUID={ROOT_UUID}"
+    if verity:
+        root_hash = (result / "usr.roothash").read_text().strip()
+        cmdline += f" usrhash={root_hash} mount.usr=/dev/mapper/usr mount.usrfstype=squashfs"
+        cmdline += " mount.usrflags=ro,noatime"
+        return UsrDisk(image=result / "disk.img", cmdline=cmdline, root_hash=root_hash)
     if not fstab_usr:
         cmdline += f" mount.usr=UUID={USR_UUID} mount.usrfstype=ext4 mount.usrflags=noatime"
     return UsrDisk(image=result / "disk.img", cmdline=cmdline)
 
 
-def make_usr_disk(root: RootDisk, result: Path, key: str, fstab: str) -> None:
+def make_usr_disk(root: RootDisk, result: Path, key: str, fstab: str, verity: bool) -> None:
     with building(result, key) as work:
         tree = work / "tree"
         tree.mkdir()
@@ -160,14 +203,46 @@ def make_usr_disk(root: RootDisk, result: Path, key: str, fstab: str) -> None:
         wants = tree / "etc/systemd/system/multi-user.target.wants/bookend-usrgrow-check.service"
         wants.symlink_to("/etc/systemd/system/bookend-usrgrow-check.service")
         _write(tree, "etc/fstab", fstab, 0o644)
-        _mkfs(usr, work / "usr.img", USR_MIB, USR_UUID, "usr")
         _mkfs(tree, work / "root.img", ROOT_MIB, ROOT_UUID, "root")
+        root_part = Part("root", "root-x86-64", work / "root.img", ROOT_MIB)
+        if verity:
+            usr_parts = _verity_usr(usr, work)
+        else:
+            _mkfs(usr, work / "usr.img", USR_MIB, USR_UUID, "usr")
+            usr_parts = [Part("usr", "usr-x86-64", work / "usr.img", USR_MIB)]
         shutil.rmtree(tree)
         shutil.rmtree(usr)
-        disk = work / "disk.img"
-        _partition(disk, work / "usr.img", work / "root.img")
-        (work / "usr.img").unlink()
-        (work / "root.img").unlink()
+        parts = [*usr_parts, root_part]
+        _partition(work / "disk.img", parts)
+        for part in parts:
+            part.image.unlink()
+
+
+@dataclass(frozen=True)
+class Part:
+    """A partition of the image: its label, repart type, content and size."""
+
+    label: str
+    kind: str
+    image: Path
+    mib: int
+    uuid: str | None = None  # repart's own (from its seed) if None
+
+
+def _verity_usr(usr: Path, work: Path) -> list[Part]:
+    """/usr as a squashfs and its dm-verity hash tree, as the data and hash partitions
+    named by the root hash (written to work/usr.roothash for the command line)."""
+    data, hashes = work / "usr.img", work / "usr-verity.img"
+    run(["mksquashfs", usr, data, *SQUASHFS_OPTIONS])
+    if data.stat().st_size > (USR_MIB - VERITY_HASH_MIB) * MIB:
+        raise ValueError(f"{data}: /usr does not fit its {USR_MIB - VERITY_HASH_MIB} MiB")
+    run(["veritysetup", "format", f"--salt={VERITY_SALT}", f"--uuid={VERITY_SUPERBLOCK_UUID}",
+         f"--root-hash-file={work / 'usr.roothash'}", data, hashes])  # fmt: skip
+    data_uuid, hash_uuid = partition_uuids((work / "usr.roothash").read_text().strip())
+    return [
+        Part("usr", "usr-x86-64", data, USR_MIB - VERITY_HASH_MIB, data_uuid),
+        Part("usr-verity", "usr-x86-64-verity", hashes, VERITY_HASH_MIB, hash_uuid),
+    ]
 
 
 def gpt_ends(image: Path) -> tuple[int, int]:
@@ -195,17 +270,17 @@ def _mkfs(tree: Path, image: Path, mib: int, uuid: str, label: str) -> None:
          "-E", "lazy_itable_init=0,lazy_journal_init=0", image])  # fmt: skip
 
 
-def _partition(disk: Path, usr: Path, root: Path) -> None:
-    """An IMAGE_MIB image whose GPT holds usr then root, written by the host's
+def _partition(disk: Path, parts: list[Part]) -> None:
+    """An IMAGE_MIB image whose GPT holds parts in order, written by the host's
     systemd-repart (regular files need no loop device for CopyBlocks=), then grown to a
     DISK_MIB disk with its partition table left as written: the backup header and the
     last usable LBA stay at IMAGE_MIB."""
     definitions = disk.parent / "image-repart.d"
-    for name, kind, image, mib in (("10-usr", "usr-x86-64", usr, USR_MIB),
-                                   ("20-root", "root-x86-64", root, ROOT_MIB)):  # fmt: skip
-        _write(definitions, f"{name}.conf", (
-            f"[Partition]\nType={kind}\nLabel={name[3:]}\nCopyBlocks={image}\n"
-            f"SizeMinBytes={mib}M\nSizeMaxBytes={mib}M\n"
+    for number, part in enumerate(parts, start=1):
+        uuid = f"UUID={part.uuid}\n" if part.uuid else ""
+        _write(definitions, f"{number}0-{part.label}.conf", (
+            f"[Partition]\nType={part.kind}\nLabel={part.label}\nCopyBlocks={part.image}\n"
+            f"SizeMinBytes={part.mib}M\nSizeMaxBytes={part.mib}M\n{uuid}"
         ), 0o644)  # fmt: skip
     run(["systemd-repart", "--empty=create", f"--size={IMAGE_MIB}M", "--dry-run=no",
          "--no-pager", f"--definitions={definitions}", "--seed=b00ce4d07e574b008007000000000000",

@@ -133,6 +133,10 @@ class BootOptions:
     # Boot firmware boots from the disks in their bootindex order (their ESP images),
     # with neither a kernel nor esp.
     secure_boot_vars: Path | None = None
+    # A writable OVMF variables store (a copy of OVMF_VARS_4M.fd) for a kernel or ESP
+    # booted under UEFI: the guest's variable writes reach this file, not the snapshot,
+    # so the next boot given the same file sees them (systemd's HibernateLocation).
+    efi_vars: Path | None = None
     memory_mib: int = 1024
     cpus: int = 2
     # A second channel, apart from the console, for changing the hardware (harness/qmp.py).
@@ -199,6 +203,9 @@ def qemu_argv(options: BootOptions) -> list[str]:
         argv += secure_boot_args(options.secure_boot_vars)
     elif options.kernel is not None:
         append = f"console={options.arch.serial} panic=-1 {options.append}".strip()
+        if options.efi_vars is not None:
+            # OVMF loads the kernel's EFI stub from QEMU's fw_cfg: a UEFI boot.
+            argv += uefi_firmware_args(options.efi_vars)
         argv += ["-kernel", os.fspath(options.kernel), "-append", append]
         if options.initrd is not None:
             argv += ["-initrd", os.fspath(options.initrd)]
@@ -208,7 +215,7 @@ def qemu_argv(options: BootOptions) -> list[str]:
             raise ValueError(
                 f"boot options: an ESP boots only on x86-64 (OVMF), not {options.arch.debian}"
             )
-        argv += uefi_args(options.esp)
+        argv += uefi_args(options.esp, options.efi_vars)
     if options.qmp_socket is not None:
         argv += ["-qmp", f"unix:{os.fspath(options.qmp_socket)},server=on,wait=off"]
     extra = [*options.plain_devices, *options.devices]
@@ -216,6 +223,9 @@ def qemu_argv(options: BootOptions) -> list[str]:
 
 
 OVMF = Path("/usr/share/ovmf/OVMF.fd")
+# Debian's OVMF as code and a separate variables store (ovmf package), without SMM.
+OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
+OVMF_BLANK_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 # Debian's OVMF built with SMM, for Secure Boot (ovmf package).
 OVMF_SECURE_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd")
 
@@ -233,16 +243,30 @@ def secure_boot_args(variables: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def uefi_args(esp: Path) -> list[str]:
+def uefi_firmware_args(variables: Path | None) -> list[str]:
+    """OVMF as the machine's firmware: with variables, its code read-only and that store
+    written in place (the drive's own snapshot=off wins over -snapshot); else the
+    combined image, whose variables live only as long as QEMU."""
+    if variables is None:
+        return ["-bios", os.fspath(OVMF)]
+    code = os.fspath(OVMF_CODE).replace(",", ",,")
+    store = os.fspath(variables).replace(",", ",,")
+    return [
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+        "-drive", f"if=pflash,format=raw,unit=1,snapshot=off,file={store}",
+    ]  # fmt: skip
+
+
+def uefi_args(esp: Path, variables: Path | None = None) -> list[str]:
     """Boot as a UEFI machine does: OVMF starts EFI/BOOT/BOOTX64.EFI from an ESP.
 
     The ESP is the directory esp, shown to the guest as a FAT disk (QEMU's vvfat),
     read-only and first in the boot order; nothing is passed on a command line, so
-    what boots is only what the ESP holds.
+    what boots is only what the ESP holds. variables: see uefi_firmware_args.
     """
     path = os.fspath(esp).replace(",", ",,")
     return [
-        "-bios", os.fspath(OVMF),
+        *uefi_firmware_args(variables),
         "-drive", f"file=fat:{path},format=raw,if=none,id=esp,readonly=on,snapshot=off",
         "-device", "virtio-blk-pci,drive=esp,bootindex=0",
     ]  # fmt: skip

@@ -17,15 +17,17 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from bookend.arches import X86_64, Arch
 from bookend.boottest.guest import MARK, command_line, write_script_disk
 from bookend.boottest.pvh import direct_kernel
 from bookend.boottest.qemu import BootOptions, Disk, Guest, kvm_usable, qemu_argv
 from bookend.boottest.report import EMERGENCY, PANIC, PIVOT, RUN_INIT, SWITCHED, Report, parse
+from bookend.config import Layer
 from bookend.errors import ConfigError
 
 # After a line that ends the boot (emergency mode, a panic): seconds to keep reading
@@ -40,6 +42,8 @@ PASSPHRASE_PROMPT = "Please enter passphrase for disk"
 SHARE_TAG = "bookend-sysroot"
 # The feature whose modules mount it (bookend/data/features.d/sysroot-share.toml).
 SHARE_FEATURE = "sysroot-share"
+# The source boot-test's own settings are named by, in errors and origins.
+BOOT_TEST = "boot-test"
 _QCOW2 = b"QFI\xfb"
 # What a file that is not a disk image often is, by its first bytes.
 _NOT_DISKS = (
@@ -51,6 +55,24 @@ _NOT_DISKS = (
     (b"\x1f\x8b", "a gzip-compressed file"),
     (b"MZ", "an EFI or kernel image"),
 )
+
+
+def image_settings(given: Mapping[str, Any], scratch: Path, share: bool) -> Layer:
+    """What boot-test asks of the image it builds, a layer after the build options given:
+    the exitrd carried inside it (nothing is installed in the root), the drivers of
+    QEMU's virtio disks, the images in scratch unless given a place, and with share (no
+    --disk: the sysroot is the root) the feature that mounts the shared sysroot."""
+    values: dict[str, Any] = {
+        "exitrd": True,
+        "exitrd_in_initrd": True,
+        "driver_classes": ["virtio"],
+    }
+    for key, name in (("output", "initrd.img"), ("exitrd_output", "exitrd.img")):
+        if given.get(key) is None:
+            values[key] = str(scratch / name)
+    if share:
+        values["features"] = [SHARE_FEATURE]
+    return BOOT_TEST, values
 
 
 @dataclass(frozen=True)

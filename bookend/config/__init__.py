@@ -1,7 +1,8 @@
 """Configuration: one table of settings drives the TOML keys, the CLI flags and the help.
 
 Layers are read in order: the drop-in directories (CONF_DIRS, under the config root:
-the host's /, never --sysroot), then the --config file, then CLI flags. Their values
+the host's /, never --sysroot), then the --config file, then CLI flags, then what a
+command adds of its own (boot-test's image: a Layer named by its source). Their values
 are checked for type and form here (bookend.config.checks), each problem as `SOURCE:
 key: message`; bookend.resolve then checks them against the sysroot and makes the
 Config every later stage reads. Nothing here imports a feature: the features import
@@ -10,7 +11,7 @@ this.
 
 from bookend.archive.compress import Compression
 from bookend.config.checks import Settings, Vocabularies, load_settings
-from bookend.config.sources import COMMAND_LINE, CONF_DIRS, Problems
+from bookend.config.sources import COMMAND_LINE, CONF_DIRS, Layer, Problems
 from bookend.config.table import (
     HOOK_POINTS,
     SETTINGS,
@@ -33,6 +34,7 @@ __all__ = [
     "Compression",
     "Config",
     "EmergencyAccess",
+    "Layer",
     "ModuleMode",
     "Problems",
     "Setting",

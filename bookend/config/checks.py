@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from bookend.archive.compress import LEVELS, Compression
-from bookend.config.sources import COMMAND_LINE, Merged, Problems, merge_layers, read_layers
+from bookend.config.sources import (
+    COMMAND_LINE,
+    Layer,
+    Merged,
+    Problems,
+    merge_layers,
+    read_layers,
+)
 from bookend.config.table import SETTINGS, Setting
 from bookend.suggest import did_you_mean
 
@@ -44,17 +51,20 @@ def load_settings(
     vocabularies: Vocabularies,
     *,
     config_root: Path | None = None,
+    added: Sequence[Layer] = (),
 ) -> Settings:
     """Read the drop-ins, the TOML file (if any) and the CLI values, and check their form.
 
     config_root is where the drop-in directories are (the CLI's --config-root, / by
-    default); None reads none, as library callers and tests want. A value of the wrong
-    type is raised at once (ConfigError): the checks after it would mean nothing.
+    default); None reads none, as library callers and tests want. added: layers after
+    the command line, a command's own (boot-test's image). A value of the wrong type is
+    raised at once (ConfigError): the checks after it would mean nothing.
     """
     problems = Problems()
     if config_root is not None and not os.path.isdir(config_root):
         problems.add(COMMAND_LINE, "config_root", f"{config_root} is not a directory")
-    merged = merge_layers(read_layers(config_root, config_file, cli_values, problems), problems)
+    layers = read_layers(config_root, config_file, cli_values, problems, added)
+    merged = merge_layers(layers, problems)
     problems.raise_if_any()
     values: dict[str, Any] = {}
     item_origins: dict[str, tuple[str, ...]] = {}

@@ -133,23 +133,29 @@ def masked_toml_files(
     return [by_name[name] for name in sorted(by_name)]
 
 
+# (source, values): one layer of settings, its source as errors and `--origin` name it.
+Layer = tuple[str, Mapping[str, Any]]
+
+
 def read_layers(
     config_root: Path | None,
     config_file: Path | None,
     cli_values: Mapping[str, Any],
     problems: Problems,
-) -> list[tuple[str, Mapping[str, Any]]]:
-    """(source, values) of the drop-ins, the --config file and the command line, in order."""
+    added: Sequence[Layer] = (),
+) -> list[Layer]:
+    """(source, values) of the drop-ins, the --config file, the command line and the
+    layers a command adds of its own (added), in order."""
     files = find_drop_ins(config_root, problems) if config_root is not None else []
     if config_file is not None:
         files.append(config_file)
-    layers: list[tuple[str, Mapping[str, Any]]] = []
+    layers: list[Layer] = []
     for path in files:
         table = read_toml(path, problems)
         if table is not None:
             layers.append((str(path), table))
     layers.append((COMMAND_LINE, cli_values))
-    return layers
+    return [*layers, *added]
 
 
 def _typed(setting: Setting, value: Any, source: str, problems: Problems) -> Any:
@@ -206,7 +212,7 @@ class Merged:
     item_origins: dict[str, list[str]]  # list key -> the source of each item
 
 
-def merge_layers(layers: Sequence[tuple[str, Mapping[str, Any]]], problems: Problems) -> Merged:
+def merge_layers(layers: Sequence[Layer], problems: Problems) -> Merged:
     """Fold (source, values) layers in order: scalars replace, lists append, [] resets."""
     merged = Merged(
         values={s.key: s.default for s in SETTINGS},

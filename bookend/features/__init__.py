@@ -36,6 +36,7 @@ from bookend.features import (
     units,
     usr,
     vconsole,
+    verity,
 )
 from bookend.features.base import Feature
 from bookend.features.datafiles import shipped_features
@@ -56,6 +57,7 @@ _ORDER: tuple[Feature, ...] = (
     repart.FEATURE,
     SHIPPED["dm"],
     luks.FEATURE,
+    verity.FEATURE,
     tpm2.FEATURE,
     fido2.FEATURE,
     pkcs11.FEATURE,

@@ -5,7 +5,8 @@ and `mount.usrflags=` into a mount of /usr at /sysusr/usr, bound to /sysroot/usr
 initrd-parse-etc reads the root's /etc/fstab, whose /usr line the initrd mounts too (a
 merged-/usr root has no init without it). The image must only hold what mounting that
 filesystem takes: its module, fsck and mount helper, which this feature asks for when
-the sysroot's fstab names a /usr of a type the configuration does not list.
+the sysroot's fstab names a /usr of a type the configuration does not list. A /usr on
+dm-verity (`usrhash=`) is the verity feature's.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from bookend.archive import ArchiveEntry, EntryKind
-from bookend.build import _with_exitrd_digest, write_digest, write_image
-from bookend.closure import Closure, ClosureEntry
+from bookend.build import write_digest, write_image
+from bookend.closure import Closure, ClosureEntry, with_exitrd
 from bookend.errors import ArchiveError, ConfigError
 from bookend.exitrd_store import (
     DIGEST_CONF,
@@ -284,13 +284,16 @@ def test_initrd_gets_the_digest_and_only_it_changes(root_tree: Path, tmp_path: P
     ours = initrd_entries(digest, tmpfiles)
     differs = [a[0] for a, b in zip(ours, other, strict=True) if a != b]
     assert differs == [DIGEST_CONF]
-    assert _with_exitrd_digest(Closure({}), exitrd) == Closure({})  # nothing to run it
+    config = load_config(None, {"sysroot": str(root_tree), "output": str(tmp_path / "i.img")})
+    closure = Closure({e.path: ClosureEntry(e, "test", None) for e in BASE})
+    unnamed = with_exitrd(Closure({}), closure, config)  # nothing in it to leave the digest
+    assert unnamed.entries == {} and "no systemd-tmpfiles" in unnamed.warnings[0]
     program = ArchiveEntry(tmpfiles, EntryKind.FILE, 0o755, data=b"")
-    closure = _with_exitrd_digest(Closure({tmpfiles: ClosureEntry(program, "t", None)}), exitrd)
-    assert set(paths) <= set(closure.entries)
-    conf = closure.entries[DIGEST_CONF].entry.data or b""
+    initrd = with_exitrd(Closure({tmpfiles: ClosureEntry(program, "t", None)}), closure, config)
+    assert set(paths) <= set(initrd.entries)
+    conf = initrd.entries[DIGEST_CONF].entry.data or b""
     assert conf == f"f /run/bookend/exitrd.sha256 0444 - - - {digest}\n".encode()
-    unit = closure.entries["/usr/lib/systemd/system/bookend-exitrd-digest.service"].entry
+    unit = initrd.entries["/usr/lib/systemd/system/bookend-exitrd-digest.service"].entry
     assert f"ExecStart={tmpfiles} --create {DIGEST_CONF}" in (unit.data or b"").decode()
 
 
@@ -304,8 +307,9 @@ def test_a_carried_exitrd_is_copied_to_run_initramfs_by_the_same_tmpfiles_run() 
     assert (carried[DIGEST_CONF] or b"").endswith(f"C /run/initramfs - - - - {CARRIED}\n".encode())
 
 
-def test_the_exitrd_tree_goes_under_carried_without_its_device_nodes() -> None:
-    from bookend.build import _with_exitrd_tree
+def test_the_exitrd_tree_goes_under_carried_without_its_device_nodes(
+    root_tree: Path, tmp_path: Path
+) -> None:
     from bookend.exitrd_store import CARRIED
 
     def item(entry: ArchiveEntry) -> ClosureEntry:
@@ -316,6 +320,10 @@ def test_the_exitrd_tree_goes_under_carried_without_its_device_nodes() -> None:
         "/usr/x": item(ArchiveEntry("/usr/x", EntryKind.FILE, 0o755, data=b"x")),
         "/dev/console": item(ArchiveEntry("/dev/console", EntryKind.CHAR_DEVICE, 0o600, rdev=1)),
     })  # fmt: skip
-    carried = _with_exitrd_tree(Closure({}), exitrd).entries
+    values = {"sysroot": str(root_tree), "output": str(tmp_path / "i.img")}
+    alone = with_exitrd(Closure({}), exitrd, load_config(None, values))
+    assert alone.entries == {}  # not carried unless exitrd_in_initrd says so
+    config = load_config(None, {**values, "exitrd_in_initrd": True})
+    carried = with_exitrd(Closure({}), exitrd, config).entries
     assert set(carried) == {CARRIED, f"{CARRIED}/shutdown", f"{CARRIED}/usr/x"}
     assert carried[f"{CARRIED}/shutdown"].entry.target == "usr/x"  # as the exitrd has it

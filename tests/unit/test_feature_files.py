@@ -290,7 +290,7 @@ def test_shipped_features_keep_their_place_in_the_plan_order() -> None:
     # The order features are switched on in decides which reason a shared file keeps.
     assert list(ALL) == [
         *("systemd", "udev", "kmod", "filesystems", "emergency", "release", "usr", "repart"),
-        *("dm", "luks"),
+        *("dm", "luks", "verity"),
         *("tpm2", "fido2", "pkcs11", "plymouth", "lvm", "mdraid", "btrfs", "sysroot-share"),
         *("resume", "network"),
         *("nbd", "iscsi", "nfs", "ssh", "activation", "hooks", "storage-daemons", "units"),
@@ -343,7 +343,7 @@ def test_masking_a_shipped_feature_others_require_is_an_error(tmp_path: Path) ->
     masking = put(feature_dir(tmp_path, 1), "dm.toml", "")
     with pytest.raises(ConfigError) as error:
         load_features(tmp_path, [], ALL)
-    assert str(error.value) == f"{masking}: masks feature 'dm', which luks, lvm require"
+    assert str(error.value) == f"{masking}: masks feature 'dm', which luks, verity, lvm require"
 
 
 def test_features_command_shows_shipped_origin(capsys: pytest.CaptureFixture[str]) -> None:

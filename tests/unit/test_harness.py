@@ -214,6 +214,12 @@ def test_boot_options_make_qemus_command_line(tmp_path: Path) -> None:
     assert drive.endswith(",offset=4096") and "-initrd" not in argv
     uefi = qemu_argv(BootOptions(esp=tmp_path / "esp"))
     assert "-kernel" not in uefi and "-bios" in uefi
+    # A kernel under OVMF with a variables store of its own, which outlives the snapshot.
+    efi = qemu_argv(BootOptions(kernel=kernel, efi_vars=tmp_path / "vars.fd"))
+    flash = [efi[i + 1] for i, arg in enumerate(efi) if arg == "-drive" and "pflash" in efi[i + 1]]
+    assert flash[0].endswith(",readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+    assert flash[1].endswith(f",snapshot=off,file={tmp_path}/vars.fd")
+    assert "-kernel" in efi and "-bios" not in efi
     with pytest.raises(ValueError, match="kernel or an ESP"):
         qemu_argv(BootOptions(kernel=kernel, esp=tmp_path / "esp"))
     with pytest.raises(ValueError, match="kernel or an ESP"):

@@ -1,7 +1,9 @@
-"""The usr and repart features on fixture sysroots: what switches them on (the sysroot's
-fstab and repart.d, hostonly only), what they bring (the /usr filesystem's tools, mkfs for
-a definition's Format=), fsck's result sent to the console; and what systemd-repart makes
-of an image whose GPT ends before its disk does (harness/usrdisk.py's first-boot disk)."""
+"""The usr, repart and verity features on fixture sysroots: what switches them on (the
+sysroot's fstab and repart.d, hostonly only; a root hash on the command line, or generic
+mode and a sysroot with veritysetup), what they bring (the /usr filesystem's tools, mkfs
+for a definition's Format=), fsck's result sent to the console; and what systemd-repart
+makes of an image whose GPT ends before its disk does (harness/usrdisk.py's first-boot
+disk), and the partition UUIDs its verity disk derives from the root hash."""
 
 from __future__ import annotations
 
@@ -12,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from bookend.features import ALL, filesystems, repart, usr
+from bookend.features import ALL, filesystems, repart, usr, verity
 from bookend.features.base import FeatureContext, Generated, Request, split_contribution
 from bookend.plan import switched_on
 from bookend.storage import HostDetection
 from bookend.sysroot import Sysroot
-from harness.usrdisk import gpt_ends
+from harness.usrdisk import gpt_ends, partition_uuids
 from tests.unit.conftest import load_config
 
 HOSTONLY = HostDetection(modules=(), filesystems=("ext4",), block_devices=(), storage=())
@@ -141,3 +143,44 @@ def test_repart_grows_into_a_disk_bigger_than_its_image(tmp_path: Path) -> None:
     assert gpt_ends(image) == (256 * 2048 - 1, 256 * 2048 - 34)
     # Everything but the 1 MiB before the partition and the backup table after it.
     assert _first_partition_sectors(image) > 254 * 2048
+
+
+def test_a_root_hash_on_the_command_line_names_verity() -> None:
+    assert verity.names_verity("root=/dev/vda2 usrhash=00ff rw")
+    assert verity.names_verity("roothash=00ff")
+    assert verity.names_verity("systemd.verity_usr_data=/dev/vda1 quiet")
+    assert not verity.names_verity("root=/dev/vda2 rw usr=x")
+    assert not verity.names_verity("usrhash=00ff systemd.verity=0")
+
+
+def _verity_on(root: Path, detection: HostDetection | None, **settings: object) -> bool:
+    config = load_config(None, {"sysroot": str(root), **settings})
+    return "verity" in switched_on(config, detection, ALL)
+
+
+def test_verity_is_on_for_a_root_hash_hostonly_and_for_veritysetup_generic(
+    root_tree: Path, tmp_path: Path
+) -> None:
+    proc = tmp_path / "proc"
+    (proc / "self").mkdir(parents=True)
+    (proc / "self/mountinfo").write_text("")
+    (proc / "cmdline").write_text("root=UUID=1 rw\n")
+    assert not _verity_on(root_tree, HOSTONLY, procfs=str(proc))
+    # A UKI's command line is this machine's next one.
+    assert _verity_on(root_tree, HOSTONLY, procfs=str(proc), uki=True, cmdline="usrhash=00ff")
+    (proc / "cmdline").write_text("root=UUID=1 usrhash=00ff rw\n")
+    assert _verity_on(root_tree, HOSTONLY, procfs=str(proc))
+    # Generic: only a sysroot whose systemd can set verity up.
+    assert not _verity_on(root_tree, None, mode="generic")
+    helper = root_tree / verity.VERITYSETUP.lstrip("/")
+    helper.parent.mkdir(parents=True, exist_ok=True)
+    helper.write_text("")
+    assert _verity_on(root_tree, None, mode="generic")
+
+
+def test_verity_partitions_are_named_by_the_root_hash_halves() -> None:
+    root_hash = "00112233445566778899aabbccddeeff" + "0123456789abcdef" * 2
+    assert partition_uuids(root_hash) == (
+        "00112233-4455-6677-8899-aabbccddeeff",
+        "01234567-89ab-cdef-0123-456789abcdef",
+    )

@@ -1,4 +1,5 @@
-"""Hibernation and resume with the swap on LVM on LUKS2 (issue 17, proof 3).
+"""Hibernation and resume (issue 17, proof 3): through resume=, and through the
+HibernateLocation EFI variable with no resume= at all.
 
 Boot 1 of a copy of the cached disk (harness/stackdisks.py RESUME_SCENARIOS): the real
 root's job makes a random value that only its own memory holds, turns the swap LV on
@@ -6,12 +7,20 @@ and hibernates; QEMU exits. Boot 2 of the same files: the initrd asks for the
 passphrase, LVM brings the swap LV up, systemd-hibernate-resume hands it to the kernel,
 and the job of boot 1 goes on and prints the same value. Boot 2 is given a token of its
 own: the root reporting boot 1's token proves the running system is boot 1's.
+
+The EFI variable's test does the same on the Debian 13 guest (systemd 257) under OVMF,
+with a plain swap disk and no resume= on either command line: systemd-sleep names the
+swap in HibernateLocation (OVMF's variables file keeps it), and in boot 2 the initrd's
+generator reads it through efivarfs, and systemd-hibernate-resume resumes and clears it.
 Run with `-rP` to see the timings.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+import subprocess
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,9 +28,18 @@ import pytest
 
 from bookend.proc import run
 from harness.guestjob import job_status, make_job_disk
-from harness.qemu import Boot, BootOptions, Disk, Kernel, boot
+from harness.guests import DEBIAN13, Guest
+from harness.images import QEMU_VIRTIO_EXT4
+from harness.netroot import INITRD_GREETING
+from harness.qemu import OVMF_BLANK_VARS, Boot, BootOptions, Disk, Kernel, boot
 from harness.rootdisk import RootDisk
-from harness.stackdisks import RESUME_SWAP_UUID, StackDisks, ensure_resume_stack_disks
+from harness.secureboot import virt_fw_vars
+from harness.stackdisks import (
+    RESUME_SWAP_MIB,
+    RESUME_SWAP_UUID,
+    StackDisks,
+    ensure_resume_stack_disks,
+)
 from harness.token import expect_token, new_token
 
 PROMPT = r"Please enter passphrase for disk"
@@ -104,3 +122,97 @@ def test_hibernate_to_swap_on_lvm_on_luks2_and_resume(
     assert "ordering cycle" not in resumed.lower()
     assert job_status(job.path) == 0
     print(f"hibernate: {first_seconds:.0f} s, resume: {second_seconds:.0f} s")
+
+
+# Seconds before QEMU is killed: OVMF's start under emulation comes on top of the boot.
+EFI_BOOT_LIMIT = 900
+# The swap disk of the EFI variable's test, whole (no partition table), made by mkswap.
+EFI_SWAP_UUID = "b00ce4d0-7e57-4b00-8007-0000000000e1"
+# systemd's vendor GUID, which its EFI variables are under.
+SYSTEMD_VENDOR = "8cf2644b-4b0b-428f-9387-6d876050dc67"
+EFI_HIBERNATE_JOB = HIBERNATE_JOB.replace(RESUME_SWAP_UUID, EFI_SWAP_UUID)
+
+
+def hibernate_location(variables: Path, tmp_path: Path) -> dict[str, object] | None:
+    """systemd's HibernateLocation in an OVMF variables file (its JSON), as virt-fw-vars
+    reads the store; None when the store has no such variable."""
+    tool = virt_fw_vars()
+    assert tool is not None
+    dump = tmp_path / "variables.json"
+    subprocess.run([tool, "--input", variables, "--output-json", dump],
+                   check=True, capture_output=True)  # fmt: skip
+    for variable in json.loads(dump.read_text())["variables"]:
+        if variable["name"] == "HibernateLocation" and variable["guid"] == SYSTEMD_VENDOR:
+            # systemd writes the JSON as a UCS-2 string, NUL-terminated.
+            text = bytes.fromhex(variable["data"]).decode("utf-16-le").rstrip("\0")
+            found: dict[str, object] = json.loads(text)
+            return found
+    return None
+
+
+@pytest.mark.parametrize("guest", [DEBIAN13], indirect=True)
+def test_hibernate_and_resume_through_the_efi_variable(guest: Guest, tmp_path: Path) -> None:
+    if virt_fw_vars() is None or not OVMF_BLANK_VARS.is_file():
+        pytest.skip("needs virt-fw-vars and OVMF's variables store (scripts/setup)")
+    initrd = guest.build_image(tmp_path / "initrd.img", *QEMU_VIRTIO_EXT4,
+                               "--add-feature", "resume")  # fmt: skip
+    swap = tmp_path / "swap.img"
+    run(["truncate", "-s", f"{RESUME_SWAP_MIB}M", swap])
+    run(["mkswap", "-U", EFI_SWAP_UUID, swap])
+    # Both boots write to these files: the second must see what the first left (the
+    # resumed kernel goes on with the root's filesystem as boot 1 left it).
+    root = tmp_path / "root.img"
+    run(["cp", "--sparse=always", "--reflink=auto", guest.root.image, root])
+    variables = tmp_path / "OVMF_VARS.fd"
+    shutil.copyfile(OVMF_BLANK_VARS, variables)
+    job = make_job_disk(tmp_path / "job.img", EFI_HIBERNATE_JOB)
+    options = BootOptions(
+        kernel=guest.kernel.path,
+        initrd=initrd,
+        disks=(Disk(root, snapshot=False), Disk(swap, snapshot=False), job),
+        efi_vars=variables,
+        memory_mib=MEMORY_MIB,
+        append=f"root=UUID={guest.root.uuid} rw",
+        timeout=EFI_BOOT_LIMIT,
+    )
+    first_token, second_token = new_token(), new_token()
+    first = replace(options, append=f"{options.append} bookend.job bookend.token={first_token}",
+                    log_path=tmp_path / "hibernate.log")  # fmt: skip
+    with boot(first) as vm:
+        vm.expect(INITRD_GREETING, timeout=300)
+        value = vm.expect(r"RESUME-HOLDING ([0-9a-f]{32})\s", timeout=600).group(1)
+        assert vm.wait_exit(300) == 0, "QEMU did not end with the hibernation"
+        hibernated = vm.text
+        first_seconds = vm.elapsed
+    assert "RESUME-VALUE" not in hibernated and "BOOKEND-TOKEN" not in hibernated
+    assert re.search(r"PM: hibernation: hibernation entry", hibernated)
+    # systemd-sleep named the swap in the firmware's store, which outlived QEMU.
+    location = hibernate_location(variables, tmp_path)
+    assert location is not None, "systemd-sleep wrote no HibernateLocation"
+    assert location["uuid"] == EFI_SWAP_UUID and location["offset"] == 0, location
+    assert location["kernelVersion"] == guest.kernel.version, location
+
+    # The same files again, and no resume= either: only the variable names the swap.
+    second = replace(options, append=f"{options.append} bookend.token={second_token}",
+                     log_path=tmp_path / "resume.log")  # fmt: skip
+    with boot(second) as vm:
+        vm.expect(INITRD_GREETING, timeout=300)
+        vm.expect(rf"Reported hibernation image:.* UUID={EFI_SWAP_UUID} offset=0", timeout=300)
+        vm.expect(RESUMING, timeout=300)
+        vm.expect(r"PM: hibernation: hibernation exit", timeout=300)
+        vm.expect(rf"RESUME-VALUE {value}\s", timeout=300)
+        expect_token(vm, first_token, timeout=300)
+        resumed = vm.text
+        second_seconds = vm.elapsed
+    for text in (hibernated, resumed):
+        assert "resume=" not in re.findall(r"Kernel command line: (.*)", text)[0]
+    before, after = resumed.split(RESUMING, 1)
+    assert second_token not in after
+    assert "Starting systemd-fsck-root" not in before
+    assert "ordering cycle" not in resumed.lower()
+    # Cleared by the initrd's systemd-hibernate-resume before it resumed: the firmware's
+    # store is asked, not the resumed system, which still read the variable through
+    # efivarfs (Linux 6.12, Debian's OVMF): what it had before hibernating, not the store.
+    assert hibernate_location(variables, tmp_path) is None
+    assert job_status(job.path) == 0
+    print(f"EFI variable: hibernate: {first_seconds:.0f} s, resume: {second_seconds:.0f} s")
