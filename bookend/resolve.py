@@ -37,7 +37,7 @@ from bookend.errors import BookendError
 from bookend.exitrd_store import DIGEST_SUFFIX
 from bookend.kmodules import MODULE_ROOTS
 from bookend.scancache import ScanCache
-from bookend.signing import absolute_keys, check_keys
+from bookend.signing import absolute_keys, check_keys, public_key_of, verity_certificate_path
 from bookend.sshkeys import read_authorized_keys
 from bookend.suggest import did_you_mean
 from bookend.sysroot import Sysroot
@@ -90,6 +90,7 @@ def resolve(
     _check_shutdown(settings, problems)
     _check_initrd_extensions(settings, problems)
     _check_credentials(settings, problems)
+    _check_verity_certificates(settings, problems)
     _check_authorized_keys(settings, problems)
     check_keys(values, origins, problems)
     problems.raise_if_any()
@@ -318,6 +319,25 @@ def _check_credentials(settings: Settings, problems: Problems) -> None:
             problems.add(source, "credentials", f"{name}: {path}: {what}")
         elif not os.access(path, os.R_OK):
             problems.add(source, "credentials", f"{name}: {path}: not readable")
+
+
+def _check_verity_certificates(settings: Settings, problems: Problems) -> None:
+    """Each is a PEM certificate here, and no two go to the same name in /etc/verity.d
+    (nor to a hidden one, which systemd skips)."""
+    key = "verity_certificates"
+    seen: dict[str, str] = {}
+    for name, source in _items(settings, key):
+        target = verity_certificate_path(name)
+        if target.rpartition("/")[2].startswith("."):
+            problems.add(source, key, f"{name}: a hidden name, which systemd skips in verity.d")
+        elif target in seen:
+            problems.add(source, key, f"{name}: {target}, as is {seen[target]}: rename one")
+            continue
+        seen[target] = name
+        try:
+            public_key_of(Path(name), "cert")
+        except BookendError as exc:
+            problems.add(source, key, str(exc))
 
 
 def _check_initrd_extensions(settings: Settings, problems: Problems) -> None:

@@ -32,6 +32,11 @@ from bookend.proc import run
 from bookend.sysroot import Sysroot
 
 KEY_SETTINGS = ("secureboot_key", "secureboot_cert", "pcr_private_key", "pcr_public_key")
+# Where systemd (252 and 257 alike) looks for the certificates it checks a Verity image's
+# signature against in userspace, when the kernel's keyrings do not vouch for it; it reads
+# only *.crt files, and skips hidden ones.
+VERITY_DIR = "/etc/verity.d"
+CERTIFICATE_SUFFIXES = (".crt", ".pem", ".cer")
 MEASURE_PATHS = ("/usr/lib/systemd/systemd-measure", "/usr/bin/systemd-measure")
 SBSIGN = "sbsign"
 
@@ -65,6 +70,17 @@ def check_keys(values: Mapping[str, Any], origins: Mapping[str, str], problems: 
                 f"{keys[other]} does not belong to {private} {keys[private]} "
                 "(their public keys differ)",
             )
+
+
+def verity_certificate_path(file: str) -> str:
+    """Where a trusted Verity certificate (verity_certificates) goes in the image:
+    /etc/verity.d/NAME.crt, NAME its file's name without .crt, .pem or .cer."""
+    name = os.path.basename(file)
+    for suffix in CERTIFICATE_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            name = name.removesuffix(suffix)
+            break
+    return f"{VERITY_DIR}/{name}.crt"
 
 
 def public_key_of(path: Path, kind: str) -> bytes:

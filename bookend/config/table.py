@@ -453,6 +453,15 @@ class Config:
         metavar="FILE",
         parse_item=os.path.abspath,
     )
+    verity_certificates: tuple[str, ...] = setting(
+        "PEM X.509 certificates the initrd's systemd trusts for signed Verity extension "
+        "images (those systemd-stub brings from the ESP), installed as "
+        "/etc/verity.d/NAME.crt (feature signed-extensions)",
+        [],
+        flag="--verity-certificate",
+        metavar="FILE",
+        parse_item=os.path.abspath,
+    )
     units: tuple[tuple[str, str | None], ...] = setting(  # (unit, target or None: [Install])
         "sysroot units to add to the initrd with what they run and need, enabled per their "
         "[Install] section or for TARGET, as UNIT[:TARGET]",

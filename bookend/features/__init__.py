@@ -28,6 +28,7 @@ from bookend.features import (
     release,
     repart,
     resume,
+    signed_extensions,
     ssh,
     storage_daemons,
     systemd,
@@ -80,6 +81,7 @@ _ORDER: tuple[Feature, ...] = (
     pcrphase.FEATURE,
     credentials.FEATURE,
     extensions.FEATURE,
+    signed_extensions.FEATURE,
     debug.FEATURE,
 )
 ALL: dict[str, Feature] = {feature.name: feature for feature in (*_ORDER, *SHIPPED.values())}

@@ -10,9 +10,10 @@ both systemd 252's and later versions' services look: system extensions in
 ignore an image there).
 The same services merge what an earlier unit puts in /run/extensions, and (systemd 254
 and later) what systemd-stub leaves in /.extra/sysext and /.extra/confext from the ESP,
-but only signed Verity images from there: systemd's strict policy for an untrusted
-source. 252 ignores /.extra/sysext, and nothing here makes it look: the images come
-unauthenticated. Merging needs a loop device, the image's file system and overlayfs.
+but only signed Verity images from there: feature signed-extensions brings what that
+takes, and has the services started even with no image embedded. 252 ignores
+/.extra/sysext, and nothing here makes it look: the images come unauthenticated.
+Merging needs a loop device, the image's file system and overlayfs.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from bookend.features.base import (
     SwitchOn,
 )
 from bookend.features.hooks import wants_link
+from bookend.features.signed_extensions import takes_stub_extensions
 from bookend.sysext import (
     INITRD_CONFEXT,
     INITRD_SYSEXT,
@@ -43,6 +45,7 @@ from bookend.sysext import (
     image_kind,
 )
 from bookend.sysroot import Sysroot
+from bookend.units import find_unit
 
 SYSEXT_DIR = "/etc/extensions"
 CONFEXT_DIR = "/var/lib/confexts"
@@ -78,23 +81,46 @@ def _embedded(
     return entries
 
 
+def merge_service(unit: str, reason: str) -> list[Request | Generated]:
+    """unit (systemd-sysext.service or -confext) in the image, started for sysinit.target
+    once systemd-modules-load has loaded what merging needs."""
+    dropin = f"/etc/systemd/system/{unit}.d/bookend-modules.conf"
+    return [
+        Request(RequestKind.UNIT, unit, reason),
+        wants_link("sysinit.target", "wants", unit, reason),
+        Generated(ArchiveEntry(dropin, EntryKind.FILE, 0o644, data=AFTER_MODULES), reason),
+    ]
+
+
+def _stub_services(context: FeatureContext) -> list[Request | Generated]:
+    """The merge services for the signed images systemd-stub hands over, when the image
+    takes them (bookend.features.signed_extensions): the sysext one, and the confext
+    one where the sysroot's systemd has it (254 and later)."""
+    if not takes_stub_extensions(context):
+        return []
+    reason = "feature signed-extensions: merge what systemd-stub brings in /.extra"
+    items = merge_service(SYSEXT_UNIT, reason)
+    if find_unit(Sysroot(context.config.sysroot), CONFEXT_UNIT) is not None:
+        items += merge_service(CONFEXT_UNIT, reason)
+    return items
+
+
 def _extensions(context: FeatureContext) -> Contribution:
     config = context.config
     items: list[Request | Generated] = []
     reason = "feature extensions: merge the extensions before sysinit.target"
+    stub = _stub_services(context)
     with tempfile.TemporaryDirectory(prefix="bookend-extensions-") as work:
         for key, kind, directory, unit in (
             ("sysexts", INITRD_SYSEXT, SYSEXT_DIR, SYSEXT_UNIT),
             ("confexts", INITRD_CONFEXT, CONFEXT_DIR, CONFEXT_UNIT),
         ):
             embedded = _embedded(config, key, kind, directory, Path(work))
-            if embedded:
-                items += embedded
-                items.append(Request(RequestKind.UNIT, unit, reason))
-                items.append(wants_link("sysinit.target", "wants", unit, reason))
-                dropin = f"/etc/systemd/system/{unit}.d/bookend-modules.conf"
-                entry = ArchiveEntry(dropin, EntryKind.FILE, 0o644, data=AFTER_MODULES)
-                items.append(Generated(entry, reason))
+            items += embedded
+            served = any(isinstance(i, Request) and i.name == unit for i in stub)
+            if embedded and not served:
+                items += merge_service(unit, reason)
+    items += stub
     if items:
         text = "".join(f"{name}\n" for name in MODULES).encode()
         entry = ArchiveEntry(MODULES_LOAD, EntryKind.FILE, 0o644, data=text)

@@ -73,6 +73,7 @@ def test_settings_that_switch_features_on_are_config_fields() -> None:
         "splash",
         "uki",  # pcrphase
         *("credentials", "sysexts", "confexts"),
+        "verity_certificates",  # signed-extensions
     }
     assert declared <= {field.name for field in dataclasses.fields(Config)}
 

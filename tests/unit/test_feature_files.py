@@ -296,7 +296,7 @@ def test_shipped_features_keep_their_place_in_the_plan_order() -> None:
         *("nbd", "iscsi", "nfs", "ssh", "activation", "hooks", "storage-daemons", "units"),
         *("vconsole",),
         "pcrphase",
-        *("credentials", "extensions", "debug"),
+        *("credentials", "extensions", "signed-extensions", "debug"),
     ]
 
 
@@ -343,7 +343,8 @@ def test_masking_a_shipped_feature_others_require_is_an_error(tmp_path: Path) ->
     masking = put(feature_dir(tmp_path, 1), "dm.toml", "")
     with pytest.raises(ConfigError) as error:
         load_features(tmp_path, [], ALL)
-    assert str(error.value) == f"{masking}: masks feature 'dm', which luks, verity, lvm require"
+    required_by = "luks, verity, lvm, signed-extensions"
+    assert str(error.value) == f"{masking}: masks feature 'dm', which {required_by} require"
 
 
 def test_features_command_shows_shipped_origin(capsys: pytest.CaptureFixture[str]) -> None:

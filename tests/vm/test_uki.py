@@ -22,11 +22,25 @@ UKI's), each a random value encrypted by `systemd-creds encrypt --with-key=tpm2-
 (from the test's copy of the tree, `--add-unit`) takes both with
 LoadCredentialEncrypted= and prints them; the root's job decrypts them again with the
 root's systemd-creds (252), so they went on through switch-root.
+
+And a system extension from the ESP (issue 17): a signed Verity image (harness/
+verityext.py, signed by a key of the test's that neither the firmware nor the kernel
+knows) in EFI/BOOT/BOOTX64.EFI.extra.d/, which systemd-stub hands to the initrd in
+/.extra/sysext. bookend's feature signed-extensions is on by itself for this UKI (the
+test's tree has libcryptsetup) and puts the key's certificate at
+/etc/verity.d/verity.crt (--verity-certificate): systemd-sysext (257) sets up its
+Verity device, checks the signature against that certificate and merges it, and the
+initrd's unit runs the program only the image has, which prints a value the test chose.
+Beside it an unsigned configuration extension (*.confext.raw, /.extra/confext) is
+refused by systemd-confext's strict policy for the ESP's images, as the console says,
+and its file is not in /etc. (An unsigned system extension beside the signed one would
+fail systemd-sysext's whole merge, the signed one too: src/sysext/sysext.c.)
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -43,8 +57,10 @@ from harness.qemu import Boot, BootOptions, Disk, boot
 from harness.rootdisk import RootDisk
 from harness.secureboot import KeyPair, enrolled_vars, make_esp, make_key_pair, missing_tools
 from harness.token import expect_token, new_token
-from harness.treecopy import tree_with_files
+from harness.treecopy import put_file, tree_with_files
+from harness.treedebs import add_packages
 from harness.ukisysroot import ensure_trixie_sysroot
+from harness.verityext import verity_extension
 
 BOOT_LIMIT = 900
 # Seconds until the firmware tries its first boot entry (OVMF's start with SMM, emulated,
@@ -71,7 +87,8 @@ done
 ESP_UNIT = "bookend-espcred.service"
 ESP_UNIT_FILE = """\
 [Unit]
-Description=bookend test: credentials systemd-stub brought from the ESP
+Description=bookend test: credentials and extensions systemd-stub brought from the ESP
+After=systemd-sysext.service systemd-confext.service
 Before=initrd.target
 
 [Service]
@@ -81,6 +98,9 @@ LoadCredentialEncrypted=globalcred
 ExecStart=/bin/sh -c 'read -r u < "$$CREDENTIALS_DIRECTORY/espcred" || true; \\
 read -r g < "$$CREDENTIALS_DIRECTORY/globalcred" || true; \\
 echo "BOOKEND-ESPCRED uki=$$u global=$$g"'
+ExecStart=/bin/sh -c 'bookend-verity-hello; \\
+if [ -e /etc/bookend-unsigned.conf ]; then echo "BOOKEND-UNSIGNED merged"; \\
+else echo "BOOKEND-UNSIGNED absent"; fi'
 StandardOutput=journal+console
 
 [Install]
@@ -89,6 +109,21 @@ WantedBy=initrd.target
 # Where systemd-stub looks for a UKI's own credentials and for every UKI's.
 UKI_CREDS = "EFI/BOOT/BOOTX64.EFI.extra.d"
 GLOBAL_CREDS = "loader/credentials"
+# What systemd 257 dlopens to set up Verity (Debian 13's tree has it not: debootstrap
+# takes no Recommends), with device-mapper's udev rules and dmsetup (feature dm).
+VERITY_PACKAGES = ("libcryptsetup12", "libdevmapper1.02.1", "dmsetup", "libjson-c5")
+# What systemd-sysext and -confext say goes to the console too: systemd's tools write to
+# stderr (not straight to the journal) with SYSTEMD_LOG_TARGET=console. sysext's debug
+# messages say which check passed the signature (the kernel's or its own).
+SAID_ON_CONSOLE = (
+    "[Service]\nEnvironment=SYSTEMD_LOG_TARGET=console\nStandardOutput=journal+console\n"
+)
+CONSOLE_DROPINS = {
+    "/usr/lib/systemd/system/systemd-sysext.service.d/bookend-test.conf": (
+        SAID_ON_CONSOLE + "Environment=SYSTEMD_LOG_LEVEL=debug\n", 0o644),
+    "/usr/lib/systemd/system/systemd-confext.service.d/bookend-test.conf": (
+        SAID_ON_CONSOLE, 0o644),
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +132,10 @@ def uki_sysroot(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     if missing_tools():
         pytest.skip(f"missing {', '.join(missing_tools())} (scripts/setup)")
     copy = tmp_path_factory.mktemp("uki") / "sysroot"
-    files = {f"/usr/lib/systemd/system/{ESP_UNIT}": (ESP_UNIT_FILE, 0o644)}
-    with tree_with_files(ensure_trixie_sysroot(), copy, files) as root:
+    files = {f"/usr/lib/systemd/system/{ESP_UNIT}": (ESP_UNIT_FILE, 0o644), **CONSOLE_DROPINS}
+    tree = ensure_trixie_sysroot()
+    with tree_with_files(tree, copy, files) as root:
+        add_packages(tree, root, VERITY_PACKAGES)
         yield root
 
 
@@ -106,6 +143,27 @@ def null_key_credential(sysroot: Path, name: str, value: str) -> bytes:
     """value as credential name, encrypted with the null key (for machines without a
     TPM; authenticates nothing)."""
     return encrypt_credential(sysroot, name, value, "--with-key=tpm2-absent")
+
+
+def esp_extensions(directory: Path, signer: KeyPair, value: str) -> dict[str, bytes]:
+    """A signed Verity system extension whose program prints value, and an unsigned
+    configuration extension, as files of the UKI's .extra.d."""
+    release = "ID=debian\nVERSION_ID=13\n"
+    signed = directory / "signed-tree"
+    put_file(signed, "/usr/lib/extension-release.d/extension-release.bookendverity",
+             release + "SYSEXT_SCOPE=initrd\n")  # fmt: skip
+    put_file(signed, "/usr/bin/bookend-verity-hello",
+             f"#!/bin/sh\necho 'BOOKEND-VERITY-SYSEXT value={value}'\n", 0o755)  # fmt: skip
+    verity_extension(directory / "bookendverity.raw", signed, signer)
+    unsigned = directory / "unsigned-tree"
+    put_file(unsigned, "/etc/extension-release.d/extension-release.bookendunsigned",
+             release + "CONFEXT_SCOPE=initrd\n")  # fmt: skip
+    put_file(unsigned, "/etc/bookend-unsigned.conf", "unsigned\n")
+    plain = directory / "bookendunsigned.confext.raw"
+    subprocess.run(["mksquashfs", unsigned, plain, "-all-root", "-noappend", "-quiet"],
+                   check=True, capture_output=True)  # fmt: skip
+    return {f"{UKI_CREDS}/bookendverity.raw": (directory / "bookendverity.raw").read_bytes(),
+            f"{UKI_CREDS}/{plain.name}": plain.read_bytes()}  # fmt: skip
 
 
 def pe_sections(image: Path) -> dict[str, bytes]:
@@ -130,7 +188,8 @@ def test_signed_uki_boots_the_root_under_secure_boot_unsigned_and_foreign_are_re
 ) -> None:
     kver = newest_kernel(uki_sysroot)
     assert kver is not None
-    db, other, pcr = (make_key_pair(tmp_path / "keys", name) for name in ("db", "other", "pcr"))
+    keys = ("db", "other", "pcr", "verity")
+    db, other, pcr, verity = (make_key_pair(tmp_path / "keys", name) for name in keys)
     token = new_token()
     # no_timer_check: an emulated CPU on a loaded host can miss the kernel's early timer
     # interrupt test ("IO-APIC + timer doesn't work!", a panic), seen on q35 here.
@@ -143,6 +202,7 @@ def test_signed_uki_boots_the_root_under_secure_boot_unsigned_and_foreign_are_re
                      "--pcr-private-key", str(pcr.key),
                      # The job reads the SecureBoot variable through efivarfs.
                      "--add-module", "efivarfs", "--add-unit", ESP_UNIT,
+                     "--verity-certificate", str(verity.cert),
                      check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
     sections = pe_sections(signed)
@@ -155,8 +215,9 @@ def test_signed_uki_boots_the_root_under_secure_boot_unsigned_and_foreign_are_re
     exitrd = tmp_path / f"exitrd.img-{kver}"
     assert check_image(exitrd).kind == "exitrd" and check_image(exitrd).problems == []
 
-    uki_cred, global_cred = new_token(), new_token()
+    uki_cred, global_cred, sysext_value = new_token(), new_token(), new_token()
     extra = {
+        **esp_extensions(tmp_path / "extensions", verity, sysext_value),
         f"{UKI_CREDS}/espcred.cred": null_key_credential(uki_sysroot, "espcred", uki_cred),
         f"{GLOBAL_CREDS}/globalcred.cred": null_key_credential(
             uki_sysroot, "globalcred", global_cred
@@ -178,11 +239,20 @@ def test_signed_uki_boots_the_root_under_secure_boot_unsigned_and_foreign_are_re
         through_the_firmware_and_stub(vm, kver)
         # The initrd's unit (ordered before initrd.target) decrypted both.
         vm.expect(f"BOOKEND-ESPCRED uki={uki_cred} global={global_cred}", timeout=240)
+        # Merged from the ESP's signed image, after the signature checked out.
+        vm.expect(f"BOOKEND-VERITY-SYSEXT value={sysext_value}", timeout=60)
+        vm.expect("BOOKEND-UNSIGNED absent", timeout=60)
         vm.expect(r"Reached target .*initrd\.target", timeout=240)
         vm.expect(r"Welcome to Debian GNU/Linux [^\n]*!", timeout=180)
         printed = vm.expect(r"BOOKEND-JOB-STATUS (\d+)", timeout=BOOT_LIMIT)
         expect_token(vm, token, BOOT_LIMIT)
     assert "starting Boot0001" not in vm.text and "starting Boot0002" not in vm.text
+    # The kernel knew not the key (neither built in nor the firmware's db): systemd
+    # checked the signature itself, against the certificate bookend put in /etc/verity.d.
+    assert "Userspace PKCS#7 validation succeeded." in vm.text
+    # systemd-confext said why it refused the unsigned image.
+    refusal = r"bookendunsigned[^\n]*[Dd]oes not match image policy"
+    assert re.search(refusal, vm.text), "no refusal of the unsigned confext on the console"
     assert printed.group(1) == "0" and job_status(job.path) == 0
     found = read_job_output(job.path, "secureboot", tmp_path / "secureboot").read_text()
     # Enforcing: SecureBoot 1 and user mode (a PK enrolled), and the kernel locked down.
