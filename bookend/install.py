@@ -35,8 +35,11 @@ def unit_text(when: LoadAt) -> str:
     template = files("bookend").joinpath("data/bookend-exitrd.service.in").read_text()
     values = {
         "@STORE@": "/" + STORE,
-        "@EXEC_START@": load if when is LoadAt.BOOT else "/bin/true",
+        # At shutdown: checked at boot, so that the shutdown only copies (and checks in
+        # full only what changed since); a failed check does not fail the unit.
+        "@EXEC_START@": load if when is LoadAt.BOOT else f"-{load} check",
         "@EXEC_STOP@": load if when is LoadAt.SHUTDOWN else "",
+        "@TYPE@": "oneshot" if when is LoadAt.BOOT else "exec",
     }
     for placeholder, value in values.items():
         template = template.replace(placeholder, value)

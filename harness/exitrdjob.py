@@ -25,13 +25,21 @@ BOOT_LIMIT = 900
 SHUTDOWN_LIMIT = 300
 PROMPT = r"Please enter passphrase for disk"
 
-# Unpacked at shutdown (the default): no RAM is spent on it while the system runs.
-_START_AND_MEASURE = """\
+# The unit started as at boot; by default it checks the exitrd in the background
+# (Type=exec), and a job that changes or times it waits for that check's end.
+START_EXITRD_UNIT = """\
 systemctl daemon-reload
 systemctl start bookend-exitrd.service
+while [ "$(systemctl show -P MainPID bookend-exitrd.service)" != 0 ]; do sleep 0.5; done
+"""
+# Unpacked at shutdown (the default): no RAM is spent on it while the system runs.
+_START_AND_MEASURE = (
+    START_EXITRD_UNIT
+    + """\
 if [ -e /run/initramfs ]; then du -sk /run/initramfs | cut -f1; else echo 0; fi \\
     > /job/out/ram-kib
 """
+)
 INSTALL_EXITRD_JOB = (
     """\
 #!/bin/sh

@@ -1,74 +1,173 @@
 #!/bin/sh
-# Installed by `bookend install-exitrd`; run by bookend-exitrd.service. Copies the exitrd
-# the booted initrd vouched for into /run/initramfs, checking every entry against its
-# digest, with coreutils only (no Python, nothing of bookend). On any failure it removes
-# /run/initramfs/shutdown and says why, so systemd powers off the normal way.
+# Installed by `bookend install-exitrd`; run by bookend-exitrd.service. Brings the exitrd
+# the booted initrd vouched for into /run/initramfs, with coreutils only (no Python,
+# nothing of bookend). On any failure it removes /run/initramfs/shutdown and says why,
+# so systemd powers off the normal way.
+#
+#   load-exitrd check   at boot: check the installed tree against the digest where it
+#                       lies, and remember what its entries were (device, inode, size,
+#                       times, mode, link target) in /run
+#   load-exitrd         at shutdown: if every entry is still what the check saw, copy
+#                       the tree (one cp); else copy it and check the copy in full
+#
+# Checking at boot takes the hashing off the shutdown's path: a file cannot change
+# without a new change time or inode, which only root can forge (by setting the clock),
+# and root can rewrite the digest in /run just as well.
 set -u
 store=${BOOKEND_EXITRD_STORE:-/usr/lib/bookend/exitrd}
 target=${BOOKEND_EXITRD_TARGET:-/run/initramfs}
 booted=${BOOKEND_EXITRD_DIGEST:-/run/bookend/exitrd.sha256}
-# Every program run costs about 0.2 s under emulation: the shell's builtins do the rest
+checked=${BOOKEND_EXITRD_CHECKED:-${booted%/*}/exitrd.checked}
+# Every program run costs 40 to 200 ms under emulation: the shell's builtins do the rest
 # (the clock from /proc/uptime, in hundredths of a second).
 read -r started rest < /proc/uptime
 staging=
 digest=
+nl='
+'
 
+say() {
+    echo "bookend: exitrd: $*" >&2
+}
+
+# What a failure means: at shutdown no exitrd; at boot only a full check at shutdown.
+outcome="refusing it; shutdown goes on without an exitrd"
 refuse() {
-    echo "bookend: exitrd: $*: refusing it; shutdown goes on without an exitrd" >&2
+    say "$*: $outcome"
     [ -z "$staging" ] || rm -rf "$staging"
     exit 1
 }
 
-[ ! -e "$target/shutdown" ] && [ ! -L "$target/shutdown" ] || rm -f "$target/shutdown" ||
-    refuse "cannot remove $target/shutdown"
-if [ -e "$booted" ]; then
-    from="the initrd that booted ($booted)"
-    # systemd-tmpfiles writes the digest without a newline: read then says end of file.
-    { read -r digest rest || [ -n "$digest" ]; } < "$booted" || refuse "cannot read $booted"
-elif [ -e "$store/default" ]; then
-    from="$store/default (the initrd that booted named none)"
-    { read -r digest rest || [ -n "$digest" ]; } < "$store/default" ||
-        refuse "cannot read $store/default"
-else
-    refuse "no digest: neither $booted nor $store/default exists"
+# digest and from: the exitrd to take, and who named it.
+pick_digest() {
+    if [ -e "$booted" ]; then
+        from="the initrd that booted ($booted)"
+        # systemd-tmpfiles writes the digest without a newline: read then says end of file.
+        { read -r digest rest || [ -n "$digest" ]; } < "$booted" || refuse "cannot read $booted"
+    elif [ -e "$store/default" ]; then
+        from="$store/default (the initrd that booted named none)"
+        { read -r digest rest || [ -n "$digest" ]; } < "$store/default" ||
+            refuse "cannot read $store/default"
+    else
+        refuse "no digest: neither $booted nor $store/default exists"
+    fi
+    case $digest in
+        *[!0-9a-f]*) refuse "$from: '$digest' is not a SHA-256" ;;
+    esac
+    [ ${#digest} -eq 64 ] || refuse "$from: '$digest' is not a SHA-256"
+    [ -d "$store/$digest" ] || refuse "$store/$digest, named by $from: not installed"
+}
+
+# entries and count: the listing's paths in DIR/paths, in its order (builtins only).
+# What they name is checked (stat of them must print the listing the sums name), and
+# the tree must hold no entry more.
+read_paths() {
+    entries=
+    count=0
+    while read -r path || [ -n "$path" ]; do
+        entries=$entries$path$nl
+        count=$((count + 1))
+    done < "$1/paths" || refuse "$1/paths: cannot read"
+}
+
+# Check the tree in the current directory (a copy of, or the installed, $tree) against
+# SUMS, writing the digest's line to DIGEST_LINE. One sha256sum run: the sums against
+# the digest, every file against the sums, and the listing (type, permission bits,
+# path, link target) on standard input against the sums. The tree is 0700 as
+# installed, and the listing checks it is.
+check_tree() {
+    echo "$digest  $2" > "$1" || refuse "cannot write $1"
+    set -- "$1" "$2" $(du -al .) || refuse "cannot list $tree"
+    [ $(($# - 2)) -eq "$count" ] ||
+        refuse "$tree has $(($# - 2)) entries, its digest $digest names $count"
+    LC_ALL=C QUOTING_STYLE=literal stat -c '%f %N' -- $entries |
+        sha256sum -c --quiet --strict "$1" "$2" >&2 ||
+        refuse "$tree differs from the digest $digest from $from"
+}
+
+# What the check remembers of each entry in the current directory: a change to a file
+# or a directory moves its change time (or, replaced, its inode).
+fingerprint() {
+    LC_ALL=C QUOTING_STYLE=literal stat -c '%d %i %s %f %.9Y %.9Z %N' -- $entries
+}
+
+# seen: the fingerprint the check at boot left, if it checked this digest.
+read_seen() {
+    seen=
+    [ -e "$checked" ] || return 0
+    {
+        read -r line && [ "$line" = "$digest" ] || return 0
+        while read -r line || [ -n "$line" ]; do
+            seen=$seen${seen:+$nl}$line
+        done
+    } < "$checked"
+}
+
+elapsed_ms() {
+    IFS=" " read -r now rest < /proc/uptime
+    echo $(((${now%.*}${now#*.} - ${started%.*}${started#*.}) * 10))
+}
+
+# At boot: the installed tree checked where it lies, its fingerprint taken before and
+# after, so a change while it was read shows.
+check_at_boot() {
+    outcome="not checked at boot; the shutdown checks it in full"
+    [ -d "${checked%/*}" ] || mkdir -p "${checked%/*}" || refuse "cannot create ${checked%/*}"
+    rm -f "$checked"
+    read_paths "$store/$digest"
+    cd "$tree" || refuse "$tree: cannot enter"
+    before=$(fingerprint) || refuse "cannot stat $tree"
+    staging=$checked.digest  # sha256sum reads the digest's line from a file
+    check_tree "$staging" "$store/$digest/sums"
+    after=$(fingerprint) || refuse "cannot stat $tree"
+    [ "$before" = "$after" ] || refuse "$tree changed while it was checked"
+    echo "$digest$nl$after" > "$checked" || refuse "cannot write $checked"
+    rm -f "$staging"
+    echo "bookend: exitrd $digest (from $from): $count entries checked in $(elapsed_ms) ms"
+}
+
+mode=${1:-load}
+# A stale /shutdown goes first, whatever is refused below.
+if [ "$mode" != check ] && { [ -e "$target/shutdown" ] || [ -L "$target/shutdown" ]; }; then
+    rm -f "$target/shutdown" || refuse "cannot remove $target/shutdown"
 fi
-case $digest in
-    *[!0-9a-f]*) refuse "$from: '$digest' is not a SHA-256" ;;
-esac
-[ ${#digest} -eq 64 ] || refuse "$from: '$digest' is not a SHA-256"
-[ -d "$store/$digest" ] || refuse "$store/$digest, named by $from: not installed"
+pick_digest
+IFS=$nl
+set -f
+tree=$store/$digest/tree
+if [ "$mode" = check ]; then
+    check_at_boot
+    exit 0
+fi
 
 staging=${target%/*}/.initramfs-$$
 [ ! -e "$staging" ] || rm -rf "$staging" || refuse "cannot remove $staging"
-# One cp brings the sums, the paths and the tree into a directory of our own (/run is
-# root's): what is checked below is this copy, and only it is used.
-cp -RP --preserve=mode,links --no-preserve=ownership "$store/$digest" "$staging" ||
-    refuse "$store/$digest: cannot copy"
-cd "$staging/tree" || refuse "$staging/tree: cannot enter"
-IFS='
-'
-set -f
-# The listing's paths, in its order (builtins only). What they name is checked: stat of
-# them must print the listing the sums name, and the copy holds no entry more.
-entries=
-count=0
-while read -r path || [ -n "$path" ]; do
-    entries=$entries$path$IFS
-    count=$((count + 1))
-done < ../paths || refuse "$staging/paths: cannot read"
-set -- $(du -al .) || refuse "cannot list the copy"
-[ $# -eq "$count" ] || refuse "$store/$digest/tree has $# entries, its digest $digest names $count"
-echo "$digest  ../sums" > ../digest || refuse "cannot write $staging/digest"
-# One sha256sum run: the sums against the digest, every file against the sums, and the
-# listing (type, permission bits, path, link target) on standard input against the sums.
-# The tree is 0700 as installed, and the listing checks it is.
-LC_ALL=C QUOTING_STYLE=literal stat -c '%f %N' -- $entries |
-    sha256sum -c --quiet --strict ../digest ../sums >&2 ||
-    refuse "$store/$digest differs from the digest $digest from $from"
-[ -x shutdown ] || refuse "$store/$digest/tree: no executable /shutdown"
-cd / && { [ ! -e "$target" ] || rm -rf "$target"; } && mv "$staging/tree" "$target" ||
-    refuse "cannot move the checked copy to $target"
-rm -rf "$staging"
-IFS=" " read -r now rest < /proc/uptime
-ms=$(((${now%.*}${now#*.} - ${started%.*}${started#*.}) * 10))
-echo "bookend: exitrd $digest (from $from): $count entries copied to $target and checked in $ms ms"
+read_seen
+now=
+if [ -n "$seen" ]; then
+    read_paths "$store/$digest"
+    now=$(cd "$tree" && fingerprint)
+fi
+if [ -n "$now" ] && [ "$now" = "$seen" ]; then
+    # Unchanged since the check: a copy of the tree is all there is to do.
+    copy=$staging
+    cp -RP --preserve=mode,links --no-preserve=ownership "$tree" "$copy" ||
+        refuse "$tree: cannot copy"
+    how="copied to $target (checked at boot, unchanged since)"
+else
+    [ -z "$seen" ] || say "$tree changed since the check at boot: checking it in full"
+    # One cp brings the sums, the paths and the tree into a directory of our own (/run
+    # is root's): what is checked is this copy, and only it is used.
+    copy=$staging/tree
+    cp -RP --preserve=mode,links --no-preserve=ownership "$store/$digest" "$staging" ||
+        refuse "$store/$digest: cannot copy"
+    read_paths "$staging"
+    cd "$copy" || refuse "$copy: cannot enter"
+    check_tree "$staging/digest" "$staging/sums"
+    how="copied to $target and checked"
+fi
+[ -x "$copy/shutdown" ] || refuse "$tree: no executable /shutdown"
+cd / && { [ ! -e "$target" ] || rm -rf "$target"; } && mv "$copy" "$target" ||
+    refuse "cannot move the copy to $target"
+[ "$copy" = "$staging" ] || rm -rf "$staging"
+echo "bookend: exitrd $digest (from $from): $count entries $how in $(elapsed_ms) ms"

@@ -126,12 +126,14 @@ def test_install_refuses_a_damaged_image_and_bad_names(
         install_exitrd(images[1], tmp_path / "none", None)
 
 
-def load(root: Path, run: Path) -> subprocess.CompletedProcess[str]:
-    """The installed shell loader, pointed at root's store and a /run of the test's."""
+def load(root: Path, run: Path, *mode: str) -> subprocess.CompletedProcess[str]:
+    """The installed shell loader, pointed at root's store and a /run of the test's;
+    mode: "check" for the check at boot."""
     env = {"PATH": os.environ["PATH"], "BOOKEND_EXITRD_STORE": str(root / STORE),
            "BOOKEND_EXITRD_TARGET": str(run / "initramfs"),
            "BOOKEND_EXITRD_DIGEST": str(run / "bookend/exitrd.sha256")}  # fmt: skip
-    return subprocess.run(["sh", str(root / LOADER)], env=env, capture_output=True, text=True)
+    return subprocess.run(["sh", str(root / LOADER), *mode], env=env, capture_output=True,
+                          text=True)  # fmt: skip
 
 
 @pytest.fixture
@@ -166,46 +168,111 @@ def test_loader_falls_back_to_the_latest_install(installed: tuple[Path, Path, st
     assert f"exitrd {two} (from {root / STORE}/default" in done.stdout
 
 
-@pytest.mark.parametrize(
-    "damage", ["sums", "file", "extra", "mode", "link", "missing", "paths", "extra and paths"]
-)
-def test_loader_refuses_what_the_digest_does_not_name(
-    installed: tuple[Path, Path, str, str], damage: str
-) -> None:
+def damage(installed: tuple[Path, Path, str, str], kind: str) -> None:
+    """Change the booted initrd's installed exitrd the way kind says."""
     root, run, one, two = installed
     store = root / STORE
     tree = store / one / "tree"
-    (run / "initramfs").mkdir()
-    (run / "initramfs/shutdown").symlink_to("stale")
-    if damage == "sums":  # the other exitrd, its sums with it, where this one was
+    if kind == "sums":  # the other exitrd, its sums with it, where this one was
         (store / one / "sums").write_bytes((store / two / "sums").read_bytes())
-    elif damage == "file":
+    elif kind == "file":
         (tree / "usr/lib/shutdown-tool").write_bytes(b"#!/bin/sh\nevil\n")
-    elif damage == "extra":
+    elif kind == "extra":
         (tree / "usr/lib/ld.so.preload").write_bytes(b"")
-    elif damage == "mode":
+    elif kind == "mode":
         (tree / "usr/lib/shutdown-tool").chmod(0o4755)
-    elif damage in ("paths", "extra and paths"):
+    elif kind in ("paths", "extra and paths"):
         # The paths only say what to stat: one left out is missed by the listing, one
         # more in the tree (listed there or not) by the count.
         paths = (store / one / "paths").read_text().splitlines()
-        if damage == "paths":
+        if kind == "paths":
             paths.remove("./usr/lib/shutdown-tool")
         else:
             (tree / "usr/lib/ld.so.preload").write_bytes(b"")
             paths.append("./usr/lib/ld.so.preload")
         (store / one / "paths").write_text("".join(f"{line}\n" for line in paths))
-    elif damage == "link":
+    elif kind == "link":
         (tree / "shutdown").unlink()
         (tree / "shutdown").symlink_to("usr/lib")
     else:
         (store / "default").write_text(hashlib.sha256(b"gone").hexdigest())
         (run / "bookend/exitrd.sha256").unlink()
+
+
+REFUSED = "refusing it; shutdown goes on without an exitrd"
+TREE_DAMAGES = ["file", "extra", "mode", "link", "paths", "extra and paths"]
+
+
+@pytest.mark.parametrize("kind", ["sums", *TREE_DAMAGES, "missing"])
+def test_loader_refuses_what_the_digest_does_not_name(
+    installed: tuple[Path, Path, str, str], kind: str
+) -> None:
+    root, run, _, _ = installed
+    (run / "initramfs").mkdir()
+    (run / "initramfs/shutdown").symlink_to("stale")
+    damage(installed, kind)
     done = load(root, run)
     assert done.returncode == 1
-    assert done.stderr.rstrip().endswith("refusing it; shutdown goes on without an exitrd")
+    assert done.stderr.rstrip().endswith(REFUSED)
     assert not os.path.lexists(run / "initramfs/shutdown")
     assert sorted(os.listdir(run)) == ["bookend", "initramfs"]
+
+
+def test_checked_at_boot_the_shutdown_only_copies(installed: tuple[Path, Path, str, str]) -> None:
+    root, run, one, _ = installed
+    checked = load(root, run, "check")
+    assert checked.returncode == 0, checked.stderr
+    assert f"exitrd {one} (from the initrd that booted" in checked.stdout
+    record = (run / "bookend/exitrd.checked").read_text().splitlines()
+    paths = seal_tree(root / STORE / one / "tree").paths.splitlines()
+    assert record[0] == one and len(record) == 1 + len(paths)
+    assert not (run / "initramfs").exists()  # checked only
+    done = load(root, run)
+    assert done.returncode == 0, done.stderr
+    assert "copied to " in done.stdout and "(checked at boot, unchanged since)" in done.stdout
+    target = run / "initramfs"
+    assert seal_tree(target).digest == one and (target.stat().st_mode & 0o777) == 0o700
+    assert sorted(os.listdir(run)) == ["bookend", "initramfs"]  # no staging left
+
+
+@pytest.mark.parametrize("kind", TREE_DAMAGES)
+def test_a_change_after_the_check_is_checked_in_full_and_refused(
+    installed: tuple[Path, Path, str, str], kind: str
+) -> None:
+    root, run, _, _ = installed
+    assert load(root, run, "check").returncode == 0
+    damage(installed, kind)
+    done = load(root, run)
+    assert done.returncode == 1
+    assert "changed since the check at boot: checking it in full" in done.stderr
+    assert done.stderr.rstrip().endswith(REFUSED)
+    assert not os.path.lexists(run / "initramfs")
+
+
+def test_other_sums_after_the_check_change_nothing(
+    installed: tuple[Path, Path, str, str],
+) -> None:
+    """The shutdown copies the tree the check read; the sums it no longer needs."""
+    root, run, one, _ = installed
+    assert load(root, run, "check").returncode == 0
+    damage(installed, "sums")
+    done = load(root, run)
+    assert done.returncode == 0, done.stderr
+    assert seal_tree(run / "initramfs").digest == one
+
+
+def test_a_failed_check_at_boot_leaves_the_full_check_to_the_shutdown(
+    installed: tuple[Path, Path, str, str],
+) -> None:
+    root, run, _, _ = installed
+    damage(installed, "file")
+    checked = load(root, run, "check")
+    assert checked.returncode == 1
+    assert checked.stderr.rstrip().endswith("not checked at boot; the shutdown checks it in full")
+    assert sorted(os.listdir(run / "bookend")) == ["exitrd.sha256"]  # nothing recorded
+    done = load(root, run)
+    assert done.returncode == 1 and "since the check" not in done.stderr
+    assert done.stderr.rstrip().endswith(REFUSED)
 
 
 def test_initrd_gets_the_digest_and_only_it_changes(root_tree: Path, tmp_path: Path) -> None:
