@@ -8,12 +8,13 @@ so it unmounts /oldroot and detaches the DM, MD and loop devices under it, now t
 nothing holds them, and powers off.
 
 The exitrd holds no kernel modules (the running kernel has them loaded) and no udev:
-only systemd-shutdown and exactly its DT_NEEDED closure, the release files, the holders
-hook (bookend.holders) with the one program it runs, the shell, and what a feature the
-initrd has declares as its exitrd part (Feature.exitrd) because something runs it at
-shutdown: the hook that stops root storage daemons and the steps that detach network
-storage. systemd-shutdown detaches DM (LUKS, LVM) devices with ioctls, so those stacks
-add nothing. What the configuration adds comes with it: the
+only systemd-shutdown and exactly its DT_NEEDED closure, the release files, and what a
+feature the initrd has declares as its exitrd part (Feature.exitrd) because something
+runs it at shutdown: the hook that stops root storage daemons and the steps that detach
+network storage. When the exitrd takes storage down, the holders hook (bookend.holders)
+comes too, with the one program it runs, the shell. systemd-shutdown detaches DM (LUKS,
+LVM) devices with ioctls, so those stacks add nothing more. What the configuration adds
+comes with it: the
 exitrd parts of exitrd_features, the exitrd_files, and the /usr and /opt of the
 exitrd_sysexts (bookend.sysext).
 
@@ -70,6 +71,7 @@ from bookend.holders import EXECUTABLES as HOLDERS_EXECUTABLES
 from bookend.holders import holders_entry
 from bookend.libsearch import LibrarySearch
 from bookend.plan import Plan, enabled_features
+from bookend.storage import StorageKind
 from bookend.sysext import check_extension, extension_entries, extension_tree
 from bookend.sysroot import Sysroot
 
@@ -168,10 +170,29 @@ def _skeleton(context: FeatureContext) -> Contribution:
         ),
     ]
     entries += release_files(context.config, "exitrd")
-    entries.append(
-        Generated(holders_entry(), "exitrd: name what still holds the old root's storage")
-    )
     return [*entries, *_libmount(context, program)]
+
+
+# The storage a plain root stands on: nothing there for the exitrd to detach.
+_NOTHING_TO_DETACH = frozenset({StorageKind.NETWORK})
+
+
+def _holders(features: list[Feature]) -> list[Request | Generated]:
+    """The holders hook and its shell, when the exitrd takes storage down: a feature
+    serves a storage kind (device-mapper, MD, btrfs, network storage) or has an exitrd
+    part of its own (a storage daemon). A plain root's exitrd only unmounts it, and what
+    kept it busy is gone with the processes systemd-shutdown killed, so it goes
+    without them."""
+    if not any(
+        (feature.serves is not None and feature.serves not in _NOTHING_TO_DETACH)
+        or feature.exitrd is not None
+        for feature in features
+    ):
+        return []
+    reason = "exitrd: name what still holds the old root's storage"
+    shell = [Request(RequestKind.EXECUTABLE, name.removeprefix("?"), reason,
+                     optional=name.startswith("?")) for name in HOLDERS_EXECUTABLES]  # fmt: skip
+    return [*shell, Generated(holders_entry(), reason)]
 
 
 def _libmount(context: FeatureContext, program: ShutdownProgram) -> Contribution:
@@ -191,20 +212,22 @@ def _libmount(context: FeatureContext, program: ShutdownProgram) -> Contribution
 EXITRD = Feature(
     name="exitrd",
     help="systemd-shutdown as /shutdown, to unmount the old root and detach its storage",
-    executables=HOLDERS_EXECUTABLES,
     compute=_skeleton,
 )
 
 
-def exitrd_parts(initrd: Plan, context: FeatureContext) -> list[Request | Generated]:
-    """What the initrd's features ask of the exitrd (dmsetup, cryptsetup, lvm, mdadm...,
-    the hook that stops root storage daemons, the steps that detach network storage),
-    in the initrd's feature order, then what the features exitrd_features names (and
-    those they require) add that the initrd has not got."""
+def exitrd_features(initrd: Plan, context: FeatureContext) -> list[Feature]:
+    """The initrd's features, in its order, then those exitrd_features names (and those
+    they require) that the initrd has not got."""
     features = [initrd.registry[name] for name in initrd.features]
     added = enabled_features(context.config.exitrd_features, initrd.registry)
     _check_added_features(context.config, added)
-    features += [feature for feature in added if feature.name not in initrd.features]
+    return features + [feature for feature in added if feature.name not in initrd.features]
+
+
+def exitrd_parts(features: list[Feature], context: FeatureContext) -> list[Request | Generated]:
+    """What the features ask of the exitrd (dmsetup, cryptsetup, lvm, mdadm..., the hook
+    that stops root storage daemons, the steps that detach network storage)."""
     return [
         item
         for feature in features
@@ -276,9 +299,10 @@ def extensions(config: Config, unpack_dir: Path | None) -> list[Generated]:
 def make_exitrd_plan(config: Config, initrd: Plan, unpack_dir: Path | None = None) -> Plan:
     """The exitrd's plan; unpack_dir: where extension images are unpacked."""
     context = FeatureContext(config, initrd.detection)
-    own = [*EXITRD.requests(), *_skeleton(context)]
+    features = exitrd_features(initrd, context)
+    own = [*EXITRD.requests(), *_skeleton(context), *_holders(features)]
     # The extensions' files first: the first entry at a path wins, and an extension
     # shows over the sysroot's tree as systemd-sysext's overlay would.
-    contribution = [*extensions(config, unpack_dir), *own, *exitrd_parts(initrd, context)]
+    contribution = [*extensions(config, unpack_dir), *own, *exitrd_parts(features, context)]
     requests, generated = split_contribution([*contribution, *added_files(config)])
     return Plan(features=("exitrd",), requests=tuple(requests), generated=tuple(generated))

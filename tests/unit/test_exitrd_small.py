@@ -1,7 +1,8 @@
 """The smallest exitrd that does the job: a standalone systemd-shutdown (one needing no
 libsystemd-shared, by its DT_NEEDED) where the sysroot has one or exitrd_shutdown names
 one, else systemd-shutdown and exactly its DT_NEEDED closure; storage stacks that
-systemd-shutdown detaches itself (DM: LUKS, LVM) add nothing.
+systemd-shutdown detaches itself (DM: LUKS, LVM) add only the hook that names what
+still holds them, with its shell; a plain root's exitrd goes without it.
 
 The fixture trees hold real ELF files (gcc), so the closure is the one bookend computes
 from DT_NEEDED and RUNPATH, as on a distribution's tree.
@@ -34,9 +35,10 @@ SKELETON = {
     "/lib", "/lib64", "/usr", "/usr/lib", "/usr/lib64", "/usr/lib64/ld-linux-x86-64.so.2",
     "/usr/lib/x86_64-linux-gnu", f"{MULTIARCH}/libc.so.6", f"{MULTIARCH}/ld-linux-x86-64.so.2",
     "/usr/lib/systemd",
-    # The hook that names what still holds the old root (its sh is optional: none here).
-    "/usr/lib/systemd/system-shutdown", "/usr/lib/systemd/system-shutdown/bookend-holders",
 }  # fmt: skip
+# The hook that names what still holds the old root's storage, in an exitrd that takes
+# storage down (its sh is optional: none here).
+HOLDERS = {"/usr/lib/systemd/system-shutdown", "/usr/lib/systemd/system-shutdown/bookend-holders"}
 SHARED = {
     PRIVATE, f"{PRIVATE}/libsystemd-shared-999.so",
     f"{MULTIARCH}/libcrypto.so.3", f"{MULTIARCH}/libcrypto.so.3.0",
@@ -166,7 +168,9 @@ def test_a_bad_exitrd_shutdown_is_refused_in_one_line(
     assert "\n" not in str(caught.value)
 
 
-def test_lvm_on_luks_adds_nothing_systemd_shutdown_detaches_dm_itself(tmp_path: Path) -> None:
+def test_lvm_on_luks_adds_only_the_holders_hook_systemd_shutdown_detaches_dm_itself(
+    tmp_path: Path,
+) -> None:
     root = systemd_tree(tmp_path / "root", standalone=False)
     config = config_of(root)
     plain = exitrd_paths(config)
@@ -174,13 +178,27 @@ def test_lvm_on_luks_adds_nothing_systemd_shutdown_detaches_dm_itself(tmp_path: 
     for tool in ("/usr/sbin/lvm", "/usr/sbin/dmsetup", "/usr/sbin/cryptsetup",
                  "/usr/lib/systemd/systemd-cryptsetup", "/usr/bin/systemd-run"):  # fmt: skip
         compile_c(MAIN, root / tool.lstrip("/"))
-    assert exitrd_paths(config, ("systemd", "dm", "luks", "lvm")) == plain
+    assert exitrd_paths(config, ("systemd", "dm", "luks", "lvm")) == plain | HOLDERS
 
 
-def test_the_holders_hook_gets_its_shell_where_the_sysroot_has_one(tmp_path: Path) -> None:
+@pytest.mark.parametrize("features", [(), ("systemd", "network")])
+def test_a_plain_roots_exitrd_has_no_holders_hook_nor_shell(
+    tmp_path: Path, features: tuple[str, ...]
+) -> None:
     root = systemd_tree(tmp_path / "root", standalone=True)
     compile_c(MAIN, root / "usr/bin/dash")
     (root / "usr/bin/sh").symlink_to("dash")
-    paths = exitrd_paths(config_of(root))
+    paths = exitrd_paths(config_of(root), features)
+    assert not paths & (HOLDERS | {"/usr/bin/sh", "/usr/bin/dash"}), sorted(paths)
+
+
+@pytest.mark.parametrize("feature", ["dm", "luks"])
+def test_the_holders_hook_gets_its_shell_where_the_sysroot_has_one(
+    tmp_path: Path, feature: str
+) -> None:
+    root = systemd_tree(tmp_path / "root", standalone=True)
+    compile_c(MAIN, root / "usr/bin/dash")
+    (root / "usr/bin/sh").symlink_to("dash")
+    paths = exitrd_paths(config_of(root), (feature,))
     # The hook's #! interpreter: without it the hook cannot run at shutdown.
-    assert {"/usr/bin/sh", "/usr/bin/dash"} <= paths, sorted(paths)
+    assert HOLDERS | {"/usr/bin/sh", "/usr/bin/dash"} <= paths, sorted(paths)

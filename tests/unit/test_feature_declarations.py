@@ -151,10 +151,13 @@ def test_exitrd_takes_the_parts_of_the_initrds_features_only(root_tree: Path) ->
     exitrd = make_exitrd_plan(config, initrd)
     tools = {(r.name, r.reason) for r in exitrd.requests if r.reason.startswith("exitrd: ")}
     tools -= {(r.name, r.reason) for r in make_exitrd_plan(config, Plan((), (), ())).requests}
+    # btrfs's tools, and the hook that names what holds storage, with its shell: a
+    # plain root's exitrd has neither.
     assert tools == {
         ("btrfs", "exitrd: storage tools of feature btrfs"),
         ("fsck.btrfs", "exitrd: storage tools of feature btrfs"),
         ("btrfsck", "exitrd: storage tools of feature btrfs"),
+        ("/bin/sh", "exitrd: name what still holds the old root's storage"),
     }
     assert STOP_HOOK not in {g.entry.path for g in exitrd.generated}
 
