@@ -206,11 +206,12 @@ echo "bookend-test: held inode $(stat -c %i /var/tmp/bookend-held)" > /dev/kmsg
 def test_exitrd_names_what_holds_the_root_and_powers_off_within_its_bound(
     root_boot: BootOptions, generic_initrd: Path, tmp_path: Path
 ) -> None:
-    # The generic exitrd: it takes storage down (LUKS, LVM, MD), so it has the holders
-    # hook, which a plain root's exitrd goes without.
+    # Booted through the generic initrd, for its exitrd: that takes storage down (LUKS,
+    # LVM, MD), so it has the holders hook, which a plain root's exitrd goes without.
     exitrd = generic_initrd.with_name("exitrd.img")
     job = install_exitrd_job(tmp_path / "job.img", exitrd.parent, then=HOLDER_JOB)
-    text = shutdown_through(replace(root_boot, disks=(*root_boot.disks, job)))
+    booted = replace(root_boot, initrd=generic_initrd, disks=(*root_boot.disks, job))
+    text = shutdown_through(booted)
     _, exiting = split_at_pivot(text)
     assert ALL_DETACHED not in exiting
     assert re.search(r"bookend: not detached after \d+ s", exiting), exiting[-3000:]
