@@ -21,7 +21,8 @@ import json
 import re
 import shutil
 import subprocess
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -74,11 +75,58 @@ def unlock(vm: Boot, passphrase: str) -> None:
     vm.send(passphrase + "\n")
 
 
+@dataclass(frozen=True)
+class Hibernation:
+    value: str  # what boot 1's job held in RAM only
+    text: str
+    seconds: float
+    token: str  # boot 1's, which the resumed system reports
+
+
+def hibernate(options: BootOptions, log: Path, on_the_way: Callable[[Boot], None]) -> Hibernation:
+    """Boot 1: the job holds a value and hibernates, and QEMU ends with the hibernation.
+    on_the_way runs first (the passphrase, the greeting)."""
+    token = new_token()
+    first = replace(options, append=f"{options.append} bookend.job bookend.token={token}",
+                    log_path=log)  # fmt: skip
+    with boot(first) as vm:
+        on_the_way(vm)
+        value = vm.expect(r"RESUME-HOLDING ([0-9a-f]{32})\s", timeout=600).group(1)
+        assert vm.wait_exit(300) == 0, "QEMU did not end with the hibernation"
+        text, seconds = vm.text, vm.elapsed
+    assert "RESUME-VALUE" not in text and "BOOKEND-TOKEN" not in text
+    assert re.search(r"PM: hibernation: hibernation entry", text)
+    return Hibernation(value, text, seconds, token)
+
+
+def resume(options: BootOptions, log: Path, on_the_way: Callable[[Boot], None],
+           hibernated: Hibernation) -> tuple[str, float]:  # fmt: skip
+    """Boot 2, of the same files, with a token of its own: the kernel resumes boot 1's
+    image, whose job prints the value it held and whose root reports boot 1's token.
+    Returns the console text and the boot's seconds."""
+    token = new_token()
+    second = replace(options, append=f"{options.append} bookend.token={token}", log_path=log)
+    with boot(second) as vm:
+        on_the_way(vm)
+        vm.expect(RESUMING, timeout=300)
+        vm.expect(r"PM: hibernation: hibernation exit", timeout=300)
+        vm.expect(rf"RESUME-VALUE {hibernated.value}\s", timeout=300)
+        expect_token(vm, hibernated.token, timeout=300)
+        text, seconds = vm.text, vm.elapsed
+    before, after = text.split(RESUMING, 1)
+    assert token not in after
+    # The root was not checked (its journal replayed) before the resume (resume.py).
+    assert "Starting systemd-fsck-root" not in before
+    assert "ordering cycle" not in text.lower()
+    return text, seconds
+
+
 def test_hibernate_to_swap_on_lvm_on_luks2_and_resume(
     root_boot: BootOptions, resume_stack: StackDisks, generic_initrd: Path, tmp_path: Path
 ) -> None:
     stack = resume_stack
-    assert stack.passphrase and stack.luks_uuid
+    passphrase = stack.passphrase
+    assert passphrase and stack.luks_uuid
     # Both boots write to these files: the second must see what the first left.
     disk = tmp_path / "disk.img"
     run(["cp", "--sparse=always", "--reflink=auto", stack.disks[0], disk])
@@ -92,36 +140,14 @@ def test_hibernate_to_swap_on_lvm_on_luks2_and_resume(
         # the root device; systemd 252's generator gives the swap the root's timeout too.
         append=f"{stack.cmdline} rw rootflags=x-systemd.device-timeout=300s",
     )
-    first_token, second_token = new_token(), new_token()
-    first = replace(options, append=f"{options.append} bookend.job bookend.token={first_token}",
-                    log_path=tmp_path / "hibernate.log")  # fmt: skip
-    with boot(first) as vm:
-        unlock(vm, stack.passphrase)
-        value = vm.expect(r"RESUME-HOLDING ([0-9a-f]{32})\s", timeout=600).group(1)
-        assert vm.wait_exit(300) == 0, "QEMU did not end with the hibernation"
-        hibernated = vm.text
-        first_seconds = vm.elapsed
-    assert "RESUME-VALUE" not in hibernated and "BOOKEND-TOKEN" not in hibernated
-    assert re.search(r"PM: hibernation: hibernation entry", hibernated)
 
-    second = replace(options, append=f"{options.append} bookend.token={second_token}",
-                     log_path=tmp_path / "resume.log")  # fmt: skip
-    with boot(second) as vm:
-        unlock(vm, stack.passphrase)
-        vm.expect(RESUMING, timeout=300)
-        vm.expect(r"PM: hibernation: hibernation exit", timeout=300)
-        vm.expect(rf"RESUME-VALUE {value}\s", timeout=300)
-        # The report of the resumed system carries boot 1's command line.
-        expect_token(vm, first_token, timeout=300)
-        resumed = vm.text
-        second_seconds = vm.elapsed
-    before, after = resumed.split(RESUMING, 1)
-    assert second_token not in after
-    # The root was not checked (its journal replayed) before the resume (resume.py).
-    assert "Starting systemd-fsck-root" not in before
-    assert "ordering cycle" not in resumed.lower()
+    def typed(vm: Boot) -> None:
+        unlock(vm, passphrase)
+
+    hibernated = hibernate(options, tmp_path / "hibernate.log", typed)
+    _, seconds = resume(options, tmp_path / "resume.log", typed, hibernated)
     assert job_status(job.path) == 0
-    print(f"hibernate: {first_seconds:.0f} s, resume: {second_seconds:.0f} s")
+    print(f"hibernate: {hibernated.seconds:.0f} s, resume: {seconds:.0f} s")
 
 
 # Seconds before QEMU is killed: OVMF's start under emulation comes on top of the boot.
@@ -175,17 +201,11 @@ def test_hibernate_and_resume_through_the_efi_variable(guest: Guest, tmp_path: P
         append=f"root=UUID={guest.root.uuid} rw",
         timeout=EFI_BOOT_LIMIT,
     )
-    first_token, second_token = new_token(), new_token()
-    first = replace(options, append=f"{options.append} bookend.job bookend.token={first_token}",
-                    log_path=tmp_path / "hibernate.log")  # fmt: skip
-    with boot(first) as vm:
+
+    def greeted(vm: Boot) -> None:
         vm.expect(INITRD_GREETING, timeout=300)
-        value = vm.expect(r"RESUME-HOLDING ([0-9a-f]{32})\s", timeout=600).group(1)
-        assert vm.wait_exit(300) == 0, "QEMU did not end with the hibernation"
-        hibernated = vm.text
-        first_seconds = vm.elapsed
-    assert "RESUME-VALUE" not in hibernated and "BOOKEND-TOKEN" not in hibernated
-    assert re.search(r"PM: hibernation: hibernation entry", hibernated)
+
+    hibernated = hibernate(options, tmp_path / "hibernate.log", greeted)
     # systemd-sleep named the swap in the firmware's store, which outlived QEMU.
     location = hibernate_location(variables, tmp_path)
     assert location is not None, "systemd-sleep wrote no HibernateLocation"
@@ -193,26 +213,16 @@ def test_hibernate_and_resume_through_the_efi_variable(guest: Guest, tmp_path: P
     assert location["kernelVersion"] == guest.kernel.version, location
 
     # The same files again, and no resume= either: only the variable names the swap.
-    second = replace(options, append=f"{options.append} bookend.token={second_token}",
-                     log_path=tmp_path / "resume.log")  # fmt: skip
-    with boot(second) as vm:
-        vm.expect(INITRD_GREETING, timeout=300)
+    def reported(vm: Boot) -> None:
+        greeted(vm)
         vm.expect(rf"Reported hibernation image:.* UUID={EFI_SWAP_UUID} offset=0", timeout=300)
-        vm.expect(RESUMING, timeout=300)
-        vm.expect(r"PM: hibernation: hibernation exit", timeout=300)
-        vm.expect(rf"RESUME-VALUE {value}\s", timeout=300)
-        expect_token(vm, first_token, timeout=300)
-        resumed = vm.text
-        second_seconds = vm.elapsed
-    for text in (hibernated, resumed):
+
+    resumed, seconds = resume(options, tmp_path / "resume.log", reported, hibernated)
+    for text in (hibernated.text, resumed):
         assert "resume=" not in re.findall(r"Kernel command line: (.*)", text)[0]
-    before, after = resumed.split(RESUMING, 1)
-    assert second_token not in after
-    assert "Starting systemd-fsck-root" not in before
-    assert "ordering cycle" not in resumed.lower()
     # Cleared by the initrd's systemd-hibernate-resume before it resumed: the firmware's
     # store is asked, not the resumed system, which still read the variable through
     # efivarfs (Linux 6.12, Debian's OVMF): what it had before hibernating, not the store.
     assert hibernate_location(variables, tmp_path) is None
     assert job_status(job.path) == 0
-    print(f"EFI variable: hibernate: {first_seconds:.0f} s, resume: {second_seconds:.0f} s")
+    print(f"EFI variable: hibernate: {hibernated.seconds:.0f} s, resume: {seconds:.0f} s")
