@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from bookend.archive import ArchiveEntry
 from bookend.config import Config
@@ -74,6 +75,15 @@ class FeatureContext:
 
     config: Config
     detection: HostDetection | None = None
+
+    def command_lines(self) -> tuple[str, str]:
+        """The kernel command lines a hostonly image boots with: this machine's (from
+        the configured procfs; empty when unreadable) and the UKI's own (or empty)."""
+        try:
+            host = Path(self.config.procfs, "cmdline").read_text()
+        except OSError:
+            host = ""
+        return host, self.config.cmdline or ""
 
 
 @dataclass(frozen=True)

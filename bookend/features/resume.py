@@ -11,8 +11,6 @@ their stacks (bookend.hostonly), so the swap's LUKS volume is in the image's cry
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from bookend.archive import ArchiveEntry, EntryKind
 from bookend.features.base import Contribution, Feature, FeatureContext, Generated, SwitchOn
 from bookend.sysroot import Sysroot
@@ -49,11 +47,7 @@ def hostonly_wants_resume(context: FeatureContext) -> bool:
         return False
     if context.detection.swap_devices:
         return True
-    try:
-        host_cmdline = Path(context.config.procfs, "cmdline").read_text()
-    except OSError:
-        host_cmdline = ""
-    return any(resume_named(line) for line in (host_cmdline, context.config.cmdline or ""))
+    return any(resume_named(line) for line in context.command_lines())
 
 
 FEATURE = Feature(

@@ -17,8 +17,6 @@ image cannot know the command line it will be given.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from bookend.features.base import (
     Contribution,
     Feature,
@@ -53,11 +51,7 @@ def hostonly_wants_verity(context: FeatureContext) -> bool:
     """Hostonly: this machine's command line, or the UKI's, names a root hash."""
     if context.detection is None:
         return False
-    try:
-        host_cmdline = Path(context.config.procfs, "cmdline").read_text()
-    except OSError:
-        host_cmdline = ""
-    return any(names_verity(line) for line in (host_cmdline, context.config.cmdline or ""))
+    return any(names_verity(line) for line in context.command_lines())
 
 
 def _dlopened_libcryptsetup(context: FeatureContext) -> Contribution:
