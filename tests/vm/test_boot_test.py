@@ -58,7 +58,10 @@ def test_passes_on_the_plain_root_with_an_image_it_builds(
     assert 0 < phases["init"] < phases["switch_root"] < phases["root_reached"]
     assert phases["poweroff"] < phases["exitrd"] <= phases["power_down"]
     assert report["through_exitrd"]
-    assert any("every DM and MD device detached" in line for line in report["exitrd_lines"])
+    # The exitrd's systemd-shutdown unmounted the old root; a plain root's exitrd has no
+    # storage to detach, so no holders hook to report on it.
+    assert any("All filesystems unmounted" in line for line in report["exitrd_lines"])
+    assert not any("every DM and MD device detached" in line for line in report["exitrd_lines"])
     assert "sysroot.mount" in {unit["name"] for unit in report["initrd_units"]}
     # The root's token came from this boot: the marks it printed are on the console.
     assert "BOOKEND-BOOT-TEST" in console.read_text()
