@@ -8,8 +8,11 @@ from typing import Any
 
 import pytest
 
+from bookend.archive import ArchiveEntry, EntryKind
 from bookend.cli import vocabularies
 from bookend.config import Config
+from bookend.features.base import Generated, Request, RequestKind
+from bookend.plan import Plan
 from bookend.resolve import configure
 
 
@@ -38,3 +41,24 @@ def load_config(config_file: Path | None, cli_values: Mapping[str, Any], **optio
     """The configuration as `bookend build` makes it: read and checked, then resolved
     against its sysroot, with the feature and driver class names the CLI passes."""
     return configure(config_file, cli_values, vocabularies(), **options)
+
+
+def stand_in_plan(*paths: str) -> Plan:
+    """A plan for a fixture tree, whose systemd is a script standing in (its #! brings the
+    shell, the shell its libraries): /init and /etc/initrd-release, and paths, each a
+    PATH request."""
+    return Plan(
+        features=(),
+        requests=tuple(
+            Request(RequestKind.PATH, path, "test") for path in ("/usr/lib/systemd/systemd", *paths)
+        ),
+        generated=(
+            Generated(
+                ArchiveEntry("/init", EntryKind.SYMLINK, 0o777, target="usr/lib/systemd/systemd"),
+                "test",
+            ),
+            Generated(
+                ArchiveEntry("/etc/initrd-release", EntryKind.FILE, 0o644, data=b"ID=x\n"), "test"
+            ),
+        ),
+    )

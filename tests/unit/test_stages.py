@@ -20,12 +20,11 @@ from bookend.closure import Closure, ClosureEntry
 from bookend.config import Config
 from bookend.errors import ArchiveError
 from bookend.exitrd_store import CARRIED, DIGEST_CONF, named_digest, seal_entries, seal_image
-from bookend.features.base import Generated, Request, RequestKind
 from bookend.inspect.extract import extract_image
 from bookend.inspect.image import scan_image
 from bookend.plan import Plan
 from bookend.scancache import ScanCache
-from tests.unit.conftest import load_config, make_root_tree
+from tests.unit.conftest import load_config, make_root_tree, stand_in_plan
 from tests.unit.elftree import install_libc
 
 KVER = "6.1.0-test"
@@ -34,22 +33,7 @@ ODD = "/usr/share/odd"  # a directory of the sysroot the exitrd takes whole
 # Stand-ins for the features' programs, which a fixture tree has not got: systemd a
 # script (its #! brings the shell, the shell its libraries), and systemd-tmpfiles,
 # which the exitrd's digest unit runs.
-PLAN = Plan(
-    features=(),
-    requests=(
-        Request(RequestKind.PATH, "/usr/lib/systemd/systemd", "test"),
-        Request(RequestKind.PATH, "/usr/bin/systemd-tmpfiles", "test"),
-    ),
-    generated=(
-        Generated(
-            ArchiveEntry("/init", EntryKind.SYMLINK, 0o777, target="usr/lib/systemd/systemd"),
-            "test",
-        ),
-        Generated(
-            ArchiveEntry("/etc/initrd-release", EntryKind.FILE, 0o644, data=b"ID=x\n"), "test"
-        ),
-    ),
-)
+PLAN = stand_in_plan("/usr/bin/systemd-tmpfiles")
 
 
 def script(root: Path, path: str, text: str = SCRIPT, mode: int = 0o755) -> None:

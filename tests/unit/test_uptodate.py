@@ -10,12 +10,10 @@ from pathlib import Path
 import pytest
 
 from bookend import build, cli
-from bookend.archive import ArchiveEntry, EntryKind
-from bookend.features.base import Generated, Request, RequestKind
 from bookend.plan import Plan
 from bookend.scancache import ScanCache
 from bookend.uptodate import record_path
-from tests.unit.conftest import make_root_tree
+from tests.unit.conftest import make_root_tree, stand_in_plan
 from tests.unit.elftree import install_libc
 
 KVER = "6.1.0-test"
@@ -23,22 +21,7 @@ SCRIPT = "#!/bin/sh\nexec true\n"
 
 # systemd stands in as a script, so its #! brings the shell and the shell its libraries;
 # /etc/bookend-extra is a directory taken whole, so a file added there changes the closure.
-PLAN = Plan(
-    features=(),
-    requests=(
-        Request(RequestKind.PATH, "/usr/lib/systemd/systemd", "test"),
-        Request(RequestKind.PATH, "/etc/bookend-extra", "test"),
-    ),
-    generated=(
-        Generated(
-            ArchiveEntry("/init", EntryKind.SYMLINK, 0o777, target="usr/lib/systemd/systemd"),
-            "test",
-        ),
-        Generated(
-            ArchiveEntry("/etc/initrd-release", EntryKind.FILE, 0o644, data=b"ID=x\n"), "test"
-        ),
-    ),
-)
+PLAN = stand_in_plan("/etc/bookend-extra")
 
 
 @pytest.fixture
