@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What loading the installed exitrd costs, at shutdown and while running (issue 20).
 
-    python3 bench/exitrdload.py [--runs 5] [--out FILE]
+    python3 bench/exitrdload.py [--runs 5] [--guest debian12|debian13] [--out FILE] [--work DIR]
 
 For Debian 12 (this host's tree and kernel, the cached bookworm root disk) and Debian 13
 (the cached trixie tree, kernel and root disk, its standalone systemd-shutdown): build
@@ -29,6 +29,7 @@ if __package__ in (None, ""):
     # Run as a script: make the checkout importable (bench, bookend, harness).
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.tools import write_report
 from harness.exitrdjob import install_exitrd_job, shutdown_through
 from harness.guestjob import read_job_output
 from harness.images import QEMU_VIRTIO_EXT4, build_image, content_by_bsdtar
@@ -147,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="loader runs per way (default 5)")
     parser.add_argument("--guest", action="append", choices=["debian12", "debian13"],
                         help="the guests to measure (default both)")  # fmt: skip
-    parser.add_argument("--out", type=Path, help="also write the report to this file")
+    parser.add_argument("--out", type=Path,
+                        help="report file (default bench/results/DATE-exitrd-load.md)")  # fmt: skip
     parser.add_argument("--work", type=Path,
                         help="work directory, kept (images, console logs); default: a "
                              "temporary one")  # fmt: skip
@@ -157,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work or Path(scratch)
         for guest in guests(args.guest or ["debian12", "debian13"]):
             rows[guest.name] = bench_guest(guest, args.runs, work)
-    text = report(rows, args.runs)
-    print(text, end="")
-    if args.out:
-        args.out.write_text(text)
+        write_report(report(rows, args.runs), args.out, "-exitrd-load", work)
     return 0
 
 

@@ -270,21 +270,26 @@ def _mkfs(tree: Path, image: Path, mib: int, uuid: str, label: str) -> None:
          "-E", "lazy_itable_init=0,lazy_journal_init=0", image])  # fmt: skip
 
 
-def _partition(disk: Path, parts: list[Part]) -> None:
-    """An IMAGE_MIB image whose GPT holds parts in order, written by the host's
-    systemd-repart (regular files need no loop device for CopyBlocks=), then grown to a
-    DISK_MIB disk with its partition table left as written: the backup header and the
-    last usable LBA stay at IMAGE_MIB."""
-    definitions = disk.parent / "image-repart.d"
+def write_gpt(disk: Path, parts: list[Part], size_mib: int) -> None:
+    """A size_mib disk image whose GPT holds parts in order, written by the host's
+    systemd-repart (regular files need no loop device for CopyBlocks=)."""
+    definitions = disk.parent / f"{disk.name}-repart.d"
     for number, part in enumerate(parts, start=1):
         uuid = f"UUID={part.uuid}\n" if part.uuid else ""
         _write(definitions, f"{number}0-{part.label}.conf", (
             f"[Partition]\nType={part.kind}\nLabel={part.label}\nCopyBlocks={part.image}\n"
             f"SizeMinBytes={part.mib}M\nSizeMaxBytes={part.mib}M\n{uuid}"
         ), 0o644)  # fmt: skip
-    run(["systemd-repart", "--empty=create", f"--size={IMAGE_MIB}M", "--dry-run=no",
+    run(["systemd-repart", "--empty=create", f"--size={size_mib}M", "--dry-run=no",
          "--no-pager", f"--definitions={definitions}", "--seed=b00ce4d07e574b008007000000000000",
          disk])  # fmt: skip
     shutil.rmtree(definitions)
+
+
+def _partition(disk: Path, parts: list[Part]) -> None:
+    """An IMAGE_MIB image whose GPT holds parts in order (write_gpt), then grown to a
+    DISK_MIB disk with its partition table left as written: the backup header and the
+    last usable LBA stay at IMAGE_MIB."""
+    write_gpt(disk, parts, IMAGE_MIB)
     with disk.open("r+b") as written:
         written.truncate(DISK_MIB * MIB)
