@@ -1,19 +1,20 @@
 """Issue 16, proof 2: images built from a Debian 13 (systemd 257) and a Debian testing
-(the archive's newest systemd) sysroot boot that release's kernel into its own root,
-plain and on LVM on LUKS2, and power off through their exitrd.
+(the archive's newest systemd) sysroot boot that release's kernel into its own root on
+LVM on LUKS2, and end through their exitrd.
 
-Two boots per release. The plain root: the initrd mounts it, switches root, the root
-reports the token, and the power-off pivots into the exitrd, whose systemd-shutdown
-unmounts the old root. That exitrd's /shutdown is the standalone systemd-shutdown of
-the package systemd-standalone-shutdown of the tree's version (no libsystemd-shared in
-the exitrd at all; on 262 libmount, which it dlopens, with what libmount links). Both
-roots end with `systemctl exit N` (systemd >= 254 passes --exit-code=N on to /shutdown):
-the exitrd's hook (harness/exitstatus.py) writes N+1 to QEMU's isa-debug-exit port, so
-QEMU's status shows that the exitrd's systemd-shutdown ran its hooks. systemd 262 runs
-the hooks with an empty verb; the hook takes it from PID 1's command line instead.
-LVM on LUKS2: the passphrase is typed at the console prompt, the root (a copy of the
-same release's root disk, harness/stackdisks.py ensure_suite_stacks) reports, a job
-records from inside it what it runs on, and the exitrd detaches the device-mapper stack.
+One boot per release. The passphrase is typed at the console prompt, the initrd mounts
+the root (a copy of the same release's root disk, harness/stackdisks.py
+ensure_suite_stacks), switches root, the root reports the token and a job records from
+inside it what it runs on. The shutdown pivots into the exitrd, whose systemd-shutdown
+unmounts the old root and detaches the device-mapper stack. That exitrd's /shutdown is
+the standalone systemd-shutdown of the package systemd-standalone-shutdown of the tree's
+version (no libsystemd-shared in the exitrd at all; on 262 libmount, which it dlopens,
+with what libmount links). The root ends with `systemctl exit N` (systemd >= 254 passes
+--exit-code=N on to /shutdown): the exitrd's hook (harness/exitstatus.py) writes N+1 to
+QEMU's isa-debug-exit port, so QEMU's status shows that the exitrd's systemd-shutdown ran
+its hooks. systemd 262 runs the hooks with an empty verb; the hook takes it from PID 1's
+command line instead. (A plain root is this boot without the storage stack; a Debian 13
+tree's image also boots a plain root through its exitrd in test_boot_test_shared_root.py.)
 Run with `-rP` to see the measured figures.
 """
 
@@ -85,23 +86,27 @@ def options(system: NewerSystem, initrd: Path, disks: tuple[Disk, ...], append: 
                        timeout=BOOT_LIMIT, log_path=log, plain_devices=devices)  # fmt: skip
 
 
-def test_plain_root_boots_and_powers_off_through_the_exitrd(
-    system: NewerSystem, tmp_path: Path
+def test_lvm_on_luks2_root_unlocks_boots_and_exits_through_the_standalone_exitrd(
+    system: NewerSystem, kernel: Kernel, root_disk: RootDisk, tmp_path: Path
 ) -> None:
-    # Both releases' exitrds run the package systemd-standalone-shutdown; both roots end
-    # with `systemctl exit N`, which the exitrd's hook turns into QEMU's status.
+    roots = {suite: ensure_newer_system(suite).root for suite in NEWER_SUITES}
+    stack: StackDisks = ensure_suite_stacks(kernel, root_disk, roots)[system.suite]
+    assert stack.passphrase and stack.luks_uuid
+    # The exitrd runs the package systemd-standalone-shutdown; the root ends with
+    # `systemctl exit N`, which the exitrd's hook turns into QEMU's status.
     standalone = standalone_shutdown(system)
     extension = exit_hook_extension(tmp_path / "extensions")
-    args = ("--exitrd-shutdown", str(standalone), "--exitrd-sysext", str(extension))
     status = new_status()
-    initrd = build_images(system, tmp_path / "images", *args)
+    initrd = build_images(system, tmp_path / "images", "--add-feature", "lvm",
+                          "--add-feature", "luks", "--exitrd-shutdown", str(standalone),
+                          "--exitrd-sysext", str(extension))  # fmt: skip
     job = install_exitrd_job(tmp_path / "job.img", initrd.parent,
-                             then=EXIT_INSTEAD.format(status=status))  # fmt: skip
+                             then=WHERE_AM_I + EXIT_INSTEAD.format(status=status))  # fmt: skip
+    append = f"root=UUID={stack.root_uuid} rd.luks.name={stack.luks_uuid}={stack.luks_name} rw"
     started = time.monotonic()
-    text = shutdown_through(options(system, initrd, (Disk(system.root.image), job),
-                                    f"root=UUID={system.root.uuid} rw",
+    text = shutdown_through(options(system, initrd, (Disk(stack.disks[0]), job), append,
                                     tmp_path / "console.log", DEBUG_EXIT),
-                            exit_status=qemu_status(status))  # fmt: skip
+                            stack.passphrase, exit_status=qemu_status(status))  # fmt: skip
     seconds = time.monotonic() - started
     running, pivoted = split_at_pivot(text)
     loaded = LOADED.search(running)
@@ -111,46 +116,6 @@ def test_plain_root_boots_and_powers_off_through_the_exitrd(
         rf"systemd {tree_systemd(system)}([.~-]\S*)? running in system mode", running
     ), running[:4000]
     assert "systemd-initrd=yes" in running
-    assert re.search(r"shutdown\[1\]: .*(Unmounting|unmounted)", pivoted), pivoted[-2000:]
-    exitrd = initrd.parent / "exitrd.img"
-    tree = tmp_path / "exitrd-tree"
-    tree.mkdir()
-    unpacked = content_by_bsdtar(exitrd, tree)
-    # The exitrd's /shutdown is the package's program, and nothing of libsystemd-shared
-    # came with it: the exitrd that ran could only have run the standalone one.
-    program = tree / "usr/lib/systemd/systemd-shutdown"
-    assert program.read_bytes() == standalone.read_bytes()
-    assert not list(tree.rglob("libsystemd-shared*")), sorted(tree.rglob("*"))
-    # The exitrd's systemd-shutdown itself unmounted the old root (with libmount, which
-    # systemd >= 256 dlopens: the standalone 262 links only libc and libm).
-    assert re.search(r"shutdown\[1\]: All filesystems unmounted", pivoted), pivoted[-2000:]
-    assert console_line(status) in pivoted, pivoted[-2000:]
-    print(f"{system.suite} (systemd {tree_systemd(system)}, kernel {system.kernel.version}): "
-          f"initrd {initrd.stat().st_size / 1e6:.1f} MB, exitrd "
-          f"(standalone systemd-shutdown) "
-          f"{exitrd.stat().st_size / 1e6:.2f} MB {compression_of(exitrd.read_bytes()[:8])}, "
-          f"{unpacked / 1e6:.2f} MB unpacked, "
-          f"loaded at shutdown in {int(loaded.group(3)) / 1000:.2f} s "
-          f"({loaded.group(2)} entries); plain root boot and exitrd exit (status "
-          f"{status} -> {status + 1}) in {seconds:.0f} s")  # fmt: skip
-
-
-def test_lvm_on_luks2_root_unlocks_boots_and_detaches(
-    system: NewerSystem, kernel: Kernel, root_disk: RootDisk, tmp_path: Path
-) -> None:
-    roots = {suite: ensure_newer_system(suite).root for suite in NEWER_SUITES}
-    stack: StackDisks = ensure_suite_stacks(kernel, root_disk, roots)[system.suite]
-    assert stack.passphrase and stack.luks_uuid
-    initrd = build_images(system, tmp_path / "images", "--add-feature", "lvm",
-                          "--add-feature", "luks")  # fmt: skip
-    job = install_exitrd_job(tmp_path / "job.img", initrd.parent, then=WHERE_AM_I)
-    append = f"root=UUID={stack.root_uuid} rd.luks.name={stack.luks_uuid}={stack.luks_name} rw"
-    started = time.monotonic()
-    text = shutdown_through(options(system, initrd, (Disk(stack.disks[0]), job), append,
-                                    tmp_path / "console.log"), stack.passphrase)  # fmt: skip
-    seconds = time.monotonic() - started
-    _, pivoted = split_at_pivot(text)
-    assert "shutdown[1]: All DM devices detached." in pivoted, pivoted[-3000:]
 
     def recorded(name: str) -> str:
         return read_job_output(job.path, name, tmp_path / name).read_text().strip()
@@ -161,9 +126,31 @@ def test_lvm_on_luks2_root_unlocks_boots_and_detaches(
     assert recorded("crypt").split()[0] == stack.luks_name
     release = recorded("release")
     assert release == os_release(system.tree)["PRETTY_NAME"]
-    print(f"{system.suite} ({release}, {recorded('systemctl')}): initrd "
-          f"{initrd.stat().st_size / 1e6:.1f} MB, LVM on LUKS2 boot and exitrd power-off in "
-          f"{seconds:.0f} s")  # fmt: skip
+
+    exitrd = initrd.parent / "exitrd.img"
+    tree = tmp_path / "exitrd-tree"
+    tree.mkdir()
+    unpacked = content_by_bsdtar(exitrd, tree)
+    # The exitrd's /shutdown is the package's program, and nothing of libsystemd-shared
+    # came with it: the exitrd that ran could only have run the standalone one.
+    program = tree / "usr/lib/systemd/systemd-shutdown"
+    assert program.read_bytes() == standalone.read_bytes()
+    assert not list(tree.rglob("libsystemd-shared*")), sorted(tree.rglob("*"))
+    # The exitrd's systemd-shutdown itself unmounted the old root (with libmount, which
+    # systemd >= 256 dlopens: the standalone 262 links only libc and libm) and detached
+    # the device-mapper stack, then ran its hooks.
+    assert re.search(r"shutdown\[1\]: .*(Unmounting|unmounted)", pivoted), pivoted[-2000:]
+    assert re.search(r"shutdown\[1\]: All filesystems unmounted", pivoted), pivoted[-2000:]
+    assert "shutdown[1]: All DM devices detached." in pivoted, pivoted[-3000:]
+    assert console_line(status) in pivoted, pivoted[-2000:]
+    print(f"{system.suite} ({release}, {recorded('systemctl')}, kernel "
+          f"{system.kernel.version}): initrd {initrd.stat().st_size / 1e6:.1f} MB, exitrd "
+          f"(standalone systemd-shutdown) "
+          f"{exitrd.stat().st_size / 1e6:.2f} MB {compression_of(exitrd.read_bytes()[:8])}, "
+          f"{unpacked / 1e6:.2f} MB unpacked, "
+          f"loaded at shutdown in {int(loaded.group(3)) / 1000:.2f} s "
+          f"({loaded.group(2)} entries); LVM on LUKS2 boot and exitrd exit (status "
+          f"{status} -> {status + 1}) in {seconds:.0f} s")  # fmt: skip
 
 
 def os_release(tree: Path) -> dict[str, str]:
