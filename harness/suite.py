@@ -79,9 +79,7 @@ RESUME_STACK_MODULES = ("test_resume.py",)
 TRIXIE_TREE_MODULES = (
     "test_uki.py",
     "test_signed_uki.py",
-    "test_units.py",
-    "test_exitrd_extensions.py",
-    "test_feature_files.py",
+    "test_sysroot_additions.py",
     "test_credentials_extensions.py",
     "test_boot_test_shared_root.py",
 )
