@@ -1,17 +1,25 @@
 """Network roots over several NICs and a bond, and a server that goes away while the root
-runs (issue 14, proofs 3 and 5).
+runs (issue 14, proofs 3 and 5); with them, an NBD root by DHCP and by a static ip=.
 
 - Two NICs where only the second reaches the server: ens3 is on a cable whose other end
   no guest holds (nobody answers its DHCP), ens4 on a restricted user network forwarding
-  to qemu-nbd. The root comes over ens4, and systemd-networkd-wait-online does not wait
-  for ens3.
+  to qemu-nbd (harness/servers.py, a qcow2 overlay of the cached root disk). The root
+  comes over ens4 by DHCP, or by a static ip= naming ens4, and
+  systemd-networkd-wait-online does not wait for ens3.
 - A bond (`bond=bond0:ens3,ens4:mode=active-backup,miimon=100 ip=bond0:dhcp`) of two
   NICs, each on a user network with the same forward, ens3's cable out before the kernel
   starts: the root comes over ens4, the bond's active slave.
-- The server away for 20 s while the root runs: tgtd stopped and started again on the
-  same port (iscsid logs in again), or the NBD root's cable out for 20 s. A write started
-  during the outage completes after it, and the shutdown through the exitrd still
-  detaches the device after unmounting the root.
+- The server away for 12 s while the root runs: tgtd stopped and started again on the
+  same port (iscsid logs in again), or the NBD root's cable out for 12 s (its one NIC
+  addressed by DHCP). A write started during the outage completes after it, and the
+  shutdown through the exitrd still detaches the device after unmounting the root.
+
+In the NBD boots by DHCP on one NIC and over the second of two, the running root also
+shows the device's unit still active, the initrd's KeepConfiguration= drop-ins, and
+bookend's hostonly detection finding NBD over the network through the NIC that carries
+it (and not the other); nothing disconnects the device before the exitrd does, once the
+old root is unmounted ("shutting down sockets" is the kernel's word when a connection
+ends).
 
 The guest's job says on the console when it is ready for the outage, then watches it
 itself (the iSCSI session's state, the NIC's carrier), so slow emulation changes no
@@ -33,6 +41,8 @@ from harness.exitrdjob import SHUTDOWN_LIMIT, install_exitrd_job
 from harness.guestjob import read_job_output, run_job
 from harness.images import QEMU_VIRTIO_EXT4, build_image
 from harness.netroot import (
+    DETECTION_CHECK,
+    DETECTION_FILES,
     ROOT_GREETING,
     assert_clean_ext4,
     assert_iscsi_logged_out_after_unmount,
@@ -40,6 +50,7 @@ from harness.netroot import (
     copy_of,
     expect_initrd_then_root,
     ext4_file_text,
+    module_index_tree,
     overlay_of,
     record_scenario,
 )
@@ -62,7 +73,10 @@ from harness.token import new_token
 BOOT_LIMIT = 900
 NBD_PORT = 10809
 ROOT_IQN = "iqn.2026-12.test.bookend:root"
-OUTAGE_S = 20
+# Long enough that a write waiting for the server stands out from one that is only slow
+# on a loaded machine (BLOCKED_AT_LEAST_S), and that the NBD job sees the address kept
+# a few seconds into it.
+OUTAGE_S = 12
 # A write blocked by the outage takes at least this long (the outage less the guest's
 # half-second polls and the host's reaction).
 BLOCKED_AT_LEAST_S = OUTAGE_S - 5
@@ -96,6 +110,18 @@ ADDRESS_CHECKS = (
 python3 -I -S /run/addresses.py > /job/out/addresses
 findmnt -no SOURCE / > /job/out/root-source
 """
+)
+
+# On an NBD root: the device's unit (still active: nothing in the running system
+# disconnected it), the KeepConfiguration= drop-ins the initrd left in /run, and what
+# bookend's hostonly detection finds on the live root.
+NBD_ROOT_CHECKS = (
+    """
+systemctl show -P ActiveState bookend-nbd-root.service > /job/out/nbd-state
+findmnt -no SOURCE / > /job/out/root-source
+ls /run/systemd/network/*.network.d/90-bookend-keep.conf > /job/out/keep-dropins
+"""
+    + DETECTION_CHECK
 )
 
 BOND_CHECKS = ADDRESS_CHECKS + "cat /proc/net/bonding/bond0 > /job/out/bonding\n"
@@ -222,6 +248,35 @@ def addresses_by_interface(text: str) -> dict[str, str]:
     return dict(line.split() for line in text.splitlines() if line.strip())
 
 
+def nbd_root_job(path: Path, images: Path, kver: str, then: str) -> Disk:
+    """The exitrd job with NBD_ROOT_CHECKS (and the module index detection reads), then
+    `then`."""
+    index = module_index_tree(kver, path.with_name("kindex"))
+    return install_exitrd_job(path, images, then=NBD_ROOT_CHECKS + then,
+                              files={DETECTION_FILES: index})  # fmt: skip
+
+
+def assert_nbd_root_seen_running(job: Path, nic: str, tmp_path: Path) -> None:
+    """What NBD_ROOT_CHECKS found in the running root, whose traffic goes through nic."""
+
+    def output(name: str) -> str:
+        return read_job_output(job, name, tmp_path / name).read_text()
+
+    assert output("nbd-state").strip() == "active"
+    assert output("root-source").strip() == "/dev/nbd0"
+    # The real root sees the initrd's KeepConfiguration= drop-in for ip='s network.
+    keep = output("keep-dropins").split()
+    assert keep and all(path.startswith("/run/systemd/network/") for path in keep), keep
+    # Hostonly detection on the live root: NBD over the network, through nic's driver
+    # (the kernel shows no NBD server, so the NIC that is up with an address: nic alone).
+    detection = output("detection")
+    assert "storage nbd network\n" in detection, detection
+    assert f"network-interfaces {nic}\n" in detection, detection
+    driver = rf"^module virtio_net: .*NIC {nic} \(up with an address"
+    assert re.search(driver, detection, re.M), detection
+    assert re.search(r"^module nbd: NBD device nbd0 for / \(ext4 on /dev/nbd0\)$", detection, re.M)
+
+
 def server_copy_of_root(overlay: Path, tmp_path: Path) -> Path:
     """The NBD server's qcow2 overlay as a raw image, read once the guest is off."""
     raw = tmp_path / "root.raw"
@@ -247,7 +302,7 @@ def test_nbd_root_over_the_second_of_two_nics(
     addressing: str,
 ) -> None:
     overlay = overlay_of(root_disk.image, tmp_path / "root.qcow2")
-    job = install_exitrd_job(tmp_path / "job.img", nbd_images, then=ADDRESS_CHECKS)
+    job = nbd_root_job(tmp_path / "job.img", nbd_images, kernel.version, ADDRESS_CHECKS)
     append = nbd_append(TWO_NIC_ADDRESSING[addressing])
     waits: list[float] = []
     with serve_nbd(overlay, "qcow2", tmp_path / "qemu-nbd.log") as port, link() as cable:
@@ -265,8 +320,7 @@ def test_nbd_root_over_the_second_of_two_nics(
     addresses = addresses_by_interface(listed)
     assert addresses.get(interface_name(1)) == f"{USER_GUEST_ADDRESS}/24", addresses
     assert interface_name(0) not in addresses, addresses
-    root = read_job_output(job.path, "root-source", tmp_path / "root-source").read_text()
-    assert root.strip() == "/dev/nbd0"
+    assert_nbd_root_seen_running(job.path, interface_name(1), tmp_path)
     assert_nbd_disconnected_after_unmount(done.text)
     assert_clean_ext4(server_copy_of_root(overlay, tmp_path))
 
@@ -334,7 +388,7 @@ def expect_root_then(outage: Callable[[], None]) -> Callable[[Boot], None]:
     return follow
 
 
-def test_iscsi_root_survives_the_target_gone_for_20_s(
+def test_iscsi_root_survives_the_target_gone_for_12_s(
     kernel: Kernel, root_disk: RootDisk, iscsi_images: Path, console_log: Path, tmp_path: Path
 ) -> None:
     lun = copy_of(root_disk.image, tmp_path / "root.raw")
@@ -355,7 +409,7 @@ def test_iscsi_root_survives_the_target_gone_for_20_s(
         done = run_job(options, on_the_way=expect_root_then(target_away),
                        exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
     assert done.status == 0, f"the job failed; see {console_log}"
-    record_scenario("iscsi root, target away 20 s", done.text, iscsi_images / "initrd.img")
+    record_scenario("iscsi root, target away 12 s", done.text, iscsi_images / "initrd.img")
     steps = outage_log(read_job_output(job.path, "outage", tmp_path / "outage").read_text())
     assert_write_waited_for_the_server(steps)
     state = read_job_output(job.path, "session-state", tmp_path / "state").read_text()
@@ -368,12 +422,13 @@ def test_iscsi_root_survives_the_target_gone_for_20_s(
     assert ext4_file_text(lun, "/outage-proof").split() == [token, "during", token, "after"]
 
 
-def test_nbd_root_survives_its_cable_out_for_20_s(
+def test_nbd_root_by_dhcp_boots_survives_its_cable_out_for_12_s_and_is_disconnected(
     kernel: Kernel, root_disk: RootDisk, nbd_images: Path, console_log: Path, tmp_path: Path
 ) -> None:
     overlay = overlay_of(root_disk.image, tmp_path / "root.qcow2")
     token = new_token()
-    job = install_exitrd_job(tmp_path / "job.img", nbd_images, then=outage_job(NBD_WATCH, token))
+    job = nbd_root_job(tmp_path / "job.img", nbd_images, kernel.version,
+                       outage_job(NBD_WATCH, token))  # fmt: skip
     qmp_socket = tmp_path / "qmp.sock"
 
     def cable_out() -> None:
@@ -389,7 +444,8 @@ def test_nbd_root_survives_its_cable_out_for_20_s(
         done = run_job(options, on_the_way=expect_root_then(cable_out),
                        exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
     assert done.status == 0, f"the job failed; see {console_log}"
-    record_scenario("nbd root, cable out 20 s", done.text, nbd_images / "initrd.img")
+    record_scenario("nbd root, dhcp, cable out 12 s", done.text, nbd_images / "initrd.img")
+    assert_nbd_root_seen_running(job.path, interface_name(0), tmp_path)
     steps = outage_log(read_job_output(job.path, "outage", tmp_path / "outage").read_text())
     assert_write_waited_for_the_server(steps)
     # The real root's networkd kept the address through the carrier's loss.
