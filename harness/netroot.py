@@ -176,17 +176,6 @@ def assert_nbd_disconnected_after_unmount(console: str) -> None:
     assert disconnected and disconnected.start() > unmount_position(pivoted), pivoted[-3000:]
 
 
-def assert_iscsi_logged_out_after_unmount(console: str, iqns: tuple[str, ...]) -> None:
-    """The exitrd logged out of each target's session after the old root was unmounted,
-    and iscsiadm said the logout succeeded."""
-    _, pivoted = pivoted_part(console)
-    unmounted = unmount_position(pivoted)
-    for iqn in iqns:
-        target = re.escape(iqn)
-        done = re.search(rf"Logout of \[sid: \d+, target: {target}, [^]]*\] successful", pivoted)
-        assert done and done.start() > unmounted, pivoted[-3000:]
-
-
 def ext4_file_text(raw: Path, path: str) -> str:
     """A file's text from the ext4 filesystem in raw, read on the host (debugfs)."""
     result = subprocess.run(["debugfs", "-R", f"cat {path}", str(raw)], capture_output=True,

@@ -14,12 +14,18 @@ the trixie tree, the trixie root disk as the LUN), whose systemd 257 spares it b
 SurviveFinalKillSignal=yes. On both, iscsid's PID is the same in the initrd (its unit
 announces it), in the running root (the job reads it) and in the exitrd (the hook names
 the PID it stops after the unmount and the logouts).
+
+On Debian 12 the same boot also takes the target away while the root runs (issue 14's
+fifth proof, harness/outage.py): tgtd stopped for OUTAGE_S and started again on its
+port; the kernel sees the connections go, iscsid (the same PID) logs in again, and a
+write begun during the outage is synced after it and found in the LUN.
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -44,13 +50,23 @@ from harness.netroot import (
     assert_clean_ext4,
     copy_of,
     expect_initrd_then_root,
+    ext4_file_text,
     module_index_tree,
     record_scenario,
 )
 from harness.network import USER_SERVER_ADDRESS, user_network
+from harness.outage import (
+    ISCSI_WATCH,
+    OUTAGE_S,
+    assert_write_waited_for_the_server,
+    expect_root_then,
+    outage_job,
+    outage_log,
+)
 from harness.qemu import BootOptions, Kernel
-from harness.servers import ISCSI_PORT, serve_iscsi
+from harness.servers import ISCSI_PORT, Tgtd, iscsi_server, serve_iscsi
 from harness.stackdisks import StackDisks
+from harness.token import new_token
 from tests.vm.conftest import GUESTS
 
 BOOT_LIMIT = 900
@@ -91,6 +107,8 @@ ANNOUNCED = r"bookend: root storage daemon iscsid runs as pid (\d+)"
 # How each guest's systemd spares the daemon from the final kill: "@" argv[0] before
 # 255, SurviveFinalKillSignal=yes from then on.
 SURVIVES_BY_CGROUP = {DEBIAN12: False, DEBIAN13: True}
+# The guest whose boot also has the target taken away for OUTAGE_S as its root runs.
+TARGET_AWAY_ON = DEBIAN12
 
 
 @pytest.fixture(scope="module")
@@ -108,23 +126,27 @@ def test_iscsi_root_boots_and_the_exitrd_logs_out(
 ) -> None:
     """Issue 14's fourth proof too: iscsid keeps one PID from the initrd, through the
     running root, to the exitrd after the unmount and the logouts, on systemd 252 ("@")
-    and 257 (SurviveFinalKillSignal=yes)."""
+    and 257 (SurviveFinalKillSignal=yes); on Debian 12 through the target's outage
+    (the fifth proof) as well."""
     lun = copy_of(guest.root.image, tmp_path / "root.raw")
     spare = tmp_path / "spare.raw"
     spare.write_bytes(b"")
     subprocess.run(["truncate", "-s", "16M", str(spare)], check=True)
     index = module_index_tree(guest.kernel.version, tmp_path / "kindex", guest.sysroot or Path("/"))
-    job = install_exitrd_job(tmp_path / "job.img", iscsi_images, then=ISCSI_CHECKS,
+    away, token = guest.name == TARGET_AWAY_ON, new_token()
+    then = ISCSI_CHECKS + (outage_job(ISCSI_WATCH, token) if away else "")
+    job = install_exitrd_job(tmp_path / "job.img", iscsi_images, then=then,
                              files={DETECTION_FILES: index})  # fmt: skip
     portal = f"{USER_SERVER_ADDRESS}::{ISCSI_PORT}::"
     append = (f"root=UUID={guest.root.uuid} rw ip=dhcp rd.iscsi.initiator={INITIATOR} "
               f"netroot=iscsi:{portal}{ROOT_IQN} netroot=iscsi:{portal}{SPARE_IQN}")  # fmt: skip
-    with serve_iscsi({ROOT_IQN: lun, SPARE_IQN: spare}, tmp_path / "tgtd.log") as port:
-        nic = user_network(relayed=((USER_SERVER_ADDRESS, ISCSI_PORT, port),))
+    with iscsi_server({ROOT_IQN: lun, SPARE_IQN: spare}, tmp_path / "tgtd.log") as server:
+        nic = user_network(relayed=((USER_SERVER_ADDRESS, ISCSI_PORT, server.port),))
         options = BootOptions(kernel=guest.kernel.path, initrd=iscsi_images / "initrd.img",
                               disks=(job,), append=append, network=nic.args,
                               timeout=BOOT_LIMIT, log_path=console_log)  # fmt: skip
-        run = run_job(options, on_the_way=expect_initrd_then_root, exit_timeout=SHUTDOWN_LIMIT)
+        follow = expect_root_then(target_away(server)) if away else expect_initrd_then_root
+        run = run_job(options, on_the_way=follow, exit_timeout=SHUTDOWN_LIMIT)
     assert run.status == 0, f"the job failed; see {console_log}"
     name = "iscsi root, two targets" + ("" if guest.name == DEBIAN12 else f" ({guest.name})")
     record_scenario(name, run.text, iscsi_images / "initrd.img")
@@ -138,8 +160,34 @@ def test_iscsi_root_boots_and_the_exitrd_logs_out(
     # as it stops open-iscsi.service (Debian's umountiscsi.sh keeps the root's).
     exitrd_logs_out = [ROOT_IQN] if has_own_open_iscsi(output("open-iscsi")) else []
     assert_one_daemon_from_initrd_to_exitrd(run.text, pid, exitrd_logs_out or [ROOT_IQN, SPARE_IQN])
+    if away:
+        assert_survived_the_target_away(run.text, output, lun, token)
     # The target's copy of the root, read on the host once the guest is off: clean.
     assert_clean_ext4(lun)
+
+
+def target_away(server: Tgtd) -> Callable[[], None]:
+    """The outage: tgtd gone for OUTAGE_S, then back on the same port with the same
+    targets and LUNs."""
+
+    def outage() -> None:
+        server.stop(grace=0)
+        time.sleep(OUTAGE_S)
+        server.start()
+
+    return outage
+
+
+def assert_survived_the_target_away(
+    text: str, output: Callable[[str], str], lun: Path, token: str
+) -> None:
+    """The job saw the sessions fail and come back, a write begun in the outage waited
+    for it, and both writes are in the LUN; the kernel saw the connections go."""
+    assert_write_waited_for_the_server(outage_log(output("outage")))
+    assert output("session-state").strip() == "FAILED"
+    before, _ = split_at_pivot(text)
+    assert re.search(r"connection\d+:0: detected conn error", before), before[-3000:]
+    assert ext4_file_text(lun, "/outage-proof").split() == [token, "during", token, "after"]
 
 
 def assert_running_root(guest: Guest, output: Callable[[str], str]) -> str:
