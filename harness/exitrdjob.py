@@ -36,7 +36,8 @@ while [ "$(systemctl show -P MainPID bookend-exitrd.service)" != 0 ]; do sleep 0
 _START_AND_MEASURE = (
     START_EXITRD_UNIT
     + """\
-if [ -e /run/initramfs ]; then du -sk /run/initramfs | cut -f1; else echo 0; fi \\
+if [ -n "$(ls -A /run/initramfs 2>/dev/null)" ]; then du -sk /run/initramfs | cut -f1; \\
+else echo 0; fi \\
     > /job/out/ram-kib
 """
 )

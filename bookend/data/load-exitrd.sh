@@ -8,7 +8,8 @@
 #                       lies, and remember what its entries were (device, inode, size,
 #                       times, mode, link target) in /run
 #   load-exitrd         at shutdown: if every entry is still what the check saw, copy
-#                       the tree (one cp); else copy it and check the copy in full
+#                       the tree (one cp) into the empty /run/initramfs the check made;
+#                       else copy it aside, check the copy in full and move it there
 #
 # Checking at boot takes the hashing off the shutdown's path: a file cannot change
 # without a new change time or inode, which only root can forge (by setting the clock),
@@ -123,7 +124,35 @@ check_at_boot() {
     [ "$before" = "$after" ] || refuse "$tree changed while it was checked"
     echo "$digest$nl$after" > "$checked" || refuse "cannot write $checked"
     rm -f "$staging"
+    # The shutdown copies straight into it, with no directory to make or move then.
+    [ -e "$target" ] || mkdir -m 0700 "$target" || refuse "cannot create $target"
     echo "bookend: exitrd $digest (from $from): $count entries checked in $(elapsed_ms) ms"
+}
+
+# Whether $1 is a directory with nothing in it (the shell's globbing only).
+empty_dir() {
+    [ -d "$1" ] && [ ! -L "$1" ] || return 1
+    set +f
+    for entry in "$1"/* "$1"/.[!.]* "$1"/..?*; do
+        if [ -e "$entry" ] || [ -L "$entry" ]; then
+            set -f
+            return 1
+        fi
+    done
+    set -f
+}
+
+# The tree's top-level entries, /shutdown last: a copy stopped half-way (the unit's stop
+# timed out) has no /shutdown, so systemd powers off the normal way.
+shutdown_last() {
+    set +f
+    for entry in "$tree"/* "$tree"/.[!.]* "$tree"/..?*; do
+        if [ "$entry" != "$tree/shutdown" ] && { [ -e "$entry" ] || [ -L "$entry" ]; }; then
+            echo "$entry"
+        fi
+    done
+    set -f
+    echo "$tree/shutdown"
 }
 
 mode=${1:-load}
@@ -148,12 +177,18 @@ if [ -n "$seen" ]; then
     read_paths "$store/$digest"
     now=$(cd "$tree" && fingerprint)
 fi
-if [ -n "$now" ] && [ "$now" = "$seen" ]; then
-    # Unchanged since the check: a copy of the tree is all there is to do.
+# Unchanged since the check: a copy of the tree is all there is to do, straight into the
+# directory the check made when nothing else has put files there since.
+if [ -n "$now" ] && [ "$now" = "$seen" ] && empty_dir "$target"; then
+    staging=$target copy=$target
+    cp -RP --preserve=mode,links --no-preserve=ownership -- $(shutdown_last) "$target" ||
+        refuse "$tree: cannot copy"
+    how="copied to $target (checked at boot, unchanged since)"
+elif [ -n "$now" ] && [ "$now" = "$seen" ]; then
     copy=$staging
     cp -RP --preserve=mode,links --no-preserve=ownership "$tree" "$copy" ||
         refuse "$tree: cannot copy"
-    how="copied to $target (checked at boot, unchanged since)"
+    how="copied to $target, replacing what was there (checked at boot, unchanged since)"
 else
     [ -z "$seen" ] || say "$tree changed since the check at boot: checking it in full"
     # One cp brings the sums, the paths and the tree into a directory of our own (/run
@@ -167,7 +202,9 @@ else
     how="copied to $target and checked"
 fi
 [ -x "$copy/shutdown" ] || refuse "$tree: no executable /shutdown"
-cd / && { [ ! -e "$target" ] || rm -rf "$target"; } && mv "$copy" "$target" ||
-    refuse "cannot move the copy to $target"
-[ "$copy" = "$staging" ] || rm -rf "$staging"
+if [ "$copy" != "$target" ]; then
+    cd / && { [ ! -e "$target" ] || rm -rf "$target"; } && mv "$copy" "$target" ||
+        refuse "cannot move the copy to $target"
+    [ "$copy" = "$staging" ] || rm -rf "$staging"
+fi
 echo "bookend: exitrd $digest (from $from): $count entries $how in $(elapsed_ms) ms"

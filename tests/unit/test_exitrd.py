@@ -110,13 +110,16 @@ def test_unit_runs_the_shell_loader_at_shutdown_by_default_or_at_boot(tmp_path: 
     at_shutdown = unit_text(LoadAt.SHUTDOWN)
     load = "/usr/lib/bookend/load-exitrd"
     # At shutdown by default, checked at boot (a failed check leaves the unit up).
-    assert f"ExecStop={load}\n" in at_shutdown and f"ExecStart=-{load} check\n" in at_shutdown
+    assert f"ExecStop={load}\n" in at_shutdown
+    # The copy at shutdown first in line for the CPU; the check at boot last (19).
+    assert "Nice=-20\n" in at_shutdown and f"ExecStart=-nice -n 39 {load} check\n" in at_shutdown
     assert "Type=exec\n" in at_shutdown  # nothing at boot waits for the check
     assert "RequiresMountsFor=/usr/lib/bookend/exitrd\n" in at_shutdown
     assert "Environment=" not in at_shutdown and "python3" not in at_shutdown
     at_boot = unit_text(LoadAt.BOOT)
     assert f"ExecStart={load}\n" in at_boot and "ExecStop" not in at_boot.split("[Service]")[1]
     assert "Type=oneshot\n" in at_boot  # `systemctl start` returns with the copy made
+    assert "Nice=" not in at_boot
     unit_dir = tmp_path / "units"
     unit = install_exitrd_unit(LoadAt.SHUTDOWN, unit_dir)
     link = unit_dir / "multi-user.target.wants/bookend-exitrd.service"

@@ -226,11 +226,12 @@ def test_checked_at_boot_the_shutdown_only_copies(installed: tuple[Path, Path, s
     record = (run / "bookend/exitrd.checked").read_text().splitlines()
     paths = seal_tree(root / STORE / one / "tree").paths.splitlines()
     assert record[0] == one and len(record) == 1 + len(paths)
-    assert not (run / "initramfs").exists()  # checked only
+    # Checked only, and the copy's place made ready: empty, root's alone.
+    target = run / "initramfs"
+    assert os.listdir(target) == [] and (target.stat().st_mode & 0o777) == 0o700
     done = load(root, run)
     assert done.returncode == 0, done.stderr
     assert "copied to " in done.stdout and "(checked at boot, unchanged since)" in done.stdout
-    target = run / "initramfs"
     assert seal_tree(target).digest == one and (target.stat().st_mode & 0o777) == 0o700
     assert sorted(os.listdir(run)) == ["bookend", "initramfs"]  # no staging left
 
@@ -246,7 +247,23 @@ def test_a_change_after_the_check_is_checked_in_full_and_refused(
     assert done.returncode == 1
     assert "changed since the check at boot: checking it in full" in done.stderr
     assert done.stderr.rstrip().endswith(REFUSED)
-    assert not os.path.lexists(run / "initramfs")
+    assert os.listdir(run / "initramfs") == []  # as the check left it: no /shutdown
+    assert sorted(os.listdir(run)) == ["bookend", "initramfs"]  # no staging left
+
+
+def test_checked_at_boot_a_filled_target_is_replaced_whole(
+    installed: tuple[Path, Path, str, str],
+) -> None:
+    """Something put files in /run/initramfs after the check: the copy is made aside
+    and replaces it, so nothing of the other files is left beside the exitrd."""
+    root, run, one, _ = installed
+    assert load(root, run, "check").returncode == 0
+    (run / "initramfs/stray").write_text("not the exitrd's")
+    done = load(root, run)
+    assert done.returncode == 0, done.stderr
+    assert "replacing what was there (checked at boot, unchanged since)" in done.stdout
+    assert seal_tree(run / "initramfs").digest == one
+    assert sorted(os.listdir(run)) == ["bookend", "initramfs"]
 
 
 def test_other_sums_after_the_check_change_nothing(
