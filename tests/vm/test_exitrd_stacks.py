@@ -122,9 +122,10 @@ def image_sizes(image: Path, tmp_path: Path) -> tuple[float, float]:
 
 
 def root_args(stack: StackDisks) -> str:
-    """The stack's root, and its LUKS2 volume unlocked under the name the real root's
-    crypttab gives it, so that the root finds it open."""
-    if stack.vg and stack.luks_uuid and not stack.md_name:
+    """The stack's root, and its LUKS2 volume, if any, unlocked under the name the real
+    root's crypttab gives it, so that the root finds it open (under another name, the
+    root's own systemd-cryptsetup@ unit would fail to open it again)."""
+    if stack.luks_uuid:
         return f"root=UUID={stack.root_uuid} rd.luks.name={stack.luks_uuid}={stack.luks_name}"
     return stack.cmdline
 
