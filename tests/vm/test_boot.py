@@ -1,6 +1,6 @@
 """The initrd bookend builds from this machine, given a root device that never comes,
-ends in locked emergency mode. (Its boot of the real root disk is proven with the
-exitrd's shutdown of it, in test_exitrd.py.)"""
+ends in locked emergency mode. (Its boots of the real root disk, and the exitrd's
+shutdowns of it, are proven in test_exitrd_verbs.py.)"""
 
 from __future__ import annotations
 
