@@ -63,7 +63,6 @@ class DiskNeeds:
 # Test modules whose fixtures need the storage stacks, the trixie tree, or dracut.
 STACK_MODULES = (
     "test_storage.py",
-    "test_exitrd.py",
     "test_stackdisks.py",
     "test_ssh.py",
     "test_keymap.py",

@@ -69,7 +69,22 @@ class Booted:
     @property
     def failed_units(self) -> list[str]:
         """Console lines of units that failed (systemd's "[FAILED]" status)."""
-        return [line for line in self.text.splitlines() if "FAILED" in line]
+        return failed_units(self.text)
+
+
+def failed_units(text: str) -> list[str]:
+    """The console's lines of units that failed (systemd's "[FAILED]" status)."""
+    return [line for line in text.splitlines() if "FAILED" in line]
+
+
+def in_order(text: str, patterns: tuple[str, ...]) -> None:
+    """Assert that each pattern matches the console after the previous one's match, as
+    a Boot's expect() calls in turn would have."""
+    at = 0
+    for pattern in patterns:
+        found = re.compile(pattern).search(text, at)
+        assert found, f"no {pattern!r} on the console after offset {at}"
+        at = found.end()
 
 
 def boot_to_token(

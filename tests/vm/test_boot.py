@@ -1,26 +1,14 @@
-"""The initrd bookend builds from this machine boots a real root disk in QEMU."""
+"""The initrd bookend builds from this machine, given a root device that never comes,
+ends in locked emergency mode. (Its boots of the real root disk, and the exitrd's
+shutdowns of it, are proven in test_exitrd_verbs.py.)"""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-from harness.qemu import Boot, BootOptions, boot
-from harness.token import boot_to_token
+from harness.qemu import BootOptions, boot
 
-MISSING_DEVICE_TIMEOUT = 15
-
-
-def test_initrd_switches_root_and_the_machine_powers_off(root_boot: BootOptions) -> None:
-    def through_the_initrd(vm: Boot) -> None:
-        vm.expect(r"Welcome to .*\(bookend initrd\)", timeout=240)
-        vm.expect(r"Reached target .*initrd\.target", timeout=240)
-        vm.expect(r"Starting .*initrd-switch-root\.service", timeout=120)
-        # The root's systemd greets us without the initrd's name: the switch happened.
-        vm.expect(r"Welcome to Debian GNU/Linux [^\n]*!", timeout=120)
-
-    booted = boot_to_token(root_boot, on_the_way=through_the_initrd)
-    # Nothing in the initrd should have failed on the way.
-    assert not booted.failed_units, f"units failed; see {root_boot.log_path}"
+MISSING_DEVICE_TIMEOUT = 5
 
 
 def test_missing_root_device_ends_in_locked_emergency_mode(root_boot: BootOptions) -> None:

@@ -1,7 +1,10 @@
-"""Every storage stack taken down by the exitrd, and what it says when one cannot be.
+"""Every storage stack booted and taken down by the exitrd, and what it says when one
+cannot be.
 
-LUKS2 on MD RAID1, LVM on MD RAID1 (stackdisks.EXIT_SCENARIOS) and btrfs RAID1
-(stackdisks.SCENARIOS) roots each power off through the generic initrd's exitrd: its
+LUKS2 on MD RAID1, LVM on MD RAID1 (stackdisks.EXIT_SCENARIOS), btrfs RAID1 in a
+subvolume and ext4 on LVM on LUKS2 (stackdisks.SCENARIOS) roots each boot through the
+generic initrd (the passphrase typed at the console, the arrays assembled from both
+members) to their token with no unit failed, then power off through its exitrd: its
 systemd-shutdown (252 on Debian 12) unmounts /oldroot, detaches the DM devices and
 stops the arrays (the mdraid feature's hook stops what it leaves), and bookend.holders'
 hook says that nothing is left. Each shutdown also proves that the exitrd's /shutdown
@@ -29,13 +32,22 @@ import pytest
 from bookend.archive.reader import compression_of
 from bookend.holders import ALL_DETACHED, WAIT_SECONDS
 from bookend.proc import run
-from harness.exitrdjob import SHUTDOWN_LIMIT, install_exitrd_job, shutdown_through, split_at_pivot
+from harness.exitrdjob import (
+    PROMPT,
+    SHUTDOWN_LIMIT,
+    install_exitrd_job,
+    shutdown_through,
+    split_at_pivot,
+)
 from harness.exitstatus import DEBUG_EXIT, console_line, new_status, pass_status_job, qemu_status
 from harness.guestjob import make_job_disk, read_job_output, run_job
 from harness.qemu import BootOptions, Disk, Kernel
 from harness.rootdisk import RootDisk
 from harness.stackdisks import StackDisks, ensure_exit_stack_disks
+from harness.token import failed_units, in_order
 
+# The initrd's systemd greets us first.
+INITRD = r"Welcome to .*\(bookend initrd\)"
 # The kernel's last line as QEMU powers off.
 POWER_DOWN = "reboot: Power down"
 # From the pivot into the exitrd to the power-off when the root cannot be detached:
@@ -44,7 +56,7 @@ HELD_LIMIT = WAIT_SECONDS + 30
 
 # In the check boot: the plain root at index 0, the members of each stack in order
 # (CHECKED), the job disk last.
-CHECKED = ("luks-on-md", "lvm-on-md", "btrfs-raid1")
+CHECKED = ("luks-on-md", "lvm-on-md", "btrfs-raid1", "lvm-on-luks")
 CHECK_JOB = """\
 #!/bin/sh
 set -ux
@@ -76,6 +88,13 @@ btrfs device scan
 btrfs check --readonly "$(dev 5)" > "$out/fsck-btrfs-raid1.log" 2>&1
 echo $? > "$out/fsck-btrfs-raid1.status"
 btrfs inspect-internal dump-super "$(dev 5)" > "$out/super-btrfs-raid1.txt" 2>&1
+printf %s "$(cat /job/passphrase)" | cryptsetup open --key-file=- "$(dev 7)" check-pv
+vgchange -ay bookendvg
+e2fsck -fn /dev/bookendvg/root > "$out/fsck-lvm-on-luks.log" 2>&1
+echo $? > "$out/fsck-lvm-on-luks.status"
+dumpe2fs -h /dev/bookendvg/root > "$out/dumpe2fs-lvm-on-luks.txt" 2>&1
+vgchange -an bookendvg
+cryptsetup close check-pv
 mdadm --stop --scan
 """
 
@@ -102,7 +121,16 @@ def image_sizes(image: Path, tmp_path: Path) -> tuple[float, float]:
     return image.stat().st_size / 1e6, unpacked / 1e6
 
 
-def test_exitrd_takes_down_md_lvm_on_md_and_btrfs_raid1_and_leaves_them_clean(
+def root_args(stack: StackDisks) -> str:
+    """The stack's root, and its LUKS2 volume, if any, unlocked under the name the real
+    root's crypttab gives it, so that the root finds it open (under another name, the
+    root's own systemd-cryptsetup@ unit would fail to open it again)."""
+    if stack.luks_uuid:
+        return f"root=UUID={stack.root_uuid} rd.luks.name={stack.luks_uuid}={stack.luks_name}"
+    return stack.cmdline
+
+
+def test_stack_roots_boot_and_the_exitrd_takes_them_down_and_leaves_them_clean(
     kernel: Kernel,
     root_disk: RootDisk,
     root_boot: BootOptions,
@@ -111,7 +139,8 @@ def test_exitrd_takes_down_md_lvm_on_md_and_btrfs_raid1_and_leaves_them_clean(
     generic_initrd: Path,
     tmp_path: Path,
 ) -> None:
-    chosen = {**exit_stacks, "btrfs-raid1": stacks["btrfs-raid1"]}
+    chosen = {**exit_stacks, "btrfs-raid1": stacks["btrfs-raid1"],
+              "lvm-on-luks": stacks["lvm-on-luks"]}  # fmt: skip
     exitrd = generic_initrd.with_name("exitrd.img")
     figures = []
     copies: list[Path] = []
@@ -129,13 +158,16 @@ def test_exitrd_takes_down_md_lvm_on_md_and_btrfs_raid1_and_leaves_them_clean(
                                  then=pass_status_job(status))  # fmt: skip
         # The root has no modules of its own: the initrd loads ext4 for the job disk.
         modules = "" if stack.fs_type == "ext4" else " rd.modules-load=ext4"
-        append = f"{stack.cmdline} rw{modules}"
+        append = f"{root_args(stack)} rw{modules}"
         options = replace(root_boot, initrd=generic_initrd, append=append,
                           disks=(*(Disk(d, snapshot=False) for d in disks), job),
                           plain_devices=DEBUG_EXIT,
                           log_path=tmp_path / f"{name}-console.log")  # fmt: skip
         text = shutdown_through(options, stack.passphrase, exit_status=qemu_status(status))
         running, exiting = split_at_pivot(text)
+        # The way in: the initrd asked for the passphrase, if any, and nothing failed.
+        in_order(running, (INITRD, PROMPT) if stack.passphrase else (INITRD,))
+        assert not failed_units(text), f"{name}: units failed; see {options.log_path}"
         assert ALL_DETACHED in exiting, f"{name}: {exiting[-3000:]}"
         assert console_line(status) in exiting, f"{name}: {exiting[-2000:]}"
         assert "shutdown[1]: All filesystems unmounted." in exiting, f"{name}: {exiting[-3000:]}"
@@ -143,7 +175,8 @@ def test_exitrd_takes_down_md_lvm_on_md_and_btrfs_raid1_and_leaves_them_clean(
             # systemd-shutdown's loop stops the arrays (since 247), else the mdraid hook.
             stopped = r"shutdown\[1\]: Stopping MD /dev/md\d+|bookend: stopped MD array md\d+"
             assert re.search(stopped, exiting), exiting[-3000:]
-            assert "shutdown[1]: All DM devices detached." in exiting, exiting[-3000:]
+        if stack.luks_uuid or stack.vg:
+            assert "shutdown[1]: All DM devices detached." in exiting, f"{name}: {exiting[-3000:]}"
         # From the system's power-off request (systemd's first "Stopping" after the
         # job) to the exit-status hook's line, the exitrd's last (QEMU ends 1 s later
         # through isa-debug-exit, before the kernel's power-down line), and the part of
@@ -176,7 +209,7 @@ def test_exitrd_takes_down_md_lvm_on_md_and_btrfs_raid1_and_leaves_them_clean(
     assert arrays.count("idle") == 2 and "resync" not in output("mdstat.txt"), arrays
     for name in CHECKED:
         assert output(f"fsck-{name}.status").strip() == "0", output(f"fsck-{name}.log")
-    for name in ("luks-on-md", "lvm-on-md"):
+    for name in ("luks-on-md", "lvm-on-md", "lvm-on-luks"):
         header = output(f"dumpe2fs-{name}.txt")
         assert re.search(r"Filesystem state:\s+clean", header), header
         assert "needs_recovery" not in header, header
