@@ -31,13 +31,6 @@ SCENARIOS_ENV = "BOOKEND_TEST_SCENARIOS"
 SYSTEMD_START = re.compile(r"\[\s*(\d+\.\d+)\] systemd\[1\]: systemd \S+ running in system mode")
 
 
-def copy_of(image: Path, path: Path) -> Path:
-    """A raw copy a server may write (never the cache itself), sharing blocks where it can."""
-    subprocess.run(["cp", "--reflink=auto", "--sparse=always", str(image), str(path)],
-                   check=True)  # fmt: skip
-    return path
-
-
 def overlay_of(image: Path, path: Path) -> Path:
     """A qcow2 overlay over a raw image: writes go to the overlay, the image stays as is."""
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",

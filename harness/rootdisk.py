@@ -214,6 +214,13 @@ E2SCRUB_DISABLED = (
 )
 
 
+def copy_of(image: Path | str, path: Path) -> Path:
+    """A raw copy of a cached disk that a guest or server may write (never the cache
+    itself), sharing blocks where it can and sparse where it cannot."""
+    run(["cp", "--reflink=auto", "--sparse=always", str(image), str(path)])
+    return path
+
+
 def default_recipe() -> Recipe:
     """The Debian 12 (bookworm) disk most VM tests boot."""
     return Recipe(

@@ -38,6 +38,7 @@ from harness.rootdisk import (
     RootDisk,
     building,
     cache_dir_default,
+    copy_of,
     made_once,
 )
 
@@ -634,7 +635,7 @@ def copy_with_passphrase(stack: StackDisks, passphrase: str, directory: Path) ->
     """
     assert stack.passphrase is not None, f"stack {stack.name} has no LUKS passphrase"
     copy = directory / f"{stack.name}-extra-key.img"
-    run(["cp", "--sparse=always", "--reflink=auto", stack.disks[0], copy])
+    copy_of(stack.disks[0], copy)
     with tempfile.TemporaryDirectory(dir=directory) as private:
         new_key = Path(private, "new-key")
         new_key.touch(mode=0o600)

@@ -42,7 +42,7 @@ from harness.exitrdjob import (
 from harness.exitstatus import DEBUG_EXIT, console_line, new_status, pass_status_job, qemu_status
 from harness.guestjob import make_job_disk, read_job_output, run_job
 from harness.qemu import BootOptions, Disk, Kernel
-from harness.rootdisk import RootDisk
+from harness.rootdisk import RootDisk, copy_of
 from harness.stackdisks import StackDisks, ensure_exit_stack_disks
 from harness.token import failed_units, in_order
 
@@ -150,7 +150,7 @@ def test_stack_roots_boot_and_the_exitrd_takes_them_down_and_leaves_them_clean(
         disks: list[Path] = []
         for member in stack.disks:
             copy = tmp_path / f"{name}-{member.name}"
-            run(["cp", "--sparse=always", "--reflink=auto", str(member), str(copy)])
+            copy_of(member, copy)
             disks.append(copy)
         copies += disks
         status = new_status()

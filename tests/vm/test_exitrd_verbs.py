@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import bookend as package
 from bookend.holders import ALL_DETACHED
-from bookend.proc import run
 from harness.exitrdjob import INSTALL_EXITRD_JOB, split_at_pivot
 from harness.exitstatus import DEBUG_EXIT, console_line, new_status, pass_status_job, qemu_status
 from harness.guestjob import make_job_disk, read_job_output
+from harness.netroot import assert_clean_ext4
 from harness.qemu import BootOptions, Disk, Kernel, boot
-from harness.rootdisk import RootDisk
+from harness.rootdisk import RootDisk, copy_of
 from harness.token import failed_units, in_order, new_token
 from harness.treecopy import put_file
 
@@ -138,7 +137,7 @@ def test_plain_root_boots_and_reboot_kexec_and_exit_status_go_through_the_exitrd
                                "verbs": verbs})  # fmt: skip
     # The shutdowns write to the root, so it gets its own copy of the cached disk.
     root_copy = tmp_path / "root.img"
-    run(["cp", "--sparse=always", "--reflink=auto", str(root_disk.image), str(root_copy)])
+    copy_of(root_disk.image, root_copy)
     options = BootOptions(kernel=kernel.path, initrd=host_initrd,
                           disks=(Disk(root_copy, snapshot=False), job), reboot=True, timeout=LIMIT,
                           append=f"{root} bookend.job bookend.token={first}",
@@ -175,7 +174,7 @@ def test_plain_root_boots_and_reboot_kexec_and_exit_status_go_through_the_exitrd
     print(f"exitrd {exitrd.stat().st_size / 1e6:.1f} MB, copied at shutdown in {copied:.2f} s; "
           "RAM while running: 0")  # fmt: skip
     assert read_job_output(job.path, "ram-kib", tmp_path / "ram").read_text().strip() == "0"
-    check_clean(root_copy)
+    assert_clean_ext4(root_copy)  # unmounted clean: no journal to replay, nothing for fsck
 
 
 def split_boots(text: str) -> list[str]:
@@ -198,13 +197,3 @@ def check_power_off(last: str, status: int) -> float:
     assert ALL_DETACHED not in pivoted and "bookend-holders" not in pivoted, pivoted[-3000:]
     assert console_line(status) in pivoted, pivoted[-2000:]
     return int(unpacked.group(1)) / 1000
-
-
-def check_clean(root: Path) -> None:
-    """The root the exitrd unmounted is clean: no journal to replay, nothing for e2fsck."""
-    header = subprocess.run(["dumpe2fs", "-h", str(root)], capture_output=True, text=True,
-                            check=True).stdout  # fmt: skip
-    assert re.search(r"Filesystem state:\s+clean", header), header
-    assert "needs_recovery" not in header, header
-    fsck = subprocess.run(["e2fsck", "-fn", str(root)], capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr

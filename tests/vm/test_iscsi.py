@@ -48,7 +48,6 @@ from harness.netroot import (
     DETECTION_FILES,
     SYSTEMD_START,
     assert_clean_ext4,
-    copy_of,
     expect_initrd_then_root,
     ext4_file_text,
     module_index_tree,
@@ -64,6 +63,7 @@ from harness.outage import (
     outage_log,
 )
 from harness.qemu import BootOptions, Kernel
+from harness.rootdisk import copy_of
 from harness.servers import ISCSI_PORT, Tgtd, iscsi_server, serve_iscsi
 from harness.stackdisks import StackDisks
 from harness.token import new_token

@@ -24,10 +24,10 @@ import pytest
 from harness.exitrdjob import SHUTDOWN_LIMIT, install_exitrd_job
 from harness.guestjob import JobRun, debugfs, read_job_output, run_job
 from harness.images import QEMU_VIRTIO_EXT4, build_image
-from harness.netroot import assert_clean_ext4, copy_of, expect_initrd_then_root, record_scenario
+from harness.netroot import assert_clean_ext4, expect_initrd_then_root, record_scenario
 from harness.network import link
 from harness.qemu import Boot, BootOptions, Disk, Kernel
-from harness.rootdisk import RootDisk
+from harness.rootdisk import RootDisk, copy_of
 from harness.serverguest import (
     CLIENT_ADDRESS,
     PREFIX,

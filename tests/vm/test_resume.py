@@ -33,7 +33,7 @@ from harness.guests import DEBIAN13, Guest
 from harness.images import QEMU_VIRTIO_EXT4
 from harness.netroot import INITRD_GREETING
 from harness.qemu import OVMF_BLANK_VARS, Boot, BootOptions, Disk, Kernel, boot
-from harness.rootdisk import RootDisk
+from harness.rootdisk import RootDisk, copy_of
 from harness.secureboot import virt_fw_vars
 from harness.stackdisks import (
     RESUME_SWAP_MIB,
@@ -129,7 +129,7 @@ def test_hibernate_to_swap_on_lvm_on_luks2_and_resume(
     assert passphrase and stack.luks_uuid
     # Both boots write to these files: the second must see what the first left.
     disk = tmp_path / "disk.img"
-    run(["cp", "--sparse=always", "--reflink=auto", stack.disks[0], disk])
+    copy_of(stack.disks[0], disk)
     job = make_job_disk(tmp_path / "job.img", HIBERNATE_JOB)
     options = replace(
         root_boot,
@@ -188,7 +188,7 @@ def test_hibernate_and_resume_through_the_efi_variable(guest: Guest, tmp_path: P
     # Both boots write to these files: the second must see what the first left (the
     # resumed kernel goes on with the root's filesystem as boot 1 left it).
     root = tmp_path / "root.img"
-    run(["cp", "--sparse=always", "--reflink=auto", guest.root.image, root])
+    copy_of(guest.root.image, root)
     variables = tmp_path / "OVMF_VARS.fd"
     shutil.copyfile(OVMF_BLANK_VARS, variables)
     job = make_job_disk(tmp_path / "job.img", EFI_HIBERNATE_JOB)
