@@ -96,7 +96,7 @@ def bench_guest(guest: Guest, runs: int, work: Path) -> dict[str, str]:
                              files={"measure": measure})  # fmt: skip
     options = BootOptions(kernel=guest.kernel.path, initrd=initrd,
                           disks=(Disk(guest.root.image), job),
-                          append=f"root=UUID={guest.root.uuid} rw", timeout=BOOT_LIMIT,
+                          append=f"root=UUID={guest.root.uuid} rw", cpus=1, timeout=BOOT_LIMIT,
                           log_path=work / guest.name / "console.log")  # fmt: skip
     text = shutdown_through(options)
     times: dict[str, list[int]] = {}
