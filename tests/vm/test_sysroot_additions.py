@@ -78,17 +78,19 @@ ExecStart=bookend-demo-report
 WantedBy=initrd.target
 """
 ADDED_HELPER = "/usr/local/bin/bookend-demo-report"
-# With the shell's builtins only: the initrd holds what the closure found, no more.
-ADDED_HELPER_SCRIPT = """\
+# Both reporting programs' start, with the shell's builtins only (the initrd holds what
+# the closure found, no more): the boot's token, and whether this is the initrd.
+READ_TOKEN = """\
 #!/bin/sh
 read -r cmdline < /proc/cmdline
 for word in $cmdline; do
     case $word in bookend.token=*) token=${word#bookend.token=} ;; esac
 done
-where=real
-[ -e /etc/initrd-release ] && where=initrd
-echo "BOOKEND-UNIT $BOOKEND_DEMO_MARK token=$token in=$where" > /dev/kmsg
 """
+TOKEN_AND_PLACE = READ_TOKEN + "where=real\n[ -e /etc/initrd-release ] && where=initrd\n"
+ADDED_HELPER_SCRIPT = (
+    TOKEN_AND_PLACE + 'echo "BOOKEND-UNIT $BOOKEND_DEMO_MARK token=$token in=$where" > /dev/kmsg\n'
+)
 
 # The feature file: a program, a module and a unit.
 FEATURE = "bookend-proof"
@@ -116,31 +118,24 @@ ExecStart=bookend-proof-report
 WantedBy=initrd.target
 """
 # The shell's builtins, and base64 only because the feature file brings it.
-FEATURE_HELPER_SCRIPT = f"""\
-#!/bin/sh
-read -r cmdline < /proc/cmdline
-for word in $cmdline; do
-    case $word in bookend.token=*) token=${{word#bookend.token=}} ;; esac
-done
+FEATURE_HELPER_SCRIPT = (
+    TOKEN_AND_PLACE
+    + f"""\
 module=absent
 [ -d /sys/module/{MODULE} ] && module=loaded
-where=real
-[ -e /etc/initrd-release ] && where=initrd
 encoded=$(printf %s "$token" | {PROGRAM})
 echo "BOOKEND-FEATURE encoded=$encoded {MODULE}=$module in=$where" > /dev/kmsg
 """
+)
 
 # The exitrd's feature and extensions, each with a hook.
 EXITRD_FEATURE = "demo-shutdown"
 HOOK_DIR = "/usr/lib/systemd/system-shutdown"
 FEATURE_HOOK = "/usr/libexec/bookend-demo/exitrd-hook"
 # With the shell's builtins only: the exitrd holds what the closure found, no more.
-HOOK_SCRIPT = """\
-#!/bin/sh
-read -r cmdline < /proc/cmdline
-for word in $cmdline; do
-    case $word in bookend.token=*) token=${word#bookend.token=} ;; esac
-done
+HOOK_SCRIPT = (
+    READ_TOKEN
+    + """\
 where=unknown
 while IFS= read -r line; do
     case $line in VARIANT_ID=*) where=${line#VARIANT_ID=} ;; esac
@@ -148,6 +143,7 @@ done < /etc/initrd-release
 where=${where#\\"}
 echo "BOOKEND-EXITRD-HOOK LABEL token=$token verb=$1 in=${where%\\"}" > /dev/kmsg
 """
+)
 HOOK_PROGRAM = r"""
 #include <stdio.h>
 #include <string.h>
