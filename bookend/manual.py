@@ -131,11 +131,12 @@ PAGES: dict[str, Page] = {
         "initrd, and kept while it exists; exitrds no installed initrd names are removed), "
         "and install and enable bookend-exitrd.service. The service's loader, a shell "
         "script using coreutils only, copies the exitrd the booted initrd named (its "
-        "digest is in /run/bookend/exitrd.sha256) to /run/initramfs and checks every "
-        "entry against that digest, at shutdown by default or at boot, so that "
-        "systemd-shutdown pivots into it. Each --storage-daemon gets a drop-in so the "
-        "running system leaves that daemon to the exitrd instead of stopping it while the "
-        "root still needs it.",
+        "digest is in /run/bookend/exitrd.sha256) to /run/initramfs, so that "
+        "systemd-shutdown pivots into it: by default it checks every entry against that "
+        "digest at boot and copies at shutdown (checking in full again only what changed "
+        "since); with --at boot it checks and copies at boot. Each --storage-daemon "
+        "gets a drop-in so the running system leaves that daemon to the exitrd instead "
+        "of stopping it while the root still needs it.",
         (
             (
                 "bookend install-exitrd --image /boot/exitrd.img-$(uname -r) "
