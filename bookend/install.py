@@ -43,11 +43,12 @@ def unit_text(when: LoadAt) -> str:
         "@TYPE@": "oneshot" if when is LoadAt.BOOT else "exec",
         # The copy at shutdown runs beside every other unit's stop: first in line for
         # the CPU, it takes its own time, not theirs too.
-        "@PRIORITY@": "Nice=-20" if when is LoadAt.SHUTDOWN else "",
+        # (The placeholder's whole line: at boot there is no such line.)
+        "@PRIORITY@\n": "Nice=-20\n" if when is LoadAt.SHUTDOWN else "",
     }
     for placeholder, value in values.items():
         template = template.replace(placeholder, value)
-    return template.replace("ExecStop=\n", "").replace("\n\n\n", "\n\n")
+    return template.replace("ExecStop=\n", "")
 
 
 def install_storage_daemon_dropins(

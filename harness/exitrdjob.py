@@ -36,9 +36,10 @@ while [ "$(systemctl show -P MainPID bookend-exitrd.service)" != 0 ]; do sleep 0
 _START_AND_MEASURE = (
     START_EXITRD_UNIT
     + """\
-if [ -n "$(ls -A /run/initramfs 2>/dev/null)" ]; then du -sk /run/initramfs | cut -f1; \\
-else echo 0; fi \\
-    > /job/out/ram-kib
+# Nothing but the empty directory the check at boot makes, or no directory at all: 0.
+ram_kib=0
+[ -z "$(ls -A /run/initramfs 2>/dev/null)" ] || ram_kib=$(du -sk /run/initramfs | cut -f1)
+echo "$ram_kib" > /job/out/ram-kib
 """
 )
 INSTALL_EXITRD_JOB = (
