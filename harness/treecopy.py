@@ -28,6 +28,13 @@ def linked_copy(tree: Path, dest: Path) -> Path:
     return dest
 
 
+def squashfs_of(tree: Path, image: Path) -> Path:
+    """image: a squashfs of tree, every file root's (as a package's files would be)."""
+    subprocess.run(["mksquashfs", str(tree), str(image), "-all-root", "-noappend", "-quiet"],
+                   check=True, capture_output=True)  # fmt: skip
+    return image
+
+
 def put_file(root: Path, path: str, text: str, mode: int = 0o644) -> Path:
     """Write text at path (absolute, inside root) as a new file of its own."""
     file = root / path.lstrip("/")

@@ -21,6 +21,7 @@ import subprocess
 from pathlib import Path
 
 from harness.secureboot import KeyPair
+from harness.treecopy import squashfs_of
 from harness.usrdisk import MIB, Part, partition_uuids, write_gpt
 
 DATA_MIN = 64 * 1024  # at least 16 data blocks: a hash tree with one level
@@ -33,8 +34,7 @@ def verity_extension(image: Path, tree: Path, signer: KeyPair | None) -> str:
     work = image.with_suffix(".parts")
     work.mkdir(parents=True, exist_ok=True)
     data, hashes = work / "data.squashfs", work / "hash.img"
-    subprocess.run(["mksquashfs", tree, data, "-all-root", "-noappend", "-quiet"],
-                   check=True, capture_output=True)  # fmt: skip
+    squashfs_of(tree, data)
     with data.open("r+b") as file:
         file.truncate(max(DATA_MIN, _aligned(data.stat().st_size)))
     out = subprocess.run(["veritysetup", "format", data, hashes],

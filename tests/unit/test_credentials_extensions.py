@@ -19,6 +19,7 @@ from bookend.features.credentials import sealing_id
 from bookend.features.emergency import BARE_BREAK
 from bookend.plan import Plan, make_plan
 from bookend.resolve import configure
+from harness.treecopy import squashfs_of
 from tests.unit.elftree import compile_c
 from tests.unit.test_exitrd_additions import put
 from tests.unit.test_tokens import token_root
@@ -41,9 +42,7 @@ def squashfs_extension(directory: Path, name: str, release: str = RELEASE) -> Pa
     put(tree, f"/usr/lib/extension-release.d/extension-release.{name}", release)
     put(tree, "/usr/bin/hello", "#!/bin/sh\necho hello\n", 0o755)
     image = directory / f"{name}.raw"
-    argv = ["mksquashfs", str(tree), str(image), "-all-root", "-noappend", "-quiet"]
-    subprocess.run(argv, check=True, capture_output=True)
-    return image
+    return squashfs_of(tree, image)
 
 
 # --- credentials -------------------------------------------------------------

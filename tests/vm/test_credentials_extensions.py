@@ -39,7 +39,6 @@ import base64
 import hashlib
 import os
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -55,7 +54,7 @@ from harness.qemu import Boot, BootOptions, boot
 from harness.rootdisk import RootDisk
 from harness.token import expect_token, new_token, with_token
 from harness.tpm import host_tpm, software_tpm
-from harness.treecopy import put_file, tree_with_files
+from harness.treecopy import put_file, squashfs_of, tree_with_files
 from harness.treedebs import add_packages
 from harness.ukisysroot import ensure_trixie_sysroot
 
@@ -179,9 +178,7 @@ def squashfs_image(image: Path, files: dict[str, tuple[str, int]]) -> Path:
     tree = image.with_suffix(".tree")
     for path, (text, mode) in files.items():
         put_file(tree, path, text, mode)
-    subprocess.run(["mksquashfs", str(tree), str(image), "-all-root", "-noappend", "-quiet"],
-                   check=True)  # fmt: skip
-    return image
+    return squashfs_of(tree, image)
 
 
 def make_extension(directory: Path) -> Path:

@@ -55,7 +55,7 @@ from harness.exitrdjob import install_exitrd_job, shutdown_through, split_at_piv
 from harness.images import QEMU_VIRTIO_EXT4, bookend
 from harness.qemu import BootOptions
 from harness.rootdisk import RootDisk
-from harness.treecopy import put_file, tree_with_files
+from harness.treecopy import put_file, squashfs_of, tree_with_files
 from harness.ukisysroot import ensure_trixie_sysroot
 from tests.unit.elftree import compile_c, shared_library
 
@@ -233,8 +233,7 @@ def make_extensions(sysroot: Path, directory: Path) -> list[Path]:
     compile_c(HOOK_PROGRAM, elf / f"{HOOK_DIR[1:]}/demo-squashfs",
               f"-L{elf}{multiarch}", "-l:libbookend-demo-ext.so.1")  # fmt: skip
     squashfs = directory / "demo-squashfs.raw"
-    subprocess.run(["mksquashfs", str(elf), str(squashfs), "-quiet", "-no-progress", "-all-root"],
-                   check=True)  # fmt: skip
+    squashfs_of(elf, squashfs)
 
     erofs_tree = extension_tree(directory, "demo-erofs", matching)
     hook = HOOK_SCRIPT.replace("LABEL", "erofs-sysext")

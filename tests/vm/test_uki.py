@@ -57,7 +57,7 @@ from harness.qemu import Boot, BootOptions, Disk, boot
 from harness.rootdisk import RootDisk
 from harness.secureboot import KeyPair, enrolled_vars, make_esp, make_key_pair, missing_tools
 from harness.token import expect_token, new_token
-from harness.treecopy import put_file, tree_with_files
+from harness.treecopy import put_file, squashfs_of, tree_with_files
 from harness.treedebs import add_packages
 from harness.ukisysroot import ensure_trixie_sysroot
 from harness.verityext import verity_extension
@@ -160,8 +160,7 @@ def esp_extensions(directory: Path, signer: KeyPair, value: str) -> dict[str, by
              release + "CONFEXT_SCOPE=initrd\n")  # fmt: skip
     put_file(unsigned, "/etc/bookend-unsigned.conf", "unsigned\n")
     plain = directory / "bookendunsigned.confext.raw"
-    subprocess.run(["mksquashfs", unsigned, plain, "-all-root", "-noappend", "-quiet"],
-                   check=True, capture_output=True)  # fmt: skip
+    squashfs_of(unsigned, plain)
     return {f"{UKI_CREDS}/bookendverity.raw": (directory / "bookendverity.raw").read_bytes(),
             f"{UKI_CREDS}/{plain.name}": plain.read_bytes()}  # fmt: skip
 
