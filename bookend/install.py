@@ -41,8 +41,9 @@ def unit_text(when: LoadAt) -> str:
         "@EXEC_START@": load if when is LoadAt.BOOT else f"-nice -n 39 {load} check",
         "@EXEC_STOP@": load if when is LoadAt.SHUTDOWN else "",
         "@TYPE@": "oneshot" if when is LoadAt.BOOT else "exec",
-        # The copy at shutdown runs beside every other unit's stop: first in line for
-        # the CPU, it takes its own time, not theirs too.
+        # The copy at shutdown runs before the other services' stops (the unit's
+        # ordering); first in line for the CPU, it also goes ahead of any unit no
+        # target orders that stops beside it.
         # (The placeholder's whole line: at boot there is no such line.)
         "@PRIORITY@\n": "Nice=-20\n" if when is LoadAt.SHUTDOWN else "",
     }

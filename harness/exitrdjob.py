@@ -26,10 +26,11 @@ SHUTDOWN_LIMIT = 300
 PROMPT = r"Please enter passphrase for disk"
 
 # The unit started as at boot; by default it checks the exitrd in the background
-# (Type=exec), and a job that changes or times it waits for that check's end.
+# (Type=exec), and a job that changes or times it waits for that check's end. The unit
+# waits for multi-user.target, which waits for this job: started out of order.
 START_EXITRD_UNIT = """\
 systemctl daemon-reload
-systemctl start bookend-exitrd.service
+systemctl start --job-mode=ignore-dependencies bookend-exitrd.service
 while [ "$(systemctl show -P MainPID bookend-exitrd.service)" != 0 ]; do sleep 0.5; done
 """
 # Unpacked at shutdown (the default): no RAM is spent on it while the system runs.
