@@ -130,7 +130,7 @@ def make_parser() -> argparse.ArgumentParser:
     install = commands.add_parser(
         "install-exitrd",
         help="keep the exitrd as a tree named by its digest, and install the unit that "
-        "copies it into RAM for shutdown (coreutils only, no Python)",
+        "copies it into RAM for shutdown (coreutils and systemd-tmpfiles, no Python)",
     )
     install.add_argument("--image", type=Path, required=True, metavar="FILE",
                          help="the exitrd (its .sha256 digest must be beside it)")  # fmt: skip

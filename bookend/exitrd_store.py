@@ -12,8 +12,8 @@ standard input ("<sha256>  -"), the SHA-256 of the tree's listing as
 
 prints it (raw mode in hex, the path, a symlink's target): every path, its type and
 permission bits, no more and no fewer. So the loader (bookend/data/load-exitrd.sh, a
-shell script using coreutils only) checks a copy of the whole tree with one sha256sum
-run, and the digest names everything the exitrd holds.
+shell script using coreutils and systemd-tmpfiles only) checks a copy of the whole tree
+with one sha256sum run, and the digest names everything the exitrd holds.
 
 The build computes the same digest from the exitrd's closure, its entries and their
 sources (seal_entries), before either image is written, and puts it in the initrd's

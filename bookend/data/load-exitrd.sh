@@ -1,15 +1,16 @@
 #!/bin/sh
 # Installed by `bookend install-exitrd`; run by bookend-exitrd.service. Brings the exitrd
-# the booted initrd vouched for into /run/initramfs, with coreutils only (no Python,
-# nothing of bookend). On any failure it removes /run/initramfs/shutdown and says why,
-# so systemd powers off the normal way.
+# the booted initrd vouched for into /run/initramfs, with coreutils and
+# systemd-tmpfiles only (no Python, nothing of bookend). On any failure it removes
+# /run/initramfs/shutdown and says why, so systemd powers off the normal way.
 #
 #   load-exitrd check   at boot: check the installed tree against the digest where it
 #                       lies, and remember what its entries were (device, inode, size,
 #                       times, mode, link target) in /run
 #   load-exitrd         at shutdown: if every entry is still what the check saw, copy
-#                       the tree (one cp) into the empty /run/initramfs the check made;
-#                       else copy it aside, check the copy in full and move it there
+#                       the tree (one systemd-tmpfiles run) into the empty
+#                       /run/initramfs the check made; else copy it aside, check the
+#                       copy in full and move it there
 #
 # Checking at boot takes the hashing off the shutdown's path: a file cannot change
 # without a new change time or inode, which only root can forge (by setting the clock),
@@ -92,16 +93,30 @@ fingerprint() {
     LC_ALL=C QUOTING_STYLE=literal stat -c '%d %i %s %f %.9Y %.9Z %N' -- $entries
 }
 
-# seen: the fingerprint the check at boot left, if it checked this digest.
+# seen, entries and count: the fingerprint and listing the check at boot left, if it
+# checked this digest. The record is shell, read with `.`: the shell's read takes a
+# file a byte (a system call) at a time, which under emulation costs more than the
+# rest of the shell's work. Only root can write it, as it can the digest beside it.
 read_seen() {
     seen=
+    checked_digest=
     [ -e "$checked" ] || return 0
+    . "$checked"
+    [ "$checked_digest" = "$digest" ] || return 0
+    seen=$checked_seen entries=$checked_entries count=$checked_count
+}
+
+# The record read_seen reads; a name with a ' in it (none of bookend's) would end
+# its quoting, so the shutdown then checks in full.
+write_record() {
+    case $entries$1 in
+        *"'"*) refuse "a name in $tree has a ' in it" ;;
+    esac
     {
-        read -r line && [ "$line" = "$digest" ] || return 0
-        while read -r line || [ -n "$line" ]; do
-            seen=$seen${seen:+$nl}$line
-        done
-    } < "$checked"
+        echo "checked_digest=$digest checked_count=$count"
+        echo "checked_entries='$entries'"
+        echo "checked_seen='$1'"
+    } > "$checked" || refuse "cannot write $checked"
 }
 
 elapsed_ms() {
@@ -122,7 +137,7 @@ check_at_boot() {
     check_tree "$staging" "$store/$digest/sums"
     after=$(fingerprint) || refuse "cannot stat $tree"
     [ "$before" = "$after" ] || refuse "$tree changed while it was checked"
-    echo "$digest$nl$after" > "$checked" || refuse "cannot write $checked"
+    write_record "$after"
     rm -f "$staging"
     # The shutdown copies straight into it, with no directory to make or move then.
     [ -e "$target" ] || mkdir -m 0700 "$target" || refuse "cannot create $target"
@@ -155,6 +170,32 @@ shutdown_last() {
     echo "$tree/shutdown"
 }
 
+# Copy each SOURCE to its DEST (the arguments: DEST SOURCE ...), in order, with
+# systemd-tmpfiles' C lines: it copies with sendfile, one pass through memory where cp
+# reads and writes (two), and is what every systemd system has. A DEST that exists and
+# is not empty is left as it is, so the callers copy only into new or empty places.
+copy_each() {
+    lines=
+    while [ $# -ge 2 ]; do
+        # A tmpfiles line is split at blanks and expands %: names must have neither.
+        case $1$2 in
+            *[!A-Za-z0-9._+/-]*) refuse "$2: a name systemd-tmpfiles cannot copy" ;;
+        esac
+        lines=$lines"C $1 - - - - $2$nl"
+        shift 2
+    done
+    systemd-tmpfiles --create - <<EOF
+$lines
+EOF
+}
+
+# copy_each's arguments for the tree's top-level entries into DIR, /shutdown last.
+into() {
+    for entry in $(shutdown_last); do
+        echo "$1/${entry##*/}$nl$entry"
+    done
+}
+
 mode=${1:-load}
 # A stale /shutdown goes first, whatever is refused below.
 if [ "$mode" != check ] && { [ -e "$target/shutdown" ] || [ -L "$target/shutdown" ]; }; then
@@ -173,29 +214,23 @@ staging=${target%/*}/.initramfs-$$
 [ ! -e "$staging" ] || rm -rf "$staging" || refuse "cannot remove $staging"
 read_seen
 now=
-if [ -n "$seen" ]; then
-    read_paths "$store/$digest"
-    now=$(cd "$tree" && fingerprint)
-fi
+[ -z "$seen" ] || now=$(cd "$tree" && fingerprint)
 # Unchanged since the check: a copy of the tree is all there is to do, straight into the
 # directory the check made when nothing else has put files there since.
 if [ -n "$now" ] && [ "$now" = "$seen" ] && empty_dir "$target"; then
     staging=$target copy=$target
-    cp -RP --preserve=mode,links --no-preserve=ownership -- $(shutdown_last) "$target" ||
-        refuse "$tree: cannot copy"
+    copy_each $(into "$target") || refuse "$tree: cannot copy"
     how="copied to $target (checked at boot, unchanged since)"
 elif [ -n "$now" ] && [ "$now" = "$seen" ]; then
     copy=$staging
-    cp -RP --preserve=mode,links --no-preserve=ownership "$tree" "$copy" ||
-        refuse "$tree: cannot copy"
+    copy_each "$copy" "$tree" || refuse "$tree: cannot copy"
     how="copied to $target, replacing what was there (checked at boot, unchanged since)"
 else
     [ -z "$seen" ] || say "$tree changed since the check at boot: checking it in full"
-    # One cp brings the sums, the paths and the tree into a directory of our own (/run
+    # One copy brings the sums, the paths and the tree into a directory of our own (/run
     # is root's): what is checked is this copy, and only it is used.
     copy=$staging/tree
-    cp -RP --preserve=mode,links --no-preserve=ownership "$store/$digest" "$staging" ||
-        refuse "$store/$digest: cannot copy"
+    copy_each "$staging" "$store/$digest" || refuse "$store/$digest: cannot copy"
     read_paths "$staging"
     cd "$copy" || refuse "$copy: cannot enter"
     check_tree "$staging/digest" "$staging/sums"

@@ -27,6 +27,7 @@ from harness.exitrdjob import START_EXITRD_UNIT, shutdown_through, split_at_pivo
 from harness.guestjob import make_job_disk, read_job_output
 from harness.images import QEMU_VIRTIO_EXT4, build_image
 from harness.qemu import BootOptions, Kernel
+from harness.token import in_order
 
 STORE = "/usr/lib/bookend/exitrd"
 # Installs the exitrd built with the booted initrd, named by that initrd (copied to
@@ -63,11 +64,12 @@ step sh -c :
 cd {STORE}/$d/tree
 step stat -c '%d %i %s %f %.9Y %.9Z %N' -- $(cat ../paths)
 cd /
-step cp -RP --preserve=mode,links --no-preserve=ownership {STORE}/$d/tree /run/measure
+echo "C /run/measure - - - - {STORE}/$d/tree" > /run/measure.conf
+step systemd-tmpfiles --create /run/measure.conf
 cd /run/measure
 step sha256sum -c --quiet --strict {STORE}/$d/sums < /dev/null || true
 cd /
-rm -rf /run/measure
+rm -rf /run/measure /run/measure.conf
 """
 # A root without Python from here on.
 NO_PYTHON = """\
@@ -137,10 +139,13 @@ def test_kernel_update_and_no_python_keep_the_booted_exitrd(
     assert loaded.group(1) == booted  # not the newest install's
     # Nothing in it changed since the check at boot: the shutdown only copied it.
     assert "(checked at boot, unchanged since)" in loaded.group(0)
+    # First in the shutdown: done before multi-user.target's services begin to stop.
+    in_order(running, (LOADED.pattern, r"Stopped target multi-user\.target",
+                       r"Stopping getty@tty1\.service"))  # fmt: skip
     assert re.search(r"shutdown\[1\]: .*(Unmounting|unmounted)", exiting), exiting[-2000:]
     steps = read_job_output(job.path, "steps", out / "t").read_text().split()
-    names = ("exec of /bin/true", "sh -c :", "stat of the entries", "cp -RP of the tree",
-             "sha256sum -c")  # fmt: skip
+    names = ("exec of /bin/true", "sh -c :", "stat of the entries",
+             "systemd-tmpfiles' copy of the tree", "sha256sum -c")  # fmt: skip
     print(
         f"exitrd checked at boot in {int(checked.group(3)) / 1000:.2f} s, copied at shutdown "
         f"in {int(loaded.group(3)) / 1000:.2f} s ({loaded.group(2)} entries), without Python; "
