@@ -238,7 +238,9 @@ else
 fi
 [ -x "$copy/shutdown" ] || refuse "$tree: no executable /shutdown"
 if [ "$copy" != "$target" ]; then
-    cd / && { [ ! -e "$target" ] || rm -rf "$target"; } && mv "$copy" "$target" ||
+    # -T: onto, never into, the empty directory a check at boot still running when the
+    # shutdown came (the unit starts after multi-user.target) may make meanwhile.
+    cd / && { [ ! -e "$target" ] || rm -rf "$target"; } && mv -T "$copy" "$target" ||
         refuse "cannot move the copy to $target"
     [ "$copy" = "$staging" ] || rm -rf "$staging"
 fi
