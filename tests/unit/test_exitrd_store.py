@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -126,10 +127,10 @@ def test_install_refuses_a_damaged_image_and_bad_names(
         install_exitrd(images[1], tmp_path / "none", None)
 
 
-def load(root: Path, run: Path, *mode: str) -> subprocess.CompletedProcess[str]:
+def load(root: Path, run: Path, *mode: str, path: str = "") -> subprocess.CompletedProcess[str]:
     """The installed shell loader, pointed at root's store and a /run of the test's;
-    mode: "check" for the check at boot."""
-    env = {"PATH": os.environ["PATH"], "BOOKEND_EXITRD_STORE": str(root / STORE),
+    mode: "check" for the check at boot; path: directories searched before PATH."""
+    env = {"PATH": path + os.environ["PATH"], "BOOKEND_EXITRD_STORE": str(root / STORE),
            "BOOKEND_EXITRD_TARGET": str(run / "initramfs"),
            "BOOKEND_EXITRD_DIGEST": str(run / "bookend/exitrd.sha256")}  # fmt: skip
     return subprocess.run(["sh", str(root / LOADER), *mode], env=env, capture_output=True,
@@ -241,6 +242,24 @@ def test_checked_at_boot_the_shutdown_only_copies(installed: tuple[Path, Path, s
     assert "copied to " in done.stdout and "(checked at boot, unchanged since)" in done.stdout
     assert seal_tree(target).digest == one and (target.stat().st_mode & 0o777) == 0o700
     assert sorted(os.listdir(run)) == ["bookend", "initramfs"]  # no staging left
+
+
+def test_a_copy_that_fails_half_way_is_removed_whole(
+    installed: tuple[Path, Path, str, str], tmp_path: Path
+) -> None:
+    """systemd-tmpfiles goes on after a line it could not copy, /shutdown's too: a copy
+    that fails (here: every line but the first copied, then a failure) leaves nothing."""
+    root, run, _, _ = installed
+    assert load(root, run, "check").returncode == 0
+    failing = tmp_path / "bin"
+    failing.mkdir()
+    real = shutil.which("systemd-tmpfiles")
+    (failing / "systemd-tmpfiles").write_text(f"#!/bin/sh\nsed 1d | {real} --create - && exit 73\n")
+    (failing / "systemd-tmpfiles").chmod(0o755)
+    done = load(root, run, path=f"{failing}:")
+    assert done.returncode == 1
+    assert done.stderr.rstrip().endswith(REFUSED) and "cannot copy" in done.stderr
+    assert not (run / "initramfs").exists()
 
 
 @pytest.mark.parametrize("kind", [kind for kind in TREE_DAMAGES if kind != "paths"])
