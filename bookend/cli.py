@@ -303,6 +303,8 @@ def _add_boot_test(commands: Any) -> None:
     test.add_argument("--timeout", type=float, default=900, metavar="SECONDS",
                       help="for the whole boot and shutdown (default 900)")  # fmt: skip
     test.add_argument("--memory", type=int, default=1024, metavar="MIB", help="guest RAM")
+    test.add_argument("--cpus", type=int, default=2, metavar="N",
+                      help="virtual CPUs (default 2; under TCG each is a host thread)")  # fmt: skip
     test.add_argument("--passphrase-file", type=Path, metavar="FILE",
                       help="typed at each LUKS passphrase prompt on the console")  # fmt: skip
     test.add_argument("--console-log", type=Path, metavar="FILE", help="keep the console here")
@@ -421,7 +423,7 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
         kernel = kernel or _newest_kernel()
         test = BootTest(
             kernel=kernel, image=image, disks=tuple(args.disk), append=" ".join(args.append),
-            accel=args.accel, timeout=args.timeout, memory_mib=args.memory,
+            accel=args.accel, timeout=args.timeout, memory_mib=args.memory, cpus=args.cpus,
             passphrase=passphrase, console_log=args.console_log,
             expect_exitrd=test_image_carries_exitrd(image), cache_dir=default_cache(),
             share=share,

@@ -16,7 +16,7 @@ import pytest
 
 from bookend.boottest.timeline import PHASE_COLOURS
 from harness.images import QEMU_VIRTIO_EXT4, bookend, build_image
-from harness.qemu import Kernel
+from harness.qemu import Kernel, default_cpus
 from harness.rootdisk import RootDisk
 from harness.stackdisks import StackDisks
 from tests.pngfile import read_png
@@ -27,7 +27,11 @@ FAIL_LIMIT = "360"
 
 
 def boot_test(*args: str) -> tuple[int, dict[str, Any]]:
-    result = bookend("boot-test", "--json", "--accel", "tcg", *args, check=False)
+    # The suite's virtual CPUs per guest: one under xdist, where a second CPU per guest
+    # only takes the cores from the other worker's guest (a 2-CPU guest beside another
+    # guest on 2 cores once stalled in early boot until the timeout).
+    cpus = str(default_cpus())
+    result = bookend("boot-test", "--json", "--accel", "tcg", "--cpus", cpus, *args, check=False)
     assert result.returncode in (0, 1), result.stderr
     return result.returncode, json.loads(result.stdout)
 
