@@ -78,16 +78,25 @@ class Tgtd:
         self._server: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        argv = ["tgtd", "-f", "-C", str(self.control), "--iscsi", f"portal={LOOPBACK}:{self.port}"]
+        """Serve every target, and only then listen on the port: a login that came back
+        first (the initiator reconnecting after an outage) would find a target missing,
+        which open-iscsi takes as final, and give that session up. So tgtd starts on a
+        port of its own, the targets are made, then the port is opened."""
+        staging = free_loopback_port()
+        argv = ["tgtd", "-f", "-C", str(self.control), "--iscsi", f"portal={LOOPBACK}:{staging}"]
         with self.log.open("a") as output:
             self._server = subprocess.Popen(argv, stdout=output, stderr=subprocess.STDOUT)
-        wait_listening(self.port, self._server)
+        wait_listening(staging, self._server)
         for tid, (iqn, backing) in enumerate(self.luns.items(), start=1):
             tgtadm(self.control, "--op", "new", "--mode", "target", "--tid", str(tid), "-T", iqn)
             tgtadm(self.control, "--op", "new", "--mode", "logicalunit", "--tid", str(tid),
                    "--lun", "1", "--backing-store", str(backing))  # fmt: skip
             tgtadm(self.control, "--op", "bind", "--mode", "target", "--tid", str(tid),
                    "--initiator-address", "ALL")  # fmt: skip
+        for op, port in (("new", self.port), ("delete", staging)):
+            tgtadm(self.control, "--op", op, "--mode", "portal", "--param",
+                   f"portal={LOOPBACK}:{port}")  # fmt: skip
+        wait_listening(self.port, self._server)
 
     def stop(self, grace: float = 30) -> None:
         """Offline, then told to exit; killed if it has not after grace seconds (it will
