@@ -302,7 +302,8 @@ def _add_boot_test(commands: Any) -> None:
     )
     test.add_argument("--timeout", type=float, default=900, metavar="SECONDS",
                       help="for the whole boot and shutdown (default 900)")  # fmt: skip
-    test.add_argument("--memory", type=int, default=1024, metavar="MIB", help="guest RAM")
+    test.add_argument("--memory", type=int, default=1024, metavar="MIB",
+                      help="guest RAM (default 1024, at least 256)")  # fmt: skip
     test.add_argument("--cpus", type=int, default=2, metavar="N",
                       help="virtual CPUs (default 2; under TCG each is a host thread)")  # fmt: skip
     test.add_argument("--passphrase-file", type=Path, metavar="FILE",
@@ -394,6 +395,7 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     from bookend.boottest.run import (
         BootTest,
         check_disks_and_qemu,
+        check_machine,
         default_cache,
         end_progress,
         progress_printer,
@@ -417,7 +419,9 @@ def cmd_boot_test(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bookend-boot-test-") as scratch:
         image, kernel = args.image, args.kernel
         if image is None:
-            check_disks_and_qemu(args.disk, share=share)  # bad input is refused before a build
+            # Bad input is refused before a build.
+            check_machine(args.memory, args.cpus, args.timeout)
+            check_disks_and_qemu(args.disk, share=share)
             image, kernel, sysroot = _build_for_boot_test(args, Path(scratch), share is not None)
             share = None if share is None else sysroot  # a config file's sysroot too
         kernel = kernel or _newest_kernel()

@@ -159,8 +159,24 @@ def check_disks_and_qemu(
     return attached
 
 
+# Below this the kernel, the unpacked initrd and the exitrd kept in /run do not fit.
+MIN_MEMORY_MIB = 256
+
+
+def check_machine(memory_mib: int, cpus: int, timeout: float) -> None:
+    """A one-line ConfigError for a guest QEMU would refuse or that could never boot."""
+    if memory_mib < MIN_MEMORY_MIB:
+        raise ConfigError(f"--memory {memory_mib}: at least {MIN_MEMORY_MIB} MiB")
+    if cpus < 1:
+        raise ConfigError(f"--cpus {cpus}: at least 1")
+    if not timeout > 0:
+        raise ConfigError(f"--timeout {timeout:g}: a number of seconds above 0")
+
+
 def check_inputs(test: BootTest) -> list[Disk]:
-    """The disks to attach; a one-line ConfigError for a missing kernel, image or QEMU."""
+    """The disks to attach; a one-line ConfigError for a missing kernel, image or QEMU,
+    or a guest too small to boot."""
+    check_machine(test.memory_mib, test.cpus, test.timeout)
     if not test.kernel.is_file():
         raise ConfigError(f"{test.kernel}: no kernel there (--kernel)")
     if not test.image.is_file():

@@ -199,6 +199,33 @@ def test_bad_inputs_get_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
         check_inputs(test)
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "said"),
+    [
+        ("--cpus", "0", "--cpus 0: at least 1"),
+        ("--memory", "64", "--memory 64: at least 256 MiB"),
+        ("--timeout", "0", "--timeout 0: a number of seconds above 0"),
+    ],
+)
+def test_a_guest_too_small_to_boot_is_refused_before_a_build(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, said: str
+) -> None:
+    # No image given: the refusal comes before anything is built (the sysroot is none).
+    status = main(["boot-test", "--sysroot", str(tmp_path / "none"), option, value])
+    err = capsys.readouterr().err
+    assert status == 2 and err == f"bookend: {said}\n"
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(b"MZ")
+    test = BootTest(kernel=kernel, image=kernel, disks=(kernel,))
+    small = {
+        "--cpus": replace(test, cpus=int(value)),
+        "--memory": replace(test, memory_mib=int(value)),
+        "--timeout": replace(test, timeout=float(value)),
+    }
+    with pytest.raises(ConfigError, match=said):
+        check_inputs(small[option])
+
+
 def replace_qemu(program: str) -> Arch:
     return replace(X86_64, qemu=program)
 
