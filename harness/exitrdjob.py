@@ -100,7 +100,7 @@ def shutdown_through(
 
     done = run_job(replace(options, timeout=BOOT_LIMIT), on_the_way=unlock,
                    exit_timeout=SHUTDOWN_LIMIT, exit_status=exit_status)  # fmt: skip
-    assert done.status == 0, f"the install job failed; see {options.log_path}"
+    assert done.status == 0, done.why_failed(options.log_path)
     return done.text
 
 

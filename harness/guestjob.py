@@ -36,6 +36,10 @@ BLOCK = 4096
 INODE_SIZE = 256
 # Inodes beyond what the tree needs, for the files the job creates.
 SPARE_INODES = 4096
+# What the root's job unit prints with the job's exit status (rootdisk.py).
+JOB_STATUS_WORD = "BOOKEND-JOB-STATUS"
+# Console lines a failed job's message carries: its trace's end and the kernel's words.
+FAILURE_LINES = 40
 # Names the guest's job unit gives a meaning; files must not land on them.
 RESERVED = ("run", "out", "modules")
 
@@ -181,6 +185,14 @@ class JobRun:
     text: str  # the whole console
     seconds: float
 
+    def why_failed(self, console_log: Path | None = None) -> str:
+        """An assertion's message: the console's last lines up to the job's status, as a
+        CI log keeps them when the console file is gone."""
+        before, _, _ = self.text.partition(JOB_STATUS_WORD)
+        tail = "\n".join(before.splitlines()[-FAILURE_LINES:])
+        where = f" (console: {console_log})" if console_log else ""
+        return f"the job failed with status {self.status}{where}; the console before:\n{tail}"
+
 
 def run_job(
     options: BootOptions,
@@ -201,7 +213,7 @@ def run_job(
     with boot(job_options) as vm:
         if on_the_way is not None:
             on_the_way(vm)
-        printed = vm.expect(r"BOOKEND-JOB-STATUS (\d+)", timeout=options.timeout)
+        printed = vm.expect(JOB_STATUS_WORD + r" (\d+)", timeout=options.timeout)
         # Searched only after the job's line: the report waits for the job.
         expect_token(vm, token, options.timeout, exit_timeout=exit_timeout,
                      exit_status=exit_status)  # fmt: skip

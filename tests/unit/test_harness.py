@@ -15,6 +15,7 @@ import pytest
 
 from bookend.errors import BookendError
 from bookend.proc import run
+from harness.guestjob import FAILURE_LINES, JobRun
 from harness.keys import chords_for
 from harness.mirror import MIRROR_ENV, archive_for, debian_mirror, host_suite, parse_records
 from harness.netroot import (
@@ -300,6 +301,15 @@ def test_a_guests_nics_each_get_a_netdev_mac_and_pci_slot() -> None:
     netdevs = [argv[i + 1] for i, arg in enumerate(argv) if arg == "-netdev"]
     assert netdevs[0].endswith(",id=net0") and netdevs[1].endswith(",id=net1")
     assert netdevs[1].startswith("user,restrict=on,guestfwd=tcp:10.0.2.100:10809-cmd:")
+
+
+def test_a_failed_jobs_message_carries_the_console_up_to_its_status() -> None:
+    lines = [f"[ {n}.0] bookend-test-job[1]: + step {n}" for n in range(100)]
+    text = "\n".join([*lines, "BOOKEND-JOB-STATUS 1", "[ 101.0] reboot: Power down"])
+    message = JobRun(status=1, text=text, seconds=1.0).why_failed(Path("/c.log"))
+    first, *tail = message.splitlines()
+    assert first == "the job failed with status 1 (console: /c.log); the console before:"
+    assert tail == lines[-FAILURE_LINES:]
 
 
 def test_the_relay_closes_the_guests_connection_silently_when_no_server_listens() -> None:

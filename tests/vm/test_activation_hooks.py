@@ -177,7 +177,7 @@ def test_activation_runs_once_in_the_real_root_and_hooks_at_their_points_in_orde
     assert activation < position(text, r"BOOKEND-PRE-PIVOT saw=ran\b") < switch
     assert len(re.findall(r"BOOKEND-ACTIVATION ran", text)) == 1, "the activation ran again"
     # The real root finds exactly the one line the activation left in /run.
-    assert done.status == 0 == job_status(job.path)
+    assert done.status == 0 == job_status(job.path), done.why_failed()
     seen = read_job_output(job.path, "activation", tmp_path / "activation").read_text()
     assert seen == "ran\n"
     assert [line for line in text.splitlines() if "FAILED" in line] == []

@@ -147,7 +147,7 @@ def test_iscsi_root_boots_and_the_exitrd_logs_out(
                               timeout=BOOT_LIMIT, log_path=console_log)  # fmt: skip
         follow = expect_root_then(target_away(server)) if away else expect_initrd_then_root
         run = run_job(options, on_the_way=follow, exit_timeout=SHUTDOWN_LIMIT)
-    assert run.status == 0, f"the job failed; see {console_log}"
+    assert run.status == 0, run.why_failed(console_log)
     name = "iscsi root, two targets" + ("" if guest.name == DEBIAN12 else f" ({guest.name})")
     record_scenario(name, run.text, iscsi_images / "initrd.img")
 

@@ -128,7 +128,7 @@ def test_nfs_root_boots_and_powers_off_through_the_exitrd(
         scenario.vlan,
         console_log,
     )
-    assert done.status == 0, f"the job failed; see {console_log}"
+    assert done.status == 0, done.why_failed(console_log)
     record_scenario(f"nfs root, {name}", done.text, nfs_images / "initrd.img")
     assert_nfs_root(job.path, server, "nfs" if name == "v3" else "nfs4", tmp_path)
     if scenario.nfs_common:
@@ -260,7 +260,7 @@ def test_nfsv4_root_boots_survives_the_server_paused_while_it_writes_and_powers_
     done, server = boot_over_nfs(kernel, (nfs_images, server_initrd), export, job.path,
                                  V4.command_line, None, console_log,
                                  pause_the_server)  # fmt: skip
-    assert done.status == 0, f"the job failed; see {console_log}"
+    assert done.status == 0, done.why_failed(console_log)
     record_scenario("nfs root, v4", done.text, nfs_images / "initrd.img")
     assert_nfs_root(job.path, server, "nfs4", tmp_path)
     # One write waited for the server (a hard mount retries), then the next went through.

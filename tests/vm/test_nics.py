@@ -236,7 +236,7 @@ def test_nbd_root_over_the_second_of_two_nics(
         options = boot_options(kernel, nbd_images, job, append, joined(dead, live), console_log)
         done = run_job(options, on_the_way=lambda vm: waits.append(expect_network_then_root(vm)),
                        exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
-    assert done.status == 0, f"the job failed; see {console_log}"
+    assert done.status == 0, done.why_failed(console_log)
     record_scenario(f"nbd root, 2 NICs, 2nd reaches, {addressing}", done.text,
                     nbd_images / "initrd.img")  # fmt: skip
     # Well inside wait-online's 120 s: it waited for the NIC that came up, not for ens3.
@@ -284,7 +284,7 @@ def test_nbd_root_over_a_bond_with_the_first_slave_cut_at_boot(
         options = replace(options, qmp_socket=qmp_socket)
         done = run_job(options, on_the_way=cut_first_slave_then_follow,
                        exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
-    assert done.status == 0, f"the job failed; see {console_log}"
+    assert done.status == 0, done.why_failed(console_log)
     record_scenario("nbd root, bond, 1st slave cut", done.text, nbd_images / "initrd.img")
     addresses = read_job_output(job.path, "addresses", tmp_path / "addresses").read_text()
     assert addresses_by_interface(addresses) == {
@@ -326,7 +326,7 @@ def test_nbd_root_by_dhcp_boots_survives_its_cable_out_for_12_s_and_is_disconnec
         options = replace(options, qmp_socket=qmp_socket)
         done = run_job(options, on_the_way=expect_root_then(cable_out),
                        exit_timeout=SHUTDOWN_LIMIT)  # fmt: skip
-    assert done.status == 0, f"the job failed; see {console_log}"
+    assert done.status == 0, done.why_failed(console_log)
     record_scenario("nbd root, dhcp, cable out 12 s", done.text, nbd_images / "initrd.img")
     assert_nbd_root_seen_running(job.path, interface_name(0), tmp_path)
     steps = outage_log(read_job_output(job.path, "outage", tmp_path / "outage").read_text())

@@ -163,7 +163,7 @@ def test_passphrase_typed_into_the_splash(
     done = run_job(options, on_the_way=answer)
     print(f"splash screenshots: {screens.path('prompt')}, {screens.path('typed')}; "
           f"boot {done.seconds:.0f} s")  # fmt: skip
-    assert done.status == 0
+    assert done.status == 0, done.why_failed(options.log_path)
     assert "plymouthd" not in processes_left(job, tmp_path), "plymouthd outlived switch-root"
     # The splash was ended before switch-root by bookend's unit (the root has no plymouth;
     # its systemd would otherwise end it later, stopping the orphaned plymouth-start).

@@ -146,7 +146,7 @@ def test_luks_root_unlocked_over_ssh_and_nothing_of_the_server_left(
     options = replace(root_boot, initrd=initrd, append=append, network=nic.args,
                       disks=(Disk(stack.disks[0]), job), timeout=900)  # fmt: skip
     done = run_job(options, on_the_way=unlock_over_ssh, exit_timeout=SHUTDOWN_LIMIT)
-    assert done.status == 0, f"the job failed; see {options.log_path}"
+    assert done.status == 0, done.why_failed(options.log_path)
 
     # The stranger's key was refused by a running server; the client's got the prompt.
     assert "Permission denied (publickey)" in said["stranger"], said["stranger"]
