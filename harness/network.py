@@ -131,6 +131,7 @@ def user_network(
     hostfwd: tuple[tuple[int, int], ...] = (),
     guestfwd: tuple[tuple[str, int, int], ...] = (),
     relayed: tuple[tuple[str, int, int], ...] = (),
+    relay_wait: float = 0,
     mac: str | None = None,
     index: int = 0,
 ) -> Nic:
@@ -138,8 +139,10 @@ def user_network(
 
     hostfwd: (host port on 127.0.0.1, guest port). guestfwd and relayed: (address the
     guest connects to in 10.0.2.0/24, its port, host port on 127.0.0.1); relayed ones
-    take any number of guest connections, one relay process each. index: the guest's
-    NIC number (each user network its own slirp, with its own DHCP server).
+    take any number of guest connections, one relay process each. relay_wait: seconds
+    a relay tries a server that is down before it closes the guest's connection (0:
+    closed at once). index: the guest's NIC number (each user network its own slirp,
+    with its own DHCP server).
     """
     options = ["user", "restrict=on"]
     options += [f"hostfwd=tcp:{LOOPBACK}:{host}-:{guest}" for host, guest in hostfwd]
@@ -148,7 +151,8 @@ def user_network(
     ]
     relay = f"{sys.executable} -I -S {RELAY}"
     options += [
-        f"guestfwd=tcp:{address}:{port}-cmd:{relay} {host}" for address, port, host in relayed
+        f"guestfwd=tcp:{address}:{port}-cmd:{relay} {host} {relay_wait:g}"
+        for address, port, host in relayed
     ]
     address = mac or mac_address(0x10 * index + 1)
     return Nic(nic_args(",".join(options), address, index), mac=address)

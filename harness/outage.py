@@ -68,12 +68,27 @@ outage_begun() {
     return 1
 }
 outage_over() {
+    polls=$((${polls:-0} + 1))
+    [ $((polls % 20)) -ne 0 ] || iscsi_states
     for file in /sys/class/iscsi_session/session*/state; do
         read -r now < "$file"
         [ "$now" = LOGGED_IN ] || return 1
     done
 }
 during_outage() { :; }
+# Every 10 s until the sessions are back, on the console: each session's and
+# connection's state, iscsid's, and the guest's TCP connections to port 3260 (0CBC),
+# with builtins only (the root may not answer).
+iscsi_states() {
+    for file in /sys/class/iscsi_session/session*/state \
+            /sys/class/iscsi_connection/connection*/state /proc/$pid/wchan; do
+        read -r now < "$file"
+        echo "BOOKEND-OUTAGE-STATE $file $now"
+    done
+    while read -r _ here there state _; do
+        case "$there" in *:0CBC) echo "BOOKEND-OUTAGE-TCP $here $there $state" ;; esac
+    done < /proc/net/tcp
+}
 """
 
 

@@ -79,9 +79,9 @@ class Tgtd:
 
     def start(self) -> None:
         """Serve every target, and only then listen on the port: a login that came back
-        first (the initiator reconnecting after an outage) would find a target missing,
-        which open-iscsi takes as final, and give that session up. So tgtd starts on a
-        port of its own, the targets are made, then the port is opened."""
+        first (the initiator reconnecting after an outage) would find a target missing
+        and be refused. So tgtd starts on a port of its own, the targets are made, then
+        the port is opened."""
         staging = free_loopback_port()
         argv = ["tgtd", "-f", "-C", str(self.control), "--iscsi", f"portal={LOOPBACK}:{staging}"]
         with self.log.open("a") as output:

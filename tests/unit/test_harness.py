@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -323,6 +324,39 @@ def test_the_relay_closes_the_guests_connection_silently_when_no_server_listens(
         relay_end.close()
         assert relay.returncode == 1
         assert guest.recv(4096) == b""  # no traceback sent to the guest
+
+
+def test_a_waiting_relay_passes_on_what_the_guest_sent_once_the_server_is_back() -> None:
+    port = free_loopback_port()  # the server is down when the guest connects
+    guest, relay_end = socket.socketpair()
+    with guest, relay_end:
+        relay = subprocess.Popen([sys.executable, "-I", "-S", str(RELAY), str(port), "30"],
+                                 stdin=relay_end.fileno(), stdout=relay_end.fileno(),
+                                 stderr=relay_end.fileno())  # fmt: skip
+        relay_end.close()
+        guest.sendall(b"login")
+        time.sleep(1)  # the relay has tried and failed by now
+        with socket.create_server(("127.0.0.1", port)) as server:
+            connection, _ = server.accept()
+            with connection:
+                assert connection.recv(5, socket.MSG_WAITALL) == b"login"
+                connection.sendall(b"welcome")
+                assert guest.recv(7, socket.MSG_WAITALL) == b"welcome"
+        guest.shutdown(socket.SHUT_WR)
+        assert relay.wait(timeout=30) == 0
+
+
+def test_a_waiting_relay_gives_up_when_the_guest_does() -> None:
+    port = free_loopback_port()  # nothing ever listens there
+    guest, relay_end = socket.socketpair()
+    with guest, relay_end:
+        relay = subprocess.Popen([sys.executable, "-I", "-S", str(RELAY), str(port), "300"],
+                                 stdin=relay_end.fileno(), stdout=relay_end.fileno(),
+                                 stderr=relay_end.fileno())  # fmt: skip
+        relay_end.close()
+        guest.sendall(b"login")
+        guest.close()
+        assert relay.wait(timeout=30) == 1  # long before its 300 s
 
 
 def test_typing_on_a_german_keymap_presses_other_keys_than_on_a_us_one() -> None:
