@@ -313,27 +313,28 @@ def test_a_failed_jobs_message_carries_the_console_up_to_its_status() -> None:
     assert tail == lines[-FAILURE_LINES:]
 
 
-def test_the_relay_closes_the_guests_connection_silently_when_no_server_listens() -> None:
-    port = free_loopback_port()  # nothing listens there
+def relay_for(port: int, *wait: str) -> tuple[socket.socket, subprocess.Popen[bytes]]:
+    """harness/relay.py serving one guest connection (a socketpair: the guest's end is
+    returned) towards 127.0.0.1:port, as QEMU starts it."""
     guest, relay_end = socket.socketpair()
-    with guest, relay_end:
-        relay = subprocess.run([sys.executable, "-I", "-S", str(RELAY), str(port)],
-                               stdin=relay_end.fileno(), stdout=relay_end.fileno(),
-                               stderr=relay_end.fileno(),
-                               timeout=30)  # fmt: skip
-        relay_end.close()
-        assert relay.returncode == 1
+    with relay_end:
+        relay = subprocess.Popen([sys.executable, "-I", "-S", str(RELAY), str(port), *wait],
+                                 stdin=relay_end.fileno(), stdout=relay_end.fileno(),
+                                 stderr=relay_end.fileno())  # fmt: skip
+    return guest, relay
+
+
+def test_the_relay_closes_the_guests_connection_silently_when_no_server_listens() -> None:
+    guest, relay = relay_for(free_loopback_port())  # nothing listens there
+    with guest:
+        assert relay.wait(timeout=30) == 1
         assert guest.recv(4096) == b""  # no traceback sent to the guest
 
 
 def test_a_waiting_relay_passes_on_what_the_guest_sent_once_the_server_is_back() -> None:
     port = free_loopback_port()  # the server is down when the guest connects
-    guest, relay_end = socket.socketpair()
-    with guest, relay_end:
-        relay = subprocess.Popen([sys.executable, "-I", "-S", str(RELAY), str(port), "30"],
-                                 stdin=relay_end.fileno(), stdout=relay_end.fileno(),
-                                 stderr=relay_end.fileno())  # fmt: skip
-        relay_end.close()
+    guest, relay = relay_for(port, "30")
+    with guest:
         guest.sendall(b"login")
         time.sleep(1)  # the relay has tried and failed by now
         with socket.create_server(("127.0.0.1", port)) as server:
@@ -347,16 +348,10 @@ def test_a_waiting_relay_passes_on_what_the_guest_sent_once_the_server_is_back()
 
 
 def test_a_waiting_relay_gives_up_when_the_guest_does() -> None:
-    port = free_loopback_port()  # nothing ever listens there
-    guest, relay_end = socket.socketpair()
-    with guest, relay_end:
-        relay = subprocess.Popen([sys.executable, "-I", "-S", str(RELAY), str(port), "300"],
-                                 stdin=relay_end.fileno(), stdout=relay_end.fileno(),
-                                 stderr=relay_end.fileno())  # fmt: skip
-        relay_end.close()
-        guest.sendall(b"login")
-        guest.close()
-        assert relay.wait(timeout=30) == 1  # long before its 300 s
+    guest, relay = relay_for(free_loopback_port(), "300")  # nothing ever listens there
+    guest.sendall(b"login")
+    guest.close()
+    assert relay.wait(timeout=30) == 1  # long before its 300 s
 
 
 def test_typing_on_a_german_keymap_presses_other_keys_than_on_a_us_one() -> None:
