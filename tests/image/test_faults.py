@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -165,10 +166,26 @@ def test_two_builds_of_one_output_take_turns_and_agree(tmp_path: Path) -> None:
     while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.001)
     assert lock.exists(), "the first build never took the lock"
-    second = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
-    errors = [process.communicate(timeout=300)[1] for process in (first, second)]
-    assert (first.returncode, second.returncode) == (0, 0), errors
+    # The first stays stopped, holding the lock, until the second says it waits: on a
+    # loaded machine the first could otherwise end before the second even starts.
+    first.send_signal(signal.SIGSTOP)
     waiting = f"bookend: waiting for another build of {tmp_path / 'initrd.img'} (pid {first.pid})"
+    second = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(second.stderr or ()))
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any(waiting in line for line in said) and second.poll() is None:
+            assert time.monotonic() < deadline, f"the second build never waited: {said}"
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    errors = [first.communicate(timeout=300)[1]]
+    second.wait(timeout=300)
+    reader.join(timeout=30)
+    errors.append("".join(said))
+    assert (first.returncode, second.returncode) == (0, 0), errors
     assert errors[1].count(waiting) == 1
     alone = tmp_path / "alone"
     alone.mkdir()
