@@ -59,6 +59,8 @@ FIRMWARE_UNIT = "bookend-iscsi-firmware.service"
 FILES_UNIT = "bookend-iscsid-files.service"
 INITIATOR_FILE = "/etc/iscsi/initiatorname.iscsi"
 CONFIG_FILE = "/etc/iscsi/iscsid.conf"
+# Where iscsid (forking) writes its PID, its default.
+PID_FILE = "/run/iscsid.pid"
 # Where iscsiadm keeps its node records, which it does not make itself: /etc/iscsi up
 # to open-iscsi 2.1.9 (Debian 12), /var/lib/iscsi from then on (Debian 13, Fedora).
 # The package makes the directory, so the sysroot shows which one its iscsiadm uses.
@@ -210,7 +212,7 @@ Before=initrd-root-device.target
 
 [Service]
 Type=forking
-PIDFile=/run/iscsid.pid
+PIDFile=@PID_FILE@
 ExecStart=@EXEC@ -i $1
 @ANNOUNCE@
 EOF
@@ -335,9 +337,10 @@ def generator_script(iscsid: str, iscsiadm: str, iname: str, systemd: int | None
         exec_start, survive = f"@{iscsid} @iscsid", ""
     replacements = {
         "@EXEC@": exec_start,
+        "@PID_FILE@": PID_FILE,
         "@SURVIVE@": survive,
         # In the generator's here-document, where "$" must be escaped to stay itself.
-        "@ANNOUNCE@": announce_start("iscsid").replace("$", "\\$"),
+        "@ANNOUNCE@": announce_start("iscsid", PID_FILE).replace("$", "\\$"),
         "@ISCSIADM@": iscsiadm,
         "@INAME@": iname,
         "@DAEMON_UNIT@": DAEMON_UNIT,

@@ -80,16 +80,39 @@ def at_argv0(exec_start: str) -> str:
     return f"@{prefix}{program} {argv0} {rest}".rstrip()
 
 
-def announce_start(name: str) -> str:
+# Reads of a PID file not yet written before the announcement gives up (a few seconds
+# under emulation; the shell has no sleep, the file comes within milliseconds).
+PID_FILE_TRIES = 100000
+
+
+def announce_start(name: str, pid_file: str | None = None) -> str:
     """An ExecStartPost= line that puts the daemon's PID on the console once it runs.
 
     The exitrd's stop hook names the PID it stops, so the console follows one daemon
     from the initrd to the exitrd (a restart would show a second PID). systemd gives
     ExecStartPost= the main PID in $MAINPID ("$$": the shell, not systemd, expands it);
-    "-": a console that cannot be written never fails the daemon.
+    "-": a console that cannot be written never fails the daemon. A forking daemon's
+    parent may exit before its child writes pid_file, and with an ExecStartPost=
+    systemd does not wait for the file: $MAINPID is then empty and the file is read.
     """
-    message = f"bookend: root storage daemon {name} runs as pid $$MAINPID"
-    return f"ExecStartPost=-/bin/sh -c 'echo \"{message}\" > /dev/kmsg'"
+    message = f"bookend: root storage daemon {name} runs as pid $$pid"
+    wait = ""
+    if pid_file is not None:
+        wait = (
+            f'while [ -z "$$pid" ] && [ $$tries -lt {PID_FILE_TRIES} ]; do '
+            f"read -r pid 2>/dev/null < {pid_file}; tries=$$((tries + 1)); done; "
+        )
+    script = f'pid=$$MAINPID tries=0; {wait}echo "{message}" > /dev/kmsg'
+    return f"ExecStartPost=-/bin/sh -c '{script}'"
+
+
+def unit_pid_file(unit_text: str) -> str | None:
+    """The unit's PIDFile=, if it names one."""
+    for line in logical_lines(unit_text):
+        key, _, value = line.partition("=")
+        if key.strip() == "PIDFile" and value.strip():
+            return value.strip()
+    return None
 
 
 def daemon_dropin(unit: str, unit_text: str, version: int | None) -> str:
@@ -100,7 +123,8 @@ def daemon_dropin(unit: str, unit_text: str, version: int | None) -> str:
         "IgnoreOnIsolate=yes",
         f"Before={WANTED_BY}",
     ]
-    service = ["", "[Service]", announce_start(unit.removesuffix(".service"))]
+    name = unit.removesuffix(".service")
+    service = ["", "[Service]", announce_start(name, unit_pid_file(unit_text))]
     if version is not None and version >= SURVIVE_FINAL_KILL_SINCE:
         # A [Unit] setting: systemd ignores it, with a warning, under [Service].
         return "\n".join([*lines, "SurviveFinalKillSignal=yes", *service]) + "\n"

@@ -21,6 +21,7 @@ from bookend.features.storage_daemons import (
     at_argv0,
     daemon_dropin,
     systemd_version,
+    unit_pid_file,
 )
 from bookend.install import install_storage_daemon_dropins
 from bookend.plan import make_plan
@@ -83,7 +84,7 @@ def test_the_running_systems_dropin_keeps_the_mark_from_systemd_255(tmp_path: Pa
         assert ("SurviveFinalKillSignal=yes" in unit) is survives, version
 
 
-def run_start_post(line: str, main_pid: int, kmsg: Path) -> str:
+def run_start_post(line: str, main_pid: int | str, kmsg: Path) -> str:
     """Run an ExecStartPost= line as systemd would ("$$" is "$", quotes split words, "-"
     ignores failure), with $MAINPID set and kmsg for /dev/kmsg: what it wrote there."""
     command = line.removeprefix("ExecStartPost=").removeprefix("-")
@@ -97,6 +98,25 @@ def test_start_announcement_names_the_main_pid(tmp_path: Path) -> None:
     assert line.startswith("ExecStartPost=-/bin/sh ")  # a console error never fails it
     said = run_start_post(line, 4321, tmp_path / "kmsg")
     assert said == "bookend: root storage daemon nbd-client runs as pid 4321\n"
+
+
+def test_start_announcement_reads_the_pid_file_when_systemd_has_no_main_pid_yet(
+    tmp_path: Path,
+) -> None:
+    # A forking daemon whose parent exited before its child wrote the PID file: with an
+    # ExecStartPost= systemd does not wait for the file, and $MAINPID is empty.
+    pid_file = tmp_path / "daemon.pid"
+    line = announce_start("iscsid", str(pid_file))
+    writer = subprocess.Popen(["sh", "-c", f"sleep 0.3; echo 5678 > {pid_file}"])
+    said = run_start_post(line, "", tmp_path / "kmsg")
+    writer.wait()
+    assert said == "bookend: root storage daemon iscsid runs as pid 5678\n"
+    # With the main PID known the file is not read.
+    pid_file.write_text("1\n")
+    assert run_start_post(line, 4321, tmp_path / "again").endswith("pid 4321\n")
+    # A unit's own PIDFile= is the one its drop-in reads.
+    assert unit_pid_file("[Service]\nType=forking\nPIDFile=/run/x.pid\n") == "/run/x.pid"
+    assert unit_pid_file("[Service]\nType=simple\n") is None
 
 
 def test_plan_brings_unit_dropin_and_wants_link(root_tree: Path) -> None:
