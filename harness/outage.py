@@ -77,8 +77,9 @@ outage_over() {
 }
 during_outage() { :; }
 # Every 10 s until the sessions are back, on the console: each session's and
-# connection's state, iscsid's, and the guest's TCP connections to port 3260 (0CBC),
-# with builtins only (the root may not answer).
+# connection's state, iscsid's wait channel ($pid: set by the test's checks that run
+# before this job), and the guest's TCP connections to port 3260 (0CBC), with
+# builtins only (the root may not answer).
 iscsi_states() {
     for file in /sys/class/iscsi_session/session*/state \
             /sys/class/iscsi_connection/connection*/state /proc/$pid/wchan; do
